@@ -1,0 +1,673 @@
+//! kiops-bench: seeds a data set, starts the real `kiops-identity` binary on
+//! it, and drives scenarios with the generated tonic client: N concurrent
+//! callers for D seconds each, printing throughput, p50/p99/p999 latency,
+//! errors, and the server's memory. Figures of one run are comparable with
+//! each other (ratios), not across machines.
+//!
+//! cargo build --release -p kiops-identity -p kiops-bench
+//! target/release/kiops-bench --backend sqlite
+//! target/release/kiops-bench --backend postgres
+//! target/release/kiops-bench --smoke            # seconds, tiny data, CI
+
+mod seed;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use kiops_proto::v1::auth_service_client::AuthServiceClient;
+use kiops_proto::v1::membership_service_client::MembershipServiceClient;
+use kiops_proto::v1::*;
+use rand::Rng;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks for kiops-identity")]
+struct Args {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    /// PostgreSQL server for --backend postgres (a fresh database is created).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_admin_url: String,
+    /// The server binary (defaults to the one next to this binary).
+    #[arg(long)]
+    server: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Concurrent callers for list-members, whose target is a latency (p99)
+    /// for an interactive search, not a saturation figure.
+    #[arg(long, default_value_t = 4)]
+    list_concurrency: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    #[arg(long, default_value_t = 1_000)]
+    orgs: usize,
+    #[arg(long, default_value_t = 20_000)]
+    big_org_members: usize,
+    /// Runs of the whole scenario set (memory must not grow between them).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Comma-separated subset of: baseline, check-permission, list-members,
+    /// login, refresh, mixed, verify.
+    #[arg(
+        long,
+        default_value = "baseline,check-permission,list-members,login,refresh,mixed,verify"
+    )]
+    scenarios: String,
+    /// CI mode: tiny data set, 1 second per scenario, one round.
+    #[arg(long)]
+    smoke: bool,
+    /// Seeding mode: seed this (empty, new) database URL and exit, without
+    /// running scenarios; for inspecting query plans or load-testing with
+    /// other tools.
+    #[arg(long, value_name = "DATABASE_URL")]
+    seed_only: Option<String>,
+}
+
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    pid: u32,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(bin: &std::path::Path, url: &str, dir: &std::path::Path) -> anyhow::Result<Server> {
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+        ])
+        // A benchmark is one peer doing thousands of logins: lift the throttle.
+        .args([
+            "--login-rate-per-peer",
+            "100000000",
+            "--login-rate-per-email",
+            "100000000",
+        ])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn,kiops_identity=info")
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let out = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("ready: grpc=").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .context("server did not start")?
+        .parse()?;
+    let pid = child.id();
+    Ok(Server {
+        child,
+        grpc: addr,
+        pid,
+    })
+}
+
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The server under test, so every scenario can report the server's CPU
+/// time per request (user + system, from /proc): the figure that says where
+/// time goes when client and server share the cores.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn server_cpu_secs() -> f64 {
+    let Some(pid) = SERVER_PID.get() else {
+        return 0.0;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime
+            // are fields 14 and 15 (1-based) of the whole line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+    server_cpu: f64,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<28} {:>8.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}  server CPU {:.0} µs/req",
+            self.throughput(),
+            self.pct(0.50),
+            self.pct(0.99),
+            self.pct(0.999),
+            self.errors,
+            1e6 * self.server_cpu / (self.latencies_us.len() as f64 + self.errors as f64).max(1.0)
+        )
+    }
+}
+
+/// Runs `calls` from `n` concurrent tasks for `d`; each call returns Ok/Err.
+async fn run<F, Fut>(n: usize, d: Duration, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(Mutex::new(Vec::new()));
+    let cpu0 = server_cpu_secs();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..n {
+        let (stop, errors, all, call) = (stop.clone(), errors.clone(), all.clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(1 << 14);
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let ok = call(t).await;
+                let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                if ok {
+                    mine.push(us);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Ok(mut g) = all.lock() {
+                g.extend(mine);
+            }
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed();
+    let server_cpu = server_cpu_secs() - cpu0;
+    let mut latencies_us = std::mem::take(&mut *all.lock().expect("lock"));
+    latencies_us.sort_unstable();
+    Stats {
+        latencies_us,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        server_cpu,
+    }
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+async fn channels(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    Ok(v)
+}
+
+async fn login(ch: &Channel, email: &str) -> anyhow::Result<LoginResponse> {
+    Ok(AuthServiceClient::new(ch.clone())
+        .login(LoginRequest {
+            email: email.into(),
+            password: seed::PASSWORD.into(),
+            organization_id: None,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Mean argon2id verify time with the production parameters, in this process.
+fn argon2_verify_secs() -> anyhow::Result<f64> {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+    use kiops_identity::auth::password::*;
+    let params = argon2::Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let h = a
+        .hash_password(b"x", &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    let parsed = PasswordHash::new(&h).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = 20;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = a.verify_password(b"x", &parsed);
+    }
+    Ok(t.elapsed().as_secs_f64() / n as f64)
+}
+
+fn verify_bench() -> String {
+    use kiops_token::*;
+    let key = SigningKey::generate();
+    let issuer = Issuer::new(key.clone(), "kiops-identity", "kiops", 300);
+    let mut orgs = std::collections::BTreeMap::new();
+    orgs.insert(
+        "org".to_string(),
+        OrgClaims {
+            role: Role::Member,
+            perms: vec![Permission::Device],
+        },
+    );
+    let token = match issuer.issue(IssueRequest {
+        subject: "u".into(),
+        email: "e@x.io".into(),
+        name: "n".into(),
+        platform_admin: false,
+        orgs,
+        session_id: None,
+    }) {
+        Ok(t) => t.token,
+        Err(e) => return format!("verify: {e}"),
+    };
+    let Ok(verifier) = Verifier::new(key.public_jwk_set(), "kiops-identity", "kiops") else {
+        return "verify: bad key".into();
+    };
+    let Ok(authority) = Authority::new(key.public_jwk_set(), "kiops-identity", "kiops") else {
+        return "verify: bad key".into();
+    };
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(verifier.verify(&token).is_ok());
+    }
+    let cold = t.elapsed().as_nanos() as f64 / n as f64 / 1000.0;
+    let t = Instant::now();
+    for _ in 0..n * 50 {
+        std::hint::black_box(authority.verify(&token, Some("org")).is_ok());
+    }
+    let warm = t.elapsed().as_nanos() as f64 / (n * 50) as f64 / 1000.0;
+    let Ok(claims) = verifier.verify(&token) else {
+        return "verify: failed".into();
+    };
+    let t = Instant::now();
+    let m = 1_000_000;
+    for _ in 0..m {
+        std::hint::black_box(claims.allows(std::hint::black_box("org"), Permission::Device));
+    }
+    let allows = t.elapsed().as_nanos() as f64 / m as f64;
+    format!(
+        "{:<28} first sight {cold:.1} µs (target ≤ 50), repeated token {warm:.2} µs, allows {allows:.1} ns (target ≤ 1000)",
+        "verify (in-process)"
+    )
+}
+
+fn seed_config(args: &Args) -> seed::SeedConfig {
+    seed::SeedConfig {
+        users: args.users,
+        orgs: args.orgs,
+        big_org_members: args.big_org_members,
+        memberships_per_user: 2,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.users = 300;
+        args.orgs = 10;
+        args.big_org_members = 200;
+        args.duration = 1;
+        args.rounds = 1;
+        args.concurrency = args.concurrency.min(8);
+    }
+    let scenarios: Vec<String> = args
+        .scenarios
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let want = |s: &str| scenarios.iter().any(|x| x == s);
+    let bin = match &args.server {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kiops-identity"),
+    };
+    let dir = tempfile::tempdir()?;
+    if let Some(url) = &args.seed_only {
+        let t = Instant::now();
+        let seeded = seed::seed(url, &seed_config(&args)).await?;
+        println!(
+            "seeded {} users, {} organizations, {} members in organization {}, in {:.1} s; every password: {:?}",
+            seeded.user_count,
+            args.orgs,
+            seeded.big_org_members.len(),
+            seeded.big_org,
+            t.elapsed().as_secs_f64(),
+            seed::PASSWORD
+        );
+        return Ok(());
+    }
+    let (url, pg_name) = match args.backend {
+        Backend::Sqlite => (format!("sqlite://{}/bench.db", dir.path().display()), None),
+        Backend::Postgres => {
+            use sea_orm::ConnectionTrait;
+            let name = format!("kiops_bench_{}", uuid::Uuid::now_v7().simple());
+            let db = sea_orm::Database::connect(&args.postgres_admin_url).await?;
+            db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await?;
+            let base = args
+                .postgres_admin_url
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or_default();
+            (format!("{base}/{name}"), Some((db, name)))
+        }
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    println!(
+        "kiops-bench: backend {:?}, {} cores, {} concurrent callers, {} s per scenario",
+        args.backend, cores, args.concurrency, args.duration
+    );
+    let t = Instant::now();
+    let seeded = seed::seed(&url, &seed_config(&args)).await?;
+    println!(
+        "seeded {} users, {} organizations, {} members in the big one, in {:.1} s",
+        seeded.user_count,
+        args.orgs,
+        seeded.big_org_members.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let server = start_server(&bin, &url, dir.path())?;
+    let _ = SERVER_PID.set(server.pid);
+    let chans = channels(server.grpc, 4).await?;
+    let admin = login(&chans[0], seed::ADMIN_EMAIL).await?.access_token;
+    let d = Duration::from_secs(args.duration);
+    let n = args.concurrency;
+    let members = Arc::new(seeded.big_org_members.clone());
+    let big_org = seeded.big_org.clone();
+    let pick = |v: &Arc<Vec<String>>| v[rand::thread_rng().gen_range(0..v.len())].clone();
+    let mut rss_after_round = Vec::new();
+
+    for round in 1..=args.rounds {
+        println!("\n== round {round}");
+        let mut baseline_tp = 0.0;
+        if want("baseline") {
+            let cs = chans.clone();
+            let s = run(n, d, move |t| {
+                let mut h =
+                    tonic_health::pb::health_client::HealthClient::new(cs[t % cs.len()].clone());
+                async move {
+                    h.check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+                }
+            })
+            .await;
+            baseline_tp = s.throughput();
+            println!("{}", s.line("baseline (Health/Check)"));
+        }
+        if want("check-permission") {
+            let (cs, m, org, tok) = (
+                chans.clone(),
+                members.clone(),
+                big_org.clone(),
+                admin.clone(),
+            );
+            let s = run(n, d, move |t| {
+                let mut c = MembershipServiceClient::new(cs[t % cs.len()].clone());
+                let req = authed(
+                    CheckPermissionRequest {
+                        user_id: pick(&m),
+                        organization_id: org.clone(),
+                        permission: rand::thread_rng().gen_range(1..8),
+                    },
+                    &tok,
+                );
+                async move { c.check_permission(req).await.is_ok() }
+            })
+            .await;
+            println!("{}", s.line("check-permission"));
+            if baseline_tp > 0.0 {
+                println!("  check-permission / baseline throughput = {:.0}% (target ≥ 50%), p99 {:.2} ms (target ≤ 2)", 100.0 * s.throughput() / baseline_tp, s.pct(0.99));
+            }
+        }
+        if want("list-members") {
+            // A deep page: walk to about the middle of the matches first.
+            let mut c = MembershipServiceClient::new(chans[0].clone());
+            let q = |token: String, size: i32| {
+                authed(
+                    ListMembersRequest {
+                        organization_id: big_org.clone(),
+                        query: "user1".into(),
+                        page_size: size,
+                        page_token: token,
+                        ..Default::default()
+                    },
+                    &admin,
+                )
+            };
+            let first = c.list_members(q(String::new(), 500)).await?.into_inner();
+            let total = first.total_size;
+            let mut token = first.next_page_token;
+            for _ in 0..((total / 2) / 500).max(0) {
+                if token.is_empty() {
+                    break;
+                }
+                token = c
+                    .list_members(q(token, 500))
+                    .await?
+                    .into_inner()
+                    .next_page_token;
+            }
+            for (label, page) in [
+                ("list-members first page", String::new()),
+                ("list-members deep page", token),
+            ] {
+                let (cs, org, tok, page) = (chans.clone(), big_org.clone(), admin.clone(), page);
+                let s = run(args.list_concurrency, d, move |t| {
+                    let mut c = MembershipServiceClient::new(cs[t % cs.len()].clone());
+                    let req = authed(
+                        ListMembersRequest {
+                            organization_id: org.clone(),
+                            query: "user1".into(),
+                            page_size: 50,
+                            page_token: page.clone(),
+                            ..Default::default()
+                        },
+                        &tok,
+                    );
+                    async move { c.list_members(req).await.is_ok() }
+                })
+                .await;
+                println!(
+                    "{}  (matches: {total}, {} callers, target p99 ≤ 25 ms)",
+                    s.line(label),
+                    args.list_concurrency
+                );
+            }
+        }
+        if want("login") {
+            let verify = argon2_verify_secs()?;
+            let cs = chans.clone();
+            let users = seeded.user_count;
+            let s = run(n, d, move |t| {
+                let ch = cs[t % cs.len()].clone();
+                let email = seed::user_email(rand::thread_rng().gen_range(0..users.max(1)));
+                async move { login(&ch, &email).await.is_ok() }
+            })
+            .await;
+            let ideal = cores as f64 / verify;
+            println!("{}", s.line("login"));
+            println!("  argon2id verify (m=19 MiB, t=2, p=1) {:.1} ms here; ideal {ideal:.0}/s; login = {:.0}% of ideal (target ≥ 85%)", verify * 1000.0, 100.0 * s.throughput() / ideal);
+        }
+        if want("refresh") {
+            let mut tokens = Vec::new();
+            for t in 0..n {
+                tokens.push(Arc::new(tokio::sync::Mutex::new(
+                    login(
+                        &chans[t % chans.len()],
+                        &seed::user_email(t % seeded.user_count.max(1)),
+                    )
+                    .await?
+                    .refresh_token,
+                )));
+            }
+            let (cs, tokens) = (chans.clone(), Arc::new(tokens));
+            let s = run(n, d, move |t| {
+                let mut c = AuthServiceClient::new(cs[t % cs.len()].clone());
+                let slot = tokens[t].clone();
+                async move {
+                    let mut g = slot.lock().await;
+                    match c
+                        .refresh(RefreshRequest {
+                            refresh_token: g.clone(),
+                            organization_id: None,
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            *g = r.into_inner().refresh_token;
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await;
+            println!("{}", s.line("refresh"));
+            println!(
+                "  refresh per core {:.0}/s (target ≥ 1500)",
+                s.throughput() / cores as f64
+            );
+        }
+        if want("mixed") {
+            let (cs, m, org, tok) = (
+                chans.clone(),
+                members.clone(),
+                big_org.clone(),
+                admin.clone(),
+            );
+            let users = seeded.user_count;
+            let logins = {
+                let cs = chans.clone();
+                tokio::spawn(run(n / 2, d, move |t| {
+                    let ch = cs[t % cs.len()].clone();
+                    let email = seed::user_email(rand::thread_rng().gen_range(0..users.max(1)));
+                    async move { login(&ch, &email).await.is_ok() }
+                }))
+            };
+            let s = run(n / 2, d, move |t| {
+                let mut c = MembershipServiceClient::new(cs[t % cs.len()].clone());
+                let req = authed(
+                    CheckPermissionRequest {
+                        user_id: pick(&m),
+                        organization_id: org.clone(),
+                        permission: 4,
+                    },
+                    &tok,
+                );
+                async move { c.check_permission(req).await.is_ok() }
+            })
+            .await;
+            let l = logins.await?;
+            println!("{}", l.line("mixed: login"));
+            println!(
+                "{}  (target p99 ≤ 10 ms)",
+                s.line("mixed: check-permission")
+            );
+        }
+        if want("verify") {
+            println!("{}", verify_bench());
+        }
+        let rss = rss_mib(server.pid, "VmRSS:");
+        println!(
+            "server memory after round {round}: RSS {rss:.1} MiB, peak {:.1} MiB (target ≤ 150)",
+            rss_mib(server.pid, "VmHWM:")
+        );
+        rss_after_round.push(rss);
+    }
+    if rss_after_round.len() > 1 {
+        println!(
+            "RSS across rounds: {:?} MiB",
+            rss_after_round
+                .iter()
+                .map(|r| (r * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
+    }
+    drop(server);
+    if let Some((db, name)) = pg_name {
+        use sea_orm::ConnectionTrait;
+        let _ = db
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The token pair of a signed-in session and the channel that attaches it.
+
+use kiops_proto::v1::auth_service_client::AuthServiceClient;
+use kiops_proto::v1::{LoginRequest, RefreshRequest};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// How to sign in.
+#[derive(Clone)]
+pub struct Credentials {
+    email: String,
+    password: String,
+    organization_id: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password, even in a debug dump.
+        f.debug_struct("Credentials")
+            .field("email", &self.email)
+            .field("organization_id", &self.organization_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn password(email: &str, password: &str) -> Self {
+        Self {
+            email: email.to_string(),
+            password: password.to_string(),
+            organization_id: None,
+        }
+    }
+
+    /// Tokens that carry only this organization (least privilege for a
+    /// service acting in one organization).
+    pub fn for_organization(mut self, organization_id: &str) -> Self {
+        self.organization_id = Some(organization_id.to_string());
+        self
+    }
+}
+
+struct Tokens {
+    access: String,
+    refresh: String,
+    /// When to refresh: ahead of expiry, so a call never leaves with a
+    /// token that expires in flight.
+    renew_at: Instant,
+}
+
+/// Refresh when 80% of the lifetime has passed, and never later than a
+/// minute before expiry.
+fn renew_after(expires_in_secs: i64) -> Duration {
+    let life = Duration::from_secs(expires_in_secs.max(1) as u64);
+    let margin = (life / 5).min(Duration::from_secs(60));
+    life - margin
+}
+
+pub(crate) struct Session {
+    auth: AuthServiceClient<Channel>,
+    credentials: Credentials,
+    tokens: RwLock<Tokens>,
+}
+
+impl Session {
+    pub(crate) async fn login(channel: Channel, credentials: Credentials) -> Result<Self, Status> {
+        let mut auth = AuthServiceClient::new(channel);
+        let tokens = Self::password_login(&mut auth, &credentials).await?;
+        Ok(Self {
+            auth,
+            credentials,
+            tokens: RwLock::new(tokens),
+        })
+    }
+
+    async fn password_login(
+        auth: &mut AuthServiceClient<Channel>,
+        c: &Credentials,
+    ) -> Result<Tokens, Status> {
+        let r = auth
+            .login(LoginRequest {
+                email: c.email.clone(),
+                password: c.password.clone(),
+                organization_id: c.organization_id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(Tokens {
+            access: r.access_token,
+            refresh: r.refresh_token,
+            renew_at: Instant::now() + renew_after(r.expires_in),
+        })
+    }
+
+    /// The access token to send now. Readers share the lock; one caller
+    /// refreshes while the others wait for its result.
+    pub(crate) async fn access_token(&self) -> Result<String, Status> {
+        {
+            let t = self.tokens.read().await;
+            if Instant::now() < t.renew_at {
+                return Ok(t.access.clone());
+            }
+        }
+        let mut t = self.tokens.write().await;
+        if Instant::now() < t.renew_at {
+            return Ok(t.access.clone());
+        }
+        let mut auth = self.auth.clone();
+        let refreshed = auth
+            .refresh(RefreshRequest {
+                refresh_token: t.refresh.clone(),
+                organization_id: self.credentials.organization_id.clone(),
+            })
+            .await;
+        *t = match refreshed {
+            Ok(r) => {
+                let r = r.into_inner();
+                Tokens {
+                    access: r.access_token,
+                    refresh: r.refresh_token,
+                    renew_at: Instant::now() + renew_after(r.expires_in),
+                }
+            }
+            // The session ended (logout elsewhere, password change, absolute
+            // lifetime): sign in again with the same credentials.
+            Err(s) if s.code() == Code::Unauthenticated => {
+                Self::password_login(&mut auth, &self.credentials).await?
+            }
+            Err(s) => return Err(s),
+        };
+        Ok(t.access.clone())
+    }
+
+    pub(crate) async fn refresh_token(&self) -> String {
+        self.tokens.read().await.refresh.clone()
+    }
+}
+
+/// A [`Channel`] that sets `authorization: Bearer <access token>` on every
+/// call, refreshing the token first when it is due. Generated tonic clients
+/// accept it wherever they accept a `Channel`.
+#[derive(Clone)]
+pub struct AuthChannel {
+    inner: Channel,
+    session: Arc<Session>,
+}
+
+impl AuthChannel {
+    pub(crate) fn new(inner: Channel, session: Arc<Session>) -> Self {
+        Self { inner, session }
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for AuthChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        // The channel that was polled ready serves this call; the clone left
+        // behind gets polled for the next one (tower's usual hand-off).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let session = self.session.clone();
+        Box::pin(async move {
+            // A Status returned as the error reaches the caller unchanged.
+            let token = session
+                .access_token()
+                .await
+                .map_err(|s| Box::new(s) as BoxError)?;
+            let value = http::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| Box::new(Status::internal("access token is not a header value")))?;
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            tower::Service::call(&mut inner, req)
+                .await
+                .map_err(Into::into)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_before_expiry() {
+        assert_eq!(renew_after(300), Duration::from_secs(240));
+        assert_eq!(renew_after(3600), Duration::from_secs(3540));
+        assert_eq!(renew_after(5), Duration::from_secs(4));
+        assert!(renew_after(0) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn credentials_debug_hides_the_password() {
+        let c = Credentials::password("a@b.c", "hunter2-hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,713 @@
+//! `AuthService`: login, refresh, logout, JWKS.
+
+use super::context::request_meta;
+use crate::app::App;
+use crate::auth::secrets::{hash_token, random_token};
+use crate::domain::error::{reason, Violations};
+use crate::domain::model::{StoredStatus, UserStatus};
+use crate::domain::{validate, DomainError};
+use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
+use crate::store::sessions::{self, NewSession, Rotation};
+use crate::store::users::{self, User};
+use crate::store::{db_err, memberships};
+use kiops_proto::v1::auth_service_server::AuthService;
+use kiops_proto::v1::*;
+use kiops_token::IssueRequest;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+pub const REFRESH_TOKEN_PREFIX: &str = "kr";
+
+pub struct AuthApi {
+    app: App,
+}
+
+impl AuthApi {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+/// Access and refresh token pair as every login-like RPC answers it.
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+}
+
+impl App {
+    /// Mints an access token for `user`, holding all their organizations or
+    /// only `only_org`. A scoped request for an organization the user does not
+    /// belong to is NOT_FOUND (R4), unless they are PlatformAdmin.
+    ///
+    /// Reads through `conn`, the caller's open transaction: taking a second
+    /// pooled connection while holding one deadlocked PostgreSQL once as many
+    /// refreshes as pool slots ran at once (found by the refresh bench).
+    pub async fn mint_access_token<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        user: &User,
+        only_org: Option<&str>,
+        session_id: &str,
+    ) -> Result<(String, i64), DomainError> {
+        let orgs = memberships::token_orgs(conn, &user.id, user.platform_admin, only_org).await?;
+        if let Some(org) = only_org {
+            if !user.platform_admin && !orgs.contains_key(org) {
+                return Err(DomainError::not_found("organization"));
+            }
+        }
+        let issued = self.tokens.mint(
+            IssueRequest {
+                subject: user.id.clone(),
+                email: user.email.clone(),
+                name: user.name.clone(),
+                platform_admin: user.platform_admin,
+                orgs,
+                session_id: Some(session_id.to_string()),
+            },
+            self.clock.now_secs(),
+        )?;
+        Ok((issued.token, issued.expires_in as i64))
+    }
+
+    async fn login(&self, meta: &RequestMeta, req: LoginRequest) -> Result<TokenPair, DomainError> {
+        let mut v = Violations::new();
+        let email = validate::email("email", &req.email);
+        v.check(email.as_ref().map(|_| ()).map_err(Clone::clone));
+        v.check(validate::password_input("password", &req.password));
+        let org = match req.organization_id.as_deref() {
+            Some(o) => match validate::id("organization_id", o) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    v.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        v.into_result()?;
+        let email = email.map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+
+        self.throttle.check(&meta.peer, Some(&email))?;
+        let now = self.clock.now_ms();
+        let user = users::find_by_email(self.store.conn(), &email).await?;
+        // Always hash, also for an unknown email, so both take the same time.
+        let password_ok = self
+            .hasher
+            .verify(req.password, user.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
+        let status = user
+            .as_ref()
+            .map(|u| UserStatus::derive(StoredStatus::parse(&u.status), u.locked_until, now));
+
+        let Some(user) = user.filter(|_| password_ok && status == Some(UserStatus::Active)) else {
+            self.record_failed_login(meta, &email, status, now).await?;
+            return Err(DomainError::invalid_credentials());
+        };
+
+        let refresh = random_token(REFRESH_TOKEN_PREFIX);
+        let tx = self.store.begin_write().await?;
+        if user.failed_login_count > 0 || user.locked_until.is_some() {
+            users::reset_failed_logins(&tx, &user.id).await?;
+        }
+        let session = sessions::create(
+            &tx,
+            NewSession {
+                user_id: &user.id,
+                refresh_hash: hash_token(&refresh),
+                now,
+                session_ttl_ms: self.settings.session_ttl_ms,
+                refresh_ttl_ms: self.settings.refresh_ttl_ms,
+            },
+        )
+        .await?;
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(
+                Actor::User {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                },
+                "auth.login_succeeded",
+                "session",
+                &session.id,
+            )
+            .details(json!({"organization_id": org})),
+            now,
+        )
+        .await?;
+        // Mint before commit: a failure here (e.g. scoped to a foreign
+        // organization) must not leave a session behind.
+        let (access_token, expires_in) = self
+            .mint_access_token(&tx, &user, org.as_deref(), &session.id)
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        self.metrics.logins.with_label_values(&["success"]).inc();
+        Ok(TokenPair {
+            access_token,
+            refresh_token: refresh,
+            expires_in,
+        })
+    }
+
+    /// Counts the failure (atomically), locks at the threshold, and audits it.
+    /// Unknown emails are audited too but change nothing else.
+    pub(crate) async fn record_failed_login(
+        &self,
+        meta: &RequestMeta,
+        email: &str,
+        status: Option<UserStatus>,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        let tx = self.store.begin_write().await?;
+        let mut locked_now = false;
+        let mut actor = Actor::Anonymous;
+        let mut target = String::new();
+        if let Some(user) = users::find_by_email(&tx, email).await? {
+            target = user.id.clone();
+            actor = Actor::User {
+                id: user.id.clone(),
+                email: user.email.clone(),
+            };
+            if status == Some(UserStatus::Active) {
+                locked_now = users::record_failed_login(
+                    &tx,
+                    &user.id,
+                    self.settings.lockout_threshold,
+                    self.settings.lockout_ms,
+                    now,
+                )
+                .await?
+                .locked_now;
+            }
+        }
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target)
+                .details(json!({"email": email})),
+            now,
+        )
+        .await?;
+        if locked_now {
+            audit::record(
+                &tx,
+                meta,
+                AuditEntry::new(actor, "user.locked", "user", &target).details(json!({
+                    "after": {"locked_until": now + self.settings.lockout_ms}
+                })),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        self.metrics
+            .logins
+            .with_label_values(&[if locked_now { "locked" } else { "failure" }])
+            .inc();
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        meta: &RequestMeta,
+        req: RefreshRequest,
+    ) -> Result<TokenPair, DomainError> {
+        let mut v = Violations::new();
+        v.check(validate::opaque_token("refresh_token", &req.refresh_token));
+        let org = match req.organization_id.as_deref() {
+            Some(o) => validate::id("organization_id", o)
+                .map(Some)
+                .unwrap_or_else(|e| {
+                    v.push(e);
+                    None
+                }),
+            None => None,
+        };
+        v.into_result()?;
+
+        let now = self.clock.now_ms();
+        let new_refresh = random_token(REFRESH_TOKEN_PREFIX);
+        let tx = self.store.begin_write().await?;
+        let rotation = sessions::rotate(
+            &tx,
+            &hash_token(&req.refresh_token),
+            hash_token(&new_refresh),
+            now,
+            self.settings.refresh_ttl_ms,
+        )
+        .await?;
+        let session = match rotation {
+            Rotation::Invalid => {
+                return Err(DomainError::unauthenticated(
+                    reason::INVALID_REFRESH_TOKEN,
+                    "invalid or expired refresh token",
+                ))
+            }
+            Rotation::Reused { session } => {
+                crate::store::revocations::record(
+                    &tx,
+                    crate::store::revocations::Scope {
+                        user_id: &session.user_id,
+                        organization_id: None,
+                        session_id: Some(&session.id),
+                    },
+                    "session_revoked",
+                    now,
+                )
+                .await?;
+                let user = users::find_by_id(&tx, &session.user_id).await?;
+                audit::record(
+                    &tx,
+                    meta,
+                    AuditEntry::new(
+                        user.map(|u| Actor::User {
+                            id: u.id,
+                            email: u.email,
+                        })
+                        .unwrap_or(Actor::Anonymous),
+                        "session.revoked",
+                        "session",
+                        &session.id,
+                    )
+                    .details(json!({"reason": "refresh_token_reused"})),
+                    now,
+                )
+                .await?;
+                tx.commit().await.map_err(db_err)?;
+                return Err(DomainError::unauthenticated(
+                    reason::REFRESH_TOKEN_REUSED,
+                    "refresh token was already used; the session has been revoked",
+                ));
+            }
+            Rotation::Rotated { session } => session,
+        };
+        let user = users::find_by_id(&tx, &session.user_id)
+            .await?
+            .filter(|u| u.status != StoredStatus::Inactive.as_str());
+        let Some(user) = user else {
+            return Err(DomainError::unauthenticated(
+                reason::INVALID_REFRESH_TOKEN,
+                "invalid or expired refresh token",
+            ));
+        };
+        let (access_token, expires_in) = self
+            .mint_access_token(&tx, &user, org.as_deref(), &session.id)
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(TokenPair {
+            access_token,
+            refresh_token: new_refresh,
+            expires_in,
+        })
+    }
+
+    async fn logout(
+        &self,
+        meta: &RequestMeta,
+        caller: &crate::domain::Caller,
+        req: LogoutRequest,
+    ) -> Result<(), DomainError> {
+        validate::opaque_token("refresh_token", &req.refresh_token)
+            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        let now = self.clock.now_ms();
+        let tx = self.store.begin_write().await?;
+        let session = sessions::find_by_refresh(&tx, &hash_token(&req.refresh_token)).await?;
+        // Someone else's session answers exactly like an unknown one.
+        let Some(session) = session.filter(|s| s.user_id == caller.user_id) else {
+            return Err(DomainError::not_found("session"));
+        };
+        sessions::revoke(&tx, &session.id, "logout", now).await?;
+        crate::store::revocations::record(
+            &tx,
+            crate::store::revocations::Scope {
+                user_id: &session.user_id,
+                organization_id: None,
+                session_id: Some(&session.id),
+            },
+            "logout",
+            now,
+        )
+        .await?;
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(caller.actor(), "auth.logout", "session", &session.id),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+}
+
+fn pair_to_login(p: TokenPair) -> LoginResponse {
+    LoginResponse {
+        access_token: p.access_token,
+        refresh_token: p.refresh_token,
+        expires_in: p.expires_in,
+        token_type: "Bearer".into(),
+    }
+}
+
+pub const RESET_TOKEN_PREFIX: &str = "kp";
+
+impl App {
+    /// Creates a reset token for `user` and queues the email, inside the
+    /// caller's transaction.
+    pub(crate) async fn queue_password_reset<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        meta: &RequestMeta,
+        actor: Actor,
+        user: &User,
+        by_manager: bool,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        let token = random_token(RESET_TOKEN_PREFIX);
+        crate::store::password_resets::create(
+            conn,
+            &user.id,
+            hash_token(&token),
+            crate::mail::messages::RESET_TTL_MINUTES * 60_000,
+            now,
+        )
+        .await?;
+        crate::store::outbox::enqueue(
+            conn,
+            crate::mail::messages::password_reset(&self.mail, &user.email, &token, by_manager),
+            now,
+        )
+        .await?;
+        audit::record(
+            conn,
+            meta,
+            AuditEntry::new(actor, "user.password_reset_requested", "user", &user.id)
+                .details(json!({"by_manager": by_manager})),
+            now,
+        )
+        .await
+    }
+
+    /// Always OK, in the same time whether the email exists or not: the
+    /// lookup and the write happen in a background task after the answer.
+    async fn request_password_reset(
+        &self,
+        meta: &RequestMeta,
+        email: &str,
+    ) -> Result<(), DomainError> {
+        let email =
+            validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        self.throttle.check(&meta.peer, Some(&email))?;
+        let app = self.clone();
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let Some(user) = users::find_by_email(app.store.conn(), &email).await? else {
+                    return Ok(());
+                };
+                if user.status == StoredStatus::Inactive.as_str() {
+                    return Ok(());
+                }
+                let now = app.clock.now_ms();
+                let tx = app.store.begin_write().await?;
+                app.queue_password_reset(&tx, &meta, Actor::Anonymous, &user, false, now)
+                    .await?;
+                tx.commit().await.map_err(db_err)?;
+                app.mail_wakeup.notify_one();
+                Ok::<(), DomainError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "password reset request failed");
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token: unlocks the account and
+    /// revokes every session.
+    async fn reset_password(
+        &self,
+        meta: &RequestMeta,
+        r: ResetPasswordRequest,
+    ) -> Result<(), DomainError> {
+        validate::opaque_token("token", &r.token)
+            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        validate::password_input("new_password", &r.new_password)
+            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        self.throttle.check(&meta.peer, None)?;
+        let invalid = || {
+            DomainError::precondition(
+                reason::INVALID_RESET_TOKEN,
+                "the reset link is invalid, used or expired",
+            )
+        };
+        let hash = hash_token(&r.token);
+        let now = self.clock.now_ms();
+        // Check the policy against the account's email before hashing.
+        let owner = crate::store::password_resets::owner(self.store.conn(), &hash, now)
+            .await?
+            .ok_or_else(invalid)?;
+        let user = users::find_by_id(self.store.conn(), &owner)
+            .await?
+            .ok_or_else(invalid)?;
+        crate::domain::password_policy::check("new_password", &r.new_password, &user.email)
+            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        let new_hash = self.hasher.hash(r.new_password).await?;
+        let tx = self.store.begin_write().await?;
+        let Some(user_id) = crate::store::password_resets::consume(&tx, &hash, now).await? else {
+            return Err(invalid());
+        };
+        users::set_password(&tx, &user_id, new_hash, now).await?;
+        let revoked =
+            sessions::revoke_all_for_user(&tx, &user_id, None, "password_reset", now).await?;
+        crate::store::revocations::record(
+            &tx,
+            crate::store::revocations::Scope {
+                user_id: &user_id,
+                organization_id: None,
+                session_id: None,
+            },
+            "password_changed",
+            now,
+        )
+        .await?;
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(
+                Actor::User {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                },
+                "user.password_reset",
+                "user",
+                &user_id,
+            )
+            .details(json!({"sessions_revoked": revoked, "unlocked": true})),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// SignUp (R7): the account, and with an organization a PENDING join
+    /// request, in one transaction. An unknown organization is refused before
+    /// anything is created.
+    async fn sign_up(
+        &self,
+        meta: &RequestMeta,
+        r: SignUpRequest,
+    ) -> Result<SignUpResponse, DomainError> {
+        let mut v = Violations::new();
+        let email = v.take(validate::email("email", &r.email));
+        let name = v.take(validate::name("name", &r.name));
+        v.check(crate::domain::password_policy::check(
+            "password",
+            &r.password,
+            &email,
+        ));
+        let org = match r.organization_id.as_deref() {
+            Some(o) if !o.is_empty() => Some(v.take(validate::id("organization_id", o))),
+            _ => None,
+        };
+        v.into_result()?;
+        self.throttle.check(&meta.peer, None)?;
+        if let Some(o) = &org {
+            if crate::store::organizations::find(self.store.conn(), o)
+                .await?
+                .is_none()
+            {
+                return Err(DomainError::not_found("organization"));
+            }
+        }
+        let password_hash = self.hasher.hash(r.password).await?;
+        let now = self.clock.now_ms();
+        let tx = self.store.begin_write().await?;
+        let user = users::create(
+            &tx,
+            meta,
+            Actor::Anonymous,
+            users::NewUser {
+                email,
+                name,
+                password_hash,
+                platform_admin: false,
+            },
+            now,
+        )
+        .await?;
+        let actor = Actor::User {
+            id: user.id.clone(),
+            email: user.email.clone(),
+        };
+        let jr = match &org {
+            Some(o) => {
+                Some(crate::store::join_requests::create(&tx, meta, actor, &user.id, o, now).await?)
+            }
+            None => None,
+        };
+        tx.commit().await.map_err(db_err)?;
+        let join_request = match jr {
+            Some(j) => crate::store::join_requests::row(self.store.conn(), &j.id)
+                .await?
+                .map(|row| super::convert::join_request(&row)),
+            None => None,
+        };
+        Ok(SignUpResponse {
+            user: Some(super::convert::user(&user, now)),
+            join_request,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn request_password_reset(
+        &self,
+        request: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<RequestPasswordResetResponse>, Status> {
+        let meta = request_meta(&request);
+        self.app
+            .request_password_reset(&meta, &request.into_inner().email)
+            .await?;
+        Ok(Response::new(RequestPasswordResetResponse {}))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<ResetPasswordRequest>,
+    ) -> Result<Response<ResetPasswordResponse>, Status> {
+        let meta = request_meta(&request);
+        self.app.reset_password(&meta, request.into_inner()).await?;
+        Ok(Response::new(ResetPasswordResponse {}))
+    }
+
+    async fn sign_up(
+        &self,
+        request: Request<SignUpRequest>,
+    ) -> Result<Response<SignUpResponse>, Status> {
+        let meta = request_meta(&request);
+        Ok(Response::new(
+            self.app.sign_up(&meta, request.into_inner()).await?,
+        ))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let meta = request_meta(&request);
+        let pair = self.app.login(&meta, request.into_inner()).await?;
+        Ok(Response::new(pair_to_login(pair)))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let meta = request_meta(&request);
+        let p = self.app.refresh(&meta, request.into_inner()).await?;
+        Ok(Response::new(RefreshResponse {
+            access_token: p.access_token,
+            refresh_token: p.refresh_token,
+            expires_in: p.expires_in,
+            token_type: "Bearer".into(),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let meta = request_meta(&request);
+        let caller = self.app.authenticate(&request).await?;
+        self.app
+            .logout(&meta, &caller, request.into_inner())
+            .await?;
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<WatchRevocationsResponse>>, Status> {
+        let (_, caller, r) = self.app.start(request).await?;
+        crate::domain::access::require_platform_admin(&caller)?;
+        let conn = self.app.store.conn();
+        let start = if r.after_event_id.is_empty() {
+            crate::store::revocations::latest_id(conn).await?
+        } else {
+            r.after_event_id
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    DomainError::invalid("after_event_id", "must be an event id from this stream")
+                })?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchRevocationsResponse, Status>>(64);
+        let app = self.app.clone();
+        let mut tip = app.revocation_tip.subscribe();
+        tokio::spawn(async move {
+            let mut last = start;
+            loop {
+                match crate::store::revocations::after(app.store.conn(), last, 500).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        for row in rows {
+                            last = row.id;
+                            let event = RevocationEvent {
+                                event_id: row.id.to_string(),
+                                user_id: row.user_id,
+                                organization_id: row.organization_id.unwrap_or_default(),
+                                revoke_time: Some(super::convert::timestamp(row.revoked_at)),
+                                reason: row.reason,
+                                session_id: row.session_id.unwrap_or_default(),
+                            };
+                            if tx
+                                .send(Ok(WatchRevocationsResponse { event: Some(event) }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = tip.changed() => {}
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            _ = tx.closed() => return,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        let jwks = self.app.tokens.jwks();
+        let keys = jwks
+            .keys
+            .iter()
+            .filter_map(|k| serde_json::to_string(k).ok())
+            .collect();
+        Ok(Response::new(GetJwksResponse {
+            keys,
+            jwks_json: jwks.to_json(),
+        }))
+    }
+}

@@ -1,0 +1,134 @@
+//! Per-request context: request id, peer address, and the authenticated caller.
+
+use crate::app::App;
+use crate::domain::error::reason;
+use crate::domain::{Caller, DomainError};
+use crate::store::audit::{Actor, RequestMeta};
+use crate::store::users;
+use tonic::Request;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Takes the caller's `x-request-id` if it is sane (≤ 128 printable ASCII),
+/// otherwise makes one.
+pub fn request_meta<T>(req: &Request<T>) -> RequestMeta {
+    let request_id = req
+        .metadata()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    RequestMeta { request_id, peer }
+}
+
+/// The bearer token of the request, if any.
+fn bearer<T>(req: &Request<T>) -> Result<&str, DomainError> {
+    let Some(value) = req.metadata().get("authorization") else {
+        return Err(DomainError::unauthenticated(
+            reason::MISSING_TOKEN,
+            "missing authorization: Bearer <access token>",
+        ));
+    };
+    let text = value.to_str().map_err(|_| invalid_token())?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(invalid_token)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(invalid_token());
+    }
+    Ok(token.trim())
+}
+
+fn invalid_token() -> DomainError {
+    DomainError::unauthenticated(reason::INVALID_TOKEN, "invalid or expired access token")
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        Actor::User {
+            id: self.user_id.clone(),
+            email: self.email.clone(),
+        }
+    }
+}
+
+impl App {
+    /// What every authenticated handler starts with: request metadata, the
+    /// authenticated caller, and the message.
+    pub async fn start<T>(&self, req: Request<T>) -> Result<(RequestMeta, Caller, T), DomainError> {
+        let meta = request_meta(&req);
+        let caller = self.authenticate(&req).await?;
+        Ok((meta, caller, req.into_inner()))
+    }
+
+    /// Like `authenticate`, but a request without `authorization` is anonymous
+    /// (None); a present but bad token is still refused.
+    pub async fn authenticate_optional<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<Option<Caller>, DomainError> {
+        if req.metadata().get("authorization").is_none() {
+            return Ok(None);
+        }
+        self.authenticate(req).await.map(Some)
+    }
+
+    /// Verifies the bearer token with the same verifier downstream services
+    /// use, then loads the user from current state: a deactivated or deleted
+    /// account is refused at once, and the PlatformAdmin flag is the current
+    /// one, not the one in the token.
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, DomainError> {
+        let claims = self.verify_bearer(req)?;
+        let user = users::find_by_id(self.store.conn(), &claims.sub).await?;
+        current_caller(
+            claims,
+            user.map(|u| CallerRow {
+                email: u.email,
+                status: u.status,
+                platform_admin: u.platform_admin,
+            }),
+        )
+    }
+
+    /// The first half of `authenticate` (no database): the token's claims.
+    /// Hot paths that read the caller's row together with other rows in one
+    /// query finish with `current_caller`.
+    pub fn verify_bearer<T>(&self, req: &Request<T>) -> Result<kiops_token::Claims, DomainError> {
+        let token = bearer(req)?;
+        self.tokens
+            .verify(token, self.clock.now_secs())
+            .map_err(|e| {
+                tracing::debug!(error = %e, "access token refused");
+                invalid_token()
+            })
+    }
+}
+
+/// The caller's current account state, however it was read.
+pub struct CallerRow {
+    pub email: String,
+    pub status: String,
+    pub platform_admin: bool,
+}
+
+/// The second half of `authenticate`: a deleted account's token is invalid,
+/// a deactivated one is refused, and the PlatformAdmin flag is the current
+/// one, not the one in the token.
+pub fn current_caller(
+    claims: kiops_token::Claims,
+    row: Option<CallerRow>,
+) -> Result<Caller, DomainError> {
+    let row = row.ok_or_else(invalid_token)?;
+    if row.status == "inactive" {
+        return Err(DomainError::unauthenticated(
+            reason::ACCOUNT_DISABLED,
+            "this account is deactivated",
+        ));
+    }
+    Ok(Caller {
+        user_id: claims.sub,
+        email: row.email,
+        platform_admin: row.platform_admin,
+        session_id: claims.sid,
+    })
+}

@@ -1,0 +1,131 @@
+//! Store rows → proto messages.
+
+use crate::domain::model::{StoredStatus, UserStatus};
+use crate::store::users::User;
+use kiops_proto::v1;
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn user(u: &User, now_ms: i64) -> v1::User {
+    let status = UserStatus::derive(StoredStatus::parse(&u.status), u.locked_until, now_ms);
+    v1::User {
+        user_id: u.id.clone(),
+        email: u.email.clone(),
+        name: u.name.clone(),
+        phone: u.phone.clone().unwrap_or_default(),
+        avatar_url: u.avatar_url.clone().unwrap_or_default(),
+        status: status.proto_number(),
+        platform_admin: u.platform_admin,
+        create_time: Some(timestamp(u.created_at)),
+    }
+}
+
+use crate::domain::model::{effective_permissions, Role};
+use crate::store::memberships::{parse_role, MemberRow, Membership};
+use crate::store::organizations::Organization;
+use crate::store::templates::Template;
+use kiops_token::Permission;
+
+pub fn organization(o: &Organization) -> v1::Organization {
+    v1::Organization {
+        organization_id: o.id.clone(),
+        name: o.name.clone(),
+        code: o.code.clone(),
+        description: o.description.clone(),
+        create_time: Some(timestamp(o.created_at)),
+    }
+}
+
+fn perm_numbers(perms: &[Permission]) -> Vec<i32> {
+    perms.iter().map(|p| p.proto_number()).collect()
+}
+
+fn role_number(r: Role) -> i32 {
+    r.proto_number()
+}
+
+pub fn member(m: &MemberRow, now_ms: i64) -> v1::Member {
+    let role = parse_role(&m.role);
+    let status = UserStatus::derive(StoredStatus::parse(&m.status), m.locked_until, now_ms);
+    v1::Member {
+        user_id: m.user_id.clone(),
+        email: m.email.clone(),
+        name: m.name.clone(),
+        role: role_number(role),
+        platform_admin: m.platform_admin,
+        status: status.proto_number(),
+        permissions: perm_numbers(&effective_permissions(
+            m.platform_admin,
+            Some(role),
+            m.permissions as u8,
+        )),
+        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions as u8)),
+        join_time: Some(timestamp(m.joined_at)),
+    }
+}
+
+pub fn membership(m: &Membership, org: &Organization, platform_admin: bool) -> v1::Membership {
+    let role = parse_role(&m.role);
+    v1::Membership {
+        organization: Some(organization(org)),
+        role: role_number(role),
+        permissions: perm_numbers(&effective_permissions(
+            platform_admin,
+            Some(role),
+            m.permissions as u8,
+        )),
+        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions as u8)),
+        join_time: Some(timestamp(m.joined_at)),
+    }
+}
+
+pub fn template(t: &Template) -> v1::PermissionTemplate {
+    v1::PermissionTemplate {
+        template_id: t.id.clone(),
+        organization_id: t.organization_id.clone(),
+        name: t.name.clone(),
+        permissions: perm_numbers(&Permission::from_bits(t.permissions as u8)),
+        create_time: Some(timestamp(t.created_at)),
+        update_time: Some(timestamp(t.updated_at)),
+    }
+}
+
+use crate::store::invitations::{self, Invitation};
+use crate::store::join_requests::JoinRequestRow;
+
+pub fn invitation(i: &Invitation, now_ms: i64) -> v1::Invitation {
+    v1::Invitation {
+        invitation_id: i.id.clone(),
+        organization_id: i.organization_id.clone(),
+        email: i.email.clone(),
+        role: parse_role(&i.role).proto_number(),
+        status: invitations::status_of(i, now_ms).proto_number(),
+        inviter_id: i.inviter_id.clone(),
+        create_time: Some(timestamp(i.created_at)),
+        expire_time: Some(timestamp(i.expires_at)),
+    }
+}
+
+pub fn join_request(r: &JoinRequestRow) -> v1::JoinRequest {
+    v1::JoinRequest {
+        join_request_id: r.id.clone(),
+        user_id: r.user_id.clone(),
+        email: r.email.clone(),
+        name: r.name.clone(),
+        organization_id: r.organization_id.clone(),
+        status: match r.status.as_str() {
+            "pending" => 1,
+            "approved" => 2,
+            _ => 3,
+        },
+        request_time: Some(timestamp(r.requested_at)),
+        decide_time: r.decided_at.map(timestamp),
+        decided_by: r.decided_by.clone().unwrap_or_default(),
+        reason: r.reason.clone().unwrap_or_default(),
+    }
+}

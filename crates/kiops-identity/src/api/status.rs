@@ -1,0 +1,144 @@
+//! The one mapping from `DomainError` to `tonic::Status`.
+//!
+//! Every error carries a `google.rpc.ErrorInfo` with a stable reason and the
+//! domain below; INVALID_ARGUMENT adds `BadRequest` field violations and
+//! RESOURCE_EXHAUSTED a `RetryInfo`. Internal details are logged here and never
+//! sent to the caller.
+
+use crate::domain::error::reason;
+use crate::domain::DomainError;
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const ERROR_DOMAIN: &str = "identity.kiops.io";
+
+/// Longest field-violation description and status message sent back.
+/// Descriptions may quote what the caller sent; echoed whole, a long value
+/// would bloat the response headers past what clients accept (they then see
+/// a protocol error instead of INVALID_ARGUMENT) and reflect attacker text.
+const MAX_DESCRIPTION_CHARS: usize = 200;
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// At most `max` characters, control characters replaced, "…" when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
+    let mut d = ErrorDetails::new();
+    d.set_error_info(reason, ERROR_DOMAIN, metadata);
+    d
+}
+
+impl From<DomainError> for Status {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::InvalidArgument(violations) => {
+                let specific = violations.iter().find_map(|v| v.reason);
+                let mut d = info(specific.unwrap_or(reason::INVALID_ARGUMENT), HashMap::new());
+                let mut message = String::from("invalid argument:");
+                for v in &violations {
+                    let description = clip(&v.description, MAX_DESCRIPTION_CHARS);
+                    message.push_str(&format!(" {} {};", v.field, description));
+                    d.add_bad_request_violation(v.field.clone(), description);
+                }
+                message.pop();
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    clip(&message, MAX_MESSAGE_CHARS),
+                    d,
+                )
+            }
+            DomainError::Unauthenticated { reason, message } => Status::with_error_details(
+                Code::Unauthenticated,
+                message,
+                info(reason, HashMap::new()),
+            ),
+            DomainError::PermissionDenied { reason, message } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                info(reason, HashMap::new()),
+            ),
+            DomainError::NotFound { resource } => {
+                let meta = HashMap::from([("resource".to_string(), resource.to_string())]);
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("{resource} not found"),
+                    info(reason::NOT_FOUND, meta),
+                )
+            }
+            DomainError::AlreadyExists { reason, message } => Status::with_error_details(
+                Code::AlreadyExists,
+                message,
+                info(reason, HashMap::new()),
+            ),
+            DomainError::FailedPrecondition {
+                reason,
+                message,
+                metadata,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                info(reason, metadata.into_iter().collect()),
+            ),
+            DomainError::ResourceExhausted {
+                message,
+                retry_after_secs,
+            } => {
+                let mut d = info(reason::RATE_LIMITED, HashMap::new());
+                d.set_retry_info(Some(Duration::from_secs(retry_after_secs)));
+                Status::with_error_details(Code::ResourceExhausted, message, d)
+            }
+            DomainError::Aborted => Status::with_error_details(
+                Code::Aborted,
+                "the request conflicted with a concurrent change; retry",
+                info(reason::CONFLICT, HashMap::new()),
+            ),
+            DomainError::Unavailable => Status::with_error_details(
+                Code::Unavailable,
+                "the service cannot reach its database; retry later",
+                info(reason::DATABASE_UNAVAILABLE, HashMap::new()),
+            ),
+            DomainError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                Status::with_error_details(
+                    Code::Internal,
+                    "internal error",
+                    info(reason::INTERNAL, HashMap::new()),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::error::FieldViolation;
+
+    #[test]
+    fn echoed_input_is_clipped_and_made_single_line() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("abcdef", 3), "abc…");
+        assert_eq!(clip("a\nb\u{0}", 10), "a\u{FFFD}b\u{FFFD}");
+        let long = format!("unsupported term \"{}\"", "x".repeat(100_000));
+        let status = Status::from(DomainError::InvalidArgument(vec![FieldViolation {
+            field: "filter".into(),
+            description: long,
+            reason: None,
+        }]));
+        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS + 1);
+        let bad = status.get_details_bad_request().expect("bad request");
+        assert!(bad.field_violations[0].description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! The one error type of the service. `api::status` maps it to `tonic::Status`
+//! with `google.rpc.ErrorInfo` / `BadRequest` details; nothing else builds a
+//! Status.
+
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// One invalid request field, reported as a `BadRequest.FieldViolation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+    /// A more specific `ErrorInfo.reason` than INVALID_ARGUMENT, if any
+    /// (e.g. WEAK_PASSWORD).
+    pub reason: Option<&'static str>,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+            reason: None,
+        }
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// Stable `ErrorInfo.reason` values that clients may match on.
+pub mod reason {
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
+    pub const MISSING_TOKEN: &str = "MISSING_TOKEN";
+    pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
+    pub const INVALID_REFRESH_TOKEN: &str = "INVALID_REFRESH_TOKEN";
+    pub const REFRESH_TOKEN_REUSED: &str = "REFRESH_TOKEN_REUSED";
+    pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    pub const PLATFORM_ADMIN_REQUIRED: &str = "PLATFORM_ADMIN_REQUIRED";
+    pub const MANAGER_REQUIRED: &str = "MANAGER_REQUIRED";
+    pub const SELF_ROLE_CHANGE: &str = "SELF_ROLE_CHANGE";
+    pub const PROMOTION_REQUIRES_PLATFORM_ADMIN: &str = "PROMOTION_REQUIRES_PLATFORM_ADMIN";
+    pub const LAST_MANAGER: &str = "LAST_MANAGER";
+    pub const INVITATION_EMAIL_MISMATCH: &str = "INVITATION_EMAIL_MISMATCH";
+    pub const WEAK_PASSWORD: &str = "WEAK_PASSWORD";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    pub const ALREADY_EXISTS: &str = "ALREADY_EXISTS";
+    pub const EMAIL_TAKEN: &str = "EMAIL_TAKEN";
+    pub const ORGANIZATION_CODE_TAKEN: &str = "ORGANIZATION_CODE_TAKEN";
+    pub const ALREADY_MEMBER: &str = "ALREADY_MEMBER";
+    pub const NOT_PENDING: &str = "NOT_PENDING";
+    pub const JOIN_REQUEST_PENDING: &str = "JOIN_REQUEST_PENDING";
+    pub const INVITATION_PENDING: &str = "INVITATION_PENDING";
+    pub const INVITATION_EXPIRED: &str = "INVITATION_EXPIRED";
+    pub const LOGIN_REQUIRED: &str = "LOGIN_REQUIRED";
+    pub const AUDIT_PERMISSION_REQUIRED: &str = "AUDIT_PERMISSION_REQUIRED";
+    pub const SELF_ACCOUNT_ACTION: &str = "SELF_ACCOUNT_ACTION";
+    pub const INVALID_CURRENT_PASSWORD: &str = "INVALID_CURRENT_PASSWORD";
+    pub const INVALID_RESET_TOKEN: &str = "INVALID_RESET_TOKEN";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
+    pub const CONFLICT: &str = "CONFLICT";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// The domain error. Messages are safe to show to the caller: they never
+/// contain secrets, and for authentication failures they never say whether an
+/// account exists.
+#[derive(Debug, Clone, Error)]
+pub enum DomainError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{message}")]
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{resource} not found")]
+    NotFound { resource: &'static str },
+    #[error("{message}")]
+    AlreadyExists {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+        metadata: BTreeMap<String, String>,
+    },
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// A write lost a race it may win when retried (serialization failure).
+    #[error("the request conflicted with a concurrent change; retry")]
+    Aborted,
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// A bug or an unexpected failure. The detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl DomainError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        DomainError::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn denied(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::PermissionDenied {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Unauthenticated {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The one answer for every failed password login (R12).
+    pub fn invalid_credentials() -> Self {
+        Self::unauthenticated(reason::INVALID_CREDENTIALS, "invalid email or password")
+    }
+
+    pub fn not_found(resource: &'static str) -> Self {
+        DomainError::NotFound { resource }
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::FailedPrecondition {
+            reason,
+            message: message.into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    pub fn exists(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::AlreadyExists {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        DomainError::Internal(detail.into())
+    }
+}
+
+/// Collects field violations so a request reports all its bad fields at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn check(&mut self, result: Result<(), FieldViolation>) {
+        if let Err(v) = result {
+            self.0.push(v);
+        }
+    }
+
+    /// The value, or a default after recording the violation; the request is
+    /// refused by `into_result` before the default is ever used.
+    pub fn take<T: Default>(&mut self, result: Result<T, FieldViolation>) -> T {
+        match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.0.push(e);
+                T::default()
+            }
+        }
+    }
+
+    pub fn push(&mut self, v: FieldViolation) {
+        self.0.push(v);
+    }
+
+    pub fn into_result(self) -> Result<(), DomainError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::InvalidArgument(self.0))
+        }
+    }
+}

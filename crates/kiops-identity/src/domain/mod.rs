@@ -1,0 +1,15 @@
+//! The rules of SPEC section 2 as plain functions over plain types.
+//!
+//! Nothing in here knows about tonic or sea-orm: every rule can be unit-tested
+//! without a server or a database, and the api/ and store/ layers only decode,
+//! call these, and apply the decision.
+
+pub mod access;
+pub mod error;
+pub mod model;
+pub mod page_token;
+pub mod password_policy;
+pub mod validate;
+
+pub use error::{DomainError, FieldViolation};
+pub use model::{Caller, Permission, Role};

@@ -1,0 +1,123 @@
+//! Plain domain types shared by the layers.
+
+pub use kiops_token::{Permission, Role};
+
+/// An authenticated caller, as loaded from current state (not from token
+/// claims), so a deactivation or demotion takes effect on the very next call.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub email: String,
+    pub platform_admin: bool,
+    /// Session of the access token, when the token names one.
+    pub session_id: Option<String>,
+}
+
+/// Account status as stored. LOCKED is derived from `locked_until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredStatus {
+    Active,
+    Inactive,
+}
+
+impl StoredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredStatus::Active => "active",
+            StoredStatus::Inactive => "inactive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "inactive" {
+            StoredStatus::Inactive
+        } else {
+            StoredStatus::Active
+        }
+    }
+}
+
+/// Status as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Inactive,
+    Locked,
+}
+
+impl UserStatus {
+    /// INACTIVE wins over LOCKED: a deactivated account stays deactivated
+    /// whatever its lockout window says.
+    pub fn derive(stored: StoredStatus, locked_until_ms: Option<i64>, now_ms: i64) -> Self {
+        match stored {
+            StoredStatus::Inactive => UserStatus::Inactive,
+            StoredStatus::Active if locked_until_ms.is_some_and(|t| t > now_ms) => {
+                UserStatus::Locked
+            }
+            StoredStatus::Active => UserStatus::Active,
+        }
+    }
+
+    pub fn proto_number(self) -> i32 {
+        match self {
+            UserStatus::Active => 1,
+            UserStatus::Inactive => 2,
+            UserStatus::Locked => 3,
+        }
+    }
+}
+
+/// Effective permissions in an organization (SPEC 1): everything for a
+/// PlatformAdmin or a Manager, the granted set for a Member, nothing without a
+/// membership.
+pub fn effective_permissions(
+    platform_admin: bool,
+    role: Option<Role>,
+    granted_bits: u8,
+) -> Vec<Permission> {
+    match (platform_admin, role) {
+        (true, _) | (_, Some(Role::Manager)) => Permission::ALL.to_vec(),
+        (false, Some(Role::Member)) => Permission::from_bits(granted_bits),
+        (false, None) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_derivation() {
+        assert_eq!(
+            UserStatus::derive(StoredStatus::Active, None, 10),
+            UserStatus::Active
+        );
+        assert_eq!(
+            UserStatus::derive(StoredStatus::Active, Some(11), 10),
+            UserStatus::Locked
+        );
+        assert_eq!(
+            UserStatus::derive(StoredStatus::Active, Some(10), 10),
+            UserStatus::Active
+        );
+        assert_eq!(
+            UserStatus::derive(StoredStatus::Inactive, Some(11), 10),
+            UserStatus::Inactive
+        );
+    }
+
+    #[test]
+    fn effective_permissions_follow_spec() {
+        let device = Permission::Device.bit();
+        assert_eq!(effective_permissions(true, None, 0).len(), 7);
+        assert_eq!(
+            effective_permissions(false, Some(Role::Manager), 0).len(),
+            7
+        );
+        assert_eq!(
+            effective_permissions(false, Some(Role::Member), device),
+            vec![Permission::Device]
+        );
+        assert!(effective_permissions(false, None, 0x7f).is_empty());
+    }
+}

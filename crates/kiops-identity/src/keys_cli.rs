@@ -1,0 +1,82 @@
+//! `kiops-identity keys list|rotate`.
+
+use crate::clock::Clock;
+use crate::config::KeysCommand;
+use crate::server::open_store;
+use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
+use crate::store::{db_err, keys};
+use kiops_token::SigningKey;
+use serde_json::json;
+
+fn fmt_ms(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
+    let clock = Clock::default();
+    match cmd {
+        KeysCommand::List(db) => {
+            let store = open_store(&db.database_url, 2).await?;
+            let now = clock.now_ms();
+            println!("{:<45} {:<9} {:<21} retire_at", "kid", "status", "created");
+            for k in keys::all(store.conn())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                let status = match k.retire_at {
+                    Some(t) if k.status != "active" && t <= now => "retired",
+                    _ => k.status.as_str(),
+                };
+                println!(
+                    "{:<45} {:<9} {:<21} {}",
+                    k.kid,
+                    status,
+                    fmt_ms(Some(k.created_at)),
+                    fmt_ms(k.retire_at)
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate(args) => {
+            let store = open_store(&args.db.database_url, 2).await?;
+            let now = clock.now_ms();
+            let key = SigningKey::generate();
+            let pem = key.to_pkcs8_pem().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let retire_at = now + args.retire_after.max(0) * 1000;
+            let tx = store
+                .begin_write()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            keys::lock_for_creation(&tx)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let previous = keys::rotate(&tx, key.kid(), pem, retire_at, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit::record(
+                &tx,
+                &RequestMeta {
+                    request_id: "keys-rotate".into(),
+                    peer: String::new(),
+                },
+                AuditEntry::new(Actor::System, "key.rotated", "signing_key", key.kid())
+                    .details(json!({"previous": previous, "previous_retire_at": retire_at})),
+                now,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tx.commit()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", db_err(e)))?;
+            println!(
+                "new active key {}; previous {:?} published until {}",
+                key.kid(),
+                previous,
+                fmt_ms(Some(retire_at))
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The background sender: drains the outbox, with a lease per message and
+//! exponential backoff on failure (1 s, 2 s, 4 s … capped at 1 hour). Each
+//! message carries `Message-ID: <outbox id@kiops-identity>`, so a receiver
+//! can drop the rare duplicate after a crash between sending and recording.
+
+use super::MailSettings;
+use crate::app::App;
+use crate::domain::DomainError;
+use crate::store::outbox::{self, OutboxEmail};
+use lettre::message::header::ContentType;
+use lettre::message::{Body, Mailbox};
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::{AsyncTransport, Message, Tokio1Executor};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a claimed message is reserved for one delivery attempt.
+const LEASE_MS: i64 = 60_000;
+const BATCH: u64 = 20;
+const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Log,
+}
+
+impl Transport {
+    pub fn from_settings(settings: &MailSettings) -> anyhow::Result<Self> {
+        match &settings.smtp_url {
+            None => Ok(Transport::Log),
+            Some(url) => Ok(Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| anyhow::anyhow!("invalid SMTP URL: {e}"))?
+                    .timeout(Some(Duration::from_secs(20)))
+                    .build(),
+            )),
+        }
+    }
+}
+
+fn build(settings: &MailSettings, m: &OutboxEmail) -> Result<Message, String> {
+    let from: Mailbox = settings
+        .from
+        .parse()
+        .map_err(|e| format!("from address: {e}"))?;
+    let to: Mailbox = m
+        .to_address
+        .parse()
+        .map_err(|e| format!("to address: {e}"))?;
+    // 7bit keeps links intact for simple clients; fall back to automatic
+    // encoding if the text does not allow it.
+    let crlf = m.body_text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let body = Body::new_with_encoding(
+        crlf,
+        lettre::message::header::ContentTransferEncoding::SevenBit,
+    )
+    .unwrap_or_else(Body::new);
+    Message::builder()
+        .from(from)
+        .to(to)
+        .subject(m.subject.clone())
+        .message_id(Some(format!("<{}@kiops-identity>", m.id)))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| format!("message: {e}"))
+}
+
+async fn deliver(
+    settings: &MailSettings,
+    transport: &Transport,
+    m: &OutboxEmail,
+) -> Result<(), String> {
+    match transport {
+        Transport::Log => {
+            // Embedded default only (no SMTP configured): the log is the
+            // mailbox, so the message, link included, goes there.
+            tracing::info!(
+                target: "kiops_identity::mail::log_delivery",
+                to = %m.to_address,
+                subject = %m.subject,
+                "email (no SMTP configured):\n{}",
+                m.body_text
+            );
+            Ok(())
+        }
+        Transport::Smtp(smtp) => {
+            let msg = build(settings, m)?;
+            smtp.send(msg).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// One pass over the due messages; returns how many were delivered.
+pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, DomainError> {
+    let conn = app.store.writer();
+    let now = app.clock.now_ms();
+    let mut delivered = 0;
+    for m in outbox::due(conn, now, BATCH).await? {
+        if !outbox::claim(conn, &m.id, now, LEASE_MS).await? {
+            continue;
+        }
+        match deliver(&app.mail, transport, &m).await {
+            Ok(()) => {
+                outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
+                delivered += 1;
+            }
+            Err(e) => {
+                let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);
+                outbox::mark_failed(conn, &m.id, app.clock.now_ms() + backoff, &e).await?;
+                // Logged after the failure is recorded, so the line means the
+                // retry is scheduled (operators and tests rely on that).
+                tracing::warn!(email_id = %m.id, attempts = m.attempts + 1, error = %e, "email delivery failed; will retry");
+            }
+        }
+    }
+    Ok(delivered)
+}
+
+/// Runs until `shutdown` turns true. Woken at once by `App::mail_wakeup`
+/// after a commit that queued a message, and every second otherwise (for
+/// retries and messages queued by other replicas).
+pub async fn run(app: App, transport: Transport, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match drain_once(&app, &transport).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox pass failed"),
+        }
+        if let Ok(n) = outbox::backlog(app.store.conn()).await {
+            app.metrics.outbox_backlog.set(n as i64);
+        }
+        tokio::select! {
+            _ = app.mail_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics served on the HTTP port at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets (seconds): sub-millisecond permission checks up to
+/// password hashing and slow database calls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// gRPC requests by full method name and status code name.
+    pub grpc_requests: IntCounterVec,
+    /// gRPC handling time by method, until the response headers (for the
+    /// one streaming RPC, until the stream starts).
+    pub grpc_latency: HistogramVec,
+    /// Calls refused because --max-concurrent-requests were in flight.
+    pub grpc_shed: IntCounter,
+    /// Password logins by result: success, failure, locked.
+    pub logins: IntCounterVec,
+    /// Emails in the outbox not yet delivered.
+    pub outbox_backlog: IntGauge,
+    /// Database pool connections by pool and state (in_use, idle, max);
+    /// refreshed on every scrape.
+    pub db_pool: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("kiops_identity".into()), None).unwrap_or_default();
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "grpc_requests_total",
+                "gRPC requests by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("static metric definition is valid");
+        let grpc_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_request_duration_seconds",
+                "gRPC request handling time by method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method"],
+        )
+        .expect("static metric definition is valid");
+        let grpc_shed = IntCounter::new(
+            "grpc_requests_shed_total",
+            "gRPC calls refused with RESOURCE_EXHAUSTED because the server was at its concurrency limit",
+        )
+        .expect("static metric definition is valid");
+        let logins = IntCounterVec::new(
+            Opts::new("logins_total", "Password logins by result"),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        let outbox_backlog = IntGauge::new("outbox_backlog", "Emails waiting for delivery")
+            .expect("static metric definition is valid");
+        let db_pool = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections by state"),
+            &["pool", "state"],
+        )
+        .expect("static metric definition is valid");
+        let _ = registry.register(Box::new(grpc_requests.clone()));
+        let _ = registry.register(Box::new(grpc_latency.clone()));
+        let _ = registry.register(Box::new(grpc_shed.clone()));
+        let _ = registry.register(Box::new(logins.clone()));
+        let _ = registry.register(Box::new(outbox_backlog.clone()));
+        let _ = registry.register(Box::new(db_pool.clone()));
+        Self {
+            registry,
+            grpc_requests,
+            grpc_latency,
+            grpc_shed,
+            logins,
+            outbox_backlog,
+            db_pool,
+        }
+    }
+
+    /// Records one pool reading.
+    pub fn set_pool(&self, u: &crate::store::PoolUsage) {
+        let in_use = u.open.saturating_sub(u.idle);
+        self.db_pool
+            .with_label_values(&[u.pool, "in_use"])
+            .set(i64::from(in_use));
+        self.db_pool
+            .with_label_values(&[u.pool, "idle"])
+            .set(i64::from(u.idle));
+        self.db_pool
+            .with_label_values(&[u.pool, "max"])
+            .set(i64::from(u.max));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

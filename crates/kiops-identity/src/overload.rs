@@ -1,0 +1,97 @@
+//! Load shedding: at most N gRPC calls run at once across all connections;
+//! the next one is answered RESOURCE_EXHAUSTED at once. Queueing instead
+//! would let a burst grow memory and latency without bound, and a client
+//! that is told "not now" can back off or try another replica.
+
+use crate::metrics::Metrics;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+#[derive(Clone)]
+pub struct ShedLayer {
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl ShedLayer {
+    pub fn new(max_in_flight: usize, metrics: Metrics) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// The refusal, as a trailers-only gRPC response with an ErrorInfo reason.
+fn overloaded<B: Default>() -> http::Response<B> {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_error_info(
+        "OVERLOADED",
+        crate::api::status::ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    tonic::Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        "the server is at its concurrency limit; retry with backoff",
+        details,
+    )
+    .into_http()
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Shed<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        // Health checks are never shed: an orchestrator that saw them fail
+        // would restart a replica that is merely busy.
+        if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+            return Box::pin(self.inner.call(req));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.grpc_shed.inc();
+            return Box::pin(async { Ok(overloaded()) });
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            // Held until the handler has answered (for the streaming RPC,
+            // until its stream starts: a watcher is not a call in flight).
+            drop(permit);
+            res
+        })
+    }
+}

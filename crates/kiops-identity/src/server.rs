@@ -1,0 +1,372 @@
+//! `kiops-identity serve`: wiring, listeners and graceful shutdown.
+
+use crate::api::Services;
+use crate::app::{App, AppInner, Settings};
+use crate::auth::password::PasswordHasher;
+use crate::auth::throttle::{Limit, Throttle};
+use crate::auth::tokens::{TokenService, TokenSettings};
+use crate::bootstrap;
+use crate::clock::Clock;
+use crate::config::ServeArgs;
+use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::mail::{sender, MailSettings};
+use crate::metrics::Metrics;
+use crate::overload::ShedLayer;
+use crate::store::{Store, StoreOptions};
+use anyhow::Context;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Health service name that stays SERVING while the process runs, for
+/// liveness probes: a database outage makes a replica unready (service ""),
+/// not dead, so it is not restarted in vain.
+pub const LIVENESS: &str = "liveness";
+
+pub async fn open_store(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+    let store = Store::connect(&StoreOptions {
+        url: url.to_string(),
+        max_connections,
+    })
+    .await
+    .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    store.migrate().await.context("migrations failed")?;
+    Ok(store)
+}
+
+/// Accepted gRPC connections with Nagle's algorithm off. tonic sets
+/// TCP_NODELAY only on listeners it binds itself; with our own listener a
+/// response larger than one segment waited for the client's delayed ACK,
+/// adding a flat 40 ms to every list page (found by the list-members bench).
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        Ok(conn)
+    })
+}
+
+/// The URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.db.database_url, args.db.db_max_connections).await?;
+    tracing::info!(database = %redact_url(&args.db.database_url), "database ready");
+
+    let clock = Clock::default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let hasher = PasswordHasher::new(args.hash_concurrency.unwrap_or(cores))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signing_key_pem = match &args.signing_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read signing key file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let tokens = TokenService::load(
+        &store,
+        &clock,
+        &TokenSettings {
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            access_ttl_secs: args.access_token_ttl,
+            signing_key_pem,
+            previous_key_pems: args
+                .previous_key_file
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read previous key file {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
+
+    let app = App::new(AppInner {
+        store,
+        clock,
+        hasher,
+        tokens,
+        settings: Settings {
+            refresh_ttl_ms: (args.refresh_token_ttl as i64) * 1000,
+            session_ttl_ms: (args.session_ttl as i64) * 1000,
+            lockout_threshold: args.lockout_threshold.max(1),
+            lockout_ms: args.lockout_seconds.max(1) * 1000,
+        },
+        metrics: Metrics::new(),
+        mail: MailSettings {
+            public_url: args.public_url.clone(),
+            from: args.mail_from.clone(),
+            smtp_url: args.smtp_url.clone(),
+        },
+        mail_wakeup: Default::default(),
+        revocation_tip: tokio::sync::watch::channel(0).0,
+        throttle: Throttle::new(
+            Limit {
+                per_minute: args.login_rate_per_peer,
+            },
+            Limit {
+                per_minute: args.login_rate_per_email,
+            },
+        ),
+    });
+    bootstrap::on_serve(&app, &args).await?;
+
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
+    let http_listener = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let services = Services::new(&app, args.max_request_bytes);
+    for name in [
+        "kiops.identity.v1.AuthService",
+        "kiops.identity.v1.UserService",
+        "kiops.identity.v1.OrganizationService",
+        "kiops.identity.v1.MembershipService",
+        "kiops.identity.v1.InvitationService",
+        "kiops.identity.v1.ApprovalService",
+        "kiops.identity.v1.AuditService",
+        LIVENESS,
+        "",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiops_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiops_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("reflection service")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        let _ = shutdown_tx.send(true);
+    });
+    let transport = sender::Transport::from_settings(&app.mail)?;
+    if app.mail.smtp_url.is_none() {
+        tracing::warn!(
+            "no SMTP configured (--smtp-url): emails, links included, are written to this log"
+        );
+    }
+    let mail_task = tokio::spawn(sender::run(app.clone(), transport, shutdown_rx.clone()));
+    {
+        // Revocations may be written by any replica: poll the tip. The same
+        // query tells whether the database answers, which the overall gRPC
+        // health status ("", what readiness probes ask) follows.
+        let app = app.clone();
+        let health = health_reporter.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut db_up = true;
+            loop {
+                let polled = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::store::revocations::latest_id(app.store.conn()),
+                )
+                .await;
+                let up = match polled {
+                    Ok(Ok(id)) => {
+                        app.revocation_tip.send_if_modified(|v| {
+                            let changed = *v != id;
+                            *v = id;
+                            changed
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                if up != db_up {
+                    db_up = up;
+                    let status = if up {
+                        tracing::info!("database reachable again: serving");
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tracing::warn!("database unreachable: health NOT_SERVING");
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status("", status).await;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+            }
+        });
+    }
+    {
+        let (app, every) = (app.clone(), Duration::from_secs(args.key_refresh.max(1)));
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+                if let Err(e) = app.tokens.reload(&app.store, &app.clock).await {
+                    tracing::warn!(error = %e, "reloading signing keys failed");
+                }
+            }
+        });
+    }
+    let grpc_shutdown = wait_true(shutdown_rx.clone());
+    let http_shutdown = wait_true(shutdown_rx.clone());
+
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&args)? {
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let grpc = builder
+        .timeout(Duration::from_secs(args.request_timeout.max(1)))
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::request_id::RequestIdLayer)
+                .layer(GrpcMetricsLayer::new(app.metrics.clone()))
+                .layer(ShedLayer::new(
+                    args.max_concurrent_requests,
+                    app.metrics.clone(),
+                )),
+        )
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(services.auth)
+        .add_service(services.users)
+        .add_service(services.organizations)
+        .add_service(services.memberships)
+        .add_service(services.invitations)
+        .add_service(services.approvals)
+        .add_service(services.audit)
+        .serve_with_incoming_shutdown(nodelay(grpc_listener), grpc_shutdown);
+    let http = axum::serve(
+        http_listener,
+        crate::http::router(app.clone(), args.unsafe_test_clock),
+    )
+    .with_graceful_shutdown(http_shutdown);
+
+    let scheme = if args.tls_cert_file.is_some() {
+        if args.tls_client_ca_file.is_some() {
+            "tls+client-certificates"
+        } else {
+            "tls"
+        }
+    } else {
+        "plaintext"
+    };
+    tracing::info!("ready: grpc={grpc_addr} ({scheme}) http={http_addr}");
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+
+    let mut grpc_task = grpc_task;
+    let signalled = shutdown_rx.clone();
+    let mut rx = shutdown_rx;
+    let grpc_finished = tokio::select! {
+        r = &mut grpc_task => {
+            r.context("gRPC server task")?.context("gRPC server")?;
+            // A signal stops the gRPC server too, and it may finish before
+            // this select sees the signal: only a stop without one is a failure.
+            if !*signalled.borrow() {
+                anyhow::bail!("gRPC server stopped unexpectedly");
+            }
+            true
+        }
+        _ = rx.wait_for(|v| *v) => false,
+    };
+    // Both servers stopped accepting; in-flight calls get `grace` to finish.
+    let drained = tokio::time::timeout(grace, async {
+        if !grpc_finished {
+            let _ = grpc_task.await;
+        }
+        let _ = http_task.await;
+        let _ = mail_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within the grace period");
+    }
+    app.store.clone().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// gRPC over TLS when a certificate is configured; with a client CA, the
+/// clients' certificates are verified too (mutual TLS).
+fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "TLS certificate")?,
+        read(key, "TLS key")?,
+    ));
+    if let Some(ca) = &args.tls_client_ca_file {
+        cfg = cfg
+            .client_ca_root(Certificate::from_pem(read(ca, "TLS client CA")?))
+            .client_auth_optional(args.tls_client_auth_optional);
+    }
+    Ok(Some(cfg))
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

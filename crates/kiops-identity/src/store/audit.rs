@@ -1,0 +1,186 @@
+//! Writing audit events (R19): always inside the transaction of the change.
+
+use super::db_err;
+use super::entity::audit_event;
+use crate::domain::DomainError;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
+use serde_json::Value;
+
+/// Where a request came from, stored on every event it causes.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub peer: String,
+}
+
+/// Who did it.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    User {
+        id: String,
+        email: String,
+    },
+    /// Unauthenticated (a failed login, a signup).
+    Anonymous,
+    /// The server itself (bootstrap, key generation).
+    System,
+}
+
+/// One event, before it gets its id and time.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub actor: Actor,
+    pub organization_id: Option<String>,
+    /// Stable dotted name, e.g. `membership.role_changed`.
+    pub action: &'static str,
+    pub target_type: &'static str,
+    pub target_id: String,
+    /// `{"before":…,"after":…}` or other context. Never secrets.
+    pub details: Value,
+}
+
+impl AuditEntry {
+    pub fn new(
+        actor: Actor,
+        action: &'static str,
+        target_type: &'static str,
+        target_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            actor,
+            organization_id: None,
+            action,
+            target_type,
+            target_id: target_id.into(),
+            details: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn org(mut self, organization_id: impl Into<String>) -> Self {
+        self.organization_id = Some(organization_id.into());
+        self
+    }
+
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+pub async fn record<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    entry: AuditEntry,
+    now_ms: i64,
+) -> Result<(), DomainError> {
+    let (actor_type, actor_id, actor_email) = match entry.actor {
+        Actor::User { id, email } => ("user", Some(id), Some(email)),
+        Actor::Anonymous => ("anonymous", None, None),
+        Actor::System => ("system", None, None),
+    };
+    audit_event::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        occurred_at: Set(now_ms),
+        actor_type: Set(actor_type.to_string()),
+        actor_id: Set(actor_id),
+        actor_email: Set(actor_email),
+        organization_id: Set(entry.organization_id),
+        action: Set(entry.action.to_string()),
+        target_type: Set(entry.target_type.to_string()),
+        target_id: Set(entry.target_id),
+        details: Set(entry.details.to_string()),
+        request_id: Set(meta.request_id.clone()),
+        peer_address: Set(meta.peer.clone()),
+    }
+    .insert(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub use super::entity::audit_event::Model as AuditEvent;
+
+/// Which events to read (R19). All fields optional; `organization_id` None
+/// means every organization (PlatformAdmin only, decided by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub organization_id: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub actor_id: Option<String>,
+    /// Prefix of the dotted action name, matched literally.
+    pub action_prefix: Option<String>,
+    pub target_id: Option<String>,
+}
+
+impl AuditFilter {
+    fn condition(&self) -> sea_orm::Condition {
+        use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr};
+        use sea_orm::ColumnTrait;
+        let mut c = sea_orm::Condition::all();
+        if let Some(o) = &self.organization_id {
+            c = c.add(audit_event::Column::OrganizationId.eq(o.clone()));
+        }
+        if let Some(t) = self.start_ms {
+            c = c.add(audit_event::Column::OccurredAt.gte(t));
+        }
+        if let Some(t) = self.end_ms {
+            c = c.add(audit_event::Column::OccurredAt.lt(t));
+        }
+        if let Some(a) = &self.actor_id {
+            c = c.add(audit_event::Column::ActorId.eq(a.clone()));
+        }
+        if let Some(t) = &self.target_id {
+            c = c.add(audit_event::Column::TargetId.eq(t.clone()));
+        }
+        if let Some(p) = &self.action_prefix {
+            let mut pattern = super::like_contains(p);
+            pattern.remove(0); // prefix match: no leading wildcard
+            c = c.add(
+                Expr::col((audit_event::Entity, audit_event::Column::Action))
+                    .like(LikeExpr::new(pattern).escape('\\')),
+            );
+        }
+        c
+    }
+}
+
+/// Newest first; keyset on (occurred_at, id), both descending.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    filter: &AuditFilter,
+    after: Option<(i64, String)>,
+    limit: u64,
+    with_total: bool,
+) -> Result<(Vec<AuditEvent>, u64), DomainError> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+    let cond = filter.condition();
+    let total = if with_total {
+        audit_event::Entity::find()
+            .filter(cond.clone())
+            .count(conn)
+            .await
+            .map_err(db_err)?
+    } else {
+        0
+    };
+    let mut q = audit_event::Entity::find().filter(cond);
+    if let Some((t, id)) = after {
+        q = q.filter(super::memberships::keyset_after(
+            Expr::col((audit_event::Entity, audit_event::Column::OccurredAt)),
+            Expr::col((audit_event::Entity, audit_event::Column::Id)),
+            serde_json::json!(t),
+            id,
+            true,
+        ));
+    }
+    let rows = q
+        .order_by_desc(audit_event::Column::OccurredAt)
+        .order_by_desc(audit_event::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok((rows, total))
+}

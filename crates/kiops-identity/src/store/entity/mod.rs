@@ -1,0 +1,15 @@
+//! sea-orm entities, one per table of the migration.
+
+pub mod audit_event;
+pub mod email_outbox;
+pub mod invitation;
+pub mod join_request;
+pub mod membership;
+pub mod organization;
+pub mod password_reset_token;
+pub mod permission_template;
+pub mod refresh_token;
+pub mod revocation_event;
+pub mod session;
+pub mod signing_key;
+pub mod user;

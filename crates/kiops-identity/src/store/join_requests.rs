@@ -1,0 +1,262 @@
+//! Join requests (R7, R8). One PENDING request per (user, organization) is a
+//! partial unique index; a decision is one conditional UPDATE on
+//! `status = 'pending'`, so two racing approvals cannot both win.
+
+use super::audit::{self, Actor, AuditEntry, RequestMeta};
+use super::entity::{join_request as jr, user};
+use super::memberships::{keyset_after, Count};
+use super::{db_err, is_unique_violation};
+use crate::domain::error::reason;
+use crate::domain::DomainError;
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Order, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, Set,
+};
+use serde_json::json;
+
+pub use jr::Model as JoinRequestModel;
+
+pub async fn create<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user_id: &str,
+    org: &str,
+    now: i64,
+) -> Result<JoinRequestModel, DomainError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let m = jr::ActiveModel {
+        id: Set(id.clone()),
+        user_id: Set(user_id.to_string()),
+        organization_id: Set(org.to_string()),
+        status: Set("pending".into()),
+        requested_at: Set(now),
+        decided_at: Set(None),
+        decided_by: Set(None),
+        reason: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            DomainError::exists(
+                reason::JOIN_REQUEST_PENDING,
+                "a request to join this organization is already pending",
+            )
+        } else {
+            db_err(e)
+        }
+    })?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "join_request.created", "join_request", &id).org(org),
+        now,
+    )
+    .await?;
+    Ok(m)
+}
+
+pub async fn find<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+) -> Result<Option<JoinRequestModel>, DomainError> {
+    jr::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Approves or rejects a pending request; false if it was not pending any more.
+#[allow(clippy::too_many_arguments)]
+pub async fn decide<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    req: &JoinRequestModel,
+    approve: bool,
+    decided_by: &str,
+    why: Option<String>,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let to = if approve { "approved" } else { "rejected" };
+    let n = jr::Entity::update_many()
+        .col_expr(jr::Column::Status, Expr::value(to))
+        .col_expr(jr::Column::DecidedAt, Expr::value(now))
+        .col_expr(jr::Column::DecidedBy, Expr::value(decided_by))
+        .col_expr(jr::Column::Reason, Expr::value(why.clone()))
+        .filter(jr::Column::Id.eq(&req.id))
+        .filter(jr::Column::Status.eq("pending"))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    if n != 1 {
+        return Ok(false);
+    }
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(
+            actor,
+            if approve {
+                "join_request.approved"
+            } else {
+                "join_request.rejected"
+            },
+            "join_request",
+            &req.id,
+        )
+        .org(&req.organization_id)
+        .details(json!({
+            "before": {"status": "pending"},
+            "after": {"status": to, "reason": why},
+            "user_id": req.user_id,
+        })),
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// A request with the requester's email and name (R8).
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct JoinRequestRow {
+    pub id: String,
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub organization_id: String,
+    pub status: String,
+    pub requested_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub struct JoinRequestQuery {
+    /// None: every organization (PlatformAdmin); Some(list): only those.
+    pub organizations: Option<Vec<String>>,
+    pub status: &'static str,
+    pub since: Option<i64>,
+    pub after: Option<(i64, String)>,
+    pub limit: u64,
+}
+
+fn jcol(c: jr::Column) -> Expr {
+    Expr::col((jr::Entity, c))
+}
+
+/// Newest first, with the total for the "Pending Approval (N)" badge.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    q: JoinRequestQuery,
+) -> Result<(Vec<JoinRequestRow>, u64), DomainError> {
+    let mut cond = Cond::all().add(jcol(jr::Column::Status).eq(q.status));
+    if let Some(orgs) = &q.organizations {
+        if orgs.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        cond = cond.add(jcol(jr::Column::OrganizationId).is_in(orgs.clone()));
+    }
+    if let Some(since) = q.since {
+        cond = cond.add(jcol(jr::Column::RequestedAt).gte(since));
+    }
+    let backend = conn.get_database_backend();
+    let join = Expr::col((user::Entity, user::Column::Id)).equals((jr::Entity, jr::Column::UserId));
+    let count = Query::select()
+        .expr_as(jcol(jr::Column::Id).count(), Alias::new("n"))
+        .from(jr::Entity)
+        .inner_join(user::Entity, join.clone())
+        .cond_where(cond.clone())
+        .to_owned();
+    let total = Count::find_by_statement(backend.build(&count))
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .map(|c| Ord::max(c.n, 0) as u64)
+        .unwrap_or(0);
+    if let Some((t, id)) = q.after {
+        cond = cond.add(keyset_after(
+            jcol(jr::Column::RequestedAt),
+            jcol(jr::Column::Id),
+            json!(t),
+            id,
+            true,
+        ));
+    }
+    let stmt = Query::select()
+        .expr_as(jcol(jr::Column::Id), Alias::new("id"))
+        .expr_as(jcol(jr::Column::UserId), Alias::new("user_id"))
+        .expr_as(
+            Expr::col((user::Entity, user::Column::Email)),
+            Alias::new("email"),
+        )
+        .expr_as(
+            Expr::col((user::Entity, user::Column::Name)),
+            Alias::new("name"),
+        )
+        .expr_as(
+            jcol(jr::Column::OrganizationId),
+            Alias::new("organization_id"),
+        )
+        .expr_as(jcol(jr::Column::Status), Alias::new("status"))
+        .expr_as(jcol(jr::Column::RequestedAt), Alias::new("requested_at"))
+        .expr_as(jcol(jr::Column::DecidedAt), Alias::new("decided_at"))
+        .expr_as(jcol(jr::Column::DecidedBy), Alias::new("decided_by"))
+        .expr_as(jcol(jr::Column::Reason), Alias::new("reason"))
+        .from(jr::Entity)
+        .inner_join(user::Entity, join)
+        .cond_where(cond)
+        .order_by_expr(jcol(jr::Column::RequestedAt), Order::Desc)
+        .order_by_expr(jcol(jr::Column::Id), Order::Desc)
+        .limit(q.limit)
+        .to_owned();
+    let rows = JoinRequestRow::find_by_statement(backend.build(&stmt))
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok((rows, total))
+}
+
+pub async fn row<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+) -> Result<Option<JoinRequestRow>, DomainError> {
+    let Some(m) = find(conn, id).await? else {
+        return Ok(None);
+    };
+    let u = user::Entity::find_by_id(m.user_id.clone())
+        .one(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(u.map(|u| JoinRequestRow {
+        id: m.id,
+        user_id: m.user_id,
+        email: u.email,
+        name: u.name,
+        organization_id: m.organization_id,
+        status: m.status,
+        requested_at: m.requested_at,
+        decided_at: m.decided_at,
+        decided_by: m.decided_by,
+        reason: m.reason,
+    }))
+}
+
+/// Organizations where `user_id` is a Manager.
+pub async fn managed_orgs<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<Vec<String>, DomainError> {
+    use super::entity::membership;
+    Ok(membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .filter(membership::Column::Role.eq("manager"))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| m.organization_id)
+        .collect())
+}

@@ -1,0 +1,666 @@
+//! Memberships: who belongs to which organization, with which role and
+//! granted permissions (R1–R6, R10, R17).
+
+use super::audit::{self, Actor, AuditEntry, RequestMeta};
+use super::entity::{membership, organization, user};
+use super::{db_err, is_unique_violation, like_contains};
+use crate::domain::error::reason;
+use crate::domain::model::{effective_permissions, Role};
+use crate::domain::DomainError;
+use kiops_token::{OrgClaims, Permission};
+use sea_orm::sea_query::{
+    Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement, SimpleExpr,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, Set, Statement,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+pub use membership::Model as Membership;
+
+pub fn parse_role(s: &str) -> Role {
+    if s == "manager" {
+        Role::Manager
+    } else {
+        Role::Member
+    }
+}
+
+fn perm_names(bits: u8) -> Vec<&'static str> {
+    Permission::from_bits(bits)
+        .into_iter()
+        .map(Permission::as_str)
+        .collect()
+}
+
+/// Role and effective permissions of `user_id` in each of their organizations
+/// (or only in `only_org`), as they go into an access token.
+pub async fn token_orgs<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    platform_admin: bool,
+    only_org: Option<&str>,
+) -> Result<BTreeMap<String, OrgClaims>, DomainError> {
+    let mut q = membership::Entity::find().filter(membership::Column::UserId.eq(user_id));
+    if let Some(org) = only_org {
+        q = q.filter(membership::Column::OrganizationId.eq(org));
+    }
+    let rows = q.all(conn).await.map_err(db_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|m| {
+            let role = parse_role(&m.role);
+            let perms = effective_permissions(platform_admin, Some(role), m.permissions as u8);
+            (m.organization_id, OrgClaims { role, perms })
+        })
+        .collect())
+}
+
+pub async fn find<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    user_id: &str,
+) -> Result<Option<Membership>, DomainError> {
+    membership::Entity::find_by_id((org.to_string(), user_id.to_string()))
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// The role of `user_id` in `org`, if a member.
+pub async fn role_of<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    user_id: &str,
+) -> Result<Option<Role>, DomainError> {
+    Ok(find(conn, org, user_id).await?.map(|m| parse_role(&m.role)))
+}
+
+/// Active Managers of `org` (a deactivated Manager does not count: they
+/// cannot act). Call it after `organizations::lock` for R5.
+pub async fn count_managers<C: ConnectionTrait>(conn: &C, org: &str) -> Result<u64, DomainError> {
+    let stmt = Query::select()
+        .expr_as(mcol(membership::Column::UserId).count(), Alias::new("n"))
+        .from(membership::Entity)
+        .inner_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((membership::Entity, membership::Column::UserId)),
+        )
+        .and_where(mcol(membership::Column::OrganizationId).eq(org))
+        .and_where(mcol(membership::Column::Role).eq(Role::Manager.as_str()))
+        .and_where(ucol(user::Column::Status).eq("active"))
+        .to_owned();
+    Ok(
+        Count::find_by_statement(conn.get_database_backend().build(&stmt))
+            .one(conn)
+            .await
+            .map_err(db_err)?
+            .map(|c| Ord::max(c.n, 0) as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// Organizations (id, code) where `user_id` is an active Manager and the only
+/// one: what R5 would break if the user lost access. Locks each of those
+/// organizations first (in id order, so concurrent callers cannot deadlock).
+pub async fn sole_manager_of<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<Vec<String>, DomainError> {
+    let mut orgs: Vec<String> = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .filter(membership::Column::Role.eq(Role::Manager.as_str()))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| m.organization_id)
+        .collect();
+    orgs.sort();
+    let mut sole = Vec::new();
+    for org in orgs {
+        let Some(o) = super::organizations::lock(conn, &org).await? else {
+            continue;
+        };
+        let active = user::Entity::find_by_id(user_id.to_string())
+            .one(conn)
+            .await
+            .map_err(db_err)?
+            .is_some_and(|u| u.status == "active");
+        if active && count_managers(conn, &org).await? <= 1 {
+            sole.push(o.code);
+        }
+    }
+    Ok(sole)
+}
+
+/// Whether this member counts toward R5 (an active account).
+pub async fn is_active_user<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<bool, DomainError> {
+    Ok(user::Entity::find_by_id(user_id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .is_some_and(|u| u.status == "active"))
+}
+
+pub async fn add<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    org: &str,
+    user_id: &str,
+    role: Role,
+    now: i64,
+) -> Result<(), DomainError> {
+    let person = user::Entity::find_by_id(user_id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| DomainError::not_found("user"))?;
+    membership::ActiveModel {
+        organization_id: Set(org.to_string()),
+        user_id: Set(user_id.to_string()),
+        role: Set(role.as_str().to_string()),
+        permissions: Set(0),
+        joined_at: Set(now),
+        email: Set(person.email),
+        name_lower: Set(person.name_lower),
+    }
+    .insert(conn)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            DomainError::exists(reason::ALREADY_MEMBER, "the user is already a member")
+        } else {
+            db_err(e)
+        }
+    })?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "membership.added", "user", user_id)
+            .org(org)
+            .details(json!({"after": {"role": role.as_str(), "permissions": []}})),
+        now,
+    )
+    .await
+}
+
+pub async fn set_role<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &Membership,
+    role: Role,
+    now: i64,
+) -> Result<(), DomainError> {
+    membership::Entity::update_many()
+        .col_expr(membership::Column::Role, Expr::value(role.as_str()))
+        .filter(membership::Column::OrganizationId.eq(&before.organization_id))
+        .filter(membership::Column::UserId.eq(&before.user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    if parse_role(&before.role) == Role::Manager && role == Role::Member {
+        super::revocations::record(
+            conn,
+            super::revocations::Scope {
+                user_id: &before.user_id,
+                organization_id: Some(&before.organization_id),
+                session_id: None,
+            },
+            "role_demoted",
+            now,
+        )
+        .await?;
+    }
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "membership.role_changed", "user", &before.user_id)
+            .org(&before.organization_id)
+            .details(json!({"before": {"role": before.role}, "after": {"role": role.as_str()}})),
+        now,
+    )
+    .await
+}
+
+/// Replaces the granted set. `action` names why (a direct grant or a
+/// template), `extra` adds context to the event.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_permissions<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &Membership,
+    bits: u8,
+    action: &'static str,
+    extra: Value,
+    now: i64,
+) -> Result<(), DomainError> {
+    membership::Entity::update_many()
+        .col_expr(membership::Column::Permissions, Expr::value(bits as i32))
+        .filter(membership::Column::OrganizationId.eq(&before.organization_id))
+        .filter(membership::Column::UserId.eq(&before.user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    if (before.permissions as u8) & !bits != 0 {
+        super::revocations::record(
+            conn,
+            super::revocations::Scope {
+                user_id: &before.user_id,
+                organization_id: Some(&before.organization_id),
+                session_id: None,
+            },
+            "permissions_revoked",
+            now,
+        )
+        .await?;
+    }
+    let mut details = json!({
+        "before": {"permissions": perm_names(before.permissions as u8)},
+        "after": {"permissions": perm_names(bits)},
+    });
+    if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
+        d.extend(e);
+    }
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, action, "user", &before.user_id)
+            .org(&before.organization_id)
+            .details(details),
+        now,
+    )
+    .await
+}
+
+/// Removes the membership and, with it, every grant in that organization
+/// (R10). `action` is `membership.removed` or `membership.left`.
+pub async fn remove<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &Membership,
+    action: &'static str,
+    now: i64,
+) -> Result<(), DomainError> {
+    membership::Entity::delete_by_id((before.organization_id.clone(), before.user_id.clone()))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    super::revocations::record(
+        conn,
+        super::revocations::Scope {
+            user_id: &before.user_id,
+            organization_id: Some(&before.organization_id),
+            session_id: None,
+        },
+        "membership_removed",
+        now,
+    )
+    .await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, action, "user", &before.user_id)
+            .org(&before.organization_id)
+            .details(json!({"before": {
+                "role": before.role,
+                "permissions": perm_names(before.permissions as u8),
+            }})),
+        now,
+    )
+    .await
+}
+
+/// A member as the "Organization Users" tab shows them.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct MemberRow {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub platform_admin: bool,
+    pub status: String,
+    pub locked_until: Option<i64>,
+    pub role: String,
+    pub permissions: i32,
+    pub joined_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOrder {
+    Email,
+    Role,
+    JoinTime,
+}
+
+/// Status filter as the API defines it (LOCKED is derived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Active,
+    Inactive,
+    Locked,
+}
+
+pub struct MemberQuery<'a> {
+    pub organization_id: &'a str,
+    /// Lower-cased substring of email or name; matched literally.
+    pub query: &'a str,
+    pub role: Option<Role>,
+    pub status: Option<StatusFilter>,
+    pub order: MemberOrder,
+    pub descending: bool,
+    /// Sort key of the last row of the previous page.
+    pub after: Option<Vec<Value>>,
+    pub limit: u64,
+    pub now: i64,
+}
+
+fn ucol(c: user::Column) -> Expr {
+    Expr::col((user::Entity, c))
+}
+
+fn mcol(c: membership::Column) -> Expr {
+    Expr::col((membership::Entity, c))
+}
+
+fn member_select() -> SelectStatement {
+    Query::select()
+        .expr_as(ucol(user::Column::Id), Alias::new("user_id"))
+        .expr_as(ucol(user::Column::Email), Alias::new("email"))
+        .expr_as(ucol(user::Column::Name), Alias::new("name"))
+        .expr_as(
+            ucol(user::Column::PlatformAdmin),
+            Alias::new("platform_admin"),
+        )
+        .expr_as(ucol(user::Column::Status), Alias::new("status"))
+        .expr_as(ucol(user::Column::LockedUntil), Alias::new("locked_until"))
+        .expr_as(mcol(membership::Column::Role), Alias::new("role"))
+        .expr_as(
+            mcol(membership::Column::Permissions),
+            Alias::new("permissions"),
+        )
+        .expr_as(mcol(membership::Column::JoinedAt), Alias::new("joined_at"))
+        .from(membership::Entity)
+        .inner_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((membership::Entity, membership::Column::UserId)),
+        )
+        .to_owned()
+}
+
+/// `email` or `name` contains `query` literally (`%` and `_` escaped);
+/// `query` is already lower-case like the stored columns.
+fn substring_conditions(query: &str, email: Expr, name_lower: Expr) -> Cond {
+    if query.is_empty() {
+        return Cond::all();
+    }
+    let pattern = like_contains(query);
+    Cond::any()
+        .add(email.like(LikeExpr::new(pattern.clone()).escape('\\')))
+        .add(name_lower.like(LikeExpr::new(pattern).escape('\\')))
+}
+
+/// Conditions shared by a search over users (members or All Users).
+pub fn user_search_conditions(query: &str, status: Option<StatusFilter>, now: i64) -> Cond {
+    let mut cond = Cond::all().add(substring_conditions(
+        query,
+        ucol(user::Column::Email),
+        ucol(user::Column::NameLower),
+    ));
+    match status {
+        None => {}
+        Some(StatusFilter::Inactive) => {
+            cond = cond.add(ucol(user::Column::Status).eq("inactive"));
+        }
+        Some(StatusFilter::Locked) => {
+            cond = cond
+                .add(ucol(user::Column::Status).eq("active"))
+                .add(ucol(user::Column::LockedUntil).gt(now));
+        }
+        Some(StatusFilter::Active) => {
+            cond = cond.add(ucol(user::Column::Status).eq("active")).add(
+                Cond::any()
+                    .add(ucol(user::Column::LockedUntil).is_null())
+                    .add(ucol(user::Column::LockedUntil).lte(now)),
+            );
+        }
+    }
+    cond
+}
+
+/// `(key, id) > (k, i)` (or `<` descending), portable across backends.
+pub fn keyset_after(key: Expr, id: Expr, k: Value, i: String, descending: bool) -> Cond {
+    let kv: SimpleExpr = match k {
+        Value::Number(n) => Expr::value(n.as_i64().unwrap_or_default()),
+        Value::String(s) => Expr::value(s),
+        _ => Expr::value(String::new()),
+    };
+    // Written as `key >= k AND (key > k OR id > i)`: the same rows as
+    // `key > k OR (key = k AND id > i)`, but the first term is a range both
+    // planners can seek to, so a deep page starts at the cursor instead of
+    // scanning everything before it.
+    let (bound, first, tie) = if descending {
+        (key.clone().lte(kv.clone()), key.lt(kv), id.lt(i))
+    } else {
+        (key.clone().gte(kv.clone()), key.gt(kv), id.gt(i))
+    };
+    Cond::all().add(bound).add(Cond::any().add(first).add(tie))
+}
+
+impl MemberRow {
+    /// The sort key of this row for `order`, as stored in a page token.
+    pub fn sort_key(&self, order: MemberOrder) -> Vec<Value> {
+        let k = match order {
+            MemberOrder::Email => json!(self.email),
+            MemberOrder::Role => json!(self.role),
+            MemberOrder::JoinTime => json!(self.joined_at),
+        };
+        vec![k, json!(self.user_id)]
+    }
+}
+
+/// One page of members and the total matching the filters.
+pub async fn list_members<C: ConnectionTrait>(
+    conn: &C,
+    q: MemberQuery<'_>,
+) -> Result<(Vec<MemberRow>, u64), DomainError> {
+    // Search and email order use the membership's copies of email and name
+    // (see migration 3), so both queries stay inside one organization's
+    // slice of `memberships_org_search_idx`; only a status filter needs users.
+    let mut cond = Cond::all()
+        .add(mcol(membership::Column::OrganizationId).eq(q.organization_id))
+        .add(substring_conditions(
+            q.query,
+            mcol(membership::Column::Email),
+            mcol(membership::Column::NameLower),
+        ))
+        .add(user_search_conditions("", q.status, q.now));
+    if let Some(role) = q.role {
+        cond = cond.add(mcol(membership::Column::Role).eq(role.as_str()));
+    }
+
+    let backend = conn.get_database_backend();
+    let mut count_stmt = Query::select()
+        .expr_as(
+            Expr::col((membership::Entity, membership::Column::UserId)).count(),
+            Alias::new("n"),
+        )
+        .from(membership::Entity)
+        .to_owned();
+    if q.status.is_some() {
+        count_stmt.inner_join(
+            user::Entity,
+            Expr::col((user::Entity, user::Column::Id))
+                .equals((membership::Entity, membership::Column::UserId)),
+        );
+    }
+    let count_stmt = count_stmt.cond_where(cond.clone()).to_owned();
+    let total = Count::find_by_statement(backend.build(&count_stmt))
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .map(|c| Ord::max(c.n, 0) as u64)
+        .unwrap_or(0);
+
+    let key = match q.order {
+        MemberOrder::Email => mcol(membership::Column::Email),
+        MemberOrder::Role => mcol(membership::Column::Role),
+        MemberOrder::JoinTime => mcol(membership::Column::JoinedAt),
+    };
+    let id = mcol(membership::Column::UserId);
+    if let Some(after) = q.after {
+        let mut it = after.into_iter();
+        let k = it.next().unwrap_or(Value::Null);
+        let i = it
+            .next()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        cond = cond.add(keyset_after(key.clone(), id.clone(), k, i, q.descending));
+    }
+    let dir = if q.descending {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
+    let stmt = member_select()
+        .cond_where(cond)
+        .order_by_expr(key, dir.clone())
+        .order_by_expr(id, dir)
+        .limit(q.limit)
+        .to_owned();
+    let rows = MemberRow::find_by_statement(backend.build(&stmt))
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok((rows, total))
+}
+
+#[derive(Debug, FromQueryResult)]
+pub struct Count {
+    pub n: i64,
+}
+
+pub async fn get_member<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    user_id: &str,
+) -> Result<Option<MemberRow>, DomainError> {
+    let stmt = member_select()
+        .and_where(mcol(membership::Column::OrganizationId).eq(org))
+        .and_where(mcol(membership::Column::UserId).eq(user_id))
+        .to_owned();
+    MemberRow::find_by_statement(conn.get_database_backend().build(&stmt))
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// The caller's own memberships with their organizations, ordered by code.
+pub async fn list_for_user<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    after_code: Option<&str>,
+    limit: u64,
+) -> Result<(Vec<(Membership, organization::Model)>, u64), DomainError> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let total = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    let mut q = organization::Entity::find()
+        .filter(
+            organization::Column::Id.in_subquery(
+                Query::select()
+                    .column(membership::Column::OrganizationId)
+                    .from(membership::Entity)
+                    .and_where(membership::Column::UserId.eq(user_id))
+                    .to_owned(),
+            ),
+        )
+        .order_by_asc(organization::Column::Code);
+    if let Some(after) = after_code {
+        q = q.filter(organization::Column::Code.gt(after));
+    }
+    let orgs = q.limit(limit).all(conn).await.map_err(db_err)?;
+    // A person has a handful of memberships: one query for all of them.
+    let mut mine: BTreeMap<String, Membership> = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| (m.organization_id.clone(), m))
+        .collect();
+    Ok((
+        orgs.into_iter()
+            .filter_map(|o| mine.remove(&o.id).map(|m| (m, o)))
+            .collect(),
+        total,
+    ))
+}
+
+/// Everything CheckPermission needs, in one round trip: the caller's current
+/// account and role in the organization (to authenticate and authorize) and
+/// the subject's facts. `None` when the caller's account does not exist.
+/// CheckPermission sits on other services' request paths, so it is one
+/// prepared statement rather than the two or three reads the general path
+/// (authenticate, then caller role, then facts) would take.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct CheckFacts {
+    pub caller_email: String,
+    pub caller_status: String,
+    pub caller_platform_admin: bool,
+    pub caller_role: Option<String>,
+    pub subject_exists: Option<String>,
+    pub subject_status: Option<String>,
+    pub subject_platform_admin: Option<bool>,
+    pub subject_role: Option<String>,
+    pub subject_permissions: Option<i32>,
+}
+
+const CHECK_FACTS_SQL: &str = "SELECT c.email AS caller_email, c.status AS caller_status, \
+     c.platform_admin AS caller_platform_admin, cm.role AS caller_role, \
+     s.id AS subject_exists, s.status AS subject_status, \
+     s.platform_admin AS subject_platform_admin, sm.role AS subject_role, \
+     sm.permissions AS subject_permissions \
+     FROM users c \
+     LEFT JOIN memberships cm ON cm.organization_id = $3 AND cm.user_id = c.id \
+     LEFT JOIN users s ON s.id = $2 \
+     LEFT JOIN memberships sm ON sm.organization_id = $3 AND sm.user_id = s.id \
+     WHERE c.id = $1";
+
+pub async fn check_facts<C: ConnectionTrait>(
+    conn: &C,
+    caller_id: &str,
+    subject_id: &str,
+    org: &str,
+) -> Result<Option<CheckFacts>, DomainError> {
+    let backend = conn.get_database_backend();
+    // SQLite numbers its parameters ?NNN.
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| CHECK_FACTS_SQL.replace('$', "?"));
+    let sql = match backend {
+        DatabaseBackend::Sqlite => SQLITE.clone(),
+        _ => CHECK_FACTS_SQL.to_string(),
+    };
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql,
+        [caller_id.into(), subject_id.into(), org.into()],
+    );
+    CheckFacts::find_by_statement(stmt)
+        .one(conn)
+        .await
+        .map_err(db_err)
+}

@@ -1,0 +1,227 @@
+//! Storage: the only module that builds SQL or touches sea-orm.
+//!
+//! Every change is applied in one transaction together with its audit event
+//! (`audit::record`). Write transactions start with `Store::begin_write`,
+//! which on SQLite is `BEGIN IMMEDIATE` (SQLite has no row locks, and a
+//! deferred transaction that reads then writes fails with SQLITE_BUSY at once)
+//! and on PostgreSQL a normal transaction in which the caller locks the rows
+//! its decision depends on (`SELECT … FOR UPDATE`).
+
+pub mod audit;
+pub mod entity;
+pub mod invitations;
+pub mod join_requests;
+pub mod keys;
+pub mod memberships;
+pub mod organizations;
+pub mod outbox;
+pub mod password_resets;
+pub mod revocations;
+pub mod sessions;
+pub mod templates;
+pub mod users;
+
+use crate::domain::DomainError;
+use kiops_migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use std::time::Duration;
+
+/// The database handle shared by all requests.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite only: a one-connection pool that every write goes through.
+    /// SQLite admits one writer at a time; letting many pooled connections
+    /// race for the lock makes the losers sleep in SQLite's busy handler
+    /// (backing off up to 100 ms per try), which under load turned
+    /// millisecond transactions into seconds. Queueing on the pool instead
+    /// is FIFO and wakes the next writer the moment the lock is free.
+    /// Readers keep the main pool (WAL lets them run beside the writer).
+    writer: Option<DatabaseConnection>,
+}
+
+/// How to open the database.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Store {
+    /// Opens the pool. SQLite files are created if missing and run in WAL mode
+    /// with a busy timeout, so concurrent writers queue instead of failing.
+    pub async fn connect(opts: &StoreOptions) -> Result<Self, DbErr> {
+        let mut co = ConnectOptions::new(opts.url.clone());
+        co.max_connections(opts.max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let writer = if opts.url.starts_with("sqlite:") {
+            let mut wo = co.clone();
+            // Wait as long as a write may legitimately queue under load.
+            wo.max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10));
+            Some(Database::connect(wo).await?)
+        } else {
+            None
+        };
+        let db = Database::connect(co).await?;
+        Ok(Self { db, writer })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The connection for writes outside `begin_write` (single statements
+    /// such as the outbox's claims); see `writer`.
+    pub fn writer(&self) -> &DatabaseConnection {
+        self.writer.as_ref().unwrap_or(&self.db)
+    }
+
+    /// Connections of each pool, for `/metrics`: a pool that stays at its
+    /// maximum with nothing idle is the first sign of database saturation.
+    pub fn pool_usage(&self) -> Vec<PoolUsage> {
+        let mut out = vec![pool_usage("main", &self.db)];
+        if let Some(w) = &self.writer {
+            out.push(pool_usage("writer", w));
+        }
+        out
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<(), DomainError> {
+        self.db.ping().await.map_err(db_err)
+    }
+
+    /// Starts a transaction that will write (see module docs).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DomainError> {
+        let opts = match self.backend() {
+            DatabaseBackend::Sqlite => TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            },
+            _ => TransactionOptions::default(),
+        };
+        self.writer().begin_with_options(opts).await.map_err(db_err)
+    }
+
+    pub async fn close(self) {
+        if let Some(w) = self.writer {
+            let _ = w.close().await;
+        }
+        let _ = self.db.close().await;
+    }
+}
+
+/// One pool's connections at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub pool: &'static str,
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+fn pool_usage(pool: &'static str, db: &DatabaseConnection) -> PoolUsage {
+    // The typed getters panic on the other backend: match it first.
+    let (open, idle, max) = match db.get_database_backend() {
+        DatabaseBackend::Sqlite => {
+            let p = db.get_sqlite_connection_pool();
+            (p.size(), p.num_idle(), p.options().get_max_connections())
+        }
+        DatabaseBackend::Postgres => {
+            let p = db.get_postgres_connection_pool();
+            (p.size(), p.num_idle(), p.options().get_max_connections())
+        }
+        _ => (0, 0, 0),
+    };
+    PoolUsage {
+        pool,
+        open,
+        idle: u32::try_from(idle).unwrap_or(u32::MAX),
+        max,
+    }
+}
+
+/// Maps a database error to the domain: lost connections are UNAVAILABLE,
+/// serialization failures and lock timeouts ABORTED (retryable), the rest
+/// INTERNAL with the detail kept for the log only.
+pub fn db_err(e: DbErr) -> DomainError {
+    match &e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => DomainError::Unavailable,
+        _ => {
+            let text = e.to_string();
+            if text.contains("40001")
+                || text.contains("40P01")
+                || text.contains("could not serialize")
+                || text.contains("deadlock detected")
+                || text.contains("database is locked")
+                || text.contains("(code: 5)")
+            {
+                DomainError::Aborted
+            } else if text.contains("Connection refused")
+                || text.contains("connection closed")
+                || text.contains("PoolTimedOut")
+                || text.contains("pool timed out")
+                || text.contains("Io(")
+            {
+                DomainError::Unavailable
+            } else {
+                DomainError::Internal(text)
+            }
+        }
+    }
+}
+
+/// Whether `e` is a unique-constraint violation.
+pub fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+/// Escapes `%`, `_` and the escape character itself for a `LIKE … ESCAPE '\'`
+/// pattern, so user input is matched literally (R17).
+pub fn like_contains(needle: &str) -> String {
+    let mut s = String::with_capacity(needle.len() + 2);
+    s.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn like_escapes_wildcards() {
+        assert_eq!(super::like_contains("a%b_c\\"), "%a\\%b\\_c\\\\%");
+    }
+}

@@ -1,0 +1,226 @@
+//! Organizations (R18).
+
+use super::audit::{self, Actor, AuditEntry, RequestMeta};
+use super::entity::{membership, organization};
+use super::{db_err, is_unique_violation, like_contains};
+use crate::domain::error::reason;
+use crate::domain::DomainError;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use serde_json::json;
+
+pub use organization::Model as Organization;
+
+pub struct NewOrganization {
+    pub name: String,
+    pub code: String,
+    pub description: String,
+}
+
+fn code_taken(e: sea_orm::DbErr) -> DomainError {
+    if is_unique_violation(&e) {
+        DomainError::exists(
+            reason::ORGANIZATION_CODE_TAKEN,
+            "an organization with this code already exists",
+        )
+    } else {
+        db_err(e)
+    }
+}
+
+fn snapshot(o: &Organization) -> serde_json::Value {
+    json!({"name": o.name, "code": o.code, "description": o.description})
+}
+
+pub async fn create<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    new: NewOrganization,
+    now: i64,
+) -> Result<Organization, DomainError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let org = organization::ActiveModel {
+        id: Set(id.clone()),
+        name: Set(new.name),
+        code: Set(new.code),
+        description: Set(new.description),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(conn)
+    .await
+    .map_err(code_taken)?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "organization.created", "organization", &id)
+            .org(&id)
+            .details(json!({"after": snapshot(&org)})),
+        now,
+    )
+    .await?;
+    Ok(org)
+}
+
+pub async fn find<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+) -> Result<Option<Organization>, DomainError> {
+    organization::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Reads the organization row and, on PostgreSQL, locks it until the end of
+/// the transaction. Every change that can affect R5 (the last Manager) takes
+/// this lock first, so such changes to one organization are serialized; on
+/// SQLite the `BEGIN IMMEDIATE` of the write transaction already is.
+pub async fn lock<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+) -> Result<Option<Organization>, DomainError> {
+    let mut q = organization::Entity::find_by_id(id.to_string());
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    q.one(conn).await.map_err(db_err)
+}
+
+/// One page of organizations, ordered by code; `member_of` restricts to the
+/// organizations of that user (None: all, for a PlatformAdmin).
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    member_of: Option<&str>,
+    query: &str,
+    after_code: Option<&str>,
+    limit: u64,
+) -> Result<(Vec<Organization>, u64), DomainError> {
+    let mut cond = Condition::all();
+    if let Some(user_id) = member_of {
+        cond = cond.add(
+            organization::Column::Id.in_subquery(
+                Query::select()
+                    .column(membership::Column::OrganizationId)
+                    .from(membership::Entity)
+                    .and_where(membership::Column::UserId.eq(user_id))
+                    .to_owned(),
+            ),
+        );
+    }
+    let q = query.trim().to_lowercase();
+    if !q.is_empty() {
+        let pattern = like_contains(&q);
+        cond = cond.add(
+            Condition::any()
+                .add(
+                    Expr::expr(Func::lower(Expr::col(organization::Column::Name)))
+                        .like(LikeExpr::new(pattern.clone()).escape('\\')),
+                )
+                .add(
+                    Expr::col(organization::Column::Code).like(LikeExpr::new(pattern).escape('\\')),
+                ),
+        );
+    }
+    let total = organization::Entity::find()
+        .filter(cond.clone())
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    let mut page = organization::Entity::find().filter(cond);
+    if let Some(after) = after_code {
+        page = page.filter(organization::Column::Code.gt(after));
+    }
+    let rows = page
+        .order_by_asc(organization::Column::Code)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok((rows, total))
+}
+
+/// Fields to change; None leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct OrganizationChanges {
+    pub name: Option<String>,
+    pub code: Option<String>,
+    pub description: Option<String>,
+}
+
+pub async fn update<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: Organization,
+    changes: OrganizationChanges,
+    now: i64,
+) -> Result<Organization, DomainError> {
+    let mut am: organization::ActiveModel = before.clone().into();
+    if let Some(n) = changes.name {
+        am.name = Set(n);
+    }
+    if let Some(c) = changes.code {
+        am.code = Set(c);
+    }
+    if let Some(d) = changes.description {
+        am.description = Set(d);
+    }
+    am.updated_at = Set(now);
+    let after = am.update(conn).await.map_err(code_taken)?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "organization.updated", "organization", &after.id)
+            .org(&after.id)
+            .details(json!({"before": snapshot(&before), "after": snapshot(&after)})),
+        now,
+    )
+    .await?;
+    Ok(after)
+}
+
+/// Deletes the organization; its memberships, invitations, join requests and
+/// templates go with it (ON DELETE CASCADE). Its audit events stay.
+pub async fn delete<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    org: Organization,
+    now: i64,
+) -> Result<(), DomainError> {
+    let members = membership::Entity::find()
+        .filter(membership::Column::OrganizationId.eq(&org.id))
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    organization::Entity::delete_by_id(org.id.clone())
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    super::revocations::record(
+        conn,
+        super::revocations::Scope {
+            user_id: "",
+            organization_id: Some(&org.id),
+            session_id: None,
+        },
+        "organization_deleted",
+        now,
+    )
+    .await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "organization.deleted", "organization", &org.id)
+            .org(&org.id)
+            .details(json!({"before": snapshot(&org), "memberships_removed": members})),
+        now,
+    )
+    .await?;
+    Ok(())
+}

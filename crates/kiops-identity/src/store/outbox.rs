@@ -1,0 +1,134 @@
+//! The email outbox (R20): emails are inserted in the transaction of the change
+//! that causes them, and delivered later by `mail::sender`. A message is
+//! claimed with a conditional UPDATE (a lease), so several replicas never
+//! send the same message at once, and a crash before `mark_sent` only delays
+//! it until the lease runs out.
+
+use super::db_err;
+use super::entity::email_outbox as outbox;
+use crate::domain::DomainError;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
+};
+
+pub use outbox::Model as OutboxEmail;
+
+pub struct NewEmail {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    /// invitation, join_approved, join_rejected, password_reset, …
+    pub kind: &'static str,
+}
+
+pub async fn enqueue<C: ConnectionTrait>(
+    conn: &C,
+    e: NewEmail,
+    now: i64,
+) -> Result<String, DomainError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    outbox::ActiveModel {
+        id: Set(id.clone()),
+        to_address: Set(e.to),
+        subject: Set(e.subject),
+        body_text: Set(e.body),
+        kind: Set(e.kind.to_string()),
+        created_at: Set(now),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        sent_at: Set(None),
+        last_error: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map_err(db_err)?;
+    Ok(id)
+}
+
+/// Messages due for a (re)try, oldest first.
+pub async fn due<C: ConnectionTrait>(
+    conn: &C,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<OutboxEmail>, DomainError> {
+    outbox::Entity::find()
+        .filter(outbox::Column::SentAt.is_null())
+        .filter(outbox::Column::NextAttemptAt.lte(now))
+        .order_by_asc(outbox::Column::NextAttemptAt)
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Takes a lease on one message; false if another sender has it.
+pub async fn claim<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    now: i64,
+    lease_ms: i64,
+) -> Result<bool, DomainError> {
+    let n = outbox::Entity::update_many()
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(now + lease_ms))
+        .col_expr(
+            outbox::Column::Attempts,
+            Expr::col(outbox::Column::Attempts).add(1),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .filter(outbox::Column::SentAt.is_null())
+        .filter(outbox::Column::NextAttemptAt.lte(now))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    Ok(n == 1)
+}
+
+pub async fn mark_sent<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    now: i64,
+) -> Result<(), DomainError> {
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::SentAt, Expr::value(now))
+        .col_expr(
+            outbox::Column::LastError,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn mark_failed<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    retry_at: i64,
+    error: &str,
+) -> Result<(), DomainError> {
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(retry_at))
+        .col_expr(
+            outbox::Column::LastError,
+            Expr::value(error.chars().take(500).collect::<String>()),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Messages not yet delivered (for metrics).
+pub async fn backlog<C: ConnectionTrait>(conn: &C) -> Result<u64, DomainError> {
+    outbox::Entity::find()
+        .filter(outbox::Column::SentAt.is_null())
+        .count(conn)
+        .await
+        .map_err(db_err)
+}

@@ -1,0 +1,359 @@
+//! Accounts.
+
+use super::audit::{self, Actor, AuditEntry, RequestMeta};
+use super::entity::{membership, user};
+use super::{db_err, is_unique_violation};
+use crate::domain::error::reason;
+use crate::domain::model::StoredStatus;
+use crate::domain::DomainError;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, Set,
+};
+use serde_json::json;
+
+pub use user::Model as User;
+
+/// A validated account to create; `email` already lower-case.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub platform_admin: bool,
+}
+
+pub async fn create<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    new: NewUser,
+    now: i64,
+) -> Result<User, DomainError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let model = user::ActiveModel {
+        id: Set(id.clone()),
+        email: Set(new.email.clone()),
+        name_lower: Set(new.name.to_lowercase()),
+        name: Set(new.name.clone()),
+        phone: Set(None),
+        avatar_url: Set(None),
+        password_hash: Set(new.password_hash),
+        status: Set(StoredStatus::Active.as_str().to_string()),
+        platform_admin: Set(new.platform_admin),
+        failed_login_count: Set(0),
+        locked_until: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(conn)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            DomainError::exists(
+                reason::EMAIL_TAKEN,
+                "an account with this email already exists",
+            )
+        } else {
+            db_err(e)
+        }
+    })?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.created", "user", &id).details(json!({
+            "after": {"email": new.email, "name": new.name, "platform_admin": new.platform_admin}
+        })),
+        now,
+    )
+    .await?;
+    Ok(model)
+}
+
+pub async fn find_by_email<C: ConnectionTrait>(
+    conn: &C,
+    email: &str,
+) -> Result<Option<User>, DomainError> {
+    user::Entity::find()
+        .filter(user::Column::Email.eq(email))
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+pub async fn find_by_id<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+) -> Result<Option<User>, DomainError> {
+    user::Entity::find_by_id(id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+pub async fn platform_admin_exists<C: ConnectionTrait>(conn: &C) -> Result<bool, DomainError> {
+    let n = user::Entity::find()
+        .filter(user::Column::PlatformAdmin.eq(true))
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(n > 0)
+}
+
+/// Outcome of counting one failed login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedLogin {
+    pub locked_now: bool,
+}
+
+/// Counts a failed login with one atomic UPDATE (no read-modify-write, so
+/// parallel wrong passwords cannot lose counts), locking the account for
+/// `lock_ms` when the count reaches `threshold`, and resetting the count then.
+pub async fn record_failed_login<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    threshold: i32,
+    lock_ms: i64,
+    now: i64,
+) -> Result<FailedLogin, DomainError> {
+    let reaches = Expr::col(user::Column::FailedLoginCount)
+        .add(1)
+        .gte(threshold);
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::LockedUntil,
+            Expr::case(reaches.clone(), Expr::val(now + lock_ms))
+                .finally(Expr::col(user::Column::LockedUntil))
+                .into(),
+        )
+        .col_expr(
+            user::Column::FailedLoginCount,
+            Expr::case(reaches, Expr::val(0))
+                .finally(Expr::col(user::Column::FailedLoginCount).add(1))
+                .into(),
+        )
+        .filter(user::Column::Id.eq(user_id))
+        // While locked, more failures neither count nor extend the lock.
+        .filter(
+            Condition::any()
+                .add(user::Column::LockedUntil.is_null())
+                .add(user::Column::LockedUntil.lte(now)),
+        )
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    let after = find_by_id(conn, user_id).await?;
+    Ok(FailedLogin {
+        locked_now: after
+            .is_some_and(|u| u.failed_login_count == 0 && u.locked_until == Some(now + lock_ms)),
+    })
+}
+
+pub async fn reset_failed_logins<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<(), DomainError> {
+    user::Entity::update_many()
+        .col_expr(user::Column::FailedLoginCount, Expr::value(0))
+        .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn profile(u: &User) -> serde_json::Value {
+    json!({"name": u.name, "phone": u.phone, "avatar_url": u.avatar_url})
+}
+
+/// Profile fields to change (None: keep; Some(None): clear).
+#[derive(Debug, Default)]
+pub struct ProfileChanges {
+    pub name: Option<String>,
+    pub phone: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+}
+
+pub async fn update_profile<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: User,
+    changes: ProfileChanges,
+    now: i64,
+) -> Result<User, DomainError> {
+    let mut am: user::ActiveModel = before.clone().into();
+    if let Some(n) = changes.name {
+        am.name_lower = Set(n.to_lowercase());
+        am.name = Set(n);
+    }
+    if let Some(p) = changes.phone {
+        am.phone = Set(p);
+    }
+    if let Some(a) = changes.avatar_url {
+        am.avatar_url = Set(a);
+    }
+    am.updated_at = Set(now);
+    let after = am.update(conn).await.map_err(db_err)?;
+    if after.name_lower != before.name_lower {
+        // Keep member search's copy in step (same transaction).
+        membership::Entity::update_many()
+            .col_expr(
+                membership::Column::NameLower,
+                Expr::value(after.name_lower.clone()),
+            )
+            .filter(membership::Column::UserId.eq(after.id.clone()))
+            .exec(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.updated", "user", &after.id)
+            .details(json!({"before": profile(&before), "after": profile(&after)})),
+        now,
+    )
+    .await?;
+    Ok(after)
+}
+
+/// Sets a new password hash and clears any lockout.
+pub async fn set_password<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    password_hash: String,
+    now: i64,
+) -> Result<(), DomainError> {
+    user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+        .col_expr(user::Column::FailedLoginCount, Expr::value(0))
+        .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn set_status<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    status: StoredStatus,
+    now: i64,
+) -> Result<(), DomainError> {
+    user::Entity::update_many()
+        .col_expr(user::Column::Status, Expr::value(status.as_str()))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn set_platform_admin<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    platform_admin: bool,
+    now: i64,
+) -> Result<(), DomainError> {
+    user::Entity::update_many()
+        .col_expr(user::Column::PlatformAdmin, Expr::value(platform_admin))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Deletes the account for good; memberships, sessions, join requests and
+/// reset tokens go with it (ON DELETE CASCADE). Audit events stay, with the
+/// email as it was.
+pub async fn delete<C: ConnectionTrait>(conn: &C, user_id: &str) -> Result<(), DomainError> {
+    user::Entity::delete_by_id(user_id.to_string())
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserOrder {
+    Email,
+    Name,
+    CreateTime,
+}
+
+pub struct UserQuery<'a> {
+    pub query: &'a str,
+    pub status: Option<super::memberships::StatusFilter>,
+    pub platform_admin: Option<bool>,
+    pub order: UserOrder,
+    pub descending: bool,
+    pub after: Option<Vec<serde_json::Value>>,
+    pub limit: u64,
+    pub now: i64,
+}
+
+impl UserOrder {
+    pub fn key(self, u: &User) -> serde_json::Value {
+        match self {
+            UserOrder::Email => json!(u.email),
+            UserOrder::Name => json!(u.name_lower),
+            UserOrder::CreateTime => json!(u.created_at),
+        }
+    }
+}
+
+/// "All Users": one page and the total, with the same search, sort, filter
+/// and keyset pagination as ListMembers.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    q: UserQuery<'_>,
+) -> Result<(Vec<User>, u64), DomainError> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut cond = super::memberships::user_search_conditions(q.query, q.status, q.now);
+    if let Some(pa) = q.platform_admin {
+        cond = cond.add(Expr::col((user::Entity, user::Column::PlatformAdmin)).eq(pa));
+    }
+    let total = user::Entity::find()
+        .filter(cond.clone())
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    let key_col = match q.order {
+        UserOrder::Email => user::Column::Email,
+        UserOrder::Name => user::Column::NameLower,
+        UserOrder::CreateTime => user::Column::CreatedAt,
+    };
+    if let Some(after) = q.after {
+        let mut it = after.into_iter();
+        let k = it.next().unwrap_or(serde_json::Value::Null);
+        let i = it
+            .next()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        cond = cond.add(super::memberships::keyset_after(
+            Expr::col((user::Entity, key_col)),
+            Expr::col((user::Entity, user::Column::Id)),
+            k,
+            i,
+            q.descending,
+        ));
+    }
+    let mut select = user::Entity::find().filter(cond);
+    select = if q.descending {
+        select
+            .order_by_desc(key_col)
+            .order_by_desc(user::Column::Id)
+    } else {
+        select.order_by_asc(key_col).order_by_asc(user::Column::Id)
+    };
+    let rows = select.limit(q.limit).all(conn).await.map_err(db_err)?;
+    Ok((rows, total))
+}

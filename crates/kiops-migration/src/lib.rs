@@ -1,0 +1,24 @@
+//! Schema migrations for kiops-identity, portable across SQLite and PostgreSQL.
+//!
+//! Times are stored as BIGINT milliseconds since the Unix epoch: both backends
+//! compare and index them the same way, and the server's clock can be injected
+//! in tests without fighting database time functions.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_initial;
+mod m20261123_000002_revocation_sessions;
+mod m20261124_000003_membership_search;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_initial::Migration),
+            Box::new(m20261123_000002_revocation_sessions::Migration),
+            Box::new(m20261124_000003_membership_search::Migration),
+        ]
+    }
+}

@@ -1,0 +1,39 @@
+//! Compiles `proto/` with protox (pure Rust), so a fresh machine needs no
+//! system `protoc`. The descriptor set is kept for gRPC server reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "kiops/identity/v1/types.proto",
+        "kiops/identity/v1/auth.proto",
+        "kiops/identity/v1/user.proto",
+        "kiops/identity/v1/organization.proto",
+        "kiops/identity/v1/membership.proto",
+        "kiops/identity/v1/invitation.proto",
+        "kiops/identity/v1/approval.proto",
+        "kiops/identity/v1/audit.proto",
+        // Not imported by our services, but compiled into the descriptor set so
+        // that reflection clients (grpcurl) can decode error details.
+        "google/rpc/status.proto",
+        "google/rpc/error_details.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut encoded = Vec::new();
+    prost::Message::encode(&fds, &mut encoded)?;
+    std::fs::write(out_dir.join("kiops_descriptor.bin"), encoded)?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // RPCs that a later release implements answer UNIMPLEMENTED by default.
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! AuthService and GetMe: login, tokens, refresh rotation, logout.
+
+use crate::both_backends;
+use crate::support::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use kiops_proto::v1::*;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+both_backends!(
+    login_and_get_me,
+    unknown_email_and_wrong_password_answer_the_same,
+    access_token_verifies_against_published_jwks,
+    refresh_rotates_and_reuse_revokes_the_session,
+    logout_ends_the_session,
+    expired_access_token_is_refused,
+    create_user_is_platform_admin_only,
+    grpc_jwks_matches_http_jwks,
+);
+
+const PW: &str = "correct horse battery staple";
+
+async fn login_and_get_me(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let id = server.create_user("Kim@Example.com", "Kim Lee", PW).await;
+    // Email is case-insensitive.
+    let login = server.login("KIM@example.COM", PW).await.expect("login");
+    assert_eq!(login.token_type, "Bearer");
+    assert_eq!(login.expires_in, 300);
+    assert!(login.refresh_token.starts_with("kr_"));
+    let me = server
+        .users()
+        .await
+        .get_me(authed(GetMeRequest {}, &login.access_token))
+        .await
+        .expect("get me")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(me.user_id, id);
+    assert_eq!(me.email, "kim@example.com");
+    assert_eq!(me.name, "Kim Lee");
+    assert_eq!(me.status, UserStatus::Active as i32);
+    assert!(!me.platform_admin);
+    assert!(me.create_time.is_some());
+}
+
+async fn unknown_email_and_wrong_password_answer_the_same(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_user("kim@example.com", "Kim", PW).await;
+    let wrong = server
+        .login("kim@example.com", "not the right password")
+        .await
+        .expect_err("wrong password");
+    let unknown = server
+        .login("nobody@example.com", "not the right password")
+        .await
+        .expect_err("unknown email");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    assert_eq!(wrong.message(), unknown.message());
+    assert_eq!(reason(&wrong), "INVALID_CREDENTIALS");
+    assert_eq!(reason(&unknown), "INVALID_CREDENTIALS");
+    // Both paths run one argon2 verification. Timing is compared properly in
+    // the benchmark; here only a gross difference (a skipped hash) would show.
+    let time = |email: &'static str| {
+        let s = &server;
+        async move {
+            let t = Instant::now();
+            for _ in 0..3 {
+                let _ = s.login(email, "not the right password").await;
+            }
+            t.elapsed()
+        }
+    };
+    let t_wrong = time("kim@example.com").await;
+    let t_unknown = time("nobody@example.com").await;
+    let ratio = t_unknown.as_secs_f64() / t_wrong.as_secs_f64();
+    assert!(
+        ratio > 0.3 && ratio < 3.0,
+        "unknown {t_unknown:?} vs wrong password {t_wrong:?}"
+    );
+}
+
+/// Verifies the token with ed25519-dalek directly (not the jsonwebtoken crate
+/// the server uses) against the key fetched from /.well-known/jwks.json.
+async fn access_token_verifies_against_published_jwks(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = server.admin_token().await;
+    let (_, jwks) = server.http("GET", "/.well-known/jwks.json");
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).expect("jwks");
+
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    let kid = header["kid"].as_str().expect("kid");
+    let jwk = jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .expect("kid published in JWKS");
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().expect("x"))
+        .expect("b64")
+        .try_into()
+        .expect("32 bytes");
+    let key = VerifyingKey::from_bytes(&x).expect("ed25519 key");
+    let sig = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).expect("b64")).expect("sig");
+    key.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+        .expect("signature verifies");
+
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("b64")).expect("json");
+    for c in [
+        "iss", "aud", "sub", "exp", "iat", "nbf", "jti", "email", "name", "pa", "orgs",
+    ] {
+        assert!(claims.get(c).is_some(), "claim {c} missing: {claims}");
+    }
+    assert_eq!(claims["iss"], "kiops-identity");
+    assert_eq!(claims["aud"], "kiops");
+    assert_eq!(claims["email"], ADMIN_EMAIL);
+    assert_eq!(claims["pa"], true);
+    assert_eq!(
+        claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
+        300
+    );
+    assert!(claims["orgs"].is_object());
+
+    // And the token crate downstream services use agrees.
+    let set: kiops_token::JwkSet = serde_json::from_value(jwks).expect("jwk set");
+    let verifier = kiops_token::Verifier::new(set, "kiops-identity", "kiops").expect("verifier");
+    let verified = verifier.verify(&token).expect("kiops-token verifies");
+    assert!(verified.pa);
+}
+
+async fn refresh_rotates_and_reuse_revokes_the_session(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut auth = server.auth().await;
+    let first = server
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login");
+    let refresh = |t: &str| RefreshRequest {
+        refresh_token: t.to_string(),
+        organization_id: None,
+    };
+    let second = auth
+        .refresh(refresh(&first.refresh_token))
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    assert_eq!(second.token_type, "Bearer");
+    // The new access token works.
+    server
+        .users()
+        .await
+        .get_me(authed(GetMeRequest {}, &second.access_token))
+        .await
+        .expect("get me with refreshed token");
+    let third = auth
+        .refresh(refresh(&second.refresh_token))
+        .await
+        .expect("refresh again")
+        .into_inner();
+
+    // Replaying a rotated token revokes the whole session...
+    assert_status(
+        auth.refresh(refresh(&first.refresh_token)).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    // ...so even the newest token of that session is dead now.
+    assert_status(
+        auth.refresh(refresh(&third.refresh_token)).await,
+        Code::Unauthenticated,
+        "INVALID_REFRESH_TOKEN",
+    );
+    // Other sessions are untouched.
+    let other = server
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login");
+    auth.refresh(refresh(&other.refresh_token))
+        .await
+        .expect("another session still refreshes");
+    // Garbage is simply invalid.
+    assert_status(
+        auth.refresh(refresh("kr_notarealtoken")).await,
+        Code::Unauthenticated,
+        "INVALID_REFRESH_TOKEN",
+    );
+}
+
+async fn logout_ends_the_session(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut auth = server.auth().await;
+    let s = server
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login");
+    // Logout needs the caller's access token.
+    assert_status(
+        auth.logout(LogoutRequest {
+            refresh_token: s.refresh_token.clone(),
+        })
+        .await,
+        Code::Unauthenticated,
+        "MISSING_TOKEN",
+    );
+    // Someone else's session is not found (and stays alive).
+    let uid = server.create_user("kim@example.com", "Kim", PW).await;
+    assert!(!uid.is_empty());
+    let kim = server.login("kim@example.com", PW).await.expect("login");
+    assert_status(
+        auth.logout(authed(
+            LogoutRequest {
+                refresh_token: s.refresh_token.clone(),
+            },
+            &kim.access_token,
+        ))
+        .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    auth.logout(authed(
+        LogoutRequest {
+            refresh_token: s.refresh_token.clone(),
+        },
+        &s.access_token,
+    ))
+    .await
+    .expect("logout");
+    assert_status(
+        auth.refresh(RefreshRequest {
+            refresh_token: s.refresh_token.clone(),
+            organization_id: None,
+        })
+        .await,
+        Code::Unauthenticated,
+        "INVALID_REFRESH_TOKEN",
+    );
+}
+
+async fn expired_access_token_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = server.admin_token().await;
+    let mut users = server.users().await;
+    users
+        .get_me(authed(GetMeRequest {}, &token))
+        .await
+        .expect("fresh token works");
+    // 5 minutes of lifetime + 30 s leeway later it is refused.
+    server.advance_clock(Duration::from_secs(331));
+    assert_status(
+        users.get_me(authed(GetMeRequest {}, &token)).await,
+        Code::Unauthenticated,
+        "INVALID_TOKEN",
+    );
+    // A token minted now works.
+    let fresh = server.admin_token().await;
+    users
+        .get_me(authed(GetMeRequest {}, &fresh))
+        .await
+        .expect("new token works");
+}
+
+async fn create_user_is_platform_admin_only(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_user("kim@example.com", "Kim", PW).await;
+    let kim = server.login("kim@example.com", PW).await.expect("login");
+    let mut users = server.users().await;
+    let req = || CreateUserRequest {
+        email: "lee@example.com".into(),
+        name: "Lee".into(),
+        password: PW.into(),
+        platform_admin: true,
+    };
+    assert_status(
+        users.create_user(authed(req(), &kim.access_token)).await,
+        Code::PermissionDenied,
+        "PLATFORM_ADMIN_REQUIRED",
+    );
+    assert_status(
+        users.create_user(req()).await,
+        Code::Unauthenticated,
+        "MISSING_TOKEN",
+    );
+    let admin = server.admin_token().await;
+    let created = users
+        .create_user(authed(req(), &admin))
+        .await
+        .expect("admin creates")
+        .into_inner()
+        .user
+        .expect("user");
+    assert!(created.platform_admin);
+    // Same email in another case is the same account.
+    let mut dup = req();
+    dup.email = "LEE@example.com".into();
+    assert_status(
+        users.create_user(authed(dup, &admin)).await,
+        Code::AlreadyExists,
+        "EMAIL_TAKEN",
+    );
+}
+
+async fn grpc_jwks_matches_http_jwks(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let r = server
+        .auth()
+        .await
+        .get_jwks(GetJwksRequest {})
+        .await
+        .expect("jwks")
+        .into_inner();
+    let (_, http) = server.http("GET", "/.well-known/jwks.json");
+    let a: serde_json::Value = serde_json::from_str(&r.jwks_json).expect("json");
+    let b: serde_json::Value = serde_json::from_str(&http).expect("json");
+    assert_eq!(a, b);
+    assert_eq!(r.keys.len(), a["keys"].as_array().expect("keys").len());
+}

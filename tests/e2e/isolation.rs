@@ -1,0 +1,299 @@
+//! Tenant isolation: a Manager of organization A can neither read nor change
+//! anything of organization B through any OrganizationService or
+//! MembershipService RPC, and B is unchanged afterwards.
+
+use crate::both_backends;
+use crate::support::*;
+use kiops_proto::v1::*;
+use tonic::Code;
+
+both_backends!(manager_of_a_cannot_touch_b);
+
+async fn manager_of_a_cannot_touch_b(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let a = s.create_org(&admin, "Alpha", "alpha").await;
+    let b = s.create_org(&admin, "Beta", "beta").await;
+    let (a_mgr_id, _) = s.user("mgr@alpha.io").await;
+    let (b_mgr_id, _) = s.user("mgr@beta.io").await;
+    let (b_mem_id, _) = s.user("mem@beta.io").await;
+    s.add_member(&admin, &a, &a_mgr_id, Role::Manager).await;
+    s.add_member(&admin, &b, &b_mgr_id, Role::Manager).await;
+    s.add_member(&admin, &b, &b_mem_id, Role::Member).await;
+    let mut m = s.members().await;
+    let mut o = s.orgs().await;
+    let tpl = m
+        .create_permission_template(authed(
+            CreatePermissionTemplateRequest {
+                organization_id: b.clone(),
+                name: "ops".into(),
+                permissions: vec![1],
+            },
+            &admin,
+        ))
+        .await
+        .expect("template")
+        .into_inner()
+        .template
+        .expect("template")
+        .template_id;
+    let snapshot =
+        |m: &mut kiops_proto::v1::membership_service_client::MembershipServiceClient<_>| {
+            let req = authed(
+                ListMembersRequest {
+                    organization_id: b.clone(),
+                    ..Default::default()
+                },
+                &admin,
+            );
+            let mut m = m.clone();
+            async move {
+                format!(
+                    "{:?}",
+                    m.list_members(req)
+                        .await
+                        .expect("list")
+                        .into_inner()
+                        .members
+                )
+            }
+        };
+    let before = snapshot(&mut m).await;
+
+    let t = s
+        .login("mgr@alpha.io", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    let bm = |u: &str| (b.clone(), u.to_string());
+    let (org, mem) = bm(&b_mem_id);
+    let mut outcomes: Vec<(&str, Result<(), tonic::Status>)> = vec![];
+    macro_rules! call {
+        ($name:literal, $e:expr) => {
+            outcomes.push(($name, $e.await.map(|_| ())));
+        };
+    }
+    call!(
+        "GetOrganization",
+        o.get_organization(authed(
+            GetOrganizationRequest {
+                organization_id: org.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "UpdateOrganization",
+        o.update_organization(authed(
+            UpdateOrganizationRequest {
+                organization: Some(Organization {
+                    organization_id: org.clone(),
+                    name: "pwned".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            &t
+        ))
+    );
+    call!(
+        "DeleteOrganization",
+        o.delete_organization(authed(
+            DeleteOrganizationRequest {
+                organization_id: org.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "ListMembers",
+        m.list_members(authed(
+            ListMembersRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            },
+            &t
+        ))
+    );
+    call!(
+        "GetMember",
+        m.get_member(authed(
+            GetMemberRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "AddMember",
+        m.add_member(authed(
+            AddMemberRequest {
+                organization_id: org.clone(),
+                user_id: a_mgr_id.clone(),
+                role: 2
+            },
+            &t
+        ))
+    );
+    call!(
+        "ChangeRole",
+        m.change_role(authed(
+            ChangeRoleRequest {
+                organization_id: org.clone(),
+                user_id: b_mgr_id.clone(),
+                role: 1
+            },
+            &t
+        ))
+    );
+    call!(
+        "SetPermissions",
+        m.set_permissions(authed(
+            SetPermissionsRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                permissions: vec![1, 2, 3]
+            },
+            &t
+        ))
+    );
+    call!(
+        "RemoveMember",
+        m.remove_member(authed(
+            RemoveMemberRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "LeaveOrganization",
+        m.leave_organization(authed(
+            LeaveOrganizationRequest {
+                organization_id: org.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "CheckPermission",
+        m.check_permission(authed(
+            CheckPermissionRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                permission: 4
+            },
+            &t
+        ))
+    );
+    call!(
+        "CreatePermissionTemplate",
+        m.create_permission_template(authed(
+            CreatePermissionTemplateRequest {
+                organization_id: org.clone(),
+                name: "x".into(),
+                permissions: vec![]
+            },
+            &t
+        ))
+    );
+    call!(
+        "ListPermissionTemplates",
+        m.list_permission_templates(authed(
+            ListPermissionTemplatesRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            },
+            &t
+        ))
+    );
+    call!(
+        "UpdatePermissionTemplate",
+        m.update_permission_template(authed(
+            UpdatePermissionTemplateRequest {
+                template: Some(PermissionTemplate {
+                    template_id: tpl.clone(),
+                    organization_id: org.clone(),
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            &t
+        ))
+    );
+    call!(
+        "DeletePermissionTemplate",
+        m.delete_permission_template(authed(
+            DeletePermissionTemplateRequest {
+                organization_id: org.clone(),
+                template_id: tpl.clone()
+            },
+            &t
+        ))
+    );
+    call!(
+        "ApplyPermissionTemplate",
+        m.apply_permission_template(authed(
+            ApplyPermissionTemplateRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                template_id: tpl.clone()
+            },
+            &t
+        ))
+    );
+    // The template id of B used through A's organization is not found either.
+    call!(
+        "ApplyPermissionTemplate via A",
+        m.apply_permission_template(authed(
+            ApplyPermissionTemplateRequest {
+                organization_id: a.clone(),
+                user_id: a_mgr_id.clone(),
+                template_id: tpl.clone()
+            },
+            &t
+        ))
+    );
+
+    for (rpc, outcome) in outcomes {
+        let status = outcome.expect_err(rpc);
+        let platform_admin_only = matches!(rpc, "DeleteOrganization" | "AddMember");
+        if platform_admin_only {
+            assert_eq!(status.code(), Code::PermissionDenied, "{rpc}: {status:?}");
+            assert_eq!(reason(&status), "PLATFORM_ADMIN_REQUIRED", "{rpc}");
+        } else {
+            // R4: B does not exist for A's Manager; never a hint it does.
+            assert_eq!(status.code(), Code::NotFound, "{rpc}: {status:?}");
+        }
+    }
+    assert_eq!(before, snapshot(&mut m).await, "B is unchanged");
+    let name = o
+        .get_organization(authed(
+            GetOrganizationRequest {
+                organization_id: b.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .organization
+        .expect("org")
+        .name;
+    assert_eq!(name, "Beta");
+    let templates = m
+        .list_permission_templates(authed(
+            ListPermissionTemplatesRequest {
+                organization_id: b.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("templates")
+        .into_inner();
+    assert_eq!(templates.templates[0].name, "ops");
+}

@@ -1,0 +1,27 @@
+//! End-to-end tests: every test starts the real `kiops-identity` binary and
+//! talks to it with the generated tonic client, once on SQLite and once on
+//! PostgreSQL.
+
+mod support;
+
+mod accounts;
+mod audit;
+mod audit_writes;
+mod auth;
+mod bad_input;
+mod concurrency;
+mod crash;
+mod db_faults;
+mod downstream;
+mod ecosystem;
+mod hostile;
+mod interop;
+mod isolation;
+mod keys;
+mod matrix;
+mod memberships;
+mod organizations;
+mod readme;
+mod server;
+mod stress;
+mod ways_in;

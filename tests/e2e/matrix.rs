@@ -1,0 +1,1093 @@
+//! The tenant-isolation matrix: every RPC of every service, called by every
+//! kind of caller against the resources of one organization, must answer
+//! the code that `tests/isolation-matrix.md` states for that cell.
+//!
+//! Each cell runs in a fresh world (a new organization with the callers'
+//! memberships, a target member, a template, an invitation, a join request as
+//! the row needs), so a call that succeeds cannot change what the next cell
+//! sees. Rows whose call consumes the caller (ChangePassword, DeleteMe) get a
+//! fresh caller of the same kind.
+
+use crate::support::smtp::SmtpSink;
+use crate::support::*;
+use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
+use kiops_proto::v1::audit_service_client::AuditServiceClient;
+use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
+use kiops_proto::v1::membership_service_client::MembershipServiceClient;
+use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
+use kiops_proto::v1::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+crate::both_backends!(every_rpc_for_every_caller_matches_the_table);
+
+/// Column order of the table.
+const CALLERS: [&str; 14] = [
+    "anon",
+    "garbage",
+    "expired",
+    "member",
+    "m:infra",
+    "m:service",
+    "m:backup",
+    "m:device",
+    "m:database",
+    "m:vpn",
+    "m:audit",
+    "other-mgr",
+    "manager",
+    "admin",
+];
+
+const PERMS: [(&str, Permission); 7] = [
+    ("m:infra", Permission::Infra),
+    ("m:service", Permission::Service),
+    ("m:backup", Permission::Backup),
+    ("m:device", Permission::Device),
+    ("m:database", Permission::Database),
+    ("m:vpn", Permission::Vpn),
+    ("m:audit", Permission::Audit),
+];
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Unauthenticated => "UNAUTH",
+        Code::PermissionDenied => "DENIED",
+        Code::NotFound => "NOTFOUND",
+        Code::AlreadyExists => "EXISTS",
+        Code::FailedPrecondition => "PRECOND",
+        Code::InvalidArgument => "INVALID",
+        Code::ResourceExhausted => "EXHAUSTED",
+        Code::Unimplemented => "UNIMPL",
+        Code::Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}
+
+struct User {
+    id: String,
+    email: String,
+    token: String,
+}
+
+struct Env {
+    s: TestServer,
+    sink: SmtpSink,
+    ch: Channel,
+    admin: String,
+    expired: String,
+    users: BTreeMap<&'static str, User>,
+    /// The organization `other-mgr` manages.
+    other_org: String,
+    /// A member of the world's organization besides the callers.
+    target: User,
+    /// A second Manager, so removing or demoting one never hits R5.
+    manager2: User,
+    /// Not a member of the world's organization (for AddMember).
+    outsider: User,
+    n: AtomicUsize,
+}
+
+/// What one cell works on.
+#[derive(Default)]
+struct World {
+    org: String,
+    target: String,
+    template: String,
+    invitation: String,
+    invite_token: String,
+    join_request: String,
+    refresh_token: String,
+    reset_token: String,
+    /// Fresh callers for rows that consume the caller.
+    fresh: BTreeMap<&'static str, String>,
+}
+
+fn req<T>(msg: T, token: Option<&str>) -> Request<T> {
+    match token {
+        Some(t) => authed(msg, t),
+        None => Request::new(msg),
+    }
+}
+
+fn field_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+impl Env {
+    async fn new(backend: Backend) -> Env {
+        let sink = SmtpSink::start().await;
+        let key = kiops_token::SigningKey::generate();
+        let dir = tempfile::tempdir().expect("dir");
+        let pem = dir.path().join("signing.pem");
+        std::fs::write(&pem, key.to_pkcs8_pem().expect("pem")).expect("pem");
+        let s = TestServer::start_with(
+            backend,
+            ServerOptions {
+                extra_args: vec![
+                    "--smtp-url".into(),
+                    sink.url(),
+                    "--signing-key-file".into(),
+                    pem.display().to_string(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await;
+        let admin = s.admin_token().await;
+        let admin_id = token_sub(&admin);
+        // A PlatformAdmin's token, correctly signed, expired an hour ago.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let expired = kiops_token::Issuer::new(key, "kiops-identity", "kiops", 300)
+            .issue_at(
+                kiops_token::IssueRequest {
+                    subject: admin_id,
+                    email: ADMIN_EMAIL.into(),
+                    name: "admin".into(),
+                    platform_admin: true,
+                    orgs: Default::default(),
+                    session_id: None,
+                },
+                now - 3600,
+            )
+            .expect("issue")
+            .token;
+        let ch = s.channel().await;
+        let mut users = BTreeMap::new();
+        for kind in CALLERS.iter().skip(3) {
+            if *kind == "admin" {
+                continue;
+            }
+            let email = format!("{}@matrix.io", kind.replace(':', "-"));
+            let (id, token) = s.user(&email).await;
+            users.insert(*kind, User { id, email, token });
+        }
+        users.insert(
+            "admin",
+            User {
+                id: token_sub(&admin),
+                email: ADMIN_EMAIL.into(),
+                token: admin.clone(),
+            },
+        );
+        let other_org = s.create_org(&admin, "Other", "other-org").await;
+        s.add_member(&admin, &other_org, &users["other-mgr"].id, Role::Manager)
+            .await;
+        let mk = |e: &str| e.to_string();
+        let target = {
+            let (id, token) = s.user("target@matrix.io").await;
+            User {
+                id,
+                email: mk("target@matrix.io"),
+                token,
+            }
+        };
+        let manager2 = {
+            let (id, token) = s.user("manager2@matrix.io").await;
+            User {
+                id,
+                email: mk("manager2@matrix.io"),
+                token,
+            }
+        };
+        let outsider = {
+            let (id, token) = s.user("outsider@matrix.io").await;
+            User {
+                id,
+                email: mk("outsider@matrix.io"),
+                token,
+            }
+        };
+        Env {
+            s,
+            sink,
+            ch,
+            admin,
+            expired,
+            users,
+            other_org,
+            target,
+            manager2,
+            outsider,
+            n: AtomicUsize::new(0),
+        }
+    }
+
+    fn next(&self) -> usize {
+        self.n.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn members(&self) -> MembershipServiceClient<Channel> {
+        MembershipServiceClient::new(self.ch.clone())
+    }
+
+    async fn add(&self, org: &str, user: &str, role: Role) {
+        self.members()
+            .add_member(authed(
+                AddMemberRequest {
+                    organization_id: org.into(),
+                    user_id: user.into(),
+                    role: role as i32,
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("add member");
+    }
+
+    async fn grant(&self, org: &str, user: &str, perms: Vec<i32>) {
+        self.members()
+            .set_permissions(authed(
+                SetPermissionsRequest {
+                    organization_id: org.into(),
+                    user_id: user.into(),
+                    permissions: perms,
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("set permissions");
+    }
+
+    /// A new user (PASSWORD) and its token; `platform_admin` via CreateUser.
+    async fn new_user(&self, prefix: &str, platform_admin: bool) -> User {
+        let email = format!("{prefix}-{}@matrix.io", self.next());
+        let id = self
+            .s
+            .users()
+            .await
+            .create_user(authed(
+                CreateUserRequest {
+                    email: email.clone(),
+                    name: prefix.into(),
+                    password: PASSWORD.into(),
+                    platform_admin,
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("create user")
+            .into_inner()
+            .user
+            .expect("user")
+            .user_id;
+        let token = self
+            .s
+            .login(&email, PASSWORD)
+            .await
+            .expect("login")
+            .access_token;
+        User { id, email, token }
+    }
+
+    /// A fresh organization with every caller in its place.
+    async fn world(&self, rpc: &str) -> World {
+        let n = self.next();
+        let org = self
+            .s
+            .create_org(&self.admin, "World", &format!("world-{n}"))
+            .await;
+        self.add(&org, &self.users["manager"].id, Role::Manager)
+            .await;
+        self.add(&org, &self.manager2.id, Role::Manager).await;
+        self.add(&org, &self.users["member"].id, Role::Member).await;
+        for (kind, perm) in PERMS {
+            self.add(&org, &self.users[kind].id, Role::Member).await;
+            self.grant(&org, &self.users[kind].id, vec![perm as i32])
+                .await;
+        }
+        let mut w = World {
+            org: org.clone(),
+            ..Default::default()
+        };
+        // The target: a Member. Rows that change the account itself get a
+        // new one each time.
+        let account_rows = [
+            "UserService/DeactivateUser",
+            "UserService/ReactivateUser",
+            "UserService/DeleteUser",
+            "UserService/SetPlatformAdmin",
+            "UserService/UnlockUser",
+            "AuthService/Logout",
+            "AuthService/ResetPassword",
+        ];
+        w.target = if account_rows.contains(&rpc) {
+            let t = self.new_user("target", false).await;
+            if rpc == "AuthService/Logout" {
+                w.refresh_token = self
+                    .s
+                    .login(&t.email, PASSWORD)
+                    .await
+                    .expect("login")
+                    .refresh_token;
+            }
+            if rpc == "AuthService/ResetPassword" {
+                self.s
+                    .auth()
+                    .await
+                    .request_password_reset(RequestPasswordResetRequest {
+                        email: t.email.clone(),
+                    })
+                    .await
+                    .expect("reset request");
+                let mail = self.sink.wait_for(&t.email, 1).await;
+                w.reset_token = mail.token("kp").expect("reset token");
+            }
+            t.id
+        } else {
+            self.target.id.clone()
+        };
+        self.add(&org, &w.target, Role::Member).await;
+        if rpc == "UserService/ReactivateUser" {
+            self.s
+                .users()
+                .await
+                .deactivate_user(authed(
+                    DeactivateUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    &self.admin,
+                ))
+                .await
+                .expect("deactivate");
+        }
+        if rpc == "AuthService/Refresh" {
+            w.refresh_token = self
+                .s
+                .login(&self.target.email, PASSWORD)
+                .await
+                .expect("login")
+                .refresh_token;
+        }
+        if rpc.contains("PermissionTemplate") {
+            w.template = self
+                .members()
+                .create_permission_template(authed(
+                    CreatePermissionTemplateRequest {
+                        organization_id: org.clone(),
+                        name: format!("tpl-{n}"),
+                        permissions: vec![Permission::Infra as i32],
+                    },
+                    &self.admin,
+                ))
+                .await
+                .expect("template")
+                .into_inner()
+                .template
+                .expect("template")
+                .template_id;
+        }
+        if rpc.starts_with("InvitationService/") && rpc != "InvitationService/CreateInvitation" {
+            let email = format!("invitee-{n}@matrix.io");
+            w.invitation = InvitationServiceClient::new(self.ch.clone())
+                .create_invitation(authed(
+                    CreateInvitationRequest {
+                        organization_id: org.clone(),
+                        email: email.clone(),
+                        role: Role::Member as i32,
+                    },
+                    &self.admin,
+                ))
+                .await
+                .expect("invite")
+                .into_inner()
+                .invitation
+                .expect("invitation")
+                .invitation_id;
+            if rpc.ends_with("AcceptInvitation") || rpc.ends_with("DeclineInvitation") {
+                let mail = self.sink.wait_for(&email, 1).await;
+                w.invite_token = mail.token("ki").expect("invitation token");
+            }
+        }
+        if rpc.ends_with("ApproveJoinRequest") || rpc.ends_with("RejectJoinRequest") {
+            w.join_request = self
+                .s
+                .auth()
+                .await
+                .sign_up(SignUpRequest {
+                    email: format!("joiner-{n}@matrix.io"),
+                    name: "Joiner".into(),
+                    password: PASSWORD.into(),
+                    organization_id: Some(org.clone()),
+                })
+                .await
+                .expect("sign up")
+                .into_inner()
+                .join_request
+                .expect("join request")
+                .join_request_id;
+        }
+        if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
+            for kind in CALLERS.iter().skip(3) {
+                let u = self
+                    .new_user(&kind.replace(':', "-"), *kind == "admin")
+                    .await;
+                match *kind {
+                    "manager" => self.add(&org, &u.id, Role::Manager).await,
+                    "other-mgr" => self.add(&self.other_org, &u.id, Role::Manager).await,
+                    "admin" => {}
+                    "member" => self.add(&org, &u.id, Role::Member).await,
+                    m => {
+                        self.add(&org, &u.id, Role::Member).await;
+                        let perm = PERMS.iter().find(|(k, _)| *k == m).expect("perm").1;
+                        self.grant(&org, &u.id, vec![perm as i32]).await;
+                    }
+                }
+                w.fresh.insert(kind, u.token);
+            }
+        }
+        w
+    }
+
+    fn token<'a>(&'a self, w: &'a World, caller: &str) -> Option<&'a str> {
+        match caller {
+            "anon" => None,
+            "garbage" => Some("garbage"),
+            "expired" => Some(&self.expired),
+            c => Some(
+                w.fresh
+                    .get(c)
+                    .map(String::as_str)
+                    .unwrap_or(&self.users[c].token),
+            ),
+        }
+    }
+
+    async fn call(&self, rpc: &str, w: &World, t: Option<&str>) -> Result<(), Status> {
+        let ch = self.ch.clone();
+        let org = w.org.clone();
+        let fresh_email = || format!("new-{}@matrix.io", self.next());
+        let mut auth = auth_service_client::AuthServiceClient::new(ch.clone());
+        let mut users = user_service_client::UserServiceClient::new(ch.clone());
+        let mut orgs = OrganizationServiceClient::new(ch.clone());
+        let mut m = MembershipServiceClient::new(ch.clone());
+        let mut inv = InvitationServiceClient::new(ch.clone());
+        let mut ap = ApprovalServiceClient::new(ch.clone());
+        let mut au = AuditServiceClient::new(ch.clone());
+        match rpc {
+            "ApprovalService/RequestToJoin" => ap
+                .request_to_join(req(
+                    RequestToJoinRequest {
+                        organization_id: org,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "ApprovalService/ListJoinRequests" => ap
+                .list_join_requests(req(
+                    ListJoinRequestsRequest {
+                        organization_id: Some(org),
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "ApprovalService/ApproveJoinRequest" => ap
+                .approve_join_request(req(
+                    ApproveJoinRequestRequest {
+                        join_request_id: w.join_request.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "ApprovalService/RejectJoinRequest" => ap
+                .reject_join_request(req(
+                    RejectJoinRequestRequest {
+                        join_request_id: w.join_request.clone(),
+                        reason: None,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuditService/ListAuditEvents" => au
+                .list_audit_events(req(
+                    ListAuditEventsRequest {
+                        organization_id: Some(org),
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuditService/ExportAuditEvents" => {
+                let mut stream = au
+                    .export_audit_events(req(
+                        ExportAuditEventsRequest {
+                            organization_id: Some(org),
+                            format: ExportFormat::JsonLines as i32,
+                            ..Default::default()
+                        },
+                        t,
+                    ))
+                    .await?
+                    .into_inner();
+                stream.message().await.map(drop)
+            }
+            "AuthService/Login" => auth
+                .login(req(
+                    LoginRequest {
+                        email: self.target.email.clone(),
+                        password: PASSWORD.into(),
+                        organization_id: None,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/Refresh" => auth
+                .refresh(req(
+                    RefreshRequest {
+                        refresh_token: w.refresh_token.clone(),
+                        organization_id: None,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/Logout" => auth
+                .logout(req(
+                    LogoutRequest {
+                        refresh_token: w.refresh_token.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/SignUp" => auth
+                .sign_up(req(
+                    SignUpRequest {
+                        email: fresh_email(),
+                        name: "New".into(),
+                        password: PASSWORD.into(),
+                        organization_id: Some(org),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/RequestPasswordReset" => auth
+                .request_password_reset(req(
+                    RequestPasswordResetRequest {
+                        email: self.target.email.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/ResetPassword" => auth
+                .reset_password(req(
+                    ResetPasswordRequest {
+                        token: w.reset_token.clone(),
+                        new_password: "a brand new long password".into(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/GetJwks" => auth.get_jwks(req(GetJwksRequest {}, t)).await.map(drop),
+            "AuthService/WatchRevocations" => auth
+                .watch_revocations(req(WatchRevocationsRequest::default(), t))
+                .await
+                .map(drop),
+            "InvitationService/CreateInvitation" => inv
+                .create_invitation(req(
+                    CreateInvitationRequest {
+                        organization_id: org,
+                        email: fresh_email(),
+                        role: Role::Member as i32,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "InvitationService/ListInvitations" => inv
+                .list_invitations(req(
+                    ListInvitationsRequest {
+                        organization_id: org,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "InvitationService/ResendInvitation" => inv
+                .resend_invitation(req(
+                    ResendInvitationRequest {
+                        invitation_id: w.invitation.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "InvitationService/RevokeInvitation" => inv
+                .revoke_invitation(req(
+                    RevokeInvitationRequest {
+                        invitation_id: w.invitation.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "InvitationService/AcceptInvitation" => inv
+                .accept_invitation(req(
+                    AcceptInvitationRequest {
+                        token: w.invite_token.clone(),
+                        name: Some("Invitee".into()),
+                        password: Some(PASSWORD.into()),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "InvitationService/DeclineInvitation" => inv
+                .decline_invitation(req(
+                    DeclineInvitationRequest {
+                        token: w.invite_token.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/AddMember" => m
+                .add_member(req(
+                    AddMemberRequest {
+                        organization_id: org,
+                        user_id: self.outsider.id.clone(),
+                        role: Role::Member as i32,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ListMembers" => m
+                .list_members(req(
+                    ListMembersRequest {
+                        organization_id: org,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/GetMember" => m
+                .get_member(req(
+                    GetMemberRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ChangeRole (promote)" => m
+                .change_role(req(
+                    ChangeRoleRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                        role: Role::Manager as i32,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ChangeRole (demote)" => m
+                .change_role(req(
+                    ChangeRoleRequest {
+                        organization_id: org,
+                        user_id: self.manager2.id.clone(),
+                        role: Role::Member as i32,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/SetPermissions" => m
+                .set_permissions(req(
+                    SetPermissionsRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                        permissions: vec![Permission::Device as i32],
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/RemoveMember" => m
+                .remove_member(req(
+                    RemoveMemberRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/LeaveOrganization" => m
+                .leave_organization(req(
+                    LeaveOrganizationRequest {
+                        organization_id: org,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ListMyMemberships" => m
+                .list_my_memberships(req(ListMyMembershipsRequest::default(), t))
+                .await
+                .map(drop),
+            "MembershipService/CheckPermission" => m
+                .check_permission(req(
+                    CheckPermissionRequest {
+                        user_id: w.target.clone(),
+                        organization_id: org,
+                        permission: Permission::Device as i32,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/CreatePermissionTemplate" => m
+                .create_permission_template(req(
+                    CreatePermissionTemplateRequest {
+                        organization_id: org,
+                        name: format!("new-{}", self.next()),
+                        permissions: vec![Permission::Vpn as i32],
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ListPermissionTemplates" => m
+                .list_permission_templates(req(
+                    ListPermissionTemplatesRequest {
+                        organization_id: org,
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/UpdatePermissionTemplate" => m
+                .update_permission_template(req(
+                    UpdatePermissionTemplateRequest {
+                        template: Some(PermissionTemplate {
+                            template_id: w.template.clone(),
+                            organization_id: org,
+                            name: format!("renamed-{}", self.next()),
+                            ..Default::default()
+                        }),
+                        update_mask: field_mask(&["name"]),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/DeletePermissionTemplate" => m
+                .delete_permission_template(req(
+                    DeletePermissionTemplateRequest {
+                        organization_id: org,
+                        template_id: w.template.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/ApplyPermissionTemplate" => m
+                .apply_permission_template(req(
+                    ApplyPermissionTemplateRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                        template_id: w.template.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "MembershipService/SendPasswordReset" => m
+                .send_password_reset(req(
+                    SendPasswordResetRequest {
+                        organization_id: org,
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "OrganizationService/CreateOrganization" => orgs
+                .create_organization(req(
+                    CreateOrganizationRequest {
+                        name: "New".into(),
+                        code: format!("new-{}", self.next()),
+                        description: String::new(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "OrganizationService/GetOrganization" => orgs
+                .get_organization(req(
+                    GetOrganizationRequest {
+                        organization_id: org,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "OrganizationService/ListOrganizations" => orgs
+                .list_organizations(req(ListOrganizationsRequest::default(), t))
+                .await
+                .map(drop),
+            "OrganizationService/UpdateOrganization" => orgs
+                .update_organization(req(
+                    UpdateOrganizationRequest {
+                        organization: Some(Organization {
+                            organization_id: org,
+                            name: "Renamed".into(),
+                            ..Default::default()
+                        }),
+                        update_mask: field_mask(&["name"]),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "OrganizationService/DeleteOrganization" => orgs
+                .delete_organization(req(
+                    DeleteOrganizationRequest {
+                        organization_id: org,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/GetMe" => users.get_me(req(GetMeRequest {}, t)).await.map(drop),
+            "UserService/UpdateMe" => users
+                .update_me(req(
+                    UpdateMeRequest {
+                        name: "Renamed".into(),
+                        update_mask: field_mask(&["name"]),
+                        ..Default::default()
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/ChangePassword" => users
+                .change_password(req(
+                    ChangePasswordRequest {
+                        current_password: PASSWORD.into(),
+                        new_password: "a brand new long password".into(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/DeleteMe" => users
+                .delete_me(req(
+                    DeleteMeRequest {
+                        current_password: PASSWORD.into(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/ListUsers" => users
+                .list_users(req(ListUsersRequest::default(), t))
+                .await
+                .map(drop),
+            "UserService/GetUser" => users
+                .get_user(req(
+                    GetUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/CreateUser" => users
+                .create_user(req(
+                    CreateUserRequest {
+                        email: fresh_email(),
+                        name: "New".into(),
+                        password: PASSWORD.into(),
+                        platform_admin: false,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/DeactivateUser" => users
+                .deactivate_user(req(
+                    DeactivateUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/ReactivateUser" => users
+                .reactivate_user(req(
+                    ReactivateUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/UnlockUser" => users
+                .unlock_user(req(
+                    UnlockUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/DeleteUser" => users
+                .delete_user(req(
+                    DeleteUserRequest {
+                        user_id: w.target.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "UserService/SetPlatformAdmin" => users
+                .set_platform_admin(req(
+                    SetPlatformAdminRequest {
+                        user_id: w.target.clone(),
+                        platform_admin: true,
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            other => panic!("the matrix has a row for {other} but no call for it"),
+        }
+    }
+}
+
+fn token_sub(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("jwt");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("b64");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    v["sub"].as_str().expect("sub").to_string()
+}
+
+/// Rows of tests/isolation-matrix.md: (rpc, expected label per caller).
+fn table() -> Vec<(String, Vec<String>)> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/isolation-matrix.md");
+    let text = std::fs::read_to_string(&path).expect("tests/isolation-matrix.md");
+    let mut rows = Vec::new();
+    let mut header_seen = false;
+    let start = text.find("\n| RPC |").expect("the matrix table") + 1;
+    for line in text[start..].lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().trim_matches('`').to_string())
+            .collect();
+        if !header_seen {
+            assert_eq!(cells[0], "RPC", "first table column");
+            assert_eq!(&cells[1..], &CALLERS, "caller columns");
+            header_seen = true;
+            continue;
+        }
+        if cells[0].starts_with('-') {
+            continue;
+        }
+        assert_eq!(cells.len(), CALLERS.len() + 1, "row {line}");
+        rows.push((cells[0].clone(), cells[1..].to_vec()));
+    }
+    rows
+}
+
+/// Every RPC in the proto files, so a new RPC without a row fails here.
+fn all_rpcs() -> Vec<String> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto/kiops/identity/v1");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("proto dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("proto");
+        let mut service = String::new();
+        for line in text.lines() {
+            let l = line.trim();
+            if let Some(rest) = l.strip_prefix("service ") {
+                service = rest.trim_end_matches(['{', ' ']).to_string();
+            }
+            if let Some(rest) = l.strip_prefix("rpc ") {
+                let name = rest.split('(').next().expect("rpc name").trim();
+                out.push(format!("{service}/{name}"));
+            }
+        }
+    }
+    out
+}
+
+async fn every_rpc_for_every_caller_matches_the_table(backend: Backend) {
+    let rows = table();
+    let covered: Vec<String> = rows
+        .iter()
+        .map(|(r, _)| r.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    for rpc in all_rpcs() {
+        assert!(
+            covered.contains(&rpc),
+            "{rpc} has no row in tests/isolation-matrix.md"
+        );
+    }
+    let env = Env::new(backend).await;
+    let mut mismatches = Vec::new();
+    let mut actual_table = String::new();
+    let mut cells = 0;
+    for (rpc, expected) in &rows {
+        let mut actual = Vec::new();
+        for (i, caller) in CALLERS.iter().enumerate() {
+            let w = env.world(rpc).await;
+            let got = match env.call(rpc, &w, env.token(&w, caller)).await {
+                Ok(()) => "OK",
+                Err(s) => {
+                    assert_ne!(s.code(), Code::Internal, "{rpc} as {caller}: {s:?}");
+                    code_label(s.code())
+                }
+            };
+            cells += 1;
+            if got != expected[i] {
+                mismatches.push(format!(
+                    "{rpc} as {caller}: expected {}, got {got}",
+                    expected[i]
+                ));
+            }
+            actual.push(got);
+        }
+        actual_table.push_str(&format!("| `{rpc}` | {} |\n", actual.join(" | ")));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {cells} cells differ from tests/isolation-matrix.md:\n{}\n\nactual rows:\n{actual_table}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    println!(
+        "isolation matrix ({backend:?}): {} RPC rows × {} callers = {cells} cells as stated",
+        rows.len(),
+        CALLERS.len()
+    );
+    drop(env.sink);
+}

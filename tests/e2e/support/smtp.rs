@@ -1,0 +1,206 @@
+//! A minimal SMTP server on loopback that keeps every message it accepts, so
+//! tests read the real emails the service sends. It can refuse the first N
+//! messages (451) to exercise the sender's retries.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Mail {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.data.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with(&prefix)
+                .then(|| l[prefix.len()..].trim().to_string())
+        })
+    }
+
+    /// The first token with this prefix (`ki_…`, `kp_…`) in the body.
+    pub fn token(&self, prefix: &str) -> Option<String> {
+        let start = self.data.find(&format!("{prefix}_"))?;
+        Some(
+            self.data[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect(),
+        )
+    }
+}
+
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    refuse_next: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
+        let addr = listener.local_addr().expect("addr");
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let refuse_next = Arc::new(AtomicUsize::new(0));
+        let (m, r) = (mails.clone(), refuse_next.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (m, r) = (m.clone(), r.clone());
+                tokio::spawn(async move {
+                    let _ = session(sock, m, r).await;
+                });
+            }
+        });
+        SmtpSink {
+            addr,
+            mails,
+            refuse_next,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    /// Refuse (451) the next `n` MAIL commands.
+    pub fn refuse_next(&self, n: usize) {
+        self.refuse_next.store(n, Ordering::SeqCst);
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().expect("mails").clone()
+    }
+
+    /// Waits for the `n`-th (1-based) message to `to`.
+    pub async fn wait_for(&self, to: &str, n: usize) -> Mail {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found: Vec<Mail> = self
+                .mails()
+                .into_iter()
+                .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no message #{n} to {to} within 20 s; have {:?}",
+                    self.mails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn count_to(&self, to: &str) -> usize {
+        self.mails()
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(to)))
+            .count()
+    }
+}
+
+async fn session(
+    sock: tokio::net::TcpStream,
+    mails: Arc<Mutex<Vec<Mail>>>,
+    refuse: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let (read, mut write) = sock.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"220 sink ESMTP\r\n").await?;
+    let mut to = Vec::new();
+    while let Some(line) = lines.next_line().await? {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            write.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?;
+        } else if upper.starts_with("MAIL FROM") {
+            let refused = refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refused {
+                write.write_all(b"451 try again later\r\n").await?;
+            } else {
+                to.clear();
+                write.write_all(b"250 OK\r\n").await?;
+            }
+        } else if upper.starts_with("RCPT TO") {
+            let addr = line[8..]
+                .trim()
+                .trim_start_matches(':')
+                .trim()
+                .trim_matches(['<', '>'])
+                .to_string();
+            to.push(addr);
+            write.write_all(b"250 OK\r\n").await?;
+        } else if upper == "DATA" {
+            write.write_all(b"354 go ahead\r\n").await?;
+            let mut data = String::new();
+            while let Some(l) = lines.next_line().await? {
+                if l == "." {
+                    break;
+                }
+                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                data.push('\n');
+            }
+            mails.lock().expect("mails").push(Mail {
+                to: to.clone(),
+                data: decode(&data),
+            });
+            write.write_all(b"250 OK queued\r\n").await?;
+        } else if upper == "QUIT" {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            // RSET, NOOP and anything else.
+            write.write_all(b"250 OK\r\n").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a quoted-printable body (RFC 2045), as a mail client would.
+fn decode(data: &str) -> String {
+    let Some((head, body)) = data.split_once("\n\n") else {
+        return data.to_string();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("content-transfer-encoding: quoted-printable")
+    {
+        return data.to_string();
+    }
+    let joined = body.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    format!("{head}\n\n{}", String::from_utf8_lossy(&out))
+}
