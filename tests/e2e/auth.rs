@@ -14,6 +14,8 @@ both_backends!(
     unknown_email_and_wrong_password_answer_the_same,
     access_token_verifies_against_published_jwks,
     refresh_rotates_and_reuse_revokes_the_session,
+    racing_refreshes_of_one_token_have_one_winner,
+    scoped_refresh_for_a_foreign_organization_keeps_the_token,
     logout_ends_the_session,
     expired_access_token_is_refused,
     create_user_is_platform_admin_only,
@@ -197,6 +199,107 @@ async fn refresh_rotates_and_reuse_revokes_the_session(backend: Backend) {
         Code::Unauthenticated,
         "INVALID_REFRESH_TOKEN",
     );
+}
+
+/// A leaked refresh token used by two parties at once: exactly one call
+/// gets a new pair, every other one is refused, and the session ends (the
+/// winner's new token is dead too), however the calls interleave.
+async fn racing_refreshes_of_one_token_have_one_winner(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for round in 0..3 {
+        let s = server
+            .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+            .await
+            .expect("login");
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let mut auth = server.auth().await;
+            let token = s.refresh_token.clone();
+            calls.push(tokio::spawn(async move {
+                auth.refresh(RefreshRequest {
+                    refresh_token: token,
+                    organization_id: None,
+                })
+                .await
+            }));
+        }
+        let mut winners = Vec::new();
+        for c in calls {
+            match c.await.expect("task") {
+                Ok(r) => winners.push(r.into_inner()),
+                Err(status) => {
+                    assert_eq!(
+                        status.code(),
+                        Code::Unauthenticated,
+                        "round {round}: {status:?}"
+                    );
+                    let why = reason(&status);
+                    assert!(
+                        why == "REFRESH_TOKEN_REUSED" || why == "INVALID_REFRESH_TOKEN",
+                        "round {round}: {why}"
+                    );
+                }
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one refresh wins");
+        assert_status(
+            server
+                .auth()
+                .await
+                .refresh(RefreshRequest {
+                    refresh_token: winners[0].refresh_token.clone(),
+                    organization_id: None,
+                })
+                .await,
+            Code::Unauthenticated,
+            "INVALID_REFRESH_TOKEN",
+        );
+    }
+}
+
+/// Refresh with `organization_id` mints a token holding just that
+/// organization; an organization the user is not in is NOT_FOUND and does
+/// not use up the refresh token.
+async fn scoped_refresh_for_a_foreign_organization_keeps_the_token(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mine = server.create_org(&admin, "Mine", "mine").await;
+    let other = server.create_org(&admin, "Other", "other").await;
+    let kim = server.create_user("kim@example.com", "Kim", PW).await;
+    server.add_member(&admin, &mine, &kim, Role::Member).await;
+    let s = server.login("kim@example.com", PW).await.expect("login");
+    let mut auth = server.auth().await;
+    assert_status(
+        auth.refresh(RefreshRequest {
+            refresh_token: s.refresh_token.clone(),
+            organization_id: Some(other.clone()),
+        })
+        .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    let scoped = auth
+        .refresh(RefreshRequest {
+            refresh_token: s.refresh_token.clone(),
+            organization_id: Some(mine.clone()),
+        })
+        .await
+        .expect("the refused call left the token usable")
+        .into_inner();
+    let orgs = token_orgs(&scoped.access_token);
+    let orgs = orgs.as_object().expect("orgs");
+    assert_eq!(orgs.len(), 1);
+    assert_eq!(orgs[&mine]["role"], "member");
+    // Unscoped again: every membership.
+    let all = auth
+        .refresh(RefreshRequest {
+            refresh_token: scoped.refresh_token,
+            organization_id: None,
+        })
+        .await
+        .expect("unscoped refresh")
+        .into_inner();
+    assert!(token_orgs(&all.access_token)[&mine].is_object());
 }
 
 async fn logout_ends_the_session(backend: Backend) {

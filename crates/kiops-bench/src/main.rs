@@ -288,8 +288,11 @@ async fn login(ch: &Channel, email: &str) -> anyhow::Result<LoginResponse> {
         .into_inner())
 }
 
-/// Mean argon2id verify time with the production parameters, in this process.
-fn argon2_verify_secs() -> anyhow::Result<f64> {
+/// Mean argon2id verify time with the production parameters, in this
+/// process, with `threads` verifying at once (1 is the target's figure;
+/// `cores` shows what the hardware gives when every core hashes, since
+/// argon2's 19 MiB per hash compete for cache and memory bandwidth).
+fn argon2_verify_secs(threads: usize) -> anyhow::Result<f64> {
     use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
     use kiops_identity::auth::password::*;
     let params = argon2::Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, None)
@@ -300,12 +303,19 @@ fn argon2_verify_secs() -> anyhow::Result<f64> {
         .hash_password(b"x", &salt)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .to_string();
-    let parsed = PasswordHash::new(&h).map_err(|e| anyhow::anyhow!("{e}"))?;
     let n = 20;
     let t = Instant::now();
-    for _ in 0..n {
-        let _ = a.verify_password(b"x", &parsed);
-    }
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                if let Ok(parsed) = PasswordHash::new(&h) {
+                    for _ in 0..n {
+                        let _ = a.verify_password(b"x", &parsed);
+                    }
+                }
+            });
+        }
+    });
     Ok(t.elapsed().as_secs_f64() / n as f64)
 }
 
@@ -554,7 +564,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if want("login") {
-            let verify = argon2_verify_secs()?;
+            let verify = argon2_verify_secs(1)?;
+            let verify_all = argon2_verify_secs(cores)?;
             let cs = chans.clone();
             let users = seeded.user_count;
             let s = run(n, d, move |t| {
@@ -566,6 +577,12 @@ async fn main() -> anyhow::Result<()> {
             let ideal = cores as f64 / verify;
             println!("{}", s.line("login"));
             println!("  argon2id verify (m=19 MiB, t=2, p=1) {:.1} ms here; ideal {ideal:.0}/s; login = {:.0}% of ideal (target ≥ 85%)", verify * 1000.0, 100.0 * s.throughput() / ideal);
+            println!(
+                "  with {cores} verifies at once each takes {:.1} ms: the hardware's own ceiling is {:.0}/s, login = {:.0}% of it",
+                verify_all * 1000.0,
+                cores as f64 / verify_all,
+                100.0 * s.throughput() * verify_all / cores as f64
+            );
         }
         if want("refresh") {
             let mut tokens = Vec::new();

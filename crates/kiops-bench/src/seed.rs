@@ -146,6 +146,13 @@ pub async fn seed(url: &str, cfg: &SeedConfig) -> anyhow::Result<Seeded> {
         &memberships,
     )
     .await?;
+    // A bulk load leaves PostgreSQL without statistics until autovacuum
+    // gets to the tables, and the first round would measure the planner's
+    // guesses; a live database has them.
+    if url.starts_with("postgres") {
+        use sea_orm::ConnectionTrait;
+        db.execute_unprepared("ANALYZE").await?;
+    }
     store.close().await;
     Ok(Seeded {
         big_org,

@@ -51,6 +51,18 @@ impl App {
         session_id: &str,
     ) -> Result<(String, i64), DomainError> {
         let orgs = memberships::token_orgs(conn, &user.id, user.platform_admin, only_org).await?;
+        self.mint_with_orgs(user, orgs, only_org, session_id)
+    }
+
+    /// Mints from memberships already read; a scoped token for an
+    /// organization the user is not in is NOT_FOUND (R4).
+    fn mint_with_orgs(
+        &self,
+        user: &User,
+        orgs: std::collections::BTreeMap<String, kiops_token::OrgClaims>,
+        only_org: Option<&str>,
+        session_id: &str,
+    ) -> Result<(String, i64), DomainError> {
         if let Some(org) = only_org {
             if !user.platform_admin && !orgs.contains_key(org) {
                 return Err(DomainError::not_found("organization"));
@@ -228,11 +240,18 @@ impl App {
         v.into_result()?;
 
         let now = self.clock.now_ms();
+        let presented = hash_token(&req.refresh_token);
         let new_refresh = random_token(REFRESH_TOKEN_PREFIX);
+        if let Some(pair) = self
+            .refresh_fast(&presented, &new_refresh, org.as_deref(), now)
+            .await?
+        {
+            return Ok(pair);
+        }
         let tx = self.store.begin_write().await?;
         let rotation = sessions::rotate(
             &tx,
-            &hash_token(&req.refresh_token),
+            &presented,
             hash_token(&new_refresh),
             now,
             self.settings.refresh_ttl_ms,
@@ -301,6 +320,52 @@ impl App {
             refresh_token: new_refresh,
             expires_in,
         })
+    }
+
+    /// The common case of `refresh` (a current token of a live session) with
+    /// the reads and the signing done before the write, so the write is one
+    /// batch. `None` sends the caller down the classifying path: unknown,
+    /// used (reuse detection), expired, or raced by a concurrent use.
+    async fn refresh_fast(
+        &self,
+        presented: &str,
+        new_refresh: &str,
+        org: Option<&str>,
+        now: i64,
+    ) -> Result<Option<TokenPair>, DomainError> {
+        let Some(mut candidate) =
+            sessions::refresh_candidate(self.store.conn(), presented, org, now).await?
+        else {
+            return Ok(None);
+        };
+        if candidate.user.status == StoredStatus::Inactive.as_str() {
+            return Err(DomainError::unauthenticated(
+                reason::INVALID_REFRESH_TOKEN,
+                "invalid or expired refresh token",
+            ));
+        }
+        // Minted before the token is used: an organization the user is not
+        // in refuses the call without consuming the refresh token.
+        let (access_token, expires_in) = self.mint_with_orgs(
+            &candidate.user,
+            std::mem::take(&mut candidate.orgs),
+            org,
+            &candidate.session_id,
+        )?;
+        let claimed = sessions::claim_candidate(
+            &self.store,
+            presented,
+            &candidate,
+            hash_token(new_refresh),
+            now,
+            self.settings.refresh_ttl_ms,
+        )
+        .await?;
+        Ok(claimed.then(|| TokenPair {
+            access_token,
+            refresh_token: new_refresh.to_string(),
+            expires_in,
+        }))
     }
 
     async fn logout(

@@ -48,14 +48,26 @@ pub async fn token_orgs<C: ConnectionTrait>(
         q = q.filter(membership::Column::OrganizationId.eq(org));
     }
     let rows = q.all(conn).await.map_err(db_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|m| {
-            let role = parse_role(&m.role);
-            let perms = effective_permissions(platform_admin, Some(role), m.permissions as u8);
-            (m.organization_id, OrgClaims { role, perms })
+    Ok(org_claims(
+        platform_admin,
+        rows.into_iter()
+            .map(|m| (m.organization_id, m.role, m.permissions)),
+    ))
+}
+
+/// Token claims from stored memberships (organization, role, granted bits),
+/// however they were read.
+pub fn org_claims(
+    platform_admin: bool,
+    rows: impl IntoIterator<Item = (String, String, i32)>,
+) -> BTreeMap<String, OrgClaims> {
+    rows.into_iter()
+        .map(|(org, role, granted)| {
+            let role = parse_role(&role);
+            let perms = effective_permissions(platform_admin, Some(role), granted as u8);
+            (org, OrgClaims { role, perms })
         })
-        .collect())
+        .collect()
 }
 
 pub async fn find<C: ConnectionTrait>(

@@ -61,6 +61,14 @@ impl Store {
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false)
+            // sqlx pings a pooled connection on every checkout by default:
+            // a second round trip for every one-statement read, which on
+            // CheckPermission was as costly as the query itself. A file
+            // database cannot drop a connection; a server can, but only an
+            // idle one plausibly has (a restart, a proxy's idle cut), so
+            // PostgreSQL pings only connections idle for a while, and a
+            // connection that still fails is discarded on its error.
+            .test_before_acquire_if_idle_for(Duration::from_secs(10))
             .map_sqlx_sqlite_opts(|o| {
                 o.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
