@@ -291,27 +291,29 @@ async fn login(ch: &Channel, email: &str) -> anyhow::Result<LoginResponse> {
 /// Mean argon2id verify time with the production parameters, in this
 /// process, with `threads` verifying at once (1 is the target's figure;
 /// `cores` shows what the hardware gives when every core hashes, since
-/// argon2's 19 MiB per hash compete for cache and memory bandwidth).
+/// argon2's 19 MiB per hash compete for cache and memory bandwidth). Each
+/// thread reuses one block buffer, as the server's hashing threads do: the
+/// strictest ideal, pure hashing with no allocation or page faults in it.
 fn argon2_verify_secs(threads: usize) -> anyhow::Result<f64> {
-    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
     use kiops_identity::auth::password::*;
     let params = argon2::Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let blocks = params.block_count();
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    let h = a
-        .hash_password(b"x", &salt)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .to_string();
     let n = 20;
     let t = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
-                if let Ok(parsed) = PasswordHash::new(&h) {
-                    for _ in 0..n {
-                        let _ = a.verify_password(b"x", &parsed);
-                    }
+                let mut memory = vec![argon2::Block::default(); blocks];
+                let mut out = [0u8; 32];
+                for _ in 0..n {
+                    let _ = a.hash_password_into_with_memory(
+                        b"correct horse battery staple",
+                        b"sixteen byte salt",
+                        &mut out,
+                        &mut memory[..],
+                    );
                 }
             });
         }
@@ -564,8 +566,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if want("login") {
-            let verify = argon2_verify_secs(1)?;
-            let verify_all = argon2_verify_secs(cores)?;
+            // Measured just before and just after the run and averaged: a
+            // shared machine's speed drifts by tens of percent in a minute.
+            let verify_before = argon2_verify_secs(1)?;
+            let verify_all_before = argon2_verify_secs(cores)?;
             let cs = chans.clone();
             let users = seeded.user_count;
             let s = run(n, d, move |t| {
@@ -574,6 +578,8 @@ async fn main() -> anyhow::Result<()> {
                 async move { login(&ch, &email).await.is_ok() }
             })
             .await;
+            let verify = (verify_before + argon2_verify_secs(1)?) / 2.0;
+            let verify_all = (verify_all_before + argon2_verify_secs(cores)?) / 2.0;
             let ideal = cores as f64 / verify;
             println!("{}", s.line("login"));
             println!("  argon2id verify (m=19 MiB, t=2, p=1) {:.1} ms here; ideal {ideal:.0}/s; login = {:.0}% of ideal (target ≥ 85%)", verify * 1000.0, 100.0 * s.throughput() / ideal);

@@ -146,12 +146,13 @@ pub async fn seed(url: &str, cfg: &SeedConfig) -> anyhow::Result<Seeded> {
         &memberships,
     )
     .await?;
-    // A bulk load leaves PostgreSQL without statistics until autovacuum
-    // gets to the tables, and the first round would measure the planner's
-    // guesses; a live database has them.
+    // A bulk load leaves PostgreSQL without statistics and visibility map
+    // until autovacuum gets to the tables (so the first round would measure
+    // the planner's guesses, and no index-only scans); a live database has
+    // had autovacuum run.
     if url.starts_with("postgres") {
         use sea_orm::ConnectionTrait;
-        db.execute_unprepared("ANALYZE").await?;
+        db.execute_unprepared("VACUUM ANALYZE").await?;
     }
     store.close().await;
     Ok(Seeded {

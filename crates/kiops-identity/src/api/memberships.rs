@@ -229,8 +229,9 @@ impl App {
             return Err(DomainError::not_found("organization"));
         }
         let now = self.clock.now_ms();
+        let snapshot = self.store.begin_listing().await?;
         let (rows, total) = memberships::list_members(
-            conn,
+            &snapshot,
             MemberQuery {
                 organization_id: &org,
                 query: &query,
@@ -244,6 +245,7 @@ impl App {
             },
         )
         .await?;
+        snapshot.commit().await.map_err(crate::store::db_err)?;
         let more = rows.len() as u64 > size;
         let rows: Vec<_> = rows.into_iter().take(size as usize).collect();
         let next_page_token = match (more, rows.last()) {

@@ -381,8 +381,9 @@ impl App {
         };
         v.into_result()?;
         let now = self.clock.now_ms();
+        let snapshot = self.store.begin_listing().await?;
         let (rows, total) = users::list(
-            self.store.conn(),
+            &snapshot,
             UserQuery {
                 query: &query,
                 status,
@@ -395,6 +396,7 @@ impl App {
             },
         )
         .await?;
+        snapshot.commit().await.map_err(crate::store::db_err)?;
         let more = rows.len() as u64 > size;
         let rows: Vec<_> = rows.into_iter().take(size as usize).collect();
         let next_page_token = match (more, rows.last()) {

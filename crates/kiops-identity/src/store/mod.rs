@@ -135,11 +135,62 @@ impl Store {
         self.writer().begin_with_options(opts).await.map_err(db_err)
     }
 
+    /// A read-only transaction for a search page and its total: both see
+    /// one snapshot (the total matches the page). On PostgreSQL it also
+    /// asks for plans made with the actual values: a prepared statement
+    /// switches to a generic plan after five runs, and for a keyset page
+    /// (`email >= $4`) the generic plan sorted every match of a 20,000-member
+    /// organization (30 ms) where the value-aware plan walks the index and
+    /// stops after one page (0.4 ms). Planning costs about 0.3 ms here.
+    pub async fn begin_listing(&self) -> Result<DatabaseTransaction, DomainError> {
+        let opts = TransactionOptions {
+            access_mode: Some(sea_orm::AccessMode::ReadOnly),
+            ..Default::default()
+        };
+        let tx = match self.backend() {
+            DatabaseBackend::Sqlite => self.db.begin().await,
+            _ => self.db.begin_with_options(opts).await,
+        }
+        .map_err(db_err)?;
+        if self.backend() == DatabaseBackend::Postgres {
+            use sea_orm::ConnectionTrait;
+            tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(tx)
+    }
+
     pub async fn close(self) {
         if let Some(w) = self.writer {
             let _ = w.close().await;
         }
         let _ = self.db.close().await;
+    }
+}
+
+/// The driver's own view of a failure, where it has one. A pooled
+/// connection that the server or the network dropped is only found out when
+/// a statement fails on it (connections are not pinged on every checkout):
+/// that failure is the database being unreachable, not a bug.
+fn classify_driver_error(e: &sea_orm::sqlx::Error) -> Option<DomainError> {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed => {
+            Some(DomainError::Unavailable)
+        }
+        E::WorkerCrashed => Some(DomainError::Unavailable),
+        E::Database(db) => match db.code().as_deref() {
+            // serialization_failure, deadlock_detected: retryable.
+            Some("40001") | Some("40P01") => Some(DomainError::Aborted),
+            // connection_exception (08…), admin/crash shutdown and
+            // cannot_connect_now (57P01–57P03): the server is going away.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+                Some(DomainError::Unavailable)
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -177,6 +228,13 @@ fn pool_usage(pool: &'static str, db: &DatabaseConnection) -> PoolUsage {
 /// serialization failures and lock timeouts ABORTED (retryable), the rest
 /// INTERNAL with the detail kept for the log only.
 pub fn db_err(e: DbErr) -> DomainError {
+    if let DbErr::Query(sea_orm::RuntimeErr::SqlxError(inner))
+    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(inner)) = &e
+    {
+        if let Some(classified) = classify_driver_error(inner) {
+            return classified;
+        }
+    }
     match &e {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => DomainError::Unavailable,
         _ => {
@@ -228,6 +286,30 @@ pub fn like_contains(needle: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_dropped_connection_is_unavailable_not_internal() {
+        use crate::domain::DomainError;
+        use sea_orm::{sqlx, DbErr, RuntimeErr};
+        let wrap = |e: sqlx::Error| DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(e)));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(matches!(
+            super::db_err(wrap(sqlx::Error::Io(reset))),
+            DomainError::Unavailable
+        ));
+        assert!(matches!(
+            super::db_err(wrap(sqlx::Error::Protocol("unexpected EOF".into()))),
+            DomainError::Unavailable
+        ));
+        assert!(matches!(
+            super::db_err(wrap(sqlx::Error::PoolTimedOut)),
+            DomainError::Unavailable
+        ));
+        assert!(matches!(
+            super::db_err(DbErr::Custom("some bug".into())),
+            DomainError::Internal(_)
+        ));
+    }
+
     #[test]
     fn like_escapes_wildcards() {
         assert_eq!(super::like_contains("a%b_c\\"), "%a\\%b\\_c\\\\%");

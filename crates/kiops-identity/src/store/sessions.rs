@@ -368,13 +368,9 @@ async fn claim_candidate_sqlite(
 
 /// A driver error met outside sea-orm, classified like `db_err` does.
 fn sqlx_err(e: sea_orm::sqlx::Error) -> DomainError {
-    use sea_orm::sqlx::Error as E;
-    match e {
-        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => DomainError::Unavailable,
-        e => db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
-            std::sync::Arc::new(e),
-        ))),
-    }
+    db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+        std::sync::Arc::new(e),
+    )))
 }
 
 /// The live session a refresh token belongs to, without using it (Logout).
