@@ -16,6 +16,7 @@ both_backends!(
     refresh_rotates_and_reuse_revokes_the_session,
     racing_refreshes_of_one_token_have_one_winner,
     scoped_refresh_for_a_foreign_organization_keeps_the_token,
+    refreshes_cut_short_by_deadlines_leave_the_database_writable,
     logout_ends_the_session,
     expired_access_token_is_refused,
     create_user_is_platform_admin_only,
@@ -300,6 +301,81 @@ async fn scoped_refresh_for_a_foreign_organization_keeps_the_token(backend: Back
         .expect("unscoped refresh")
         .into_inner();
     assert!(token_orgs(&all.access_token)[&mine].is_object());
+}
+
+/// Clients give up: every refresh here carries a deadline of a few
+/// milliseconds, so the server drops many handlers part-way, some in the
+/// middle of the rotation's write. None of that may leave a transaction
+/// open (on SQLite that would hold the write lock for good): afterwards
+/// logins and refreshes still work, and every session still refreshes or
+/// is cleanly refused.
+async fn refreshes_cut_short_by_deadlines_leave_the_database_writable(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(
+            server
+                .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+                .await
+                .expect("login")
+                .refresh_token,
+        );
+    }
+    let mut cut = 0;
+    for round in 0..40u64 {
+        let mut calls = Vec::new();
+        for (i, token) in sessions.iter().enumerate() {
+            let mut auth = server.auth().await;
+            let mut req = tonic::Request::new(RefreshRequest {
+                refresh_token: token.clone(),
+                organization_id: None,
+            });
+            req.set_timeout(Duration::from_micros(200 + 300 * ((round + i as u64) % 8)));
+            calls.push(tokio::spawn(async move { auth.refresh(req).await }));
+        }
+        for (i, c) in calls.into_iter().enumerate() {
+            match c.await.expect("task") {
+                Ok(r) => sessions[i] = r.into_inner().refresh_token,
+                Err(status) => {
+                    assert!(
+                        matches!(
+                            status.code(),
+                            Code::Cancelled | Code::DeadlineExceeded | Code::Unauthenticated
+                        ),
+                        "{status:?}"
+                    );
+                    if status.code() == Code::Unauthenticated {
+                        // The rotation committed but the answer was lost:
+                        // the old token is used, as it must be.
+                        sessions[i] = server
+                            .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+                            .await
+                            .expect("login")
+                            .refresh_token;
+                    }
+                    cut += 1;
+                }
+            }
+        }
+    }
+    assert!(cut > 0, "no call was cut short; the test proves nothing");
+    // Writes still go through, promptly.
+    let t0 = Instant::now();
+    let fresh = server
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login after the cancellations");
+    server
+        .auth()
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: fresh.refresh_token,
+            organization_id: None,
+        })
+        .await
+        .expect("refresh after the cancellations");
+    server.create_user("after@example.com", "After", PW).await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "writes are stuck");
 }
 
 async fn logout_ends_the_session(backend: Backend) {

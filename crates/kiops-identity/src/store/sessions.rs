@@ -321,9 +321,14 @@ pub async fn claim_candidate(
 /// instead of five. Each write applies only if the one before it changed a
 /// row (`changes()`), and the SELECT reports whether the last one did. (The
 /// summed rows-affected of a batch is no answer: SQLite repeats the previous
-/// statement's count for BEGIN and COMMIT.) The connection stays checked out
-/// for the whole call, so a failure part-way is rolled back on that same
-/// connection before anyone else can use it.
+/// statement's count for BEGIN and COMMIT.)
+///
+/// The batch must run to its end or be rolled back on the same connection,
+/// or the connection goes back to the pool inside a transaction that holds
+/// the write lock. sqlx's worker stops a batch part-way when the caller's
+/// future is dropped (a client's deadline, a disconnect), so the batch runs
+/// in a task of its own that finishes whatever happens to the request, and
+/// keeps the connection checked out until it has rolled back any failure.
 async fn claim_candidate_sqlite(
     pool: &sea_orm::sqlx::SqlitePool,
     presented_hash: &str,
@@ -342,28 +347,35 @@ async fn claim_candidate_sqlite(
          SELECT ?4, ?2, ?3, ?5, NULL WHERE changes() = 1; \
          SELECT changes() AS rotated; \
          COMMIT";
-    let mut c = pool.acquire().await.map_err(sqlx_err)?;
-    let result = sqlx::query(BATCH)
-        .bind(presented_hash)
-        .bind(candidate.session_id.as_str())
-        .bind(now)
-        .bind(new_hash)
-        .bind(expires)
-        .fetch_all(&mut *c)
-        .await;
-    match result {
-        Ok(rows) => {
-            let rotated: Option<i64> = match rows.first() {
-                Some(row) => row.try_get("rotated").map_err(sqlx_err)?,
-                None => None,
-            };
-            Ok(rotated == Some(1))
+    let pool = pool.clone();
+    let presented_hash = presented_hash.to_string();
+    let session_id = candidate.session_id.clone();
+    let task = tokio::spawn(async move {
+        let mut c = pool.acquire().await.map_err(sqlx_err)?;
+        let result = sqlx::query(BATCH)
+            .bind(presented_hash)
+            .bind(session_id)
+            .bind(now)
+            .bind(new_hash)
+            .bind(expires)
+            .fetch_all(&mut *c)
+            .await;
+        match result {
+            Ok(rows) => {
+                let rotated: Option<i64> = match rows.first() {
+                    Some(row) => row.try_get("rotated").map_err(sqlx_err)?,
+                    None => None,
+                };
+                Ok(rotated == Some(1))
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
+                Err(sqlx_err(e))
+            }
         }
-        Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
-            Err(sqlx_err(e))
-        }
-    }
+    });
+    task.await
+        .map_err(|e| DomainError::internal(format!("refresh rotation task: {e}")))?
 }
 
 /// A driver error met outside sea-orm, classified like `db_err` does.
