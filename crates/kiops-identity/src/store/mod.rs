@@ -143,21 +143,18 @@ impl Store {
     /// organization (30 ms) where the value-aware plan walks the index and
     /// stops after one page (0.4 ms). Planning costs about 0.3 ms here.
     pub async fn begin_listing(&self) -> Result<DatabaseTransaction, DomainError> {
+        if self.backend() == DatabaseBackend::Sqlite {
+            return self.db.begin().await.map_err(db_err);
+        }
         let opts = TransactionOptions {
             access_mode: Some(sea_orm::AccessMode::ReadOnly),
             ..Default::default()
         };
-        let tx = match self.backend() {
-            DatabaseBackend::Sqlite => self.db.begin().await,
-            _ => self.db.begin_with_options(opts).await,
-        }
-        .map_err(db_err)?;
-        if self.backend() == DatabaseBackend::Postgres {
-            use sea_orm::ConnectionTrait;
-            tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
-                .await
-                .map_err(db_err)?;
-        }
+        let tx = self.db.begin_with_options(opts).await.map_err(db_err)?;
+        use sea_orm::ConnectionTrait;
+        tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+            .map_err(db_err)?;
         Ok(tx)
     }
 
@@ -176,10 +173,12 @@ impl Store {
 fn classify_driver_error(e: &sea_orm::sqlx::Error) -> Option<DomainError> {
     use sea_orm::sqlx::Error as E;
     match e {
-        E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed => {
-            Some(DomainError::Unavailable)
-        }
-        E::WorkerCrashed => Some(DomainError::Unavailable),
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => Some(DomainError::Unavailable),
         E::Database(db) => match db.code().as_deref() {
             // serialization_failure, deadlock_detected: retryable.
             Some("40001") | Some("40P01") => Some(DomainError::Aborted),

@@ -81,8 +81,8 @@ pub enum Rotation {
     Invalid,
 }
 
-/// Rotates `presented_hash` to `new_hash` inside the caller's write
-/// transaction. The conditional UPDATE on `used_at IS NULL` makes the token
+/// Classifies `presented_hash` and rotates it to `new_hash` if it is current,
+/// inside the caller's write transaction. The conditional UPDATE on `used_at IS NULL` makes the token
 /// single-use even when two requests present it at once.
 pub async fn rotate<C: ConnectionTrait>(
     conn: &C,
@@ -91,43 +91,10 @@ pub async fn rotate<C: ConnectionTrait>(
     now: i64,
     refresh_ttl_ms: i64,
 ) -> Result<Rotation, DomainError> {
-    // Fast path, three statements: claim the token if it is current, touch
-    // its session if that is live, store the successor. Refresh runs on
-    // every client every few minutes and all writes on SQLite share one
-    // connection, so round trips are the cost. Anything unusual (unknown,
-    // used, expired, revoked) falls through to the classifying path below;
-    // the caller rolls the transaction back on every outcome but Rotated, so
-    // a claim made here for a dead session does not stick.
-    let claimed = refresh_token::Entity::update_many()
-        .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
-        .filter(refresh_token::Column::TokenHash.eq(presented_hash))
-        .filter(refresh_token::Column::UsedAt.is_null())
-        .filter(refresh_token::Column::ExpiresAt.gt(now))
-        .exec_with_returning(conn)
-        .await
-        .map_err(db_err)?;
-    if let Some(token) = claimed.into_iter().next() {
-        let live = session::Entity::update_many()
-            .col_expr(session::Column::LastUsedAt, Expr::value(now))
-            .filter(session::Column::Id.eq(&token.session_id))
-            .filter(session::Column::RevokedAt.is_null())
-            .filter(session::Column::ExpiresAt.gt(now))
-            .exec_with_returning(conn)
-            .await
-            .map_err(db_err)?;
-        let Some(sess) = live.into_iter().next() else {
-            return Ok(Rotation::Invalid);
-        };
-        insert_refresh(
-            conn,
-            &sess.id,
-            new_hash,
-            now,
-            (now + refresh_ttl_ms).min(sess.expires_at),
-        )
-        .await?;
-        return Ok(Rotation::Rotated { session: sess });
-    }
+    // The common case (a current token of a live session) is taken by
+    // `refresh_candidate` + `claim_candidate` before this runs; what arrives
+    // here is unusual (unknown, used, expired, revoked) or lost a race, and
+    // is classified.
     let Some(token) = refresh_token::Entity::find_by_id(presented_hash.to_string())
         .one(conn)
         .await
@@ -217,14 +184,14 @@ pub async fn refresh_candidate<C: ConnectionTrait>(
          JOIN sessions s ON s.id = r.session_id \
          JOIN users u ON u.id = s.user_id \
          LEFT JOIN memberships m ON m.user_id = u.id \
-           AND ($3 IS NULL OR m.organization_id = $3) \
+           AND (CAST($3 AS TEXT) IS NULL OR m.organization_id = $3) \
          WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > $2 \
          AND s.revoked_at IS NULL AND s.expires_at > $2";
     static SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| SQL.replace('$', "?"));
     let backend = conn.get_database_backend();
     let sql = match backend {
         DatabaseBackend::Sqlite => SQLITE.clone(),
-        _ => SQL.replace("$3 IS NULL", "$3::text IS NULL"),
+        _ => SQL.to_string(),
     };
     let stmt = Statement::from_sql_and_values(
         backend,
