@@ -159,9 +159,17 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
 static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 fn server_cpu_secs() -> f64 {
-    let Some(pid) = SERVER_PID.get() else {
-        return 0.0;
-    };
+    SERVER_PID.get().map_or(0.0, |pid| cpu_secs(*pid))
+}
+
+/// CPU time of this process (the load generator): on a machine where client
+/// and server share the cores, a scenario's throughput is bounded by the sum
+/// of both sides' cost per call, so both are printed.
+fn client_cpu_secs() -> f64 {
+    cpu_secs(std::process::id())
+}
+
+fn cpu_secs(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -181,6 +189,7 @@ struct Stats {
     errors: u64,
     elapsed: Duration,
     server_cpu: f64,
+    client_cpu: f64,
 }
 
 impl Stats {
@@ -192,19 +201,24 @@ impl Stats {
         self.latencies_us[i] as f64 / 1000.0
     }
 
+    fn calls(&self) -> f64 {
+        (self.latencies_us.len() as f64 + self.errors as f64).max(1.0)
+    }
+
     fn throughput(&self) -> f64 {
         self.latencies_us.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     fn line(&self, name: &str) -> String {
         format!(
-            "{name:<28} {:>8.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}  server CPU {:.0} µs/req",
+            "{name:<28} {:>8.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}  server CPU {:.0} µs/req, client {:.0}",
             self.throughput(),
             self.pct(0.50),
             self.pct(0.99),
             self.pct(0.999),
             self.errors,
-            1e6 * self.server_cpu / (self.latencies_us.len() as f64 + self.errors as f64).max(1.0)
+            1e6 * self.server_cpu / self.calls(),
+            1e6 * self.client_cpu / self.calls(),
         )
     }
 }
@@ -219,6 +233,7 @@ where
     let errors = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Mutex::new(Vec::new()));
     let cpu0 = server_cpu_secs();
+    let client0 = client_cpu_secs();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..n {
@@ -247,6 +262,7 @@ where
     }
     let elapsed = start.elapsed();
     let server_cpu = server_cpu_secs() - cpu0;
+    let client_cpu = client_cpu_secs() - client0;
     let mut latencies_us = std::mem::take(&mut *all.lock().expect("lock"));
     latencies_us.sort_unstable();
     Stats {
@@ -254,6 +270,7 @@ where
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         server_cpu,
+        client_cpu,
     }
 }
 

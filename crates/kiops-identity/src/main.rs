@@ -1,5 +1,6 @@
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    sqlite_without_memory_statistics();
     // Exports the config file's lines as environment variables: done before
     // the runtime starts its threads, as setting variables requires.
     if let Err(e) = kiops_identity::config::apply_config_file_from_args() {
@@ -35,5 +36,18 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// SQLite counts every allocation in global statistics under one process-wide
+/// mutex, which nothing here reads; with reads running on several threads at
+/// once (`store::sqlite_direct`) that mutex was contended on every query.
+/// Must run before SQLite initializes, i.e. before the first connection.
+fn sqlite_without_memory_statistics() {
+    // SAFETY: sqlite3_config is documented as callable before
+    // sqlite3_initialize from one thread; this runs first in main, before
+    // any thread or connection exists. MEMSTATUS takes one int.
+    unsafe {
+        libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0 as libc::c_int);
     }
 }

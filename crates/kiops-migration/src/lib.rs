@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_initial;
 mod m20261123_000002_revocation_sessions;
 mod m20261124_000003_membership_search;
+mod m20261125_000004_check_permission_covering;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_initial::Migration),
             Box::new(m20261123_000002_revocation_sessions::Migration),
             Box::new(m20261124_000003_membership_search::Migration),
+            Box::new(m20261125_000004_check_permission_covering::Migration),
         ]
     }
 }

@@ -52,10 +52,12 @@ impl App {
         }
         let jr =
             join_requests::create(&tx, meta, caller.actor(), &caller.user_id, &org, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        let row = join_requests::row(self.store.conn(), &jr.id)
+        // Read inside the transaction: after commit a concurrent deletion
+        // of the organization could make a created request look failed.
+        let row = join_requests::row(&tx, &jr.id)
             .await?
             .ok_or_else(|| DomainError::internal("join request just created"))?;
+        tx.commit().await.map_err(db_err)?;
         Ok(convert::join_request(&row))
     }
 
@@ -222,19 +224,20 @@ impl App {
             )
             .await?;
         }
-        tx.commit().await.map_err(db_err)?;
-        self.mail_wakeup.notify_one();
-        let conn = self.store.conn();
-        let row = join_requests::row(conn, &id)
+        // The reply is read inside the transaction: after commit a
+        // concurrent removal could hide a decision that happened.
+        let row = join_requests::row(&tx, &id)
             .await?
-            .ok_or_else(|| DomainError::not_found("join request"))?;
+            .ok_or_else(|| DomainError::internal("join request just decided"))?;
         let member = if approve {
-            memberships::get_member(conn, &org.id, &jr.user_id)
+            memberships::get_member(&tx, &org.id, &jr.user_id)
                 .await?
                 .map(|m| convert::member(&m, now))
         } else {
             None
         };
+        tx.commit().await.map_err(db_err)?;
+        self.mail_wakeup.notify_one();
         Ok((convert::join_request(&row), member))
     }
 }

@@ -615,13 +615,13 @@ impl App {
             }
             None => None,
         };
-        tx.commit().await.map_err(db_err)?;
         let join_request = match jr {
-            Some(j) => crate::store::join_requests::row(self.store.conn(), &j.id)
+            Some(j) => crate::store::join_requests::row(&tx, &j.id)
                 .await?
                 .map(|row| super::convert::join_request(&row)),
             None => None,
         };
+        tx.commit().await.map_err(db_err)?;
         Ok(SignUpResponse {
             user: Some(super::convert::user(&user, now)),
             join_request,

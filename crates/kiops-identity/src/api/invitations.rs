@@ -387,10 +387,11 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
-        let row = memberships::get_member(self.store.conn(), &inv.organization_id, &user_id)
+        // Read inside the transaction, as for every change's reply.
+        let row = memberships::get_member(&tx, &inv.organization_id, &user_id)
             .await?
             .ok_or_else(|| DomainError::internal("membership just created"))?;
+        tx.commit().await.map_err(db_err)?;
         Ok((convert::member(&row, now), inv.organization_id))
     }
 

@@ -62,8 +62,17 @@ impl App {
         Ok(OrgTx { tx, caller_role })
     }
 
-    async fn member_view(&self, org: &str, user: &str) -> Result<Member, DomainError> {
-        let row = memberships::get_member(self.store.conn(), org, user)
+    /// The member as a reply shows it. A change reads it inside its own
+    /// transaction, before commit: read afterwards, a concurrent removal
+    /// could turn a committed (and audited) change into NOT_FOUND for the
+    /// caller, who would then retry a change that happened.
+    async fn member_view<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        org: &str,
+        user: &str,
+    ) -> Result<Member, DomainError> {
+        let row = memberships::get_member(conn, org, user)
             .await?
             .ok_or_else(|| DomainError::not_found("member"))?;
         Ok(convert::member(&row, self.clock.now_ms()))
@@ -85,8 +94,9 @@ impl App {
             return Err(DomainError::not_found("user"));
         }
         memberships::add(&t.tx, meta, caller.actor(), &org, &user, role, now).await?;
+        let member = self.member_view(&t.tx, &org, &user).await?;
         t.tx.commit().await.map_err(db_err)?;
-        self.member_view(&org, &user).await
+        Ok(member)
     }
 
     async fn change_role(
@@ -111,8 +121,9 @@ impl App {
             access::check_keeps_a_manager(before, Some(role), active, managers)?;
             memberships::set_role(&t.tx, meta, caller.actor(), &target, role, now).await?;
         }
+        let member = self.member_view(&t.tx, &org, &user).await?;
         t.tx.commit().await.map_err(db_err)?;
-        self.member_view(&org, &user).await
+        Ok(member)
     }
 
     async fn set_grants(
@@ -155,8 +166,9 @@ impl App {
             )
             .await?;
         }
+        let member = self.member_view(&t.tx, org, user).await?;
         t.tx.commit().await.map_err(db_err)?;
-        self.member_view(org, user).await
+        Ok(member)
     }
 
     /// RemoveMember and LeaveOrganization: R10, with R5 when the member is a
@@ -269,7 +281,7 @@ impl App {
         if user != caller.user_id {
             access::require_manager(caller, caller_role)?;
         }
-        self.member_view(&org, &user).await
+        self.member_view(self.store.conn(), &org, &user).await
     }
 
     async fn list_my_memberships(
@@ -317,7 +329,7 @@ impl App {
     /// Answers from current state (R16): one read of the user joined with the
     /// membership, plus the caller's role when asking about someone else.
     /// Authenticates and answers in one database round trip (see
-    /// `memberships::check_facts`); the decisions are the same as on every
+    /// `Store::check_facts`); the decisions are the same as on every
     /// other RPC: `current_caller`, then R4/R1 via `check_may_query_permission`.
     pub async fn check_permission(
         &self,
@@ -328,7 +340,7 @@ impl App {
         let org = v.take(validate::id("organization_id", &r.organization_id));
         let user = v.take(validate::id("user_id", &r.user_id));
         let perm = v.take(parse::permission("permission", r.permission).map(Some));
-        let facts = memberships::check_facts(self.store.conn(), &claims.sub, &user, &org).await?;
+        let facts = self.store.check_facts(&claims.sub, &user, &org).await?;
         let caller_role = facts
             .as_ref()
             .and_then(|f| f.caller_role.as_deref())

@@ -641,7 +641,8 @@ pub struct CheckFacts {
     pub subject_permissions: Option<i32>,
 }
 
-const CHECK_FACTS_SQL: &str = "SELECT c.email AS caller_email, c.status AS caller_status, \
+pub(super) const CHECK_FACTS_SQL: &str =
+    "SELECT c.email AS caller_email, c.status AS caller_status, \
      c.platform_admin AS caller_platform_admin, cm.role AS caller_role, \
      s.id AS subject_exists, s.status AS subject_status, \
      s.platform_admin AS subject_platform_admin, sm.role AS subject_role, \

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod password_resets;
 pub mod revocations;
 pub mod sessions;
+mod sqlite_direct;
 pub mod templates;
 pub mod users;
 
@@ -42,6 +43,8 @@ pub struct Store {
     /// is FIFO and wakes the next writer the moment the lock is free.
     /// Readers keep the main pool (WAL lets them run beside the writer).
     writer: Option<DatabaseConnection>,
+    /// SQLite only: point reads on the calling thread (`sqlite_direct`).
+    direct: Option<std::sync::Arc<sqlite_direct::DirectReader>>,
 }
 
 /// How to open the database.
@@ -87,7 +90,9 @@ impl Store {
             None
         };
         let db = Database::connect(co).await?;
-        Ok(Self { db, writer })
+        let direct = sqlite_file(&opts.url)
+            .map(|path| std::sync::Arc::new(sqlite_direct::DirectReader::new(&path)));
+        Ok(Self { db, writer, direct })
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -116,6 +121,22 @@ impl Store {
             out.push(pool_usage("writer", w));
         }
         out
+    }
+
+    /// CheckPermission's one read (`memberships::check_facts`), inline on
+    /// SQLite when it can be (`sqlite_direct`), else through the pool.
+    pub async fn check_facts(
+        &self,
+        caller_id: &str,
+        subject_id: &str,
+        org: &str,
+    ) -> Result<Option<memberships::CheckFacts>, DomainError> {
+        if let Some(direct) = &self.direct {
+            if let Some(facts) = direct.check_facts(caller_id, subject_id, org) {
+                return Ok(facts);
+            }
+        }
+        memberships::check_facts(&self.db, caller_id, subject_id, org).await
     }
 
     /// Cheap liveness check for `/readyz`.
@@ -164,6 +185,19 @@ impl Store {
         }
         let _ = self.db.close().await;
     }
+}
+
+/// The file behind a SQLite URL, when it is a plain file (not in-memory or
+/// shared-cache, which only sqlx's own connections could see).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let o = SqliteConnectOptions::from_str(url).ok()?;
+    let path = o.get_filename();
+    (!path.as_os_str().is_empty()).then(|| path.to_path_buf())
 }
 
 /// The driver's own view of a failure, where it has one. A pooled

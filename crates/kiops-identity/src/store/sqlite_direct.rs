@@ -1,0 +1,256 @@
+//! SQLite point reads run on the calling thread, for the hottest read
+//! (CheckPermission, which sits on other services' request paths).
+//!
+//! sqlx runs every SQLite statement on a worker thread owned by the
+//! connection and hands the rows back through channels: two thread switches
+//! per statement. For a point read of cached pages that costs more than the
+//! read (a profile of CheckPermission showed 35% of the server's samples in
+//! futex wake/wait), so these reads use their own small set of rusqlite
+//! connections to the same file and run the statement inline.
+//!
+//! Why this cannot block the runtime: in WAL mode a reader never waits for
+//! the writer, and these connections have no busy timeout, so the rare case
+//! where SQLite does want a reader to wait (WAL recovery, a checkpoint
+//! resetting the log) comes back at once as SQLITE_BUSY. Any error at all
+//! returns `None` and the caller takes the ordinary sqlx path, which waits
+//! where it may and classifies failures; this path only ever answers from a
+//! successful read of the same database.
+
+use super::memberships::{CheckFacts, CHECK_FACTS_SQL};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The same read as on the pool, pinned to the covering indexes of
+/// migration 4: SQLite's planner prefers the primary keys' unique indexes
+/// (one row either way) and would then read the wide table rows too. Should
+/// an index be missing, preparing fails and the pool path answers.
+static DIRECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    CHECK_FACTS_SQL
+        .replace('$', "?")
+        .replace("users c ", "users c INDEXED BY users_access_facts_idx ")
+        .replace("users s ", "users s INDEXED BY users_access_facts_idx ")
+        .replace(
+            "memberships cm ",
+            "memberships cm INDEXED BY memberships_access_facts_idx ",
+        )
+        .replace(
+            "memberships sm ",
+            "memberships sm INDEXED BY memberships_access_facts_idx ",
+        )
+});
+
+/// Idle connections kept; one per runtime thread in use is what a burst
+/// needs, since a read holds its connection only while it runs inline.
+const MAX_IDLE: usize = 8;
+
+pub struct DirectReader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for DirectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectReader {
+    /// For the database file at `path` (which must exist: the server opens
+    /// its pools and migrates first). Connections open lazily.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // No busy handler (see module docs), set first: rusqlite's default
+        // waits 5 s, and even the pragmas below read the schema, which
+        // needs a lock. Read-only by construction.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        // A cache large enough for the covering indexes the read walks
+        // (migration 4: about 60 bytes per user and 90 per membership), so
+        // a warm read makes no system call; SQLite's default of 2 MiB made
+        // a pread and a copy of most pages (a tenth of the server's time).
+        // A bounded private cache rather than a memory map of the file:
+        // a map would count every page it ever touched in the process's
+        // memory, and turns a disk error into SIGBUS.
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -16384")?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection; `None` on any error (the caller
+    /// falls back to the sqlx path). A connection that failed is dropped
+    /// rather than returned, in case its state is the problem.
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        let pooled = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => match self.open() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "direct SQLite read: open failed, using the pool");
+                    return None;
+                }
+            },
+        };
+        match f(&conn) {
+            Ok(v) => {
+                if let Ok(mut idle) = self.idle.lock() {
+                    if idle.len() < MAX_IDLE {
+                        idle.push(conn);
+                    }
+                }
+                Some(v)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "direct SQLite read failed, using the pool");
+                None
+            }
+        }
+    }
+
+    /// `memberships::check_facts` on the calling thread: `Some(answer)`, or
+    /// `None` when the caller must ask the pool instead.
+    pub fn check_facts(
+        &self,
+        caller_id: &str,
+        subject_id: &str,
+        org: &str,
+    ) -> Option<Option<CheckFacts>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(&DIRECT_SQL)?;
+            let mut rows = stmt.query([caller_id, subject_id, org])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(CheckFacts {
+                caller_email: row.get("caller_email")?,
+                caller_status: row.get("caller_status")?,
+                caller_platform_admin: row.get("caller_platform_admin")?,
+                caller_role: row.get("caller_role")?,
+                subject_exists: row.get("subject_exists")?,
+                subject_status: row.get("subject_status")?,
+                subject_platform_admin: row.get("subject_platform_admin")?,
+                subject_role: row.get("subject_role")?,
+                subject_permissions: row.get("subject_permissions")?,
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(path: &Path, journal: &str) -> Connection {
+        let c = Connection::open(path).expect("open");
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = {journal};
+             CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL, status TEXT NOT NULL,
+                                 platform_admin BOOLEAN NOT NULL);
+             CREATE TABLE memberships (organization_id TEXT NOT NULL, user_id TEXT NOT NULL,
+                                       role TEXT NOT NULL, permissions INTEGER NOT NULL,
+                                       PRIMARY KEY (organization_id, user_id));
+             CREATE INDEX users_access_facts_idx ON users (id, status, platform_admin, email);
+             CREATE INDEX memberships_access_facts_idx
+                 ON memberships (organization_id, user_id, role, permissions);
+             INSERT INTO users VALUES ('c', 'c@x.io', 'active', 0), ('s', 's@x.io', 'active', 0);
+             INSERT INTO memberships VALUES ('o', 'c', 'manager', 0), ('o', 's', 'member', 5);"
+        ))
+        .expect("schema");
+        c
+    }
+
+    #[test]
+    fn reads_the_same_facts_as_the_query_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let _owner = schema(&path, "wal");
+        let r = DirectReader::new(&path);
+        let f = r.check_facts("c", "s", "o").expect("read").expect("row");
+        assert_eq!(f.caller_role.as_deref(), Some("manager"));
+        assert_eq!(f.subject_role.as_deref(), Some("member"));
+        assert_eq!(f.subject_permissions, Some(5));
+        assert_eq!(f.subject_exists.as_deref(), Some("s"));
+        // Unknown subject: the row is there, the subject's columns are NULL.
+        let f = r
+            .check_facts("c", "nobody", "o")
+            .expect("read")
+            .expect("row");
+        assert_eq!(f.subject_exists, None);
+        // Unknown caller: no row.
+        assert!(r.check_facts("nobody", "s", "o").expect("read").is_none());
+        // The connection went back to the pool and is reused.
+        assert_eq!(r.idle.lock().map(|v| v.len()).unwrap_or(0), 1);
+    }
+
+    #[test]
+    fn the_read_walks_only_the_covering_indexes() {
+        assert_eq!(DIRECT_SQL.matches(" INDEXED BY ").count(), 4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "wal");
+        let plan: Vec<String> = owner
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", *DIRECT_SQL))
+            .and_then(|mut s| {
+                s.query_map(["c", "s", "o"], |r| r.get::<_, String>(3))?
+                    .collect()
+            })
+            .expect("plan");
+        assert_eq!(plan.len(), 4, "{plan:?}");
+        assert!(
+            plan.iter().all(|p| p.contains("COVERING INDEX")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn without_the_indexes_the_pool_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "wal");
+        owner
+            .execute_batch("DROP INDEX users_access_facts_idx")
+            .expect("drop");
+        assert!(DirectReader::new(&path)
+            .check_facts("c", "s", "o")
+            .is_none());
+    }
+
+    #[test]
+    fn a_locked_database_hands_the_read_back_at_once() {
+        // A rollback-journal database with an exclusive writer is the one
+        // way to make a reader wait deterministically; in WAL mode the same
+        // SQLITE_BUSY comes from recovery or a log reset.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "delete");
+        owner
+            .execute_batch("BEGIN EXCLUSIVE; UPDATE users SET status = 'inactive';")
+            .expect("lock");
+        let r = DirectReader::new(&path);
+        let t = std::time::Instant::now();
+        assert!(r.check_facts("c", "s", "o").is_none());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        owner.execute_batch("ROLLBACK").expect("unlock");
+        assert!(r.check_facts("c", "s", "o").is_some());
+    }
+
+    #[test]
+    fn a_missing_file_is_not_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.sqlite");
+        let r = DirectReader::new(&path);
+        assert!(r.check_facts("c", "s", "o").is_none());
+        assert!(!path.exists());
+    }
+}
