@@ -333,9 +333,7 @@ impl App {
         org: Option<&str>,
         now: i64,
     ) -> Result<Option<TokenPair>, DomainError> {
-        let Some(mut candidate) =
-            sessions::refresh_candidate(self.store.conn(), presented, org, now).await?
-        else {
+        let Some(mut candidate) = self.store.refresh_candidate(presented, org, now).await? else {
             return Ok(None);
         };
         if candidate.user.status == StoredStatus::Inactive.as_str() {

@@ -139,6 +139,22 @@ impl Store {
         memberships::check_facts(&self.db, caller_id, subject_id, org).await
     }
 
+    /// Refresh's read (`sessions::refresh_candidate`), inline on SQLite
+    /// when it can be (`sqlite_direct`), else through the pool.
+    pub async fn refresh_candidate(
+        &self,
+        presented_hash: &str,
+        only_org: Option<&str>,
+        now: i64,
+    ) -> Result<Option<sessions::RefreshCandidate>, DomainError> {
+        if let Some(direct) = &self.direct {
+            if let Some(c) = direct.refresh_candidate(presented_hash, only_org, now) {
+                return Ok(c);
+            }
+        }
+        sessions::refresh_candidate(&self.db, presented_hash, only_org, now).await
+    }
+
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<(), DomainError> {
         self.db.ping().await.map_err(db_err)

@@ -160,11 +160,27 @@ pub struct RefreshCandidate {
     pub orgs: BTreeMap<String, OrgClaims>,
 }
 
+/// One row per membership (user columns repeated; people have a handful),
+/// or one row with NULL membership columns. Shared with the inline SQLite
+/// path (`sqlite_direct`).
+pub(super) const REFRESH_CANDIDATE_SQL: &str = "SELECT s.id AS rotating_session_id, \
+     s.expires_at AS rotating_session_expires_at, \
+     m.organization_id AS member_org, m.role AS member_role, \
+     m.permissions AS member_permissions, u.* \
+     FROM refresh_tokens r \
+     JOIN sessions s ON s.id = r.session_id \
+     JOIN users u ON u.id = s.user_id \
+     LEFT JOIN memberships m ON m.user_id = u.id \
+       AND (CAST($3 AS TEXT) IS NULL OR m.organization_id = $3) \
+     WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > $2 \
+     AND s.revoked_at IS NULL AND s.expires_at > $2";
+
 /// Reads what a refresh needs, in one query, before anything is written. A
 /// profile of the refresh benchmark was half context switches between tokio
 /// and SQLite's worker threads (one pair per statement), and on SQLite every
 /// write holds the single writer connection: so the reads happen here, on
-/// the shared pool, and the write is one call (`claim_candidate`). `None`
+/// the shared pool (on SQLite inline, see `Store::refresh_candidate`), and
+/// the write is one call (`claim_candidate`). `None`
 /// when anything is unusual (unknown, used, expired, revoked); the caller
 /// then takes the classifying path, which also detects reuse. Nothing read
 /// here is trusted on its own: `claim_candidate` re-checks as it writes.
@@ -174,24 +190,12 @@ pub async fn refresh_candidate<C: ConnectionTrait>(
     only_org: Option<&str>,
     now: i64,
 ) -> Result<Option<RefreshCandidate>, DomainError> {
-    // One row per membership (user columns repeated; people have a
-    // handful), or one row with NULL membership columns.
-    const SQL: &str = "SELECT s.id AS rotating_session_id, \
-         s.expires_at AS rotating_session_expires_at, \
-         m.organization_id AS member_org, m.role AS member_role, \
-         m.permissions AS member_permissions, u.* \
-         FROM refresh_tokens r \
-         JOIN sessions s ON s.id = r.session_id \
-         JOIN users u ON u.id = s.user_id \
-         LEFT JOIN memberships m ON m.user_id = u.id \
-           AND (CAST($3 AS TEXT) IS NULL OR m.organization_id = $3) \
-         WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > $2 \
-         AND s.revoked_at IS NULL AND s.expires_at > $2";
-    static SQLITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| SQL.replace('$', "?"));
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| REFRESH_CANDIDATE_SQL.replace('$', "?"));
     let backend = conn.get_database_backend();
     let sql = match backend {
         DatabaseBackend::Sqlite => SQLITE.clone(),
-        _ => SQL.to_string(),
+        _ => REFRESH_CANDIDATE_SQL.to_string(),
     };
     let stmt = Statement::from_sql_and_values(
         backend,

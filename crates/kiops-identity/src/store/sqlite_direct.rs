@@ -1,5 +1,6 @@
-//! SQLite point reads run on the calling thread, for the hottest read
-//! (CheckPermission, which sits on other services' request paths).
+//! SQLite point reads run on the calling thread, for the hottest reads:
+//! CheckPermission, which sits on other services' request paths, and the
+//! read half of Refresh.
 //!
 //! sqlx runs every SQLite statement on a worker thread owned by the
 //! connection and hands the rows back through channels: two thread switches
@@ -16,7 +17,9 @@
 //! where it may and classifies failures; this path only ever answers from a
 //! successful read of the same database.
 
-use super::memberships::{CheckFacts, CHECK_FACTS_SQL};
+use super::entity::user;
+use super::memberships::{org_claims, CheckFacts, CHECK_FACTS_SQL};
+use super::sessions::{RefreshCandidate, REFRESH_CANDIDATE_SQL};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -143,6 +146,66 @@ impl DirectReader {
                 subject_role: row.get("subject_role")?,
                 subject_permissions: row.get("subject_permissions")?,
             }))
+        })
+    }
+}
+
+impl DirectReader {
+    /// `sessions::refresh_candidate` on the calling thread, same contract:
+    /// `Some(answer)`, or `None` when the caller must ask the pool instead.
+    /// The write that follows (`sessions::claim_candidate`) re-checks
+    /// everything this read saw, so it may be stale by a commit.
+    pub fn refresh_candidate(
+        &self,
+        presented_hash: &str,
+        only_org: Option<&str>,
+        now: i64,
+    ) -> Option<Option<RefreshCandidate>> {
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| REFRESH_CANDIDATE_SQL.replace('$', "?"));
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(&SQL)?;
+            let mut rows = stmt.query(rusqlite::params![presented_hash, now, only_org])?;
+            let mut first = None;
+            let mut memberships = Vec::new();
+            while let Some(row) = rows.next()? {
+                if first.is_none() {
+                    first = Some((
+                        row.get::<_, String>("rotating_session_id")?,
+                        row.get::<_, i64>("rotating_session_expires_at")?,
+                        user::Model {
+                            id: row.get("id")?,
+                            email: row.get("email")?,
+                            name: row.get("name")?,
+                            name_lower: row.get("name_lower")?,
+                            phone: row.get("phone")?,
+                            avatar_url: row.get("avatar_url")?,
+                            password_hash: row.get("password_hash")?,
+                            status: row.get("status")?,
+                            platform_admin: row.get("platform_admin")?,
+                            failed_login_count: row.get("failed_login_count")?,
+                            locked_until: row.get("locked_until")?,
+                            created_at: row.get("created_at")?,
+                            updated_at: row.get("updated_at")?,
+                        },
+                    ));
+                }
+                if let Some(org) = row.get::<_, Option<String>>("member_org")? {
+                    memberships.push((
+                        org,
+                        row.get("member_role")?,
+                        row.get("member_permissions")?,
+                    ));
+                }
+            }
+            Ok(
+                first.map(|(session_id, session_expires_at, user)| RefreshCandidate {
+                    session_id,
+                    session_expires_at,
+                    orgs: org_claims(user.platform_admin, memberships),
+                    user,
+                }),
+            )
         })
     }
 }
