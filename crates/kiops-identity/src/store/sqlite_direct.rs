@@ -15,7 +15,9 @@
 //! resetting the log) comes back at once as SQLITE_BUSY. Any error at all
 //! returns `None` and the caller takes the ordinary sqlx path, which waits
 //! where it may and classifies failures; this path only ever answers from a
-//! successful read of the same database.
+//! successful read of the same database. What it can still do is read a
+//! page from disk when neither its cache nor the OS has it: a few index
+//! pages, once, the same cost any `std::fs` read on a runtime thread has.
 
 use super::entity::user;
 use super::memberships::{org_claims, CheckFacts, CHECK_FACTS_SQL};
