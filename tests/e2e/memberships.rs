@@ -2,6 +2,7 @@
 
 use crate::both_backends;
 use crate::support::*;
+use kiops_proto::v1::membership_service_client::MembershipServiceClient;
 use kiops_proto::v1::*;
 use std::collections::HashSet;
 use tonic::Code;
@@ -11,6 +12,7 @@ both_backends!(
     r5_last_manager_is_kept,
     r6_permissions_apply_at_once_and_r10_removal,
     check_permission_rules,
+    concurrent_checks_each_get_their_own_answer,
     list_members_search_sort_filter_paginate,
     permission_templates,
     add_member_rules,
@@ -452,6 +454,127 @@ async fn check_permission_rules(backend: Backend) {
         m.check_permission(check(&o.mem_id, &o.id, Permission::Device, &o.mem))
             .await
     ));
+}
+
+/// Many checks at once, with different callers, subjects and answers
+/// (granted, not granted, not a member, no such user, refused): every call
+/// gets its own answer. On PostgreSQL concurrent checks are read together in
+/// one statement (`store::check_batch`), so this is also where a mix-up of
+/// rows or errors between callers would show; the metrics prove batches of
+/// more than one were formed.
+async fn concurrent_checks_each_get_their_own_answer(backend: Backend) {
+    const ALL: [Permission; 7] = [
+        Permission::Infra,
+        Permission::Service,
+        Permission::Backup,
+        Permission::Device,
+        Permission::Database,
+        Permission::Vpn,
+        Permission::Audit,
+    ];
+    let s = TestServer::start(backend).await;
+    let o = setup(&s, "acme").await;
+    let mut m = s.members().await;
+    // Member i is granted the categories whose bit is set in i.
+    let mut granted: Vec<(String, HashSet<i32>)> = Vec::new();
+    for i in 1..=12u32 {
+        let (id, _) = s.user(&format!("p{i}@acme.io")).await;
+        s.add_member(&o.admin, &o.id, &id, Role::Member).await;
+        let perms: Vec<i32> = ALL
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| i & (1 << bit) != 0)
+            .map(|(_, p)| *p as i32)
+            .collect();
+        m.set_permissions(authed(
+            SetPermissionsRequest {
+                organization_id: o.id.clone(),
+                user_id: id.clone(),
+                permissions: perms.clone(),
+            },
+            &o.mgr,
+        ))
+        .await
+        .expect("grant");
+        granted.push((id, perms.into_iter().collect()));
+    }
+    let (outsider, _) = s.user("outsider@else.io").await;
+    let nobody = "00000000-0000-4000-8000-000000000000".to_string();
+
+    /// What a call must answer: allowed or not, or refused with a reason.
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Allowed(bool),
+        Refused(&'static str),
+    }
+    let mut calls: Vec<(String, String, Permission, Want)> = Vec::new();
+    for p in ALL {
+        for (id, perms) in &granted {
+            let want = Want::Allowed(perms.contains(&(p as i32)));
+            calls.push((o.admin.clone(), id.clone(), p, want));
+            // A Member may not ask about someone else.
+            calls.push((
+                o.mem.clone(),
+                id.clone(),
+                p,
+                Want::Refused("MANAGER_REQUIRED"),
+            ));
+        }
+        calls.push((o.admin.clone(), outsider.clone(), p, Want::Allowed(false)));
+        calls.push((o.admin.clone(), nobody.clone(), p, Want::Allowed(false)));
+        calls.push((o.mem.clone(), o.mem_id.clone(), p, Want::Allowed(false)));
+    }
+    let channels = [s.channel().await, s.channel().await, s.channel().await];
+    let mut running = tokio::task::JoinSet::new();
+    for (n, (token, user, p, want)) in calls.into_iter().enumerate() {
+        let mut client = MembershipServiceClient::new(channels[n % channels.len()].clone());
+        let org = o.id.clone();
+        running.spawn(async move {
+            let got = match client
+                .check_permission(authed(
+                    CheckPermissionRequest {
+                        user_id: user.clone(),
+                        organization_id: org,
+                        permission: p as i32,
+                    },
+                    &token,
+                ))
+                .await
+            {
+                Ok(r) => Want::Allowed(r.into_inner().allowed),
+                Err(e) if e.code() == Code::PermissionDenied => {
+                    if reason(&e) == "MANAGER_REQUIRED" {
+                        Want::Refused("MANAGER_REQUIRED")
+                    } else {
+                        panic!("unexpected refusal {e:?}")
+                    }
+                }
+                Err(e) => panic!("check of {user} {p:?} failed: {e:?}"),
+            };
+            assert_eq!(got, want, "check of {user} for {p:?}");
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = running.join_next().await {
+        r.expect("a check task failed");
+        done += 1;
+    }
+    assert_eq!(done, 7 * (2 * 12 + 3));
+
+    if backend == Backend::Postgres {
+        let (_, page) = s.http("GET", "/metrics");
+        let value = |name: &str| -> f64 {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{page}"))
+        };
+        let statements = value("kiops_identity_check_permission_batch_statements_total");
+        let reads = value("kiops_identity_check_permission_batch_reads_total");
+        // Every check above went through a batch; 189 calls at once made
+        // at least one batch of more than one.
+        assert!(reads >= 189.0, "reads {reads}");
+        assert!(statements < reads, "statements {statements}, reads {reads}");
+    }
 }
 
 async fn list_members_search_sort_filter_paginate(backend: Backend) {

@@ -28,6 +28,13 @@ pub struct Metrics {
     /// Database pool connections by pool and state (in_use, idle, max);
     /// refreshed on every scrape.
     pub db_pool: IntGaugeVec,
+    /// PostgreSQL: statements that answered CheckPermission reads, and the
+    /// reads they answered (see `store::check_batch`); copied from the
+    /// store's totals on every scrape.
+    pub check_batch_statements: IntCounter,
+    pub check_batch_reads: IntCounter,
+    /// Two scrapes at once must not both add the same difference.
+    check_batch_sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Metrics {
@@ -68,12 +75,24 @@ impl Metrics {
             &["pool", "state"],
         )
         .expect("static metric definition is valid");
+        let check_batch_statements = IntCounter::new(
+            "check_permission_batch_statements_total",
+            "Database statements that answered CheckPermission reads (PostgreSQL)",
+        )
+        .expect("static metric definition is valid");
+        let check_batch_reads = IntCounter::new(
+            "check_permission_batch_reads_total",
+            "CheckPermission reads answered by batched statements (PostgreSQL)",
+        )
+        .expect("static metric definition is valid");
         let _ = registry.register(Box::new(grpc_requests.clone()));
         let _ = registry.register(Box::new(grpc_latency.clone()));
         let _ = registry.register(Box::new(grpc_shed.clone()));
         let _ = registry.register(Box::new(logins.clone()));
         let _ = registry.register(Box::new(outbox_backlog.clone()));
         let _ = registry.register(Box::new(db_pool.clone()));
+        let _ = registry.register(Box::new(check_batch_statements.clone()));
+        let _ = registry.register(Box::new(check_batch_reads.clone()));
         Self {
             registry,
             grpc_requests,
@@ -82,6 +101,9 @@ impl Metrics {
             logins,
             outbox_backlog,
             db_pool,
+            check_batch_statements,
+            check_batch_reads,
+            check_batch_sync: Default::default(),
         }
     }
 
@@ -97,6 +119,20 @@ impl Metrics {
         self.db_pool
             .with_label_values(&[u.pool, "max"])
             .set(i64::from(u.max));
+    }
+
+    /// Brings the batch counters up to the store's totals (they only grow).
+    pub fn set_check_batches(&self, statements: u64, reads: u64) {
+        let _one_at_a_time = self
+            .check_batch_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (c, total) in [
+            (&self.check_batch_statements, statements),
+            (&self.check_batch_reads, reads),
+        ] {
+            c.inc_by(total.saturating_sub(c.get()));
+        }
     }
 
     /// The text exposition format.

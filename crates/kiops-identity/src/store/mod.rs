@@ -8,6 +8,7 @@
 //! its decision depends on (`SELECT … FOR UPDATE`).
 
 pub mod audit;
+mod check_batch;
 pub mod entity;
 pub mod invitations;
 pub mod join_requests;
@@ -45,6 +46,8 @@ pub struct Store {
     writer: Option<DatabaseConnection>,
     /// SQLite only: point reads on the calling thread (`sqlite_direct`).
     direct: Option<std::sync::Arc<sqlite_direct::DirectReader>>,
+    /// PostgreSQL only: CheckPermission's reads, batched (`check_batch`).
+    checks: Option<check_batch::CheckBatcher>,
 }
 
 /// How to open the database.
@@ -92,7 +95,14 @@ impl Store {
         let db = Database::connect(co).await?;
         let direct = sqlite_file(&opts.url)
             .map(|path| std::sync::Arc::new(sqlite_direct::DirectReader::new(&path)));
-        Ok(Self { db, writer, direct })
+        let checks = (db.get_database_backend() == DatabaseBackend::Postgres)
+            .then(|| check_batch::CheckBatcher::start(db.get_postgres_connection_pool().clone()));
+        Ok(Self {
+            db,
+            writer,
+            direct,
+            checks,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -123,8 +133,14 @@ impl Store {
         out
     }
 
-    /// CheckPermission's one read (`memberships::check_facts`), inline on
-    /// SQLite when it can be (`sqlite_direct`), else through the pool.
+    /// PostgreSQL: (statements, reads) of CheckPermission's batched reads.
+    pub fn check_batch_totals(&self) -> Option<(u64, u64)> {
+        self.checks.as_ref().map(check_batch::CheckBatcher::totals)
+    }
+
+    /// CheckPermission's one read (`memberships::check_facts`): inline on
+    /// SQLite when it can be (`sqlite_direct`), batched with concurrent
+    /// checks on PostgreSQL (`check_batch`), else through the pool.
     pub async fn check_facts(
         &self,
         caller_id: &str,
@@ -135,6 +151,9 @@ impl Store {
             if let Some(facts) = direct.check_facts(caller_id, subject_id, org) {
                 return Ok(facts);
             }
+        }
+        if let Some(checks) = &self.checks {
+            return checks.check_facts(caller_id, subject_id, org).await;
         }
         memberships::check_facts(&self.db, caller_id, subject_id, org).await
     }
