@@ -19,10 +19,14 @@ use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// A TCP proxy that can cut every connection and refuse new ones.
+/// A TCP proxy that can cut every connection and refuse new ones, or
+/// freeze: keep every connection open and pass nothing (a half-open
+/// network, where a read waits until TCP gives up).
 struct Proxy {
     port: u16,
     up: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    freeze_now: Arc<tokio::sync::Notify>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -31,8 +35,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let freeze_now = Arc::new(tokio::sync::Notify::new());
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         let (up2, conns2) = (up.clone(), conns.clone());
+        let (frozen2, freeze_now2) = (frozen.clone(), freeze_now.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -43,15 +50,36 @@ impl Proxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let (frozen, freeze_now) = (frozen2.clone(), freeze_now2.clone());
                 let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let freeze = freeze_now.notified();
+                    if frozen.load(Ordering::SeqCst) {
+                        // Hold the client's socket open, answer nothing.
+                        std::future::pending::<()>().await;
                     }
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = freeze => std::future::pending::<()>().await,
+                        }
+                    }
+                    drop(client);
                 });
                 conns2.lock().expect("conns").push(task);
             }
         });
-        Proxy { port, up, conns }
+        Proxy {
+            port,
+            up,
+            frozen,
+            freeze_now,
+            conns,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        self.freeze_now.notify_waiters();
     }
 
     fn cut(&self) {
@@ -62,12 +90,13 @@ impl Proxy {
     }
 
     fn restore(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_fails_fast_and_recovers() {
+/// A fresh PostgreSQL database and a server that reaches it through a proxy.
+async fn behind_proxy() -> (TestDb, Proxy, TestServer) {
     let db = TestDb::create(Backend::Postgres).await;
     // postgres://user@host:port/name → the same through the proxy.
     let (before_at, rest) = db.url.split_once('@').expect("url with @");
@@ -80,7 +109,89 @@ async fn postgres_outage_fails_fast_and_recovers() {
         ServerOptions::default(),
     )
     .await;
+    (db, proxy, s)
+}
+
+/// The `sub` claim of an access token (decoded, not verified).
+fn user_id_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("b64");
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    claims["sub"].as_str().expect("sub").to_string()
+}
+
+async fn check_permission(
+    ch: &tonic::transport::Channel,
+    token: &str,
+    org: &str,
+    user: &str,
+) -> Result<bool, tonic::Status> {
+    membership_service_client::MembershipServiceClient::new(ch.clone())
+        .check_permission(authed(
+            CheckPermissionRequest {
+                organization_id: org.into(),
+                user_id: user.into(),
+                permission: Permission::Device as i32,
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().allowed)
+}
+
+/// A database that stops answering without closing its connections (a
+/// half-open network): a CheckPermission fails UNAVAILABLE within the
+/// batch statement's timeout (5 s; the request timeout is 30 s and TCP
+/// would wait for minutes), and checks answer again once the network is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stall_fails_checks_in_seconds_and_recovers() {
+    let (db, proxy, s) = behind_proxy().await;
     let admin = s.admin_token().await;
+    let admin_id = user_id_of(&admin);
+    let org = s.create_org(&admin, "Stalled", "stalled").await;
+    let ch = s.channel().await;
+    assert!(check_permission(&ch, &admin, &org, &admin_id)
+        .await
+        .expect("check"));
+
+    proxy.freeze();
+    let t = Instant::now();
+    let status = check_permission(&ch, &admin, &org, &admin_id)
+        .await
+        .expect_err("no answer from a stalled database");
+    let took = t.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "failed after {took:?}"
+    );
+
+    // The network comes back: the frozen connections die, new ones work.
+    proxy.cut();
+    proxy.restore();
+    let back = Instant::now();
+    loop {
+        if check_permission(&ch, &admin, &org, &admin_id).await.ok() == Some(true) {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(30), "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+    drop(s);
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_fast_and_recovers() {
+    let (db, proxy, s) = behind_proxy().await;
+    let admin = s.admin_token().await;
+    let admin_id = user_id_of(&admin);
     let org = s.create_org(&admin, "Faulty", "faulty").await;
     let ch = s.channel().await;
 
@@ -159,6 +270,12 @@ async fn postgres_outage_fails_fast_and_recovers() {
     let status = direct.expect_err("no database, no answer");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
+    // CheckPermission reads through its own batching worker: the same.
+    let status = check_permission(&ch, &admin, &org, &admin_id)
+        .await
+        .expect_err("no database, no check");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
 
     // Recovery, by itself.
     proxy.restore();
@@ -175,7 +292,8 @@ async fn postgres_outage_fails_fast_and_recovers() {
             ))
             .await
             .is_ok();
-        if ok && s.http("GET", "/readyz").0 == 200 && health("").await == 1 {
+        let checks = check_permission(&ch, &admin, &org, &admin_id).await.is_ok();
+        if ok && checks && s.http("GET", "/readyz").0 == 200 && health("").await == 1 {
             recovered_after = Some(restored_at.elapsed());
             break;
         }

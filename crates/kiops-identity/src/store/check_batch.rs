@@ -25,9 +25,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-/// Statements in flight at once: one per core keeps PostgreSQL's backends
-/// and this server busy together without queueing behind each other.
-const WORKERS: usize = 2;
+/// Statements in flight at once. One: while it runs, the next batch
+/// gathers, and the larger the batch the less each read costs. Measured on
+/// two cores with PostgreSQL beside the server (BENCHMARKS.md): one worker
+/// gave 19,000–21,000 checks/s, two 12,500–17,300, four 8,100 (smaller
+/// batches, the same fixed cost per statement). At 128 reads a statement
+/// and about a millisecond a statement, one worker carries ~100,000 checks a
+/// second, far beyond what one replica's gRPC stack can take in.
+const WORKERS: usize = 1;
+/// A statement that takes longer fails its batch as UNAVAILABLE instead of
+/// holding every queued check behind it (a half-open connection can block
+/// a read until TCP gives up, minutes later).
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest batch: bounds one statement's rows and the wait of its last
 /// caller; at 32 concurrent callers batches stay far below it.
 const MAX_BATCH: usize = 128;
@@ -150,7 +159,14 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, stats: Arc<
         }
         stats.statements.fetch_add(1, Ordering::Relaxed);
         stats.reads.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match read(&pool, &batch).await {
+        let answers = match tokio::time::timeout(STATEMENT_TIMEOUT, read(&pool, &batch)).await {
+            Ok(answers) => answers,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "CheckPermission batch statement timed out",
+            ))),
+        };
+        match answers {
             Ok(answers) => {
                 for (p, facts) in batch.into_iter().zip(answers) {
                     let _ = p.reply.send(Ok(facts));
