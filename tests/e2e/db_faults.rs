@@ -114,13 +114,10 @@ async fn behind_proxy() -> (TestDb, Proxy, TestServer) {
 
 /// The `sub` claim of an access token (decoded, not verified).
 fn user_id_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).expect("payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("b64");
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-    claims["sub"].as_str().expect("sub").to_string()
+    token_claims(token)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string()
 }
 
 async fn check_permission(

@@ -534,15 +534,19 @@ impl TestServer {
     }
 }
 
-/// The `orgs` claim of an access token (decoded, not verified).
-pub fn token_orgs(token: &str) -> serde_json::Value {
+/// The claims of an access token (decoded, not verified).
+pub fn token_claims(token: &str) -> serde_json::Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).expect("payload");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .expect("b64");
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-    claims["orgs"].clone()
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// The `orgs` claim of an access token (decoded, not verified).
+pub fn token_orgs(token: &str) -> serde_json::Value {
+    token_claims(token)["orgs"].clone()
 }
 
 impl TestDb {
