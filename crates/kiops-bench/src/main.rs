@@ -418,7 +418,6 @@ async fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
-    let want = |s: &str| scenarios.iter().any(|x| x == s);
     let bin = match &args.server {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("kiops-identity"),
@@ -454,6 +453,27 @@ async fn main() -> anyhow::Result<()> {
             (format!("{base}/{name}"), Some((db, name)))
         }
     };
+    // Whatever happens in the run, the database made above is dropped.
+    let outcome = run_rounds(&args, &scenarios, &bin, dir.path(), &url).await;
+    if let Some((db, name)) = pg_name {
+        use sea_orm::ConnectionTrait;
+        let _ = db
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+    outcome
+}
+
+/// Seeds the database at `url`, starts the server on it and runs the
+/// scenarios in `scenarios`, `args.rounds` times.
+async fn run_rounds(
+    args: &Args,
+    scenarios: &[String],
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    url: &str,
+) -> anyhow::Result<()> {
+    let want = |s: &str| scenarios.iter().any(|x| x == s);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -462,7 +482,7 @@ async fn main() -> anyhow::Result<()> {
         args.backend, cores, args.concurrency, args.duration
     );
     let t = Instant::now();
-    let seeded = seed::seed(&url, &seed_config(&args)).await?;
+    let seeded = seed::seed(url, &seed_config(args)).await?;
     println!(
         "seeded {} users, {} organizations, {} members in the big one, in {:.1} s",
         seeded.user_count,
@@ -471,7 +491,7 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let server = start_server(&bin, &url, dir.path())?;
+    let server = start_server(bin, url, dir)?;
     let _ = SERVER_PID.set(server.pid);
     let chans = channels(server.grpc, 4).await?;
     let admin = login(&chans[0], seed::ADMIN_EMAIL).await?.access_token;
@@ -703,11 +723,5 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     drop(server);
-    if let Some((db, name)) = pg_name {
-        use sea_orm::ConnectionTrait;
-        let _ = db
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-    }
     Ok(())
 }
