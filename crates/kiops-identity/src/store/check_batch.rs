@@ -18,23 +18,23 @@
 //! more than a direct read), and batches grow only while statements are in
 //! flight, which is exactly when there is a queue to amortize.
 
-use super::memberships::CheckFacts;
+use super::memberships::{CheckFacts, CHECK_FACTS_SQL};
 use super::DomainError;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sea_orm::sqlx::{self, Row};
+use sea_orm::{FromQueryResult, QueryResult};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use std::sync::{Arc, LazyLock};
+use tokio::sync::{mpsc, oneshot};
 
-/// Statements in flight at once. One: while it runs, the next batch
-/// gathers, and the larger the batch the less each read costs. Measured on
-/// two cores with PostgreSQL beside the server (BENCHMARKS.md): one worker
-/// gave 19,000–21,000 checks/s, two 12,500–17,300, four 8,100 (smaller
-/// batches, the same fixed cost per statement). At 128 reads a statement
-/// and about a millisecond a statement, one worker carries ~100,000 checks a
-/// second, far beyond what one replica's gRPC stack can take in.
-const WORKERS: usize = 1;
+// One worker, so one statement in flight: while it runs, the next batch
+// gathers, and the larger the batch the less each read costs. Measured on
+// two cores with PostgreSQL beside the server (BENCHMARKS.md): one worker
+// gave 19,000–21,000 checks/s, two 12,500–17,300, four 8,100 (smaller
+// batches, the same fixed cost per statement). At 128 reads a statement and
+// about a millisecond a statement, one worker carries ~100,000 checks a
+// second, far beyond what one replica's gRPC stack can take in.
 /// A statement that takes longer fails its batch as UNAVAILABLE instead of
 /// holding every queued check behind it (a half-open connection can block
 /// a read until TCP gives up, minutes later).
@@ -45,17 +45,22 @@ const MAX_BATCH: usize = 128;
 /// Checks queued beyond this wait to be queued (backpressure, not memory).
 const QUEUE: usize = 4096;
 
-const BATCH_SQL: &str = "SELECT q.i, c.email AS caller_email, c.status AS caller_status, \
-     c.platform_admin AS caller_platform_admin, cm.role AS caller_role, \
-     s.id AS subject_exists, s.status AS subject_status, \
-     s.platform_admin AS subject_platform_admin, sm.role AS subject_role, \
-     sm.permissions AS subject_permissions \
-     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
-       AS q(caller_id, subject_id, org_id, i) \
-     JOIN users c ON c.id = q.caller_id \
-     LEFT JOIN memberships cm ON cm.organization_id = q.org_id AND cm.user_id = c.id \
-     LEFT JOIN users s ON s.id = q.subject_id \
-     LEFT JOIN memberships sm ON sm.organization_id = q.org_id AND sm.user_id = s.id";
+/// `memberships::check_facts`'s statement with its three parameters taken
+/// from the rows of the arrays instead, and each row's position (`q.i`) to
+/// give it back to its caller: one text for the read, whichever way it runs.
+static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
+    CHECK_FACTS_SQL
+        .replace("$3", "q.org_id")
+        .replace("$2", "q.subject_id")
+        .replace(" WHERE c.id = $1", "")
+        .replace("SELECT ", "SELECT q.i, ")
+        .replace(
+            "FROM users c ",
+            "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
+             AS q(caller_id, subject_id, org_id, i) \
+             JOIN users c ON c.id = q.caller_id ",
+        )
+});
 
 type Reply = Result<Option<CheckFacts>, Arc<sqlx::Error>>;
 
@@ -88,15 +93,12 @@ impl std::fmt::Debug for CheckBatcher {
 }
 
 impl CheckBatcher {
-    /// Starts the workers on the current runtime. They stop when the last
+    /// Starts the worker on the current runtime. It stops when the last
     /// `CheckBatcher` is dropped and the queue has drained.
     pub fn start(pool: PgPool) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Stats::default());
-        for _ in 0..WORKERS {
-            tokio::spawn(work(pool.clone(), rx.clone(), stats.clone()));
-        }
+        tokio::spawn(work(pool, rx, stats.clone()));
         Self { queue, stats }
     }
 
@@ -148,12 +150,11 @@ impl CheckBatcher {
 /// this machine, stalling every queued check behind it. Giving it back when
 /// idle matters as well: closing the pool at shutdown waits for every
 /// checked-out connection.
-async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, stats: Arc<Stats>) {
+async fn work(pool: PgPool, mut rx: mpsc::Receiver<Pending>, stats: Arc<Stats>) {
     use tokio::sync::mpsc::error::TryRecvError;
     let mut conn: Option<PoolConnection<Postgres>> = None;
     loop {
         let batch = {
-            let mut rx = rx.lock().await;
             let first = match rx.try_recv() {
                 Ok(p) => p,
                 Err(TryRecvError::Disconnected) => return,
@@ -224,7 +225,7 @@ async fn read(
     let callers: Vec<&str> = batch.iter().map(|p| p.caller_id.as_str()).collect();
     let subjects: Vec<&str> = batch.iter().map(|p| p.subject_id.as_str()).collect();
     let orgs: Vec<&str> = batch.iter().map(|p| p.org.as_str()).collect();
-    let rows = sqlx::query(BATCH_SQL)
+    let rows = sqlx::query(BATCH_SQL.as_str())
         .bind(callers)
         .bind(subjects)
         .bind(orgs)
@@ -238,17 +239,34 @@ async fn read(
                 format!("batch row {i} out of range").into(),
             ));
         };
-        *slot = Some(CheckFacts {
-            caller_email: row.try_get("caller_email")?,
-            caller_status: row.try_get("caller_status")?,
-            caller_platform_admin: row.try_get("caller_platform_admin")?,
-            caller_role: row.try_get("caller_role")?,
-            subject_exists: row.try_get("subject_exists")?,
-            subject_status: row.try_get("subject_status")?,
-            subject_platform_admin: row.try_get("subject_platform_admin")?,
-            subject_role: row.try_get("subject_role")?,
-            subject_permissions: row.try_get("subject_permissions")?,
-        });
+        // The same mapping as the single read's (sea-orm's, over this row).
+        let facts = CheckFacts::from_query_result(&QueryResult::from(row), "")
+            .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+        *slot = Some(facts);
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The batch text is derived from the single read's by replacing parts
+    /// of it; an edit there that a replacement no longer matches must not
+    /// pass silently.
+    #[test]
+    fn batch_statement_reads_every_parameter_from_the_arrays() {
+        let sql = super::BATCH_SQL.as_str();
+        assert!(
+            sql.starts_with("SELECT q.i, c.email AS caller_email"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"));
+        assert!(
+            sql.contains("JOIN users c ON c.id = q.caller_id LEFT JOIN"),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("q.org_id").count(), 2, "{sql}");
+        assert_eq!(sql.matches("q.subject_id").count(), 1, "{sql}");
+        assert!(!sql.contains("WHERE"), "{sql}");
+        assert_eq!(sql.matches('$').count(), 3, "{sql}");
+    }
 }
