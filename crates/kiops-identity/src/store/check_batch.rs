@@ -71,7 +71,7 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
 }
 
-/// The queue in front of the batch workers; cheap to share.
+/// The queue in front of the batch worker; cheap to share.
 #[derive(Clone)]
 pub struct CheckBatcher {
     queue: mpsc::Sender<Pending>,
