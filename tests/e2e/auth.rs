@@ -15,6 +15,7 @@ both_backends!(
     access_token_verifies_against_published_jwks,
     refresh_rotates_and_reuse_revokes_the_session,
     racing_refreshes_of_one_token_have_one_winner,
+    concurrent_refreshes_of_many_sessions_each_rotate,
     scoped_refresh_for_a_foreign_organization_keeps_the_token,
     refreshes_cut_short_by_deadlines_leave_the_database_writable,
     logout_ends_the_session,
@@ -254,6 +255,109 @@ async fn racing_refreshes_of_one_token_have_one_winner(backend: Backend) {
                 .await,
             Code::Unauthenticated,
             "INVALID_REFRESH_TOKEN",
+        );
+    }
+}
+
+/// Many sessions refreshing at the same moment (on SQLite their rotations
+/// commit together, `store::claim_batch`): each gets its own new pair, whose
+/// refresh token is the one that works next, each old token now counts as
+/// reused, and a second use of one token inside the burst still has exactly
+/// one winner.
+async fn concurrent_refreshes_of_many_sessions_each_rotate(backend: Backend) {
+    const SESSIONS: usize = 24;
+    let server = TestServer::start(backend).await;
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(
+            server
+                .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+                .await
+                .expect("login")
+                .refresh_token,
+        );
+    }
+    // Every session once, and the last one twice.
+    let mut presented = sessions.clone();
+    presented.push(sessions[SESSIONS - 1].clone());
+    let mut calls = Vec::new();
+    for token in presented {
+        let mut auth = server.auth().await;
+        calls.push(tokio::spawn(async move {
+            let r = auth
+                .refresh(RefreshRequest {
+                    refresh_token: token.clone(),
+                    organization_id: None,
+                })
+                .await;
+            (token, r)
+        }));
+    }
+    let mut rotated = Vec::new();
+    let mut last_wins = 0;
+    for c in calls {
+        let (old, r) = c.await.expect("task");
+        match r {
+            Ok(pair) => {
+                let pair = pair.into_inner();
+                assert_ne!(pair.refresh_token, old);
+                last_wins += usize::from(old == sessions[SESSIONS - 1]);
+                rotated.push((old, pair.refresh_token));
+            }
+            Err(status) => {
+                assert_eq!(old, sessions[SESSIONS - 1], "{status:?}");
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            }
+        }
+    }
+    assert_eq!(last_wins, 1, "one winner for the token presented twice");
+    assert_eq!(rotated.len(), SESSIONS);
+    let mut news: Vec<&String> = rotated.iter().map(|(_, n)| n).collect();
+    news.sort();
+    news.dedup();
+    assert_eq!(news.len(), SESSIONS, "every new refresh token is distinct");
+    for (old, new) in &rotated {
+        if *old == sessions[SESSIONS - 1] {
+            // The raced session was revoked by the reuse.
+            continue;
+        }
+        let next = server
+            .auth()
+            .await
+            .refresh(RefreshRequest {
+                refresh_token: new.clone(),
+                organization_id: None,
+            })
+            .await
+            .expect("the rotated token refreshes")
+            .into_inner();
+        assert!(!next.access_token.is_empty());
+        assert_status(
+            server
+                .auth()
+                .await
+                .refresh(RefreshRequest {
+                    refresh_token: old.clone(),
+                    organization_id: None,
+                })
+                .await,
+            Code::Unauthenticated,
+            "REFRESH_TOKEN_REUSED",
+        );
+    }
+    if backend == Backend::Sqlite {
+        let (_, page) = server.http("GET", "/metrics");
+        let value = |name: &str| -> f64 {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{page}"))
+        };
+        let transactions = value("kiops_identity_refresh_batch_transactions_total");
+        let rotations = value("kiops_identity_refresh_batch_rotations_total");
+        assert!(rotations >= SESSIONS as f64, "rotations {rotations}");
+        assert!(
+            transactions < rotations,
+            "transactions {transactions}, rotations {rotations}: no batch formed"
         );
     }
 }

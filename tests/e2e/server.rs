@@ -16,6 +16,7 @@ both_backends!(
     sigterm_stops_cleanly,
     sigterm_lets_in_flight_calls_finish,
     signing_key_from_pem_file,
+    worker_threads_sets_the_runtime_size,
 );
 
 async fn health_and_reflection_answer(backend: Backend) {
@@ -297,4 +298,39 @@ async fn signing_key_from_pem_file(backend: Backend) {
         .verify(&token)
         .expect("token signed by the PEM key");
     assert!(!server.logs().contains("PRIVATE KEY"));
+}
+
+/// `--worker-threads 1` runs the server on one runtime thread (counted in
+/// /proc by the threads' names) and it still answers; 0 is refused before
+/// anything starts, with the flag named.
+async fn worker_threads_sets_the_runtime_size(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: vec!["--worker-threads".into(), "1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let token = server.admin_token().await;
+    assert!(!token.is_empty());
+    let workers = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .expect("/proc")
+        .filter_map(|t| {
+            let t = t.ok()?;
+            std::fs::read_to_string(t.path().join("comm")).ok()
+        })
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1, "runtime worker threads");
+
+    let out = Command::new(binary())
+        .args(["serve", "--worker-threads", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
 }

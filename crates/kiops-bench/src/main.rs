@@ -70,6 +70,13 @@ struct Args {
     /// CI mode: tiny data set, 1 second per scenario, one round.
     #[arg(long)]
     smoke: bool,
+    /// The server's request threads (`serve --worker-threads`); unset, the
+    /// server's default (one per core).
+    #[arg(long)]
+    server_threads: Option<u16>,
+    /// This load generator's runtime threads; unset, one per core.
+    #[arg(long)]
+    client_threads: Option<usize>,
     /// Seeding mode: seed this (empty, new) database URL and exit, without
     /// running scenarios; for inspecting query plans or load-testing with
     /// other tools.
@@ -90,10 +97,16 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bin: &std::path::Path, url: &str, dir: &std::path::Path) -> anyhow::Result<Server> {
+fn start_server(
+    bin: &std::path::Path,
+    url: &str,
+    dir: &std::path::Path,
+    threads: Option<u16>,
+) -> anyhow::Result<Server> {
     let mut child = Command::new(bin)
+        .arg("serve")
+        .args(threads.map(|n| format!("--worker-threads={n}")))
         .args([
-            "serve",
             "--grpc-addr",
             "127.0.0.1:0",
             "--http-addr",
@@ -402,9 +415,16 @@ fn seed_config(args: &Args) -> seed::SeedConfig {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.client_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    runtime.enable_all().build()?.block_on(run_bench(args))
+}
+
+async fn run_bench(mut args: Args) -> anyhow::Result<()> {
     if args.smoke {
         args.users = 300;
         args.orgs = 10;
@@ -477,9 +497,16 @@ async fn run_rounds(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    let threads = |n: Option<usize>| n.map_or("one per core".to_string(), |n| n.to_string());
     println!(
-        "kiops-bench: backend {:?}, {} cores, {} concurrent callers, {} s per scenario",
-        args.backend, cores, args.concurrency, args.duration
+        "kiops-bench: backend {:?}, {} cores, {} concurrent callers, {} s per scenario; \
+         server request threads: {}, client threads: {}",
+        args.backend,
+        cores,
+        args.concurrency,
+        args.duration,
+        threads(args.server_threads.map(usize::from)),
+        threads(args.client_threads),
     );
     let t = Instant::now();
     let seeded = seed::seed(url, &seed_config(args)).await?;
@@ -491,7 +518,7 @@ async fn run_rounds(
         t.elapsed().as_secs_f64()
     );
 
-    let server = start_server(bin, url, dir)?;
+    let server = start_server(bin, url, dir, args.server_threads)?;
     let _ = SERVER_PID.set(server.pid);
     let chans = channels(server.grpc, 4).await?;
     let admin = login(&chans[0], seed::ADMIN_EMAIL).await?.access_token;

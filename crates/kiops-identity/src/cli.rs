@@ -14,8 +14,13 @@ fn init_tracing(format: LogFormat) {
     let _ = crate::telemetry::init(format, None);
 }
 
-pub async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The command line, parsed before the runtime starts: how many threads it
+/// gets is one of its settings (`serve --worker-threads`).
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let otlp = args

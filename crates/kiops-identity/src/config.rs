@@ -193,6 +193,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KIOPS_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
 
+    /// Threads that serve requests (default: number of CPU cores). Password
+    /// hashing has its own threads (--hash-concurrency). Fewer than the
+    /// cores leaves CPU to what shares the machine (a sidecar, a database,
+    /// a load generator), and keeps the runtime's threads from being
+    /// preempted mid-request by each other, which is most of the tail
+    /// latency on a small machine (BENCHMARKS.md).
+    #[arg(long, env = "KIOPS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Log format.
     #[arg(long, env = "KIOPS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

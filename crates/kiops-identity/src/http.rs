@@ -34,6 +34,9 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     for u in app.store.pool_usage() {
         app.metrics.set_pool(&u);
     }
+    if let Some((transactions, rotations)) = app.store.claim_batch_totals() {
+        app.metrics.set_refresh_batches(transactions, rotations);
+    }
     if let Some((statements, reads)) = app.store.check_batch_totals() {
         app.metrics.set_check_batches(statements, reads);
     }

@@ -7,17 +7,21 @@ fn main() -> std::process::ExitCode {
         eprintln!("kiops-identity: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let cli = kiops_identity::cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let kiops_identity::config::Command::Serve(args) = &cli.command {
+        if let Some(n) = args.worker_threads {
+            runtime.worker_threads(usize::from(n));
+        }
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kiops-identity: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kiops_identity::cli::run()) {
+    match runtime.block_on(kiops_identity::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kiops-identity: {e:#}");

@@ -33,8 +33,12 @@ pub struct Metrics {
     /// store's totals on every scrape.
     pub check_batch_statements: IntCounter,
     pub check_batch_reads: IntCounter,
+    /// SQLite: transactions that committed Refresh's rotations, and the
+    /// rotations in them (see `store::claim_batch`); copied likewise.
+    pub refresh_batch_transactions: IntCounter,
+    pub refresh_batch_rotations: IntCounter,
     /// Two scrapes at once must not both add the same difference.
-    check_batch_sync: std::sync::Arc<std::sync::Mutex<()>>,
+    totals_sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Metrics {
@@ -85,6 +89,18 @@ impl Metrics {
             "CheckPermission reads answered by batched statements (PostgreSQL)",
         )
         .expect("static metric definition is valid");
+        let refresh_batch_transactions = IntCounter::new(
+            "refresh_batch_transactions_total",
+            "Transactions that committed Refresh's token rotations (SQLite)",
+        )
+        .expect("static metric definition is valid");
+        let refresh_batch_rotations = IntCounter::new(
+            "refresh_batch_rotations_total",
+            "Refresh token rotations committed by batched transactions (SQLite)",
+        )
+        .expect("static metric definition is valid");
+        let _ = registry.register(Box::new(refresh_batch_transactions.clone()));
+        let _ = registry.register(Box::new(refresh_batch_rotations.clone()));
         let _ = registry.register(Box::new(grpc_requests.clone()));
         let _ = registry.register(Box::new(grpc_latency.clone()));
         let _ = registry.register(Box::new(grpc_shed.clone()));
@@ -103,7 +119,9 @@ impl Metrics {
             db_pool,
             check_batch_statements,
             check_batch_reads,
-            check_batch_sync: Default::default(),
+            refresh_batch_transactions,
+            refresh_batch_rotations,
+            totals_sync: Default::default(),
         }
     }
 
@@ -123,14 +141,26 @@ impl Metrics {
 
     /// Brings the batch counters up to the store's totals (they only grow).
     pub fn set_check_batches(&self, statements: u64, reads: u64) {
-        let _one_at_a_time = self
-            .check_batch_sync
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (c, total) in [
+        self.sync_totals([
             (&self.check_batch_statements, statements),
             (&self.check_batch_reads, reads),
-        ] {
+        ]);
+    }
+
+    pub fn set_refresh_batches(&self, transactions: u64, rotations: u64) {
+        self.sync_totals([
+            (&self.refresh_batch_transactions, transactions),
+            (&self.refresh_batch_rotations, rotations),
+        ]);
+    }
+
+    /// Raises each counter to a total kept elsewhere.
+    fn sync_totals(&self, totals: [(&IntCounter, u64); 2]) {
+        let _one_at_a_time = self
+            .totals_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (c, total) in totals {
             c.inc_by(total.saturating_sub(c.get()));
         }
     }

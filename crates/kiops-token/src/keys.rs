@@ -113,11 +113,16 @@ impl SigningKey {
             .map_err(|e| KeyError::InvalidPrivateKey(e.to_string()))
     }
 
+    #[cfg(test)]
     pub(crate) fn to_pkcs8_der(&self) -> Result<Vec<u8>, KeyError> {
         self.inner
             .to_pkcs8_der()
             .map(|d| d.as_bytes().to_vec())
             .map_err(|e| KeyError::InvalidPrivateKey(e.to_string()))
+    }
+
+    pub(crate) fn dalek(&self) -> &ed25519_dalek::SigningKey {
+        &self.inner
     }
 
     pub fn kid(&self) -> &str {

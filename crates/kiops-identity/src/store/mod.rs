@@ -9,6 +9,7 @@
 
 pub mod audit;
 mod check_batch;
+mod claim_batch;
 pub mod entity;
 pub mod invitations;
 pub mod join_requests;
@@ -48,6 +49,8 @@ pub struct Store {
     direct: Option<std::sync::Arc<sqlite_direct::DirectReader>>,
     /// PostgreSQL only: CheckPermission's reads, batched (`check_batch`).
     checks: Option<check_batch::CheckBatcher>,
+    /// SQLite only: Refresh's rotations, committed together (`claim_batch`).
+    claims: Option<claim_batch::ClaimBatcher>,
 }
 
 /// How to open the database.
@@ -97,11 +100,18 @@ impl Store {
             .map(|path| std::sync::Arc::new(sqlite_direct::DirectReader::new(&path)));
         let checks = (db.get_database_backend() == DatabaseBackend::Postgres)
             .then(|| check_batch::CheckBatcher::start(db.get_postgres_connection_pool().clone()));
+        let claims = writer
+            .as_ref()
+            .zip(sqlite_file(&opts.url))
+            .map(|(w, path)| {
+                claim_batch::ClaimBatcher::start(path, w.get_sqlite_connection_pool().clone())
+            });
         Ok(Self {
             db,
             writer,
             direct,
             checks,
+            claims,
         })
     }
 
@@ -131,6 +141,16 @@ impl Store {
             out.push(pool_usage("writer", w));
         }
         out
+    }
+
+    /// SQLite: (transactions, rotations) of Refresh's batched rotations.
+    pub fn claim_batch_totals(&self) -> Option<(u64, u64)> {
+        self.claims.as_ref().map(claim_batch::ClaimBatcher::totals)
+    }
+
+    /// The batched rotation path, when this backend has one.
+    pub(crate) fn claims(&self) -> Option<&claim_batch::ClaimBatcher> {
+        self.claims.as_ref()
     }
 
     /// PostgreSQL: (statements, reads) of CheckPermission's batched reads.

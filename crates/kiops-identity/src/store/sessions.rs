@@ -244,18 +244,24 @@ pub async fn claim_candidate(
     refresh_ttl_ms: i64,
 ) -> Result<bool, DomainError> {
     let expires = (now + refresh_ttl_ms).min(candidate.session_expires_at);
+    if let Some(claims) = store.claims() {
+        // SQLite: with whatever other rotations are waiting (`claim_batch`).
+        return claims
+            .claim(super::claim_batch::Claim {
+                presented_hash: presented_hash.to_string(),
+                session_id: candidate.session_id.clone(),
+                now,
+                new_hash,
+                expires,
+            })
+            .await;
+    }
     let conn = store.writer();
     let backend = conn.get_database_backend();
     if backend == DatabaseBackend::Sqlite {
-        return claim_candidate_sqlite(
-            conn.get_sqlite_connection_pool(),
-            presented_hash,
-            candidate,
-            new_hash,
-            now,
-            expires,
-        )
-        .await;
+        // An in-memory database has no file for the batcher to open: the
+        // caller's classifying path rotates in a transaction of its own.
+        return Ok(false);
     }
     // One statement, atomic by itself; the session row lock orders it
     // against a concurrent revocation.
@@ -284,76 +290,6 @@ pub async fn claim_candidate(
         .map_err(db_err)?
         .rows_affected();
     Ok(changed == 1)
-}
-
-/// SQLite has no data-modifying CTEs; instead one call runs a whole
-/// transaction (sqlx runs the statements in order, sharing the numbered
-/// parameters), so the single writer connection is held for one round trip
-/// instead of five. Each write applies only if the one before it changed a
-/// row (`changes()`), and the SELECT reports whether the last one did. (The
-/// summed rows-affected of a batch is no answer: SQLite repeats the previous
-/// statement's count for BEGIN and COMMIT.)
-///
-/// The batch must run to its end or be rolled back on the same connection,
-/// or the connection goes back to the pool inside a transaction that holds
-/// the write lock. sqlx's worker stops a batch part-way when the caller's
-/// future is dropped (a client's deadline, a disconnect), so the batch runs
-/// in a task of its own that finishes whatever happens to the request, and
-/// keeps the connection checked out until it has rolled back any failure.
-async fn claim_candidate_sqlite(
-    pool: &sea_orm::sqlx::SqlitePool,
-    presented_hash: &str,
-    candidate: &RefreshCandidate,
-    new_hash: String,
-    now: i64,
-    expires: i64,
-) -> Result<bool, DomainError> {
-    use sea_orm::sqlx::{self, Row};
-    const BATCH: &str = "BEGIN IMMEDIATE; \
-         UPDATE refresh_tokens SET used_at = ?3 \
-         WHERE token_hash = ?1 AND session_id = ?2 AND used_at IS NULL AND expires_at > ?3; \
-         UPDATE sessions SET last_used_at = ?3 \
-         WHERE id = ?2 AND revoked_at IS NULL AND expires_at > ?3 AND changes() = 1; \
-         INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at, used_at) \
-         SELECT ?4, ?2, ?3, ?5, NULL WHERE changes() = 1; \
-         SELECT changes() AS rotated; \
-         COMMIT";
-    let pool = pool.clone();
-    let presented_hash = presented_hash.to_string();
-    let session_id = candidate.session_id.clone();
-    let task = tokio::spawn(async move {
-        let mut c = pool.acquire().await.map_err(sqlx_err)?;
-        let result = sqlx::query(BATCH)
-            .bind(presented_hash)
-            .bind(session_id)
-            .bind(now)
-            .bind(new_hash)
-            .bind(expires)
-            .fetch_all(&mut *c)
-            .await;
-        match result {
-            Ok(rows) => {
-                let rotated: Option<i64> = match rows.first() {
-                    Some(row) => row.try_get("rotated").map_err(sqlx_err)?,
-                    None => None,
-                };
-                Ok(rotated == Some(1))
-            }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *c).await;
-                Err(sqlx_err(e))
-            }
-        }
-    });
-    task.await
-        .map_err(|e| DomainError::internal(format!("refresh rotation task: {e}")))?
-}
-
-/// A driver error met outside sea-orm, classified like `db_err` does.
-fn sqlx_err(e: sea_orm::sqlx::Error) -> DomainError {
-    db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
-        std::sync::Arc::new(e),
-    )))
 }
 
 /// The live session a refresh token belongs to, without using it (Logout).

@@ -47,6 +47,20 @@ static DIRECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Idle connections kept; one per runtime thread in use is what a burst
 /// needs, since a read holds its connection only while it runs inline.
+/// The columns of `DIRECT_SQL` in order, as `check_facts` reads them.
+#[cfg(test)]
+const CHECK_FACTS_COLUMNS: [&str; 9] = [
+    "caller_email",
+    "caller_status",
+    "caller_platform_admin",
+    "caller_role",
+    "subject_exists",
+    "subject_status",
+    "subject_platform_admin",
+    "subject_role",
+    "subject_permissions",
+];
+
 const MAX_IDLE: usize = 8;
 
 pub struct DirectReader {
@@ -137,16 +151,18 @@ impl DirectReader {
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
+            // By position (`CHECK_FACTS_COLUMNS`, pinned by a test): a lookup
+            // by name scans the column names on every get, 9 per check.
             Ok(Some(CheckFacts {
-                caller_email: row.get("caller_email")?,
-                caller_status: row.get("caller_status")?,
-                caller_platform_admin: row.get("caller_platform_admin")?,
-                caller_role: row.get("caller_role")?,
-                subject_exists: row.get("subject_exists")?,
-                subject_status: row.get("subject_status")?,
-                subject_platform_admin: row.get("subject_platform_admin")?,
-                subject_role: row.get("subject_role")?,
-                subject_permissions: row.get("subject_permissions")?,
+                caller_email: row.get(0)?,
+                caller_status: row.get(1)?,
+                caller_platform_admin: row.get(2)?,
+                caller_role: row.get(3)?,
+                subject_exists: row.get(4)?,
+                subject_status: row.get(5)?,
+                subject_platform_admin: row.get(6)?,
+                subject_role: row.get(7)?,
+                subject_permissions: row.get(8)?,
             }))
         })
     }
@@ -256,6 +272,15 @@ mod tests {
         assert!(r.check_facts("nobody", "s", "o").expect("read").is_none());
         // The connection went back to the pool and is reused.
         assert_eq!(r.idle.lock().map(|v| v.len()).unwrap_or(0), 1);
+    }
+
+    #[test]
+    fn columns_are_read_by_the_positions_the_query_gives_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "wal");
+        let stmt = owner.prepare(&DIRECT_SQL).expect("prepare");
+        assert_eq!(stmt.column_names(), CHECK_FACTS_COLUMNS);
     }
 
     #[test]
