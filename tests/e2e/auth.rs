@@ -259,8 +259,8 @@ async fn racing_refreshes_of_one_token_have_one_winner(backend: Backend) {
     }
 }
 
-/// Many sessions refreshing at the same moment (on SQLite their rotations
-/// commit together, `store::claim_batch`): each gets its own new pair, whose
+/// Many sessions refreshing at the same moment (their rotations commit
+/// together, `store::claim_batch`): each gets its own new pair, whose
 /// refresh token is the one that works next, each old token now counts as
 /// reused, and a second use of one token inside the burst still has exactly
 /// one winner.
@@ -345,7 +345,7 @@ async fn concurrent_refreshes_of_many_sessions_each_rotate(backend: Backend) {
             "REFRESH_TOKEN_REUSED",
         );
     }
-    if backend == Backend::Sqlite {
+    {
         let (_, page) = server.http("GET", "/metrics");
         let value = |name: &str| -> f64 {
             page.lines()

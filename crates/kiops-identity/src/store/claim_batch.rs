@@ -27,7 +27,7 @@
 
 use super::DomainError;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
-use sea_orm::sqlx::SqlitePool;
+use sea_orm::sqlx::{PgPool, SqlitePool};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,15 +92,12 @@ impl std::fmt::Debug for ClaimBatcher {
 }
 
 impl ClaimBatcher {
-    /// Starts the worker on the current runtime: it writes to the database
-    /// file `path`, taking its turns on `writer` (the one-connection pool
-    /// every SQLite write queues on). It stops when the last `ClaimBatcher`
-    /// is dropped and the queue has drained.
-    pub fn start(path: PathBuf, writer: SqlitePool) -> Self {
+    /// Starts the worker on the current runtime. It stops when the last
+    /// `ClaimBatcher` is dropped and the queue has drained.
+    pub fn start(writer: Writer) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        let conn = Arc::new(Mutex::new(None));
-        tokio::spawn(work(path, conn, writer, rx, stats.clone()));
+        tokio::spawn(work(writer, rx, stats.clone()));
         Self { queue, stats }
     }
 
@@ -125,15 +122,40 @@ impl ClaimBatcher {
     }
 }
 
-type Shared = Arc<Mutex<Option<Connection>>>;
+/// Where the rotations are written.
+pub enum Writer {
+    /// The database file, written on a connection of the batcher's own,
+    /// in turns taken on `turns` (the one-connection pool every SQLite
+    /// write queues on).
+    Sqlite {
+        path: PathBuf,
+        turns: SqlitePool,
+        conn: Arc<Mutex<Option<Connection>>>,
+    },
+    /// One statement a batch (`PG_BATCH_SQL`), so one commit and one WAL
+    /// flush for all its rotations.
+    Postgres(PgPool),
+}
 
-async fn work(
-    path: PathBuf,
-    conn: Shared,
-    pool: SqlitePool,
-    mut rx: mpsc::Receiver<Pending>,
-    stats: Arc<Stats>,
-) {
+impl Writer {
+    pub fn sqlite(path: PathBuf, turns: SqlitePool) -> Self {
+        Self::Sqlite {
+            path,
+            turns,
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The whole batch as one transaction; one answer per claim, in order.
+    async fn run(&self, claims: Vec<Claim>) -> Result<Vec<bool>, DomainError> {
+        match self {
+            Self::Sqlite { path, turns, conn } => run_sqlite(path, conn, turns, claims).await,
+            Self::Postgres(pool) => run_postgres(pool, &claims).await,
+        }
+    }
+}
+
+async fn work(writer: Writer, mut rx: mpsc::Receiver<Pending>, stats: Arc<Stats>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -147,7 +169,7 @@ async fn work(
         stats
             .claims
             .fetch_add(claims.len() as u64, Ordering::Relaxed);
-        match run(&path, &conn, &pool, claims).await {
+        match writer.run(claims).await {
             Ok(rotated) => {
                 for (p, r) in batch.into_iter().zip(rotated) {
                     let _ = p.reply.send(Ok(r));
@@ -161,7 +183,7 @@ async fn work(
             Err(_) => {
                 for p in batch {
                     stats.transactions.fetch_add(1, Ordering::Relaxed);
-                    let one = run(&path, &conn, &pool, vec![p.claim.clone()]).await;
+                    let one = writer.run(vec![p.claim.clone()]).await;
                     let _ = p
                         .reply
                         .send(one.map(|r| r.first().copied().unwrap_or(false)));
@@ -171,15 +193,17 @@ async fn work(
     }
 }
 
-/// The whole batch as one transaction, in its turn on the writer pool; one
-/// answer per claim, in order.
-async fn run(
+/// SQLite: in its turn on the writer pool, on a blocking thread.
+async fn run_sqlite(
     path: &std::path::Path,
-    conn: &Shared,
-    pool: &SqlitePool,
+    conn: &Arc<Mutex<Option<Connection>>>,
+    turns: &SqlitePool,
     claims: Vec<Claim>,
 ) -> Result<Vec<bool>, DomainError> {
-    let turn = pool.acquire().await.map_err(|_| DomainError::Unavailable)?;
+    let turn = turns
+        .acquire()
+        .await
+        .map_err(|_| DomainError::Unavailable)?;
     let (path, conn) = (path.to_path_buf(), conn.clone());
     let done = tokio::task::spawn_blocking(move || {
         let mut guard = conn
@@ -203,6 +227,58 @@ async fn run(
     .map_err(|e| DomainError::internal(format!("refresh rotation task: {e}")));
     drop(turn);
     done?
+}
+
+/// PostgreSQL: `sessions::claim_candidate`'s statement over arrays. Each
+/// session is locked (`FOR UPDATE`) so a concurrent revocation is ordered
+/// before or after; a rotation applies only if its token is unused and
+/// unexpired and its session live at its own `now`. Two uses of one token
+/// in a batch update its row once: one of them is returned, one winner.
+const PG_BATCH_SQL: &str = "WITH q AS (\
+       SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[]) \
+       WITH ORDINALITY AS q(hash, session_id, at, new_hash, expires, i)), \
+     live AS (SELECT id, expires_at FROM sessions \
+       WHERE id IN (SELECT session_id FROM q) AND revoked_at IS NULL FOR UPDATE), \
+     claimed AS (UPDATE refresh_tokens r SET used_at = q.at FROM q \
+       WHERE r.token_hash = q.hash AND r.session_id = q.session_id \
+       AND r.used_at IS NULL AND r.expires_at > q.at \
+       AND EXISTS (SELECT 1 FROM live WHERE live.id = q.session_id AND live.expires_at > q.at) \
+       RETURNING q.i, q.session_id, q.at, q.new_hash, q.expires), \
+     touched AS (UPDATE sessions s SET last_used_at = c.at FROM claimed c \
+       WHERE s.id = c.session_id RETURNING s.id), \
+     successors AS (INSERT INTO refresh_tokens \
+       (token_hash, session_id, created_at, expires_at, used_at) \
+       SELECT new_hash, session_id, at, expires, NULL FROM claimed RETURNING 1) \
+     SELECT i FROM claimed";
+
+async fn run_postgres(pool: &PgPool, claims: &[Claim]) -> Result<Vec<bool>, DomainError> {
+    use sea_orm::sqlx::{self, Row};
+    let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
+    let times = |f: fn(&Claim) -> i64| claims.iter().map(f).collect::<Vec<i64>>();
+    let rows = sqlx::query(PG_BATCH_SQL)
+        .bind(column(|c| &c.presented_hash))
+        .bind(column(|c| &c.session_id))
+        .bind(times(|c| c.now))
+        .bind(column(|c| &c.new_hash))
+        .bind(times(|c| c.expires))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| {
+            super::db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+                Arc::new(e),
+            )))
+        })?;
+    let mut rotated = vec![false; claims.len()];
+    for row in rows {
+        let i: i64 = row
+            .try_get("i")
+            .map_err(|e| DomainError::internal(format!("refresh batch row: {e}")))?;
+        match usize::try_from(i - 1).ok().and_then(|i| rotated.get_mut(i)) {
+            Some(slot) => *slot = true,
+            None => return Err(DomainError::internal(format!("refresh batch row {i}"))),
+        }
+    }
+    Ok(rotated)
 }
 
 fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
@@ -344,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_rotation_fails_alone() {
         let (dir, pool) = db().await;
-        let b = ClaimBatcher::start(dir.path().join("t.db"), pool.clone());
+        let b = ClaimBatcher::start(Writer::sqlite(dir.path().join("t.db"), pool.clone()));
         let (first, bad) = tokio::join!(
             b.claim(claim("t1", "s1", "n1")),
             b.claim(claim("t2", "s2", "t3")),

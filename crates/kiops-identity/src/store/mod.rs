@@ -49,7 +49,8 @@ pub struct Store {
     direct: Option<std::sync::Arc<sqlite_direct::DirectReader>>,
     /// PostgreSQL only: CheckPermission's reads, batched (`check_batch`).
     checks: Option<check_batch::CheckBatcher>,
-    /// SQLite only: Refresh's rotations, committed together (`claim_batch`).
+    /// Refresh's rotations, committed together (`claim_batch`); none for an
+    /// in-memory SQLite database.
     claims: Option<claim_batch::ClaimBatcher>,
 }
 
@@ -100,12 +101,17 @@ impl Store {
             .map(|path| std::sync::Arc::new(sqlite_direct::DirectReader::new(&path)));
         let checks = (db.get_database_backend() == DatabaseBackend::Postgres)
             .then(|| check_batch::CheckBatcher::start(db.get_postgres_connection_pool().clone()));
-        let claims = writer
-            .as_ref()
-            .zip(sqlite_file(&opts.url))
-            .map(|(w, path)| {
-                claim_batch::ClaimBatcher::start(path, w.get_sqlite_connection_pool().clone())
-            });
+        let claims = match (&writer, sqlite_file(&opts.url)) {
+            (Some(w), Some(path)) => Some(claim_batch::Writer::sqlite(
+                path,
+                w.get_sqlite_connection_pool().clone(),
+            )),
+            _ if db.get_database_backend() == DatabaseBackend::Postgres => Some(
+                claim_batch::Writer::Postgres(db.get_postgres_connection_pool().clone()),
+            ),
+            _ => None,
+        }
+        .map(claim_batch::ClaimBatcher::start);
         Ok(Self {
             db,
             writer,
@@ -143,7 +149,7 @@ impl Store {
         out
     }
 
-    /// SQLite: (transactions, rotations) of Refresh's batched rotations.
+    /// (transactions, rotations) of Refresh's batched rotations.
     pub fn claim_batch_totals(&self) -> Option<(u64, u64)> {
         self.claims.as_ref().map(claim_batch::ClaimBatcher::totals)
     }
