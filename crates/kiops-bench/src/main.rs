@@ -70,13 +70,17 @@ struct Args {
     /// CI mode: tiny data set, 1 second per scenario, one round.
     #[arg(long)]
     smoke: bool,
-    /// The server's request threads (`serve --worker-threads`); unset, the
-    /// server's default (one per core).
-    #[arg(long)]
-    server_threads: Option<u16>,
-    /// This load generator's runtime threads; unset, one per core.
-    #[arg(long)]
-    client_threads: Option<usize>,
+    /// The server's request threads (`serve --worker-threads`); 0 for the
+    /// server's default, one per core. One by default: on a two-core
+    /// machine the load generator takes the other core (argon2 hashing has
+    /// two threads of its own either way), and with two runtimes of a
+    /// thread per core on two cores the kernel preempts threads mid-request,
+    /// which put even Health/Check's p99 at 4.5 ms (BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
+    server_threads: u16,
+    /// This load generator's runtime threads; 0 for one per core.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
     /// Seeding mode: seed this (empty, new) database URL and exit, without
     /// running scenarios; for inspecting query plans or load-testing with
     /// other tools.
@@ -101,11 +105,11 @@ fn start_server(
     bin: &std::path::Path,
     url: &str,
     dir: &std::path::Path,
-    threads: Option<u16>,
+    threads: u16,
 ) -> anyhow::Result<Server> {
     let mut child = Command::new(bin)
         .arg("serve")
-        .args(threads.map(|n| format!("--worker-threads={n}")))
+        .args((threads > 0).then(|| format!("--worker-threads={threads}")))
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
@@ -418,8 +422,8 @@ fn seed_config(args: &Args) -> seed::SeedConfig {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.client_threads {
-        runtime.worker_threads(n.max(1));
+    if args.client_threads > 0 {
+        runtime.worker_threads(args.client_threads);
     }
     runtime.enable_all().build()?.block_on(run_bench(args))
 }
@@ -497,7 +501,10 @@ async fn run_rounds(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let threads = |n: Option<usize>| n.map_or("one per core".to_string(), |n| n.to_string());
+    let threads = |n: usize| match n {
+        0 => "one per core".to_string(),
+        n => n.to_string(),
+    };
     println!(
         "kiops-bench: backend {:?}, {} cores, {} concurrent callers, {} s per scenario; \
          server request threads: {}, client threads: {}",
@@ -505,7 +512,7 @@ async fn run_rounds(
         cores,
         args.concurrency,
         args.duration,
-        threads(args.server_threads.map(usize::from)),
+        threads(usize::from(args.server_threads)),
         threads(args.client_threads),
     );
     let t = Instant::now();
