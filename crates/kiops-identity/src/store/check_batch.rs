@@ -50,9 +50,24 @@ const QUEUE: usize = 4096;
 /// give it back to its caller: one text for the read, whichever way it runs.
 static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     CHECK_FACTS_SQL
+        // Both membership keys from the array row itself: joined through
+        // `c.id`/`s.id`, PostgreSQL probed the `(user_id, organization_id)`
+        // index and filtered the organization after a heap fetch; this way
+        // it walks the covering `(organization_id, user_id, role,
+        // permissions)` index alone. The same rows: a membership's user
+        // always exists (foreign key), and `c` is an inner join.
+        .replace(
+            "cm.organization_id = $3 AND cm.user_id = c.id",
+            "(cm.organization_id, cm.user_id) = ($3, $1)",
+        )
+        .replace(
+            "sm.organization_id = $3 AND sm.user_id = s.id",
+            "(sm.organization_id, sm.user_id) = ($3, $2)",
+        )
+        .replace(" WHERE c.id = $1", "")
+        .replace("$1", "q.caller_id")
         .replace("$3", "q.org_id")
         .replace("$2", "q.subject_id")
-        .replace(" WHERE c.id = $1", "")
         .replace("SELECT ", "SELECT q.i, ")
         .replace(
             "FROM users c ",
@@ -265,7 +280,13 @@ mod tests {
             "{sql}"
         );
         assert_eq!(sql.matches("q.org_id").count(), 2, "{sql}");
-        assert_eq!(sql.matches("q.subject_id").count(), 1, "{sql}");
+        assert_eq!(sql.matches("q.subject_id").count(), 2, "{sql}");
+        assert_eq!(sql.matches("q.caller_id").count(), 2, "{sql}");
+        assert!(
+            sql.contains("(cm.organization_id, cm.user_id) = (q.org_id, q.caller_id)")
+                && sql.contains("(sm.organization_id, sm.user_id) = (q.org_id, q.subject_id)"),
+            "{sql}"
+        );
         assert!(!sql.contains("WHERE"), "{sql}");
         assert_eq!(sql.matches('$').count(), 3, "{sql}");
     }
