@@ -267,16 +267,7 @@ async fn racing_refreshes_of_one_token_have_one_winner(backend: Backend) {
 async fn concurrent_refreshes_of_many_sessions_each_rotate(backend: Backend) {
     const SESSIONS: usize = 24;
     let server = TestServer::start(backend).await;
-    let mut sessions = Vec::new();
-    for _ in 0..SESSIONS {
-        sessions.push(
-            server
-                .login(ADMIN_EMAIL, ADMIN_PASSWORD)
-                .await
-                .expect("login")
-                .refresh_token,
-        );
-    }
+    let sessions = server.admin_sessions(SESSIONS).await;
     // Every session once, and the last one twice.
     let mut presented = sessions.clone();
     presented.push(sessions[SESSIONS - 1].clone());
@@ -345,21 +336,13 @@ async fn concurrent_refreshes_of_many_sessions_each_rotate(backend: Backend) {
             "REFRESH_TOKEN_REUSED",
         );
     }
-    {
-        let (_, page) = server.http("GET", "/metrics");
-        let value = |name: &str| -> f64 {
-            page.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{page}"))
-        };
-        let transactions = value("kiops_identity_refresh_batch_transactions_total");
-        let rotations = value("kiops_identity_refresh_batch_rotations_total");
-        assert!(rotations >= SESSIONS as f64, "rotations {rotations}");
-        assert!(
-            transactions < rotations,
-            "transactions {transactions}, rotations {rotations}: no batch formed"
-        );
-    }
+    let transactions = server.metric("kiops_identity_refresh_batch_transactions_total");
+    let rotations = server.metric("kiops_identity_refresh_batch_rotations_total");
+    assert!(rotations >= SESSIONS as f64, "rotations {rotations}");
+    assert!(
+        transactions < rotations,
+        "transactions {transactions}, rotations {rotations}: no batch formed"
+    );
 }
 
 /// Refresh with `organization_id` mints a token holding just that
@@ -415,16 +398,7 @@ async fn scoped_refresh_for_a_foreign_organization_keeps_the_token(backend: Back
 /// is cleanly refused.
 async fn refreshes_cut_short_by_deadlines_leave_the_database_writable(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut sessions = Vec::new();
-    for _ in 0..8 {
-        sessions.push(
-            server
-                .login(ADMIN_EMAIL, ADMIN_PASSWORD)
-                .await
-                .expect("login")
-                .refresh_token,
-        );
-    }
+    let mut sessions = server.admin_sessions(8).await;
     let mut cut = 0;
     for round in 0..40u64 {
         let mut calls = Vec::new();

@@ -562,14 +562,8 @@ async fn concurrent_checks_each_get_their_own_answer(backend: Backend) {
     assert_eq!(done, 7 * (2 * 12 + 3));
 
     if backend == Backend::Postgres {
-        let (_, page) = s.http("GET", "/metrics");
-        let value = |name: &str| -> f64 {
-            page.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{page}"))
-        };
-        let statements = value("kiops_identity_check_permission_batch_statements_total");
-        let reads = value("kiops_identity_check_permission_batch_reads_total");
+        let statements = s.metric("kiops_identity_check_permission_batch_statements_total");
+        let reads = s.metric("kiops_identity_check_permission_batch_reads_total");
         // Every check above went through a batch; 189 calls at once made
         // at least one batch of more than one.
         assert!(reads >= 189.0, "reads {reads}");

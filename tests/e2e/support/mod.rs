@@ -288,6 +288,24 @@ impl TestServer {
             .map(|r| r.into_inner())
     }
 
+    /// Refresh tokens of `n` fresh sessions of the admin.
+    pub async fn admin_sessions(&self, n: usize) -> Vec<String> {
+        let mut sessions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let pair = self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+            sessions.push(pair.expect("login").refresh_token);
+        }
+        sessions
+    }
+
+    /// One unlabeled series of `/metrics`, which must be there.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, page) = self.http("GET", "/metrics");
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{page}"))
+    }
+
     pub async fn admin_token(&self) -> String {
         self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
             .await
