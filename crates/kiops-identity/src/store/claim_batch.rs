@@ -1,24 +1,26 @@
-//! SQLite: refresh-token rotations that arrive together commit together.
+//! Refresh-token rotations that arrive together commit together.
 //!
 //! Every Refresh ends in a small write (use the presented token, touch the
-//! session, insert its successor), and SQLite takes one writer at a time.
-//! One transaction per refresh made the writer the bottleneck: each
+//! session, insert its successor). On SQLite, which takes one writer at a
+//! time, one transaction per refresh made the writer the bottleneck: each
 //! rotation paid a `BEGIN IMMEDIATE`, a commit with its WAL frames, and
 //! thread hops (to sqlx's worker and back, then the pool handing the
 //! connection to the next task) during which the write lock sat idle. With
 //! one runtime thread busy with other requests those hops stretched to
-//! milliseconds, and refresh fell to two thirds of its target.
+//! milliseconds, and refresh fell to two thirds of its target. On
+//! PostgreSQL each rotation was a commit with its own WAL flush.
 //!
-//! Here the rotations waiting at the same moment run as one transaction on
-//! a blocking thread, statement after statement with no hop between them.
-//! Each rotation keeps its own statements and its own answer, in queue
-//! order, so its outcome is exactly what it would be alone; two uses of one
-//! token in a batch still have one winner. Nothing waits to fill a batch: a
-//! lone rotation goes out at once. If a batch fails, its rotations are
-//! retried one transaction each, so one bad rotation cannot fail the rest.
+//! Here the rotations waiting at the same moment run as one transaction:
+//! on SQLite on a blocking thread, statement after statement with no hop
+//! between them; on PostgreSQL as one statement over arrays. Each rotation
+//! gets its own answer, the one it would get alone (on SQLite in queue
+//! order); two uses of one token in a batch still have one winner. Nothing
+//! waits to fill a batch: a lone rotation goes out at once. If a batch
+//! fails, its rotations are retried one transaction each, so one bad
+//! rotation cannot fail the rest.
 //!
-//! The transaction runs on a connection of its own (rusqlite, the library
-//! `sqlite_direct` reads with), not sqlx's: sqlx binds numbered parameters
+//! On SQLite the transaction runs on a connection of its own (rusqlite,
+//! which `sqlite_direct` reads with), not sqlx's: sqlx binds numbered parameters
 //! wrongly in a long multi-statement query (a statement that skips low
 //! numbers shifts its own arguments), and one round trip to sqlx's worker
 //! per statement would bring the hops back. It still takes its turn on the
