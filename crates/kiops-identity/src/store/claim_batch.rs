@@ -253,23 +253,43 @@ const PG_BATCH_SQL: &str = "WITH q AS (\
        SELECT new_hash, session_id, at, expires, NULL FROM claimed RETURNING 1) \
      SELECT i FROM claimed";
 
+/// A batch statement that takes longer fails as UNAVAILABLE instead of
+/// holding every queued refresh behind a connection that stopped answering
+/// (a half-open connection can block a statement until TCP gives up). Like
+/// any write whose answer is lost, it may have committed.
+const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run_postgres(pool: &PgPool, claims: &[Claim]) -> Result<Vec<bool>, DomainError> {
     use sea_orm::sqlx::{self, Row};
+    let failed = |e: sqlx::Error| {
+        super::db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+            Arc::new(e),
+        )))
+    };
     let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<&str>>();
     let times = |f: fn(&Claim) -> i64| claims.iter().map(f).collect::<Vec<i64>>();
-    let rows = sqlx::query(PG_BATCH_SQL)
+    let mut conn = pool.acquire().await.map_err(failed)?;
+    let query = sqlx::query(PG_BATCH_SQL)
         .bind(column(|c| &c.presented_hash))
         .bind(column(|c| &c.session_id))
         .bind(times(|c| c.now))
         .bind(column(|c| &c.new_hash))
-        .bind(times(|c| c.expires))
-        .fetch_all(pool)
-        .await
-        .map_err(|e| {
-            super::db_err(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
-                Arc::new(e),
-            )))
-        })?;
+        .bind(times(|c| c.expires));
+    let rows = match tokio::time::timeout(PG_STATEMENT_TIMEOUT, query.fetch_all(&mut *conn)).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            // A connection that failed other than by the database refusing
+            // the statement may be broken: closed, never pooled again.
+            if !matches!(e, sqlx::Error::Database(_)) {
+                drop(conn.detach());
+            }
+            return Err(failed(e));
+        }
+        Err(_) => {
+            drop(conn.detach());
+            return Err(DomainError::Unavailable);
+        }
+    };
     let mut rotated = vec![false; claims.len()];
     for row in rows {
         let i: i64 = row
