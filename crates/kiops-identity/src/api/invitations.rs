@@ -317,10 +317,20 @@ impl App {
                 ))
             }
             (Some(_), None) => {
+                // The account may be the one a concurrent accept of this
+                // same invitation has just created (in the transaction that
+                // used the invitation): then the invitation is what is no
+                // longer usable, as the loser of that race must hear.
+                let current = invitations::find(self.store.conn(), &inv.id).await?;
+                if let Some(current) =
+                    current.filter(|c| invitations::status_of(c, now) != Status::Pending)
+                {
+                    return Err(unusable(&current, now));
+                }
                 return Err(DomainError::unauthenticated(
                     reason::LOGIN_REQUIRED,
                     "an account with the invited email exists: log in as it to accept",
-                ))
+                ));
             }
             (None, None) => {
                 let mut v = Violations::new();
