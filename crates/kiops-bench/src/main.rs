@@ -469,12 +469,10 @@ async fn run_bench(mut args: Args) -> anyhow::Result<()> {
             let db = sea_orm::Database::connect(&args.postgres_admin_url).await?;
             db.execute_unprepared(&format!("CREATE DATABASE {name}"))
                 .await?;
-            let base = args
-                .postgres_admin_url
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_string())
-                .unwrap_or_default();
-            (format!("{base}/{name}"), Some((db, name)))
+            (
+                database_url(&args.postgres_admin_url, &name),
+                Some((db, name)),
+            )
         }
     };
     // Whatever happens in the run, the database made above is dropped.
@@ -486,6 +484,20 @@ async fn run_bench(mut args: Args) -> anyhow::Result<()> {
             .await;
     }
     outcome
+}
+
+/// `admin_url` with its database name replaced by `name`, its options
+/// (`?sslmode=…`, `?host=/socket/dir`) kept for the server's connections.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (path, query) = match admin_url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (admin_url, None),
+    };
+    let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
 }
 
 /// Seeds the database at `url`, starts the server on it and runs the
