@@ -36,9 +36,11 @@ enum Backend {
 struct Args {
     #[arg(long, value_enum, default_value = "sqlite")]
     backend: Backend,
-    /// PostgreSQL server for --backend postgres (a fresh database is created).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    postgres_admin_url: String,
+    /// PostgreSQL server for --backend postgres (a fresh database is
+    /// created, and dropped at the end). By default the local server's Unix
+    /// socket if it has one (`LOCAL_SOCKET_URL`), else 127.0.0.1:5432.
+    #[arg(long)]
+    postgres_admin_url: Option<String>,
     /// The server binary (defaults to the one next to this binary).
     #[arg(long)]
     server: Option<std::path::PathBuf>,
@@ -466,11 +468,13 @@ async fn run_bench(mut args: Args) -> anyhow::Result<()> {
         Backend::Postgres => {
             use sea_orm::ConnectionTrait;
             let name = format!("kiops_bench_{}", uuid::Uuid::now_v7().simple());
-            let db = sea_orm::Database::connect(&args.postgres_admin_url).await?;
+            let admin_url = postgres_admin_url(&args);
+            println!("PostgreSQL: {admin_url}");
+            let db = sea_orm::Database::connect(&admin_url).await?;
             db.execute_unprepared(&format!("CREATE DATABASE {name}"))
                 .await?;
             (
-                database_url(&args.postgres_admin_url, &name),
+                database_url(&admin_url, &name),
                 Some((db, name)),
             )
         }
@@ -484,6 +488,22 @@ async fn run_bench(mut args: Args) -> anyhow::Result<()> {
             .await;
     }
     outcome
+}
+
+/// A server on the same machine is reached through its Unix socket, as
+/// libpq and psql reach it by default: over loopback TCP every statement
+/// also pays the TCP stack on both sides, which on two shared cores cost
+/// CheckPermission about a sixth of its throughput (BENCHMARKS.md).
+const LOCAL_SOCKET_URL: &str = "postgres://postgres@localhost/postgres?host=/var/run/postgresql";
+const LOCAL_SOCKET: &str = "/var/run/postgresql/.s.PGSQL.5432";
+const LOCAL_TCP_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn postgres_admin_url(args: &Args) -> String {
+    match &args.postgres_admin_url {
+        Some(url) => url.clone(),
+        None if std::path::Path::new(LOCAL_SOCKET).exists() => LOCAL_SOCKET_URL.into(),
+        None => LOCAL_TCP_URL.into(),
+    }
 }
 
 /// `admin_url` with its database name replaced by `name`, its options
@@ -770,4 +790,23 @@ async fn run_rounds(
     }
     drop(server);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bench_database_keeps_the_admin_urls_options() {
+        assert_eq!(
+            super::database_url("postgres://postgres@127.0.0.1:5432/postgres", "b1"),
+            "postgres://postgres@127.0.0.1:5432/b1"
+        );
+        assert_eq!(
+            super::database_url(super::LOCAL_SOCKET_URL, "b1"),
+            "postgres://postgres@localhost/b1?host=/var/run/postgresql"
+        );
+        assert_eq!(
+            super::database_url("postgres://u@h/db?sslmode=disable&x=/a/b", "b1"),
+            "postgres://u@h/b1?sslmode=disable&x=/a/b"
+        );
+    }
 }
