@@ -242,6 +242,11 @@ impl Stats {
     }
 }
 
+/// Failed calls of every scenario so far: a run with any fails at the end,
+/// after its figures, so that neither a full run nor CI's smoke run passes
+/// off figures of calls that did not do their work.
+static FAILED_CALLS: AtomicU64 = AtomicU64::new(0);
+
 /// Runs `calls` from `n` concurrent tasks for `d`; each call returns Ok/Err.
 async fn run<F, Fut>(n: usize, d: Duration, call: F) -> Stats
 where
@@ -284,9 +289,11 @@ where
     let client_cpu = client_cpu_secs() - client0;
     let mut latencies_us = std::mem::take(&mut *all.lock().expect("lock"));
     latencies_us.sort_unstable();
+    let errors = errors.load(Ordering::Relaxed);
+    FAILED_CALLS.fetch_add(errors, Ordering::Relaxed);
     Stats {
         latencies_us,
-        errors: errors.load(Ordering::Relaxed),
+        errors,
         elapsed,
         server_cpu,
         client_cpu,
@@ -473,10 +480,7 @@ async fn run_bench(mut args: Args) -> anyhow::Result<()> {
             let db = sea_orm::Database::connect(&admin_url).await?;
             db.execute_unprepared(&format!("CREATE DATABASE {name}"))
                 .await?;
-            (
-                database_url(&admin_url, &name),
-                Some((db, name)),
-            )
+            (database_url(&admin_url, &name), Some((db, name)))
         }
     };
     // Whatever happens in the run, the database made above is dropped.
@@ -789,6 +793,11 @@ async fn run_rounds(
         );
     }
     drop(server);
+    let failed = FAILED_CALLS.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} calls failed (the errors column above)"
+    );
     Ok(())
 }
 
