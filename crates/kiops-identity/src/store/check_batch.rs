@@ -75,13 +75,16 @@ struct KeyFacts {
     permissions: Option<i32>,
 }
 
+/// A user's id and an organization's: one row of `BATCH_SQL`.
+type Key<'a> = (&'a str, &'a str);
+
 /// The batch's distinct keys, and for each check the positions of its
 /// caller's and its subject's key among them.
-fn distinct_keys(batch: &[Pending]) -> (Vec<(&str, &str)>, Vec<(usize, usize)>) {
+fn distinct_keys(batch: &[Pending]) -> (Vec<Key<'_>>, Vec<(usize, usize)>) {
     fn position<'a>(
-        keys: &mut Vec<(&'a str, &'a str)>,
-        index: &mut HashMap<(&'a str, &'a str), usize>,
-        key: (&'a str, &'a str),
+        keys: &mut Vec<Key<'a>>,
+        index: &mut HashMap<Key<'a>, usize>,
+        key: Key<'a>,
     ) -> usize {
         *index.entry(key).or_insert_with(|| {
             keys.push(key);
