@@ -6,7 +6,8 @@
 //! side, the backend's executor start-up) are most of its price: the read
 //! itself is four index lookups. Here the reads that are waiting at the same
 //! moment go to the database as one statement over arrays (`unnest … WITH
-//! ORDINALITY`), and each caller gets its own row back.
+//! ORDINALITY`) that reads each (user, organization) among them once, and
+//! each caller gets its own answer back.
 //!
 //! Why this still answers from current state (R16): a request is only ever
 //! answered by a statement that started after the request was queued, so a
