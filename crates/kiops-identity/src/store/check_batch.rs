@@ -67,7 +67,7 @@ const BATCH_SQL: &str = "SELECT q.i, u.email, u.status, u.platform_admin, m.role
 
 /// One key's row of `BATCH_SQL`: an account that exists, and its
 /// membership in the key's organization (`None`, `None` outside it).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct KeyFacts {
     email: String,
     status: String,
@@ -311,13 +311,11 @@ async fn read(
             permissions: row.try_get(5)?,
         });
     }
+    let facts_of = |k: usize| facts.get(k).and_then(Option::as_ref);
     Ok(batch
         .iter()
         .zip(checks)
-        .map(|(p, (caller, subject))| {
-            let facts_of = |k: usize| facts.get(k).and_then(Option::as_ref);
-            assemble(&p.subject_id, facts_of(caller), facts_of(subject))
-        })
+        .map(|(p, (caller, subject))| assemble(&p.subject_id, facts_of(caller), facts_of(subject)))
         .collect())
 }
 
