@@ -49,10 +49,28 @@ impl Credentials {
 
 struct Tokens {
     access: String,
+    /// `Bearer <access>`, built once per token rather than per call (each
+    /// call then clones a reference count), and marked sensitive so HPACK
+    /// sends it as never-indexed and no proxy keeps it in a table.
+    authorization: http::HeaderValue,
     refresh: String,
     /// When to refresh: ahead of expiry, so a call never leaves with a
     /// token that expires in flight.
     renew_at: Instant,
+}
+
+impl Tokens {
+    fn new(access: String, refresh: String, expires_in: i64) -> Result<Self, Status> {
+        let mut authorization = http::HeaderValue::try_from(format!("Bearer {access}"))
+            .map_err(|_| Status::internal("access token is not a header value"))?;
+        authorization.set_sensitive(true);
+        Ok(Self {
+            access,
+            authorization,
+            refresh,
+            renew_at: Instant::now() + renew_after(expires_in),
+        })
+    }
 }
 
 /// Refresh when 80% of the lifetime has passed, and never later than a
@@ -92,25 +110,31 @@ impl Session {
             })
             .await?
             .into_inner();
-        Ok(Tokens {
-            access: r.access_token,
-            refresh: r.refresh_token,
-            renew_at: Instant::now() + renew_after(r.expires_in),
-        })
+        Tokens::new(r.access_token, r.refresh_token, r.expires_in)
     }
 
-    /// The access token to send now. Readers share the lock; one caller
-    /// refreshes while the others wait for its result.
+    /// The access token to send now.
     pub(crate) async fn access_token(&self) -> Result<String, Status> {
+        self.current(|t| t.access.clone()).await
+    }
+
+    /// The `authorization` header to send now.
+    pub(crate) async fn authorization(&self) -> Result<http::HeaderValue, Status> {
+        self.current(|t| t.authorization.clone()).await
+    }
+
+    /// `pick` of the tokens to send now. Readers share the lock; one caller
+    /// refreshes while the others wait for its result.
+    async fn current<T>(&self, pick: impl Fn(&Tokens) -> T) -> Result<T, Status> {
         {
             let t = self.tokens.read().await;
             if Instant::now() < t.renew_at {
-                return Ok(t.access.clone());
+                return Ok(pick(&t));
             }
         }
         let mut t = self.tokens.write().await;
         if Instant::now() < t.renew_at {
-            return Ok(t.access.clone());
+            return Ok(pick(&t));
         }
         let mut auth = self.auth.clone();
         let refreshed = auth
@@ -122,11 +146,7 @@ impl Session {
         *t = match refreshed {
             Ok(r) => {
                 let r = r.into_inner();
-                Tokens {
-                    access: r.access_token,
-                    refresh: r.refresh_token,
-                    renew_at: Instant::now() + renew_after(r.expires_in),
-                }
+                Tokens::new(r.access_token, r.refresh_token, r.expires_in)?
             }
             // The session ended (logout elsewhere, password change, absolute
             // lifetime): sign in again with the same credentials.
@@ -135,7 +155,7 @@ impl Session {
             }
             Err(s) => return Err(s),
         };
-        Ok(t.access.clone())
+        Ok(pick(&t))
     }
 
     pub(crate) async fn refresh_token(&self) -> String {
@@ -181,12 +201,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for AuthChannel {
         let session = self.session.clone();
         Box::pin(async move {
             // A Status returned as the error reaches the caller unchanged.
-            let token = session
-                .access_token()
+            let value = session
+                .authorization()
                 .await
                 .map_err(|s| Box::new(s) as BoxError)?;
-            let value = http::HeaderValue::try_from(format!("Bearer {token}"))
-                .map_err(|_| Box::new(Status::internal("access token is not a header value")))?;
             req.headers_mut().insert(http::header::AUTHORIZATION, value);
             tower::Service::call(&mut inner, req)
                 .await
@@ -205,6 +223,16 @@ mod tests {
         assert_eq!(renew_after(3600), Duration::from_secs(3540));
         assert_eq!(renew_after(5), Duration::from_secs(4));
         assert!(renew_after(0) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn authorization_is_built_once_and_sensitive() {
+        let t = Tokens::new("a.b.c".into(), "r".into(), 300).expect("a header value");
+        assert_eq!(t.authorization, "Bearer a.b.c");
+        assert!(t.authorization.is_sensitive());
+        // A token that cannot travel in a header fails at sign-in, not at
+        // every later call.
+        assert!(Tokens::new("a\nb".into(), "r".into(), 300).is_err());
     }
 
     #[test]
