@@ -30,10 +30,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 // One worker, so one statement in flight: while it runs, the next batch
-// gathers, and the larger the batch the less each read costs. Measured on
-// two cores with PostgreSQL beside the server (BENCHMARKS.md): one worker
-// gave 19,000–21,000 checks/s, two 12,500–17,300, four 8,100 (smaller
-// batches, the same fixed cost per statement). At 128 reads a statement and
+// gathers, and the larger the batch the less each read costs. On two cores
+// with PostgreSQL beside the server, two or four workers were slower than
+// one when first measured (smaller batches, the same fixed cost per
+// statement) and no faster after the per-key deduplication (BENCHMARKS.md,
+// "Before and after" and "Tried and dropped"). At 128 reads a statement and
 // about a millisecond a statement, one worker carries ~100,000 checks a
 // second, far beyond what one replica's gRPC stack can take in.
 /// A statement that takes longer fails its batch as UNAVAILABLE instead of
