@@ -628,6 +628,8 @@ async fn json_logs_carry_the_request_id(backend: Backend) {
     assert_eq!(v["fields"]["code"], "OK");
     assert_eq!(v["span"]["request_id"], "trace-me-42");
     assert_eq!(v["span"]["method"], "/kiops.identity.v1.UserService/GetMe");
+    // The exporter's fields only where there is an exporter.
+    assert!(v["span"].get("otel.name").is_none(), "{line}");
     // Every line is JSON.
     for l in server.logs().lines() {
         serde_json::from_str::<serde_json::Value>(l)

@@ -54,14 +54,20 @@ where
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         };
         req.headers_mut().insert(HEADER, id.clone());
-        let span = tracing::info_span!(
-            "rpc",
-            method = %req.uri().path(),
-            request_id = %id.to_str().unwrap_or_default(),
-            // Read by the OpenTelemetry layer when traces are exported.
-            otel.name = %req.uri().path(),
-            otel.kind = "server",
-        );
+        let method = req.uri().path();
+        let request_id = id.to_str().unwrap_or_default();
+        let span = if crate::telemetry::exporting() {
+            tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = %request_id,
+                // Read by the OpenTelemetry layer.
+                otel.name = %method,
+                otel.kind = "server",
+            )
+        } else {
+            tracing::info_span!("rpc", method = %method, request_id = %request_id)
+        };
         if req.headers().contains_key("traceparent") {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(crate::telemetry::parent_context(req.headers()));

@@ -15,6 +15,17 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 const DEFAULT_FILTER: &str = "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn";
 
+/// Whether spans leave the process: only then does the `rpc` span carry the
+/// `otel.*` fields the exporter reads. Without an exporter they would be
+/// formatted into every request's span, and printed in every log line of
+/// it, for nobody.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// See `EXPORTING`.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Keeps the trace exporter alive; `shutdown` flushes what is buffered.
 #[derive(Default)]
 pub struct Telemetry {
@@ -83,6 +94,7 @@ pub fn init(format: LogFormat, otlp: Option<(&str, &str)>) -> anyhow::Result<Tel
         .try_init()
         .context("installing the log subscriber")?;
     if let Some((endpoint, _)) = otlp {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(endpoint = %traces_url(endpoint), "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry { provider })
