@@ -78,7 +78,6 @@ fn sqlite_without_memory_statistics() {
 /// (BENCHMARKS.md). mimalloc saved a little more CPU but kept pages
 /// per thread: with a dozen sqlx SQLite worker threads it held 20–30 MiB
 /// more, 146 MiB after two benchmark rounds against the 150 MB target.
-/// SQLite's own allocations still come from glibc (`limit_malloc_arenas`).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

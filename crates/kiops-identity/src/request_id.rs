@@ -57,21 +57,23 @@ where
         let method = req.uri().path();
         let request_id = id.to_str().unwrap_or_default();
         let span = if crate::telemetry::exporting() {
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "rpc",
                 method = %method,
                 request_id = %request_id,
                 // Read by the OpenTelemetry layer.
                 otel.name = %method,
                 otel.kind = "server",
-            )
+            );
+            // The caller's trace, continued in the exported one.
+            if req.headers().contains_key("traceparent") {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let _ = span.set_parent(crate::telemetry::parent_context(req.headers()));
+            }
+            span
         } else {
             tracing::info_span!("rpc", method = %method, request_id = %request_id)
         };
-        if req.headers().contains_key("traceparent") {
-            use tracing_opentelemetry::OpenTelemetrySpanExt;
-            let _ = span.set_parent(crate::telemetry::parent_context(req.headers()));
-        }
         let fut = self.inner.call(req);
         Box::pin(
             async move {
