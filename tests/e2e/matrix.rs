@@ -79,6 +79,8 @@ struct Env {
     ch: Channel,
     admin: String,
     expired: String,
+    /// A PlatformAdmin's unexpired token whose session was logged out.
+    revoked: String,
     users: BTreeMap<&'static str, User>,
     /// The organization `other-mgr` manages.
     other_org: String,
@@ -160,6 +162,20 @@ impl Env {
             )
             .expect("issue")
             .token;
+        let revoked = {
+            let pair = s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect("login");
+            s.auth()
+                .await
+                .logout(authed(
+                    LogoutRequest {
+                        refresh_token: pair.refresh_token,
+                    },
+                    &pair.access_token,
+                ))
+                .await
+                .expect("logout");
+            pair.access_token
+        };
         let ch = s.channel().await;
         let mut users = BTreeMap::new();
         for kind in CALLERS.iter().skip(3) {
@@ -212,6 +228,7 @@ impl Env {
             ch,
             admin,
             expired,
+            revoked,
             users,
             other_org,
             target,
@@ -1077,6 +1094,26 @@ async fn every_rpc_for_every_caller_matches_the_table(backend: Backend) {
             actual.push(got);
         }
         actual_table.push_str(&format!("| `{rpc}` | {} |\n", actual.join(" | ")));
+        // The `revoked` caller is not a column: it must answer exactly as
+        // `expired` does, and say why when it is refused.
+        let w = env.world(rpc).await;
+        let got = match env.call(rpc, &w, Some(&env.revoked)).await {
+            Ok(()) => "OK",
+            Err(s) => {
+                assert_ne!(s.code(), Code::Internal, "{rpc} as revoked: {s:?}");
+                if s.code() == Code::Unauthenticated {
+                    assert_eq!(reason(&s), "SESSION_REVOKED", "{rpc} as revoked: {s:?}");
+                }
+                code_label(s.code())
+            }
+        };
+        cells += 1;
+        if got != expected[2] {
+            mismatches.push(format!(
+                "{rpc} as revoked: expected {} (as expired), got {got}",
+                expected[2]
+            ));
+        }
     }
     assert!(
         mismatches.is_empty(),
@@ -1087,7 +1124,7 @@ async fn every_rpc_for_every_caller_matches_the_table(backend: Backend) {
     println!(
         "isolation matrix ({backend:?}): {} RPC rows × {} callers = {cells} cells as stated",
         rows.len(),
-        CALLERS.len()
+        CALLERS.len() + 1
     );
     drop(env.sink);
 }

@@ -34,6 +34,8 @@ pub struct AppInner {
     /// Highest revocation event id seen in the database (by a poller), so
     /// WatchRevocations streams wake up for events written by any replica.
     pub revocation_tip: tokio::sync::watch::Sender<i64>,
+    /// Open streams: load permits, per-caller slots.
+    pub streams: Arc<crate::api::streams::StreamLimits>,
 }
 
 #[derive(Debug, Clone)]

@@ -81,6 +81,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 mail_wakeup: Default::default(),
                 revocation_tip: tokio::sync::watch::channel(0).0,
+                streams: crate::api::streams::StreamLimits::new(
+                    std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+                    1,
+                    1,
+                ),
                 throttle: crate::auth::throttle::Throttle::new(
                     crate::auth::throttle::Limit { per_minute: 60 },
                     crate::auth::throttle::Limit { per_minute: 60 },

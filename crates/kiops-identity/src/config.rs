@@ -248,6 +248,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KIOPS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
 
+    /// WatchRevocations streams one caller may hold open at once (each
+    /// replica of a downstream service holds one). Open streams also count
+    /// against --max-concurrent-requests.
+    #[arg(long, env = "KIOPS_MAX_WATCHES_PER_CALLER", default_value_t = 16)]
+    pub max_watches_per_caller: usize,
+
+    /// ExportAuditEvents streams one caller may run at once.
+    #[arg(long, env = "KIOPS_MAX_EXPORTS_PER_CALLER", default_value_t = 2)]
+    pub max_exports_per_caller: usize,
+
     /// Seconds a gRPC call may run before it is cancelled (DEADLINE_EXCEEDED);
     /// a shorter client deadline wins.
     #[arg(long, env = "KIOPS_REQUEST_TIMEOUT", default_value_t = 30)]

@@ -18,11 +18,10 @@ pub struct ShedLayer {
 }
 
 impl ShedLayer {
-    pub fn new(max_in_flight: usize, metrics: Metrics) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
-            metrics,
-        }
+    /// `permits` is shared with the streams (`api::streams`), which hold
+    /// one each for as long as they are open.
+    pub fn new(permits: Arc<Semaphore>, metrics: Metrics) -> Self {
+        Self { permits, metrics }
     }
 }
 
@@ -88,8 +87,8 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
-            // Held until the handler has answered (for the streaming RPC,
-            // until its stream starts: a watcher is not a call in flight).
+            // Held until the handler has answered; a stream takes a permit
+            // of its own for its life (`api::streams`).
             drop(permit);
             res
         })

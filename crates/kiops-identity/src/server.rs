@@ -1,5 +1,6 @@
 //! `kiops-identity serve`: wiring, listeners and graceful shutdown.
 
+use crate::api::streams::StreamLimits;
 use crate::api::Services;
 use crate::app::{App, AppInner, Settings};
 use crate::auth::password::PasswordHasher;
@@ -14,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::overload::ShedLayer;
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -102,6 +104,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
 
+    // Calls in flight and open streams share one limit (`overload`).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        args.max_concurrent_requests.max(1),
+    ));
     let app = App::new(AppInner {
         store,
         clock,
@@ -121,6 +127,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         mail_wakeup: Default::default(),
         revocation_tip: tokio::sync::watch::channel(0).0,
+        streams: StreamLimits::new(
+            in_flight.clone(),
+            args.max_watches_per_caller,
+            args.max_exports_per_caller,
+        ),
         throttle: Throttle::new(
             Limit {
                 per_minute: args.login_rate_per_peer,
@@ -183,8 +194,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mail_task = tokio::spawn(sender::run(app.clone(), transport, shutdown_rx.clone()));
     {
-        // Revocations may be written by any replica: poll the tip. The same
-        // query tells whether the database answers, which the overall gRPC
+        // Revocations may be written by any replica: number what has
+        // committed (`revocations::sequence`) and poll the tip. The same
+        // queries tell whether the database answers, which the overall gRPC
         // health status ("", what readiness probes ask) follows.
         let app = app.clone();
         let health = health_reporter.clone();
@@ -192,10 +204,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut db_up = true;
             loop {
-                let polled = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    crate::store::revocations::latest_id(app.store.conn()),
-                )
+                let polled = tokio::time::timeout(Duration::from_secs(2), async {
+                    crate::store::revocations::sequence(&app.store).await?;
+                    crate::store::revocations::latest_seq(app.store.conn()).await
+                })
                 .await;
                 let up = match polled {
                     Ok(Ok(id)) => {
@@ -256,10 +268,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tower::ServiceBuilder::new()
                 .layer(crate::request_id::RequestIdLayer)
                 .layer(GrpcMetricsLayer::new(app.metrics.clone()))
-                .layer(ShedLayer::new(
-                    args.max_concurrent_requests,
-                    app.metrics.clone(),
-                )),
+                .layer(ShedLayer::new(in_flight, app.metrics.clone())),
         )
         .add_service(health_service)
         .add_service(reflection_v1)

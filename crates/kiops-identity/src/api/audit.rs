@@ -3,6 +3,7 @@
 //! events. No RPC edits or deletes an event.
 
 use super::convert::timestamp;
+use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::domain::error::{reason, Violations};
 use crate::domain::model::effective_permissions;
@@ -122,7 +123,11 @@ impl App {
     /// R19 visibility: everything for a PlatformAdmin; one organization for a
     /// holder of its `audit` permission (Managers have it); NOT_FOUND outside
     /// one's organizations (R4).
-    async fn authorize_audit(&self, caller: &Caller, org: Option<&str>) -> Result<(), DomainError> {
+    pub(crate) async fn authorize_audit(
+        &self,
+        caller: &Caller,
+        org: Option<&str>,
+    ) -> Result<(), DomainError> {
         if caller.platform_admin {
             return Ok(());
         }
@@ -286,7 +291,9 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<BoxStream<ExportAuditEventsResponse>>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let claims = self.app.verify_bearer(&request)?;
+        let caller = self.app.current_caller(claims.clone()).await?;
+        let r = request.into_inner();
         let mut v = Violations::new();
         let f = filter(
             &mut v,
@@ -309,69 +316,71 @@ impl AuditService for AuditApi {
             }
         };
         v.into_result()?;
-        self.app
-            .authorize_audit(&caller, f.organization_id.as_deref())
-            .await?;
-
+        let right = StreamRight::Audit {
+            organization: f.organization_id.clone(),
+        };
+        self.app.authorize_stream(&caller, &right).await?;
+        let slot = self.app.streams.open(StreamKind::AuditExport, &caller)?;
+        let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportAuditEventsResponse, Status>>(4);
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            let mut buf = String::with_capacity(CHUNK_BYTES + 4096);
-            if csv {
-                buf.push_str(CSV_HEADER);
-            }
-            let mut after: Option<(i64, String)> = None;
-            loop {
-                let batch = match audit_store::list(
-                    app.store.conn(),
-                    &f,
-                    after.clone(),
-                    EXPORT_BATCH,
-                    false,
-                )
-                .await
-                {
-                    Ok((rows, _)) => rows,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                let done = (batch.len() as u64) < EXPORT_BATCH;
-                after = batch.last().map(|l| (l.occurred_at, l.id.clone()));
-                for e in &batch {
-                    if csv {
-                        write_csv(&mut buf, e);
-                    } else {
-                        write_json_line(&mut buf, e);
-                    }
-                    if buf.len() >= CHUNK_BYTES {
-                        let chunk =
-                            std::mem::replace(&mut buf, String::with_capacity(CHUNK_BYTES + 4096));
-                        if tx
-                            .send(Ok(ExportAuditEventsResponse {
-                                chunk: chunk.into_bytes(),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                if done {
-                    break;
-                }
-            }
-            if !buf.is_empty() {
-                let _ = tx
-                    .send(Ok(ExportAuditEventsResponse {
-                        chunk: buf.into_bytes(),
-                    }))
-                    .await;
-            }
-        });
+        tokio::spawn(export(
+            self.app.clone(),
+            GuardedSender::new(tx, guard),
+            f,
+            csv,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// An export's task: reads the selection in keyset batches and sends it in
+/// chunks, re-checking the caller's right as it goes.
+async fn export(
+    app: App,
+    mut out: GuardedSender<ExportAuditEventsResponse>,
+    f: AuditFilter,
+    csv: bool,
+) {
+    let mut buf = String::with_capacity(CHUNK_BYTES + 4096);
+    if csv {
+        buf.push_str(CSV_HEADER);
+    }
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let batch =
+            match audit_store::list(app.store.conn(), &f, after.clone(), EXPORT_BATCH, false).await
+            {
+                Ok((rows, _)) => rows,
+                Err(e) => return out.fail(e).await,
+            };
+        let done = (batch.len() as u64) < EXPORT_BATCH;
+        after = batch.last().map(|l| (l.occurred_at, l.id.clone()));
+        for e in &batch {
+            if csv {
+                write_csv(&mut buf, e);
+            } else {
+                write_json_line(&mut buf, e);
+            }
+            if buf.len() >= CHUNK_BYTES {
+                let chunk = std::mem::replace(&mut buf, String::with_capacity(CHUNK_BYTES + 4096));
+                let msg = ExportAuditEventsResponse {
+                    chunk: chunk.into_bytes(),
+                };
+                if out.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    if !buf.is_empty() {
+        let _ = out
+            .send(ExportAuditEventsResponse {
+                chunk: buf.into_bytes(),
+            })
+            .await;
     }
 }
 

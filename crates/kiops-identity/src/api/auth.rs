@@ -1,6 +1,7 @@
 //! `AuthService`: login, refresh, logout, JWKS.
 
 use super::context::request_meta;
+use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::error::{reason, Violations};
@@ -405,6 +406,51 @@ impl App {
     }
 }
 
+/// A WatchRevocations stream's task: sends every event after `last` in
+/// commit order, then waits for the tip to move (any replica's writes), until
+/// the client goes or the caller loses the right.
+async fn follow_revocations(
+    app: App,
+    mut out: GuardedSender<WatchRevocationsResponse>,
+    mut last: i64,
+) {
+    let mut tip = app.revocation_tip.subscribe();
+    loop {
+        let rows = match crate::store::revocations::after(app.store.conn(), last, 500).await {
+            Ok(rows) => rows,
+            Err(e) => return out.fail(e).await,
+        };
+        if rows.is_empty() {
+            if out
+                .idle(std::time::Duration::from_secs(1), tip.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        for row in rows {
+            last = row.seq.unwrap_or(last);
+            let event = RevocationEvent {
+                event_id: last.to_string(),
+                user_id: row.user_id,
+                organization_id: row.organization_id.unwrap_or_default(),
+                revoke_time: Some(super::convert::timestamp(row.revoked_at)),
+                reason: row.reason,
+                session_id: row.session_id.unwrap_or_default(),
+            };
+            if out
+                .send(WatchRevocationsResponse { event: Some(event) })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 fn pair_to_login(p: TokenPair) -> LoginResponse {
     LoginResponse {
         access_token: p.access_token,
@@ -698,11 +744,13 @@ impl AuthService for AuthApi {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchRevocationsResponse>>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
-        crate::domain::access::require_platform_admin(&caller)?;
-        let conn = self.app.store.conn();
+        let claims = self.app.verify_bearer(&request)?;
+        let caller = self.app.current_caller(claims.clone()).await?;
+        let right = StreamRight::PlatformAdmin;
+        self.app.authorize_stream(&caller, &right).await?;
+        let r = request.into_inner();
         let start = if r.after_event_id.is_empty() {
-            crate::store::revocations::latest_id(conn).await?
+            crate::store::revocations::latest_seq(self.app.store.conn()).await?
         } else {
             r.after_event_id
                 .parse::<i64>()
@@ -712,47 +760,14 @@ impl AuthService for AuthApi {
                     DomainError::invalid("after_event_id", "must be an event id from this stream")
                 })?
         };
+        let slot = self.app.streams.open(StreamKind::Revocations, &caller)?;
+        let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchRevocationsResponse, Status>>(64);
-        let app = self.app.clone();
-        let mut tip = app.revocation_tip.subscribe();
-        tokio::spawn(async move {
-            let mut last = start;
-            loop {
-                match crate::store::revocations::after(app.store.conn(), last, 500).await {
-                    Ok(rows) if !rows.is_empty() => {
-                        for row in rows {
-                            last = row.id;
-                            let event = RevocationEvent {
-                                event_id: row.id.to_string(),
-                                user_id: row.user_id,
-                                organization_id: row.organization_id.unwrap_or_default(),
-                                revoke_time: Some(super::convert::timestamp(row.revoked_at)),
-                                reason: row.reason,
-                                session_id: row.session_id.unwrap_or_default(),
-                            };
-                            if tx
-                                .send(Ok(WatchRevocationsResponse { event: Some(event) }))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(_) => {
-                        tokio::select! {
-                            _ = tip.changed() => {}
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                            _ = tx.closed() => return,
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(follow_revocations(
+            self.app.clone(),
+            GuardedSender::new(tx, guard),
+            start,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

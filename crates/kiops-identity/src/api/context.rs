@@ -2,9 +2,10 @@
 
 use crate::app::App;
 use crate::domain::error::reason;
+use crate::domain::model::StoredStatus;
 use crate::domain::{Caller, DomainError};
 use crate::store::audit::{Actor, RequestMeta};
-use crate::store::users;
+use crate::store::callers::{self, CallerRow};
 use tonic::Request;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -79,15 +80,19 @@ impl App {
     /// one, not the one in the token.
     pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, DomainError> {
         let claims = self.verify_bearer(req)?;
-        let user = users::find_by_id(self.store.conn(), &claims.sub).await?;
-        current_caller(
-            claims,
-            user.map(|u| CallerRow {
-                email: u.email,
-                status: u.status,
-                platform_admin: u.platform_admin,
-            }),
+        self.current_caller(claims).await
+    }
+
+    /// The second half of `authenticate`: the caller of verified `claims`
+    /// from current state (account and session, one read).
+    pub async fn current_caller(&self, claims: kiops_token::Claims) -> Result<Caller, DomainError> {
+        let row = callers::caller_row(
+            self.store.conn(),
+            &claims.sub,
+            claims.sid.as_deref().unwrap_or_default(),
         )
+        .await?;
+        current_caller(claims, row, self.clock.now_ms())
     }
 
     /// The first half of `authenticate` (no database): the token's claims.
@@ -104,25 +109,25 @@ impl App {
     }
 }
 
-/// The caller's current account state, however it was read.
-pub struct CallerRow {
-    pub email: String,
-    pub status: String,
-    pub platform_admin: bool,
-}
-
 /// The second half of `authenticate`: a deleted account's token is invalid,
-/// a deactivated one is refused, and the PlatformAdmin flag is the current
-/// one, not the one in the token.
+/// a deactivated one is refused, a token of an ended session is refused, and
+/// the PlatformAdmin flag is the current one, not the one in the token.
 pub fn current_caller(
     claims: kiops_token::Claims,
     row: Option<CallerRow>,
+    now_ms: i64,
 ) -> Result<Caller, DomainError> {
     let row = row.ok_or_else(invalid_token)?;
-    if row.status == "inactive" {
+    if StoredStatus::parse(&row.status) == StoredStatus::Inactive {
         return Err(DomainError::unauthenticated(
             reason::ACCOUNT_DISABLED,
             "this account is deactivated",
+        ));
+    }
+    if !row.session.is_live(now_ms) {
+        return Err(DomainError::unauthenticated(
+            reason::SESSION_REVOKED,
+            "the session of this access token has ended; sign in again",
         ));
     }
     Ok(Caller {

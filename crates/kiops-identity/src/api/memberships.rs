@@ -7,7 +7,7 @@
 //! the audit event. So two Managers demoting each other at once are
 //! serialized, and the second sees the first's result (R5).
 
-use super::context::{current_caller, CallerRow};
+use super::context::current_caller;
 use super::{convert, parse};
 use crate::app::App;
 use crate::domain::error::Violations;
@@ -15,6 +15,7 @@ use crate::domain::model::{effective_permissions, Role, StoredStatus};
 use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError};
 use crate::store::audit::RequestMeta;
+use crate::store::callers::CallerRow;
 use crate::store::memberships::{self, parse_role, MemberQuery, Membership};
 use crate::store::{db_err, organizations, templates, users};
 use kiops_proto::v1::membership_service_server::MembershipService;
@@ -340,7 +341,11 @@ impl App {
         let org = v.take(validate::id("organization_id", &r.organization_id));
         let user = v.take(validate::id("user_id", &r.user_id));
         let perm = v.take(parse::permission("permission", r.permission).map(Some));
-        let facts = self.store.check_facts(&claims.sub, &user, &org).await?;
+        let session = claims.sid.clone().unwrap_or_default();
+        let facts = self
+            .store
+            .check_facts(&claims.sub, &session, &user, &org)
+            .await?;
         let caller_role = facts
             .as_ref()
             .and_then(|f| f.caller_role.as_deref())
@@ -351,7 +356,9 @@ impl App {
                 email: f.caller_email.clone(),
                 status: f.caller_status.clone(),
                 platform_admin: f.caller_platform_admin,
+                session: f.caller_session(),
             }),
+            self.clock.now_ms(),
         )?;
         v.into_result()?;
         let (Some(perm), Some(facts)) = (perm, facts) else {

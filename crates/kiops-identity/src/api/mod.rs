@@ -12,6 +12,7 @@ pub mod memberships;
 pub mod organizations;
 pub mod parse;
 pub mod status;
+pub mod streams;
 pub mod users;
 
 use crate::app::App;

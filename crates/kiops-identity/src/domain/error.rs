@@ -39,6 +39,9 @@ pub mod reason {
     pub const INVALID_REFRESH_TOKEN: &str = "INVALID_REFRESH_TOKEN";
     pub const REFRESH_TOKEN_REUSED: &str = "REFRESH_TOKEN_REUSED";
     pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
+    pub const SESSION_REVOKED: &str = "SESSION_REVOKED";
+    pub const OVERLOADED: &str = "OVERLOADED";
+    pub const TOO_MANY_STREAMS: &str = "TOO_MANY_STREAMS";
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
     pub const PLATFORM_ADMIN_REQUIRED: &str = "PLATFORM_ADMIN_REQUIRED";
     pub const MANAGER_REQUIRED: &str = "MANAGER_REQUIRED";
@@ -102,6 +105,12 @@ pub enum DomainError {
         message: String,
         retry_after_secs: u64,
     },
+    /// A capacity limit (not a rate): retry later or elsewhere.
+    #[error("{message}")]
+    Exhausted {
+        reason: &'static str,
+        message: String,
+    },
     /// A write lost a race it may win when retried (serialization failure).
     #[error("the request conflicted with a concurrent change; retry")]
     Aborted,
@@ -150,6 +159,13 @@ impl DomainError {
 
     pub fn exists(reason: &'static str, message: impl Into<String>) -> Self {
         DomainError::AlreadyExists {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn exhausted(reason: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Exhausted {
             reason,
             message: message.into(),
         }

@@ -13,6 +13,31 @@ pub struct Caller {
     pub session_id: Option<String>,
 }
 
+/// The login session an access token names, as stored now. A token is only
+/// as good as its session: logout, a password change or reset, refresh-token
+/// reuse and an administrator all end sessions, and the access tokens
+/// already issued to them must stop working at once, here as downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionState {
+    /// Whether the session exists and belongs to the token's subject.
+    pub found: bool,
+    pub revoked_at_ms: Option<i64>,
+    pub expires_at_ms: Option<i64>,
+}
+
+impl SessionState {
+    pub const MISSING: SessionState = SessionState {
+        found: false,
+        revoked_at_ms: None,
+        expires_at_ms: None,
+    };
+
+    /// Live: found, never revoked, and not past its absolute lifetime.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.found && self.revoked_at_ms.is_none() && self.expires_at_ms.is_some_and(|t| t > now_ms)
+    }
+}
+
 /// Account status as stored. LOCKED is derived from `locked_until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredStatus {
@@ -85,6 +110,23 @@ pub fn effective_permissions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_found_unrevoked_unexpired_session_is_live() {
+        let live = SessionState {
+            found: true,
+            revoked_at_ms: None,
+            expires_at_ms: Some(100),
+        };
+        assert!(live.is_live(99));
+        assert!(!live.is_live(100));
+        assert!(!SessionState {
+            revoked_at_ms: Some(50),
+            ..live
+        }
+        .is_live(10));
+        assert!(!SessionState::MISSING.is_live(0));
+    }
 
     #[test]
     fn status_derivation() {

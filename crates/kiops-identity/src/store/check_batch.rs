@@ -61,10 +61,16 @@ const QUEUE: usize = 4096;
 /// `memberships (organization_id, user_id, role, permissions)`. One
 /// statement, one snapshot: a check's caller and subject are read at the
 /// same moment, as in `memberships::check_facts`.
-const BATCH_SQL: &str = "SELECT q.i, u.email, u.status, u.platform_admin, m.role, m.permissions \
-     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(user_id, org_id, i) \
+///
+/// A caller's key also names the session of its token (a subject's names
+/// none, ''), read from the covering index of migration 5 in the same
+/// statement: a token of an ended session is refused here as on every RPC.
+const BATCH_SQL: &str = "SELECT q.i, u.email, u.status, u.platform_admin, m.role, m.permissions, \
+     s.id, s.revoked_at, s.expires_at \
+     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(user_id, org_id, sid, i) \
      JOIN users u ON u.id = q.user_id \
-     LEFT JOIN memberships m ON (m.organization_id, m.user_id) = (q.org_id, q.user_id)";
+     LEFT JOIN memberships m ON (m.organization_id, m.user_id) = (q.org_id, q.user_id) \
+     LEFT JOIN sessions s ON s.id = q.sid AND s.user_id = q.user_id";
 
 /// One key's row of `BATCH_SQL`: an account that exists, and its
 /// membership in the key's organization (`None`, `None` outside it).
@@ -75,10 +81,14 @@ struct KeyFacts {
     platform_admin: bool,
     role: Option<String>,
     permissions: Option<i32>,
+    session_id: Option<String>,
+    session_revoked_at: Option<i64>,
+    session_expires_at: Option<i64>,
 }
 
-/// A user's id and an organization's: one row of `BATCH_SQL`.
-type Key<'a> = (&'a str, &'a str);
+/// A user's id, an organization's and a session's ('' for a subject): one
+/// row of `BATCH_SQL`.
+type Key<'a> = (&'a str, &'a str, &'a str);
 
 /// The batch's distinct keys, and for each check the positions of its
 /// caller's and its subject's key among them.
@@ -97,8 +107,12 @@ fn distinct_keys(batch: &[Pending]) -> (Vec<Key<'_>>, Vec<(usize, usize)>) {
     let mut index = HashMap::with_capacity(batch.len() + 1);
     let mut checks = Vec::with_capacity(batch.len());
     for p in batch {
-        let caller = position(&mut keys, &mut index, (&p.caller_id, &p.org));
-        let subject = position(&mut keys, &mut index, (&p.subject_id, &p.org));
+        let caller = position(
+            &mut keys,
+            &mut index,
+            (&p.caller_id, &p.org, &p.caller_session),
+        );
+        let subject = position(&mut keys, &mut index, (&p.subject_id, &p.org, ""));
         checks.push((caller, subject));
     }
     (keys, checks)
@@ -123,6 +137,9 @@ fn assemble(
         subject_platform_admin: subject.map(|s| s.platform_admin),
         subject_role: subject.and_then(|s| s.role.clone()),
         subject_permissions: subject.and_then(|s| s.permissions),
+        caller_session_id: caller.session_id.clone(),
+        caller_session_revoked_at: caller.session_revoked_at,
+        caller_session_expires_at: caller.session_expires_at,
     })
 }
 
@@ -130,6 +147,7 @@ type Reply = Result<Option<CheckFacts>, Arc<sqlx::Error>>;
 
 struct Pending {
     caller_id: String,
+    caller_session: String,
     subject_id: String,
     org: String,
     reply: oneshot::Sender<Reply>,
@@ -179,12 +197,14 @@ impl CheckBatcher {
     pub async fn check_facts(
         &self,
         caller_id: &str,
+        caller_session: &str,
         subject_id: &str,
         org: &str,
     ) -> Result<Option<CheckFacts>, DomainError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             caller_id: caller_id.to_string(),
+            caller_session: caller_session.to_string(),
             subject_id: subject_id.to_string(),
             org: org.to_string(),
             reply,
@@ -289,9 +309,11 @@ async fn read(
     let (keys, checks) = distinct_keys(batch);
     let users: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let orgs: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let sessions: Vec<&str> = keys.iter().map(|k| k.2).collect();
     let rows = sqlx::query(BATCH_SQL)
         .bind(users)
         .bind(orgs)
+        .bind(sessions)
         .fetch_all(conn)
         .await?;
     let mut facts: Vec<Option<KeyFacts>> = vec![None; keys.len()];
@@ -310,6 +332,9 @@ async fn read(
             platform_admin: row.try_get(3)?,
             role: row.try_get(4)?,
             permissions: row.try_get(5)?,
+            session_id: row.try_get(6)?,
+            session_revoked_at: row.try_get(7)?,
+            session_expires_at: row.try_get(8)?,
         });
     }
     let facts_of = |k: usize| facts.get(k).and_then(Option::as_ref);
@@ -327,6 +352,7 @@ mod tests {
     fn pending(caller: &str, subject: &str, org: &str) -> Pending {
         Pending {
             caller_id: caller.into(),
+            caller_session: format!("{caller}-session"),
             subject_id: subject.into(),
             org: org.into(),
             reply: oneshot::channel().0,
@@ -334,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn each_user_and_organization_is_read_once_per_batch() {
+    fn each_key_is_read_once_per_batch() {
         let batch = [
             pending("svc", "a", "o1"),
             pending("svc", "b", "o1"),
@@ -346,18 +372,29 @@ mod tests {
         assert_eq!(
             keys,
             [
-                ("svc", "o1"),
-                ("a", "o1"),
-                ("b", "o1"),
-                ("svc", "o2"),
-                ("a", "o2")
+                ("svc", "o1", "svc-session"),
+                ("a", "o1", ""),
+                ("b", "o1", ""),
+                ("a", "o1", "a-session"),
+                ("svc", "o2", "svc-session"),
+                ("a", "o2", ""),
+                ("b", "o1", "b-session"),
+                ("svc", "o1", ""),
             ]
         );
-        assert_eq!(checks, [(0, 1), (0, 2), (1, 1), (3, 4), (2, 0)]);
-        // Every check's two keys are the ones it asked about.
+        assert_eq!(checks, [(0, 1), (0, 2), (3, 1), (4, 5), (6, 7)]);
+        // Every check's two keys are the ones it asked about: the caller's
+        // with its session, the subject's with none.
         for (p, (c, s)) in batch.iter().zip(&checks) {
-            assert_eq!(keys[*c], (p.caller_id.as_str(), p.org.as_str()));
-            assert_eq!(keys[*s], (p.subject_id.as_str(), p.org.as_str()));
+            assert_eq!(
+                keys[*c],
+                (
+                    p.caller_id.as_str(),
+                    p.org.as_str(),
+                    p.caller_session.as_str()
+                )
+            );
+            assert_eq!(keys[*s], (p.subject_id.as_str(), p.org.as_str(), ""));
         }
     }
 
@@ -368,6 +405,9 @@ mod tests {
             platform_admin: admin,
             role: role.map(Into::into),
             permissions,
+            session_id: Some("sess".into()),
+            session_revoked_at: None,
+            session_expires_at: Some(9),
         }
     }
 
@@ -390,6 +430,9 @@ mod tests {
         assert_eq!(f.subject_platform_admin, Some(true));
         assert_eq!(f.subject_role.as_deref(), Some("member"));
         assert_eq!(f.subject_permissions, Some(64));
+        // The session read with the caller's key is the caller's.
+        assert!(f.caller_session().is_live(8));
+        assert!(!f.caller_session().is_live(9));
 
         // A subject outside the organization: the account, no membership.
         let outsider = key("active", false, None, None);

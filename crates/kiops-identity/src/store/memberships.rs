@@ -639,6 +639,20 @@ pub struct CheckFacts {
     pub subject_platform_admin: Option<bool>,
     pub subject_role: Option<String>,
     pub subject_permissions: Option<i32>,
+    /// The caller's session (the token's `sid`), if it is theirs.
+    pub caller_session_id: Option<String>,
+    pub caller_session_revoked_at: Option<i64>,
+    pub caller_session_expires_at: Option<i64>,
+}
+
+impl CheckFacts {
+    pub fn caller_session(&self) -> crate::domain::model::SessionState {
+        crate::domain::model::SessionState {
+            found: self.caller_session_id.is_some(),
+            revoked_at_ms: self.caller_session_revoked_at,
+            expires_at_ms: self.caller_session_expires_at,
+        }
+    }
 }
 
 pub(super) const CHECK_FACTS_SQL: &str =
@@ -646,9 +660,12 @@ pub(super) const CHECK_FACTS_SQL: &str =
      c.platform_admin AS caller_platform_admin, cm.role AS caller_role, \
      s.id AS subject_exists, s.status AS subject_status, \
      s.platform_admin AS subject_platform_admin, sm.role AS subject_role, \
-     sm.permissions AS subject_permissions \
+     sm.permissions AS subject_permissions, \
+     cs.id AS caller_session_id, cs.revoked_at AS caller_session_revoked_at, \
+     cs.expires_at AS caller_session_expires_at \
      FROM users c \
      LEFT JOIN memberships cm ON cm.organization_id = $3 AND cm.user_id = c.id \
+     LEFT JOIN sessions cs ON cs.id = $4 AND cs.user_id = c.id \
      LEFT JOIN users s ON s.id = $2 \
      LEFT JOIN memberships sm ON sm.organization_id = $3 AND sm.user_id = s.id \
      WHERE c.id = $1";
@@ -656,6 +673,7 @@ pub(super) const CHECK_FACTS_SQL: &str =
 pub async fn check_facts<C: ConnectionTrait>(
     conn: &C,
     caller_id: &str,
+    caller_session: &str,
     subject_id: &str,
     org: &str,
 ) -> Result<Option<CheckFacts>, DomainError> {
@@ -670,7 +688,12 @@ pub async fn check_facts<C: ConnectionTrait>(
     let stmt = Statement::from_sql_and_values(
         backend,
         sql,
-        [caller_id.into(), subject_id.into(), org.into()],
+        [
+            caller_id.into(),
+            subject_id.into(),
+            org.into(),
+            caller_session.into(),
+        ],
     );
     CheckFacts::find_by_statement(stmt)
         .one(conn)

@@ -8,6 +8,7 @@
 //! its decision depends on (`SELECT … FOR UPDATE`).
 
 pub mod audit;
+pub mod callers;
 mod check_batch;
 mod claim_batch;
 pub mod entity;
@@ -170,18 +171,21 @@ impl Store {
     pub async fn check_facts(
         &self,
         caller_id: &str,
+        caller_session: &str,
         subject_id: &str,
         org: &str,
     ) -> Result<Option<memberships::CheckFacts>, DomainError> {
         if let Some(direct) = &self.direct {
-            if let Some(facts) = direct.check_facts(caller_id, subject_id, org) {
+            if let Some(facts) = direct.check_facts(caller_id, caller_session, subject_id, org) {
                 return Ok(facts);
             }
         }
         if let Some(checks) = &self.checks {
-            return checks.check_facts(caller_id, subject_id, org).await;
+            return checks
+                .check_facts(caller_id, caller_session, subject_id, org)
+                .await;
         }
-        memberships::check_facts(&self.db, caller_id, subject_id, org).await
+        memberships::check_facts(&self.db, caller_id, caller_session, subject_id, org).await
     }
 
     /// Refresh's read (`sessions::refresh_candidate`), inline on SQLite

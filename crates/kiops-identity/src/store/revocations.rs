@@ -1,14 +1,20 @@
 //! Revocation events (R16): written in the transaction of every change that
 //! narrows someone's access, read by `AuthService.WatchRevocations` on any
-//! replica. The id is an increasing integer, so a watcher resumes exactly
-//! after the last event it saw.
+//! replica.
+//!
+//! Watchers resume by `seq`, not by `id`. An `id` is taken when the row is
+//! inserted, so on PostgreSQL a smaller id can commit after a larger one and
+//! a watcher already past it would skip it for good. `seq` is given only to
+//! committed rows, by one sequencer at a time (`sequence`), so what any
+//! reader sees is always a prefix of `seq` order: resuming after the last
+//! `seq` seen cannot skip an event.
 
 use super::db_err;
 use super::entity::revocation_event as rev;
 use crate::domain::DomainError;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, NotSet, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, NotSet,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 
 pub use rev::Model as RevocationEvent;
@@ -34,6 +40,7 @@ pub async fn record<C: ConnectionTrait>(
         revoked_at: Set(now),
         reason: Set(reason.to_string()),
         session_id: Set(scope.session_id.map(str::to_string)),
+        seq: Set(None),
     }
     .insert(conn)
     .await
@@ -41,26 +48,79 @@ pub async fn record<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Any replica may sequence; PostgreSQL serialises them with this
+/// transaction-scoped advisory lock, SQLite with its single writer.
+const SEQUENCER_LOCK: i64 = 0x6b69_6f70_7372_6571; // "kiopsreq"
+
+/// Numbers every committed, unnumbered event after the largest `seq` so far,
+/// in id order. Held under the lock until commit, so a later run's numbers
+/// are always larger and become visible after this run's. Returns how many
+/// were numbered.
+pub async fn sequence(store: &super::Store) -> Result<u64, DomainError> {
+    let pending = rev::Entity::find()
+        .select_only()
+        .column(rev::Column::Id)
+        .filter(rev::Column::Seq.is_null())
+        .limit(1)
+        .into_tuple::<i64>()
+        .one(store.conn())
+        .await
+        .map_err(db_err)?;
+    if pending.is_none() {
+        return Ok(0);
+    }
+    let tx = store.begin_write().await?;
+    let backend = tx.get_database_backend();
+    if backend == DatabaseBackend::Postgres {
+        tx.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_xact_lock($1)",
+            [SEQUENCER_LOCK.into()],
+        ))
+        .await
+        .map_err(db_err)?;
+    }
+    // The statement's snapshot is taken after the lock is held, so it sees
+    // every earlier run's numbers.
+    let n = tx
+        .execute_unprepared(
+            "UPDATE revocation_events SET seq = p.base + p.rn \
+             FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn, \
+                     (SELECT COALESCE(MAX(seq), 0) FROM revocation_events) AS base \
+                   FROM revocation_events WHERE seq IS NULL) AS p \
+             WHERE revocation_events.id = p.id",
+        )
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    tx.commit().await.map_err(db_err)?;
+    Ok(n)
+}
+
+/// Numbered events after `after_seq`, in `seq` order.
 pub async fn after<C: ConnectionTrait>(
     conn: &C,
-    after_id: i64,
+    after_seq: i64,
     limit: u64,
 ) -> Result<Vec<RevocationEvent>, DomainError> {
     rev::Entity::find()
-        .filter(rev::Column::Id.gt(after_id))
-        .order_by_asc(rev::Column::Id)
+        .filter(rev::Column::Seq.gt(after_seq))
+        .order_by_asc(rev::Column::Seq)
         .limit(limit)
         .all(conn)
         .await
         .map_err(db_err)
 }
 
-pub async fn latest_id<C: ConnectionTrait>(conn: &C) -> Result<i64, DomainError> {
+/// The largest `seq` given so far (0 for none).
+pub async fn latest_seq<C: ConnectionTrait>(conn: &C) -> Result<i64, DomainError> {
     Ok(rev::Entity::find()
-        .order_by_desc(rev::Column::Id)
+        .select_only()
+        .column_as(rev::Column::Seq.max(), "m")
+        .into_tuple::<Option<i64>>()
         .one(conn)
         .await
         .map_err(db_err)?
-        .map(|r| r.id)
+        .flatten()
         .unwrap_or(0))
 }

@@ -43,13 +43,17 @@ static DIRECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             "memberships sm ",
             "memberships sm INDEXED BY memberships_access_facts_idx ",
         )
+        .replace(
+            "sessions cs ",
+            "sessions cs INDEXED BY sessions_access_facts_idx ",
+        )
 });
 
 /// Idle connections kept; one per runtime thread in use is what a burst
 /// needs, since a read holds its connection only while it runs inline.
 /// The columns of `DIRECT_SQL` in order, as `check_facts` reads them.
 #[cfg(test)]
-const CHECK_FACTS_COLUMNS: [&str; 9] = [
+const CHECK_FACTS_COLUMNS: [&str; 12] = [
     "caller_email",
     "caller_status",
     "caller_platform_admin",
@@ -59,6 +63,9 @@ const CHECK_FACTS_COLUMNS: [&str; 9] = [
     "subject_platform_admin",
     "subject_role",
     "subject_permissions",
+    "caller_session_id",
+    "caller_session_revoked_at",
+    "caller_session_expires_at",
 ];
 
 const MAX_IDLE: usize = 8;
@@ -142,12 +149,13 @@ impl DirectReader {
     pub fn check_facts(
         &self,
         caller_id: &str,
+        caller_session: &str,
         subject_id: &str,
         org: &str,
     ) -> Option<Option<CheckFacts>> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare_cached(&DIRECT_SQL)?;
-            let mut rows = stmt.query([caller_id, subject_id, org])?;
+            let mut rows = stmt.query([caller_id, subject_id, org, caller_session])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
@@ -163,6 +171,9 @@ impl DirectReader {
                 subject_platform_admin: row.get(6)?,
                 subject_role: row.get(7)?,
                 subject_permissions: row.get(8)?,
+                caller_session_id: row.get(9)?,
+                caller_session_revoked_at: row.get(10)?,
+                caller_session_expires_at: row.get(11)?,
             }))
         })
     }
@@ -241,11 +252,16 @@ mod tests {
              CREATE TABLE memberships (organization_id TEXT NOT NULL, user_id TEXT NOT NULL,
                                        role TEXT NOT NULL, permissions INTEGER NOT NULL,
                                        PRIMARY KEY (organization_id, user_id));
+             CREATE TABLE sessions (id TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+                                    revoked_at BIGINT, expires_at BIGINT NOT NULL);
              CREATE INDEX users_access_facts_idx ON users (id, status, platform_admin, email);
+             CREATE INDEX sessions_access_facts_idx
+                 ON sessions (id, user_id, revoked_at, expires_at);
              CREATE INDEX memberships_access_facts_idx
                  ON memberships (organization_id, user_id, role, permissions);
              INSERT INTO users VALUES ('c', 'c@x.io', 'active', 0), ('s', 's@x.io', 'active', 0);
-             INSERT INTO memberships VALUES ('o', 'c', 'manager', 0), ('o', 's', 'member', 5);"
+             INSERT INTO memberships VALUES ('o', 'c', 'manager', 0), ('o', 's', 'member', 5);
+             INSERT INTO sessions VALUES ('cs', 'c', NULL, 1000), ('ss', 's', 7, 1000);"
         ))
         .expect("schema");
         c
@@ -257,19 +273,39 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         let _owner = schema(&path, "wal");
         let r = DirectReader::new(&path);
-        let f = r.check_facts("c", "s", "o").expect("read").expect("row");
+        let f = r
+            .check_facts("c", "cs", "s", "o")
+            .expect("read")
+            .expect("row");
         assert_eq!(f.caller_role.as_deref(), Some("manager"));
+        assert_eq!(
+            f.caller_session(),
+            crate::domain::model::SessionState {
+                found: true,
+                revoked_at_ms: None,
+                expires_at_ms: Some(1000)
+            }
+        );
+        // Another user's session is not the caller's.
+        let f = r
+            .check_facts("c", "ss", "s", "o")
+            .expect("read")
+            .expect("row");
+        assert!(!f.caller_session().found);
         assert_eq!(f.subject_role.as_deref(), Some("member"));
         assert_eq!(f.subject_permissions, Some(5));
         assert_eq!(f.subject_exists.as_deref(), Some("s"));
         // Unknown subject: the row is there, the subject's columns are NULL.
         let f = r
-            .check_facts("c", "nobody", "o")
+            .check_facts("c", "cs", "nobody", "o")
             .expect("read")
             .expect("row");
         assert_eq!(f.subject_exists, None);
         // Unknown caller: no row.
-        assert!(r.check_facts("nobody", "s", "o").expect("read").is_none());
+        assert!(r
+            .check_facts("nobody", "cs", "s", "o")
+            .expect("read")
+            .is_none());
         // The connection went back to the pool and is reused.
         assert_eq!(r.idle.lock().map(|v| v.len()).unwrap_or(0), 1);
     }
@@ -285,18 +321,18 @@ mod tests {
 
     #[test]
     fn the_read_walks_only_the_covering_indexes() {
-        assert_eq!(DIRECT_SQL.matches(" INDEXED BY ").count(), 4);
+        assert_eq!(DIRECT_SQL.matches(" INDEXED BY ").count(), 5);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db.sqlite");
         let owner = schema(&path, "wal");
         let plan: Vec<String> = owner
             .prepare(&format!("EXPLAIN QUERY PLAN {}", *DIRECT_SQL))
             .and_then(|mut s| {
-                s.query_map(["c", "s", "o"], |r| r.get::<_, String>(3))?
+                s.query_map(["c", "s", "o", "cs"], |r| r.get::<_, String>(3))?
                     .collect()
             })
             .expect("plan");
-        assert_eq!(plan.len(), 4, "{plan:?}");
+        assert_eq!(plan.len(), 5, "{plan:?}");
         assert!(
             plan.iter().all(|p| p.contains("COVERING INDEX")),
             "{plan:?}"
@@ -312,7 +348,7 @@ mod tests {
             .execute_batch("DROP INDEX users_access_facts_idx")
             .expect("drop");
         assert!(DirectReader::new(&path)
-            .check_facts("c", "s", "o")
+            .check_facts("c", "cs", "s", "o")
             .is_none());
     }
 
@@ -329,10 +365,10 @@ mod tests {
             .expect("lock");
         let r = DirectReader::new(&path);
         let t = std::time::Instant::now();
-        assert!(r.check_facts("c", "s", "o").is_none());
+        assert!(r.check_facts("c", "cs", "s", "o").is_none());
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         owner.execute_batch("ROLLBACK").expect("unlock");
-        assert!(r.check_facts("c", "s", "o").is_some());
+        assert!(r.check_facts("c", "cs", "s", "o").is_some());
     }
 
     #[test]
@@ -340,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("absent.sqlite");
         let r = DirectReader::new(&path);
-        assert!(r.check_facts("c", "s", "o").is_none());
+        assert!(r.check_facts("c", "cs", "s", "o").is_none());
         assert!(!path.exists());
     }
 }

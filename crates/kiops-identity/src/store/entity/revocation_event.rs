@@ -11,6 +11,8 @@ pub struct Model {
     pub revoked_at: i64,
     pub reason: String,
     pub session_id: Option<String>,
+    /// Commit order (migration 9): `None` until the sequencer numbers it.
+    pub seq: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,265 @@
+//! What keeps a long-lived stream (WatchRevocations, ExportAuditEvents)
+//! honest for its whole life, not only at its start:
+//!
+//! - it holds a permit of the server's load limit (`--max-concurrent-requests`)
+//!   until it ends, so open streams count as calls in flight;
+//! - one caller holds at most a few streams of a kind at once;
+//! - at least every `RECHECK` it asks again whether its caller still has the
+//!   right to it (account active, session live, token unexpired,
+//!   PlatformAdmin or audit permission as now stored), and ends with that
+//!   refusal the moment the answer is no.
+
+use crate::app::App;
+use crate::domain::error::reason;
+use crate::domain::{Caller, DomainError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How often an open stream re-checks its caller's right.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    Revocations,
+    AuditExport,
+}
+
+/// The shared counters; one per server.
+#[derive(Debug)]
+pub struct StreamLimits {
+    in_flight: Arc<Semaphore>,
+    max_watches: usize,
+    max_exports: usize,
+    open: Mutex<HashMap<(StreamKind, String), usize>>,
+}
+
+impl StreamLimits {
+    /// `in_flight` is the load limit's semaphore (`overload::ShedLayer`).
+    pub fn new(in_flight: Arc<Semaphore>, max_watches: usize, max_exports: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight,
+            max_watches: max_watches.max(1),
+            max_exports: max_exports.max(1),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a load permit and one of the caller's slots for `kind`, or says
+    /// why not (RESOURCE_EXHAUSTED: OVERLOADED or TOO_MANY_STREAMS).
+    pub fn open(
+        self: &Arc<Self>,
+        kind: StreamKind,
+        caller: &Caller,
+    ) -> Result<StreamSlot, DomainError> {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            DomainError::exhausted(
+                reason::OVERLOADED,
+                "the server is at its concurrency limit; retry with backoff",
+            )
+        })?;
+        let max = match kind {
+            StreamKind::Revocations => self.max_watches,
+            StreamKind::AuditExport => self.max_exports,
+        };
+        let key = (kind, caller.user_id.clone());
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| DomainError::internal("stream limits poisoned"))?;
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return Err(DomainError::exhausted(
+                reason::TOO_MANY_STREAMS,
+                format!("at most {max} streams of this kind per caller are open at once"),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            limits: self.clone(),
+            key,
+            _permit: permit,
+        })
+    }
+
+    /// Streams open now, of every kind and caller (for tests and metrics).
+    pub fn open_count(&self) -> usize {
+        self.open.lock().map(|o| o.values().sum()).unwrap_or(0)
+    }
+}
+
+/// Held by a stream's task; gives its slot and permit back when dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    limits: Arc<StreamLimits>,
+    key: (StreamKind, String),
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limits.open.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// The right a stream was opened with, asked again while it runs.
+#[derive(Debug, Clone)]
+pub enum StreamRight {
+    PlatformAdmin,
+    /// `AuditService` visibility of `organization` (all when `None`).
+    Audit {
+        organization: Option<String>,
+    },
+}
+
+/// A stream's caller as it was authenticated, and when it was last checked.
+pub struct StreamGuard {
+    app: App,
+    claims: kiops_token::Claims,
+    right: StreamRight,
+    checked: tokio::time::Instant,
+    _slot: StreamSlot,
+}
+
+impl StreamGuard {
+    pub fn new(
+        app: App,
+        claims: kiops_token::Claims,
+        right: StreamRight,
+        slot: StreamSlot,
+    ) -> Self {
+        Self {
+            app,
+            claims,
+            right,
+            checked: tokio::time::Instant::now(),
+            _slot: slot,
+        }
+    }
+
+    /// `Ok` while the caller still has the right; checks the database at
+    /// most once per `RECHECK`.
+    pub async fn still_allowed(&mut self) -> Result<(), DomainError> {
+        if self.checked.elapsed() < RECHECK {
+            return Ok(());
+        }
+        self.checked = tokio::time::Instant::now();
+        if self.app.clock.now_secs() >= self.claims.exp {
+            return Err(DomainError::unauthenticated(
+                reason::INVALID_TOKEN,
+                "the access token of this stream has expired; reconnect with a fresh one",
+            ));
+        }
+        let caller = self.app.current_caller(self.claims.clone()).await?;
+        self.app.authorize_stream(&caller, &self.right).await
+    }
+}
+
+impl App {
+    /// The check every stream makes when it opens and again while it runs.
+    pub async fn authorize_stream(
+        &self,
+        caller: &Caller,
+        right: &StreamRight,
+    ) -> Result<(), DomainError> {
+        match right {
+            StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
+            StreamRight::Audit { organization } => {
+                self.authorize_audit(caller, organization.as_deref()).await
+            }
+        }
+    }
+}
+
+/// Why a stream's task stops sending.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The client went away.
+    Gone,
+    /// The caller lost the right; the refusal was sent (or the client is
+    /// not reading and will find it when it does).
+    Refused,
+}
+
+/// The sending half of a stream, with its guard.
+pub struct GuardedSender<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    guard: Option<StreamGuard>,
+}
+
+impl<T: Send + 'static> GuardedSender<T> {
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+        guard: StreamGuard,
+    ) -> Self {
+        Self {
+            tx,
+            guard: Some(guard),
+        }
+    }
+
+    /// Sends `msg` once the client has room for it, re-checking the caller's
+    /// right while it waits: a client that stops reading cannot keep a
+    /// stream (and its slot) alive past the loss of the right.
+    pub async fn send(&mut self, msg: T) -> Result<(), Ended> {
+        loop {
+            self.check().await?;
+            match tokio::time::timeout(RECHECK, self.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(Ok(msg));
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(Ended::Gone),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Waits up to `wait` for `wake`, re-checking the right meanwhile;
+    /// `Err` when the stream must end.
+    pub async fn idle<F: std::future::Future>(
+        &mut self,
+        wait: Duration,
+        wake: F,
+    ) -> Result<(), Ended> {
+        self.check().await?;
+        tokio::select! {
+            _ = wake => {}
+            _ = tokio::time::sleep(wait.min(RECHECK)) => {}
+            _ = self.tx.closed() => return Err(Ended::Gone),
+        }
+        self.check().await
+    }
+
+    /// Ends the stream with `e` (a failure of the stream itself).
+    pub async fn fail(mut self, e: DomainError) {
+        self.guard = None;
+        let _ = tokio::time::timeout(FINAL_SEND, self.tx.send(Err(e.into()))).await;
+    }
+
+    async fn check(&mut self) -> Result<(), Ended> {
+        let Some(guard) = self.guard.as_mut() else {
+            return Err(Ended::Refused);
+        };
+        match guard.still_allowed().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The slot and permit go back now, not when the client reads.
+                self.guard = None;
+                let _ = tokio::time::timeout(FINAL_SEND, self.tx.send(Err(e.into()))).await;
+                Err(Ended::Refused)
+            }
+        }
+    }
+}
+
+/// How long a refusal waits for a client that is not reading.
+const FINAL_SEND: Duration = Duration::from_secs(30);

@@ -1,0 +1,54 @@
+//! The authenticated caller's current state: account and session, one read.
+
+use super::db_err;
+use crate::domain::model::SessionState;
+use crate::domain::DomainError;
+use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+
+/// The caller's current account and the state of the session their token
+/// names, however it was read.
+#[derive(Debug, Clone)]
+pub struct CallerRow {
+    pub email: String,
+    pub status: String,
+    pub platform_admin: bool,
+    pub session: SessionState,
+}
+
+/// One statement for both, so every authenticated call costs one round trip
+/// as before the session was checked. The session must belong to the user: a
+/// token cannot borrow another account's live session.
+const CALLER_SQL: &str = "SELECT u.email, u.status, u.platform_admin, \
+     s.id AS session_id, s.revoked_at, s.expires_at \
+     FROM users u LEFT JOIN sessions s ON s.id = $2 AND s.user_id = u.id \
+     WHERE u.id = $1";
+
+/// `None` when the account does not exist.
+pub async fn caller_row<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    session_id: &str,
+) -> Result<Option<CallerRow>, DomainError> {
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| CALLER_SQL.replace('$', "?"));
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DatabaseBackend::Sqlite => SQLITE.clone(),
+        _ => CALLER_SQL.to_string(),
+    };
+    let stmt = Statement::from_sql_and_values(backend, sql, [user_id.into(), session_id.into()]);
+    let Some(row) = conn.query_one_raw(stmt).await.map_err(db_err)? else {
+        return Ok(None);
+    };
+    let found: Option<String> = row.try_get("", "session_id").map_err(db_err)?;
+    Ok(Some(CallerRow {
+        email: row.try_get("", "email").map_err(db_err)?,
+        status: row.try_get("", "status").map_err(db_err)?,
+        platform_admin: row.try_get("", "platform_admin").map_err(db_err)?,
+        session: SessionState {
+            found: found.is_some(),
+            revoked_at_ms: row.try_get("", "revoked_at").map_err(db_err)?,
+            expires_at_ms: row.try_get("", "expires_at").map_err(db_err)?,
+        },
+    }))
+}
