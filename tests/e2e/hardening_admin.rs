@@ -167,7 +167,10 @@ async fn nobody_changes_their_own_permissions(backend: Backend) {
     );
 
     let (_, events_after) = audit_events(&s, &admin, None, "", "").await;
-    assert_eq!(events_after, events_before, "a refused change writes no event");
+    assert_eq!(
+        events_after, events_before,
+        "a refused change writes no event"
+    );
     let (granted, _) = audit_events(&s, &admin, Some(&org), "membership.", &mgr_id).await;
     assert!(
         granted.iter().all(|e| e.action == "membership.added"),
@@ -447,7 +450,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             (false, c) => cell.push(c),
         }
     }
-    assert!(!quoted && cell.is_empty() && row.is_empty(), "CSV ends a row");
+    assert!(
+        !quoted && cell.is_empty() && row.is_empty(),
+        "CSV ends a row"
+    );
     rows
 }
 
@@ -551,7 +557,10 @@ async fn csv_export_neutralises_formulas(backend: Backend) {
         .iter()
         .filter(|r| r[4] == "'=eq@csv.io" && r[10] == format!("'{}", request_ids[0]))
         .count();
-    assert_eq!(formula_rows, 1, "the =HYPERLINK row, both cells neutralised");
+    assert_eq!(
+        formula_rows, 1,
+        "the =HYPERLINK row, both cells neutralised"
+    );
 }
 
 // ---------------------------------------------------------------- item 10e

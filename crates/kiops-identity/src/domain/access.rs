@@ -120,7 +120,7 @@ pub fn check_keeps_a_platform_admin(active_admins: &[String], target_user_id: &s
 /// The caller is still an active PlatformAdmin under that same lock: one
 /// unflagged or deactivated while the request was in flight acts no more.
 pub fn require_still_platform_admin(caller: &Caller, active_admins: &[String]) -> Result {
-    if active_admins.iter().any(|a| *a == caller.user_id) {
+    if active_admins.contains(&caller.user_id) {
         Ok(())
     } else {
         Err(DomainError::denied(

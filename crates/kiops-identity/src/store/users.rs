@@ -121,10 +121,7 @@ pub async fn lock_active_platform_admins<C: ConnectionTrait>(
     if conn.get_database_backend() == DatabaseBackend::Postgres {
         q = q.lock(LockType::NoKeyUpdate);
     }
-    q.into_tuple::<String>()
-        .all(conn)
-        .await
-        .map_err(db_err)
+    q.into_tuple::<String>().all(conn).await.map_err(db_err)
 }
 
 /// Outcome of counting one failed login.
@@ -297,9 +294,10 @@ pub async fn set_platform_admin<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Deletes the account for good; memberships, sessions, join requests and
-/// reset tokens go with it (ON DELETE CASCADE). Audit events stay, with the
-/// email as it was.
+/// Deletes the account for good; sessions, join requests and reset tokens go
+/// with it (ON DELETE CASCADE), memberships too, though callers remove those
+/// first with `memberships::remove_all_for_deleted_account` so each removal
+/// is audited and revoked. Audit events stay, with the email as it was.
 pub async fn delete<C: ConnectionTrait>(conn: &C, user_id: &str) -> Result<(), DomainError> {
     user::Entity::delete_by_id(user_id.to_string())
         .exec(conn)
