@@ -318,7 +318,17 @@ pub async fn remove_all_for_deleted_account<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<usize, DomainError> {
-    use sea_orm::QueryOrder;
+    use sea_orm::{QueryOrder, QuerySelect};
+    // PostgreSQL: hold the account row first, so a membership added
+    // concurrently either commits before this listing (and is audited here)
+    // or waits on its foreign-key check until the account is gone.
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        user::Entity::find_by_id(user_id.to_string())
+            .lock_exclusive()
+            .one(conn)
+            .await
+            .map_err(db_err)?;
+    }
     let rows = membership::Entity::find()
         .filter(membership::Column::UserId.eq(user_id))
         .order_by_asc(membership::Column::OrganizationId)
