@@ -18,6 +18,10 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
     let (b_mgr_id, _) = s.user("mgr@beta.io").await;
     let (b_mem_id, _) = s.user("mem@beta.io").await;
     s.add_member(&admin, &a, &a_mgr_id, Role::Manager).await;
+    // Applying a template to oneself is refused before any lookup
+    // (SELF_PERMISSION_CHANGE): the cross-organization probe targets a Member.
+    let (a_mem_id, _) = s.user("mem@alpha.io").await;
+    s.add_member(&admin, &a, &a_mem_id, Role::Member).await;
     s.add_member(&admin, &b, &b_mgr_id, Role::Manager).await;
     s.add_member(&admin, &b, &b_mem_id, Role::Member).await;
     let mut m = s.members().await;
@@ -251,7 +255,7 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
         m.apply_permission_template(authed(
             ApplyPermissionTemplateRequest {
                 organization_id: a.clone(),
-                user_id: a_mgr_id.clone(),
+                user_id: a_mem_id.clone(),
                 template_id: tpl.clone()
             },
             &t

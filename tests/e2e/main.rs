@@ -14,6 +14,7 @@ mod crash;
 mod db_faults;
 mod downstream;
 mod ecosystem;
+mod hardening_admin;
 mod hardening_sessions;
 mod hostile;
 mod interop;

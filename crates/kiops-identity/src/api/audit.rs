@@ -180,12 +180,20 @@ fn rfc3339(ms: i64) -> String {
 
 const CSV_HEADER: &str = "event_id,event_time,actor_type,actor_id,actor_email,organization_id,action,target_type,target_id,details_json,request_id,peer_address\n";
 
+/// One CSV cell. A cell a spreadsheet would read as a formula (OWASP CSV
+/// injection: first character `=`, `+`, `-`, `@`, tab or carriage return;
+/// emails and request ids can start so) gets a leading `'`, which makes it
+/// text; then the usual RFC 4180 quoting.
 fn csv_field(out: &mut String, s: &str) {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let prefix = if formula { "'" } else { "" };
     if s.contains([',', '"', '\n', '\r']) {
         out.push('"');
+        out.push_str(prefix);
         out.push_str(&s.replace('"', "\"\""));
         out.push('"');
     } else {
+        out.push_str(prefix);
         out.push_str(s);
     }
 }
@@ -395,5 +403,23 @@ mod tests {
         s.push('|');
         csv_field(&mut s, r#"{"a":1,"b":"x"}"#);
         assert_eq!(s, r#"plain|"{""a"":1,""b"":""x""}""#);
+    }
+
+    #[test]
+    fn csv_neutralises_formulas() {
+        let cell = |v: &str| {
+            let mut s = String::new();
+            csv_field(&mut s, v);
+            s
+        };
+        assert_eq!(cell("=1+1"), "'=1+1");
+        assert_eq!(cell("+1"), "'+1");
+        assert_eq!(cell("-1"), "'-1");
+        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(cell("\tx"), "'\tx");
+        assert_eq!(cell("\rx"), "\"'\rx\"");
+        assert_eq!(cell("=A1,\"b\""), "\"'=A1,\"\"b\"\"\"");
+        assert_eq!(cell("a=1"), "a=1");
+        assert_eq!(cell(""), "");
     }
 }

@@ -137,7 +137,7 @@ impl App {
     ) -> Result<Member, DomainError> {
         let now = self.clock.now_ms();
         let t = self.lock_org(caller, org).await?;
-        access::require_manager(caller, t.caller_role)?;
+        access::check_permission_change(caller, t.caller_role, user)?;
         let target = memberships::find(&t.tx, org, user)
             .await?
             .ok_or_else(|| DomainError::not_found("member"))?;

@@ -205,6 +205,16 @@ impl App {
         let tx = self.store.begin_write().await?;
         let sole = memberships::sole_manager_of(&tx, &user.id).await?;
         access::check_not_sole_manager(&sole)?;
+        // Organizations first, then the PlatformAdmins: every path that can
+        // shrink the set of active PlatformAdmins locks in this order.
+        let admins = users::lock_active_platform_admins(&tx).await?;
+        access::check_keeps_a_platform_admin(&admins, &user.id)?;
+        if caller.user_id != user.id {
+            // DeleteUser: the caller must still be a PlatformAdmin.
+            access::require_still_platform_admin(caller, &admins)?;
+        }
+        memberships::remove_all_for_deleted_account(&tx, meta, caller.actor(), &user.id, now)
+            .await?;
         audit::record(
             &tx,
             meta,
@@ -272,6 +282,9 @@ impl App {
             } else {
                 let sole = memberships::sole_manager_of(&tx, &target.id).await?;
                 access::check_not_sole_manager(&sole)?;
+                let admins = users::lock_active_platform_admins(&tx).await?;
+                access::check_keeps_a_platform_admin(&admins, &target.id)?;
+                access::require_still_platform_admin(caller, &admins)?;
                 users::set_status(&tx, &target.id, StoredStatus::Inactive, now).await?;
                 let revoked =
                     sessions::revoke_all_for_user(&tx, &target.id, None, "deactivated", now)
@@ -326,6 +339,11 @@ impl App {
         let now = self.clock.now_ms();
         let tx = self.store.begin_write().await?;
         if target.platform_admin != r.platform_admin {
+            if !r.platform_admin {
+                let admins = users::lock_active_platform_admins(&tx).await?;
+                access::check_keeps_a_platform_admin(&admins, &target.id)?;
+                access::require_still_platform_admin(caller, &admins)?;
+            }
             users::set_platform_admin(&tx, &target.id, r.platform_admin, now).await?;
             if !r.platform_admin {
                 revocations::record(&tx, user_scope(&target.id), "platform_admin_revoked", now)

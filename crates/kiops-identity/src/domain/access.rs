@@ -86,6 +86,50 @@ pub fn check_set_platform_admin(caller: &Caller, target_user_id: &str) -> Result
     Ok(())
 }
 
+/// R1 + R2 for SetPermissions and ApplyPermissionTemplate: nobody changes
+/// their own permissions, PlatformAdmins included (they hold every category
+/// anyway; the rule has no exception so no grant survives a later demotion).
+pub fn check_permission_change(
+    caller: &Caller,
+    caller_role: Option<Role>,
+    target_user_id: &str,
+) -> Result {
+    require_manager(caller, caller_role)?;
+    if caller.user_id == target_user_id {
+        return Err(DomainError::denied(
+            reason::SELF_PERMISSION_CHANGE,
+            "you cannot change your own permissions",
+        ));
+    }
+    Ok(())
+}
+
+/// The platform keeps an active PlatformAdmin: `active_admins` are the ids
+/// of the active PlatformAdmins, read under lock in the transaction that
+/// would unflag, deactivate or delete `target_user_id`.
+pub fn check_keeps_a_platform_admin(active_admins: &[String], target_user_id: &str) -> Result {
+    if active_admins.len() <= 1 && active_admins.iter().any(|a| a == target_user_id) {
+        return Err(DomainError::precondition(
+            reason::LAST_PLATFORM_ADMIN,
+            "the platform would lose its last active PlatformAdmin",
+        ));
+    }
+    Ok(())
+}
+
+/// The caller is still an active PlatformAdmin under that same lock: one
+/// unflagged or deactivated while the request was in flight acts no more.
+pub fn require_still_platform_admin(caller: &Caller, active_admins: &[String]) -> Result {
+    if active_admins.contains(&caller.user_id) {
+        Ok(())
+    } else {
+        Err(DomainError::denied(
+            reason::PLATFORM_ADMIN_REQUIRED,
+            "PlatformAdmin required",
+        ))
+    }
+}
+
 /// R5: `managers` is the number of active Managers of the organization,
 /// counted inside the same locked transaction as the change; `target_active`
 /// says whether the member being changed is one of them.
@@ -228,6 +272,44 @@ mod tests {
         assert_eq!(
             reason_of(check_set_platform_admin(&m, "x")),
             reason::PROMOTION_REQUIRES_PLATFORM_ADMIN
+        );
+    }
+
+    #[test]
+    fn nobody_changes_their_own_permissions() {
+        let m = caller(false);
+        assert_eq!(
+            reason_of(check_permission_change(&m, Some(Role::Manager), "me")),
+            reason::SELF_PERMISSION_CHANGE
+        );
+        assert_eq!(
+            reason_of(check_permission_change(&caller(true), None, "me")),
+            reason::SELF_PERMISSION_CHANGE
+        );
+        assert_eq!(
+            reason_of(check_permission_change(&m, Some(Role::Member), "me")),
+            reason::MANAGER_REQUIRED
+        );
+        assert_eq!(
+            reason_of(check_permission_change(&m, Some(Role::Manager), "x")),
+            "OK"
+        );
+    }
+
+    #[test]
+    fn the_last_platform_admin_stays() {
+        let one = vec!["a".to_string()];
+        let two = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(
+            reason_of(check_keeps_a_platform_admin(&one, "a")),
+            reason::LAST_PLATFORM_ADMIN
+        );
+        assert_eq!(reason_of(check_keeps_a_platform_admin(&two, "a")), "OK");
+        // Not an active PlatformAdmin: removing them loses none.
+        assert_eq!(reason_of(check_keeps_a_platform_admin(&one, "b")), "OK");
+        assert_eq!(
+            reason_of(require_still_platform_admin(&caller(true), &one)),
+            reason::PLATFORM_ADMIN_REQUIRED
         );
     }
 

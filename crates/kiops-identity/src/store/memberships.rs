@@ -304,6 +304,61 @@ pub async fn remove<C: ConnectionTrait>(
     action: &'static str,
     now: i64,
 ) -> Result<(), DomainError> {
+    remove_with(conn, meta, actor, before, action, json!({}), now).await
+}
+
+/// Removes every membership of a user whose account is being deleted, each
+/// exactly as RemoveMember would (revocation and `membership.removed` event
+/// in that organization's trail, so its Managers see who left), with the
+/// cause in the details. Call it in the deletion's transaction.
+pub async fn remove_all_for_deleted_account<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user_id: &str,
+    now: i64,
+) -> Result<usize, DomainError> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    // PostgreSQL: hold the account row first, so a membership added
+    // concurrently either commits before this listing (and is audited here)
+    // or waits on its foreign-key check until the account is gone.
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        user::Entity::find_by_id(user_id.to_string())
+            .lock_exclusive()
+            .one(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    let rows = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .order_by_asc(membership::Column::OrganizationId)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    for m in &rows {
+        remove_with(
+            conn,
+            meta,
+            actor.clone(),
+            m,
+            "membership.removed",
+            json!({"cause": "account_deleted"}),
+            now,
+        )
+        .await?;
+    }
+    Ok(rows.len())
+}
+
+async fn remove_with<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &Membership,
+    action: &'static str,
+    extra: Value,
+    now: i64,
+) -> Result<(), DomainError> {
     membership::Entity::delete_by_id((before.organization_id.clone(), before.user_id.clone()))
         .exec(conn)
         .await
@@ -319,15 +374,19 @@ pub async fn remove<C: ConnectionTrait>(
         now,
     )
     .await?;
+    let mut details = json!({"before": {
+        "role": before.role,
+        "permissions": perm_names(before.permissions as u8),
+    }});
+    if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
+        d.extend(e);
+    }
     audit::record(
         conn,
         meta,
         AuditEntry::new(actor, action, "user", &before.user_id)
             .org(&before.organization_id)
-            .details(json!({"before": {
-                "role": before.role,
-                "permissions": perm_names(before.permissions as u8),
-            }})),
+            .details(details),
         now,
     )
     .await

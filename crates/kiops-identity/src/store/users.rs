@@ -101,6 +101,29 @@ pub async fn platform_admin_exists<C: ConnectionTrait>(conn: &C) -> Result<bool,
     Ok(n > 0)
 }
 
+/// Ids of the active PlatformAdmins, locked for the rest of the transaction
+/// (PostgreSQL: `FOR NO KEY UPDATE` in id order, so two transactions that
+/// would each remove one of the last two queue instead of both deciding on
+/// the old set, and cannot deadlock; the second re-reads the rows the first
+/// changed. SQLite: `begin_write` already serialises writers). Every change
+/// that can shrink the set calls this before deciding.
+pub async fn lock_active_platform_admins<C: ConnectionTrait>(
+    conn: &C,
+) -> Result<Vec<String>, DomainError> {
+    use sea_orm::sea_query::LockType;
+    use sea_orm::{DatabaseBackend, QueryOrder, QuerySelect};
+    let mut q = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::PlatformAdmin.eq(true))
+        .filter(user::Column::Status.eq(StoredStatus::Active.as_str()))
+        .order_by_asc(user::Column::Id);
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        q = q.lock(LockType::NoKeyUpdate);
+    }
+    q.into_tuple::<String>().all(conn).await.map_err(db_err)
+}
+
 /// Outcome of counting one failed login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailedLogin {
@@ -271,9 +294,10 @@ pub async fn set_platform_admin<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Deletes the account for good; memberships, sessions, join requests and
-/// reset tokens go with it (ON DELETE CASCADE). Audit events stay, with the
-/// email as it was.
+/// Deletes the account for good; sessions, join requests and reset tokens go
+/// with it (ON DELETE CASCADE), memberships too, though callers remove those
+/// first with `memberships::remove_all_for_deleted_account` so each removal
+/// is audited and revoked. Audit events stay, with the email as it was.
 pub async fn delete<C: ConnectionTrait>(conn: &C, user_id: &str) -> Result<(), DomainError> {
     user::Entity::delete_by_id(user_id.to_string())
         .exec(conn)
