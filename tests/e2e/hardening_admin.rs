@@ -370,8 +370,13 @@ async fn race(backend: Backend, how_a: Removal, how_b: Removal) {
         match (lost.code(), reason(&lost).as_str()) {
             (Code::FailedPrecondition, "LAST_PLATFORM_ADMIN") => guarded += 1,
             // Arrived after the winner's commit: no longer a PlatformAdmin
-            // (unflagged) or no longer signed in (deactivated, deleted).
-            (Code::PermissionDenied, "PLATFORM_ADMIN_REQUIRED") | (Code::Unauthenticated, _) => {}
+            // (unflagged: SetPlatformAdmin says so with its own reason) or
+            // no longer signed in (deactivated, deleted).
+            (
+                Code::PermissionDenied,
+                "PLATFORM_ADMIN_REQUIRED" | "PROMOTION_REQUIRES_PLATFORM_ADMIN",
+            )
+            | (Code::Unauthenticated, _) => {}
             _ => panic!("round {round}: loser got {lost:?}"),
         }
         assert_eq!(

@@ -15,6 +15,8 @@ crate::both_backends!(
     a_logout_racing_calls_leaves_no_call_through_after_it,
     a_session_past_its_lifetime_is_over,
     the_revocation_stream_never_skips_an_event_committed_late,
+    streams_end_when_their_caller_loses_the_right,
+    open_streams_count_against_the_limits,
 );
 
 async fn start_with_smtp(backend: Backend) -> (TestServer, SmtpSink) {
@@ -343,7 +345,11 @@ async fn next_event_for(
     }
 }
 
-async fn watch(s: &TestServer, token: &str, after: &str) -> tonic::Streaming<WatchRevocationsResponse> {
+async fn watch(
+    s: &TestServer,
+    token: &str,
+    after: &str,
+) -> tonic::Streaming<WatchRevocationsResponse> {
     s.auth()
         .await
         .watch_revocations(authed(
@@ -420,8 +426,14 @@ async fn the_revocation_stream_never_skips_an_event_committed_late(backend: Back
         }
         next_event_for(&mut live, &late, &mut seen).await;
         // Each event once, in increasing event_id order.
-        let ids: Vec<i64> = seen.iter().map(|e| e.event_id.parse().expect("id")).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "round {round}: {ids:?}");
+        let ids: Vec<i64> = seen
+            .iter()
+            .map(|e| e.event_id.parse().expect("id"))
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "round {round}: {ids:?}"
+        );
         // A watcher that had stopped right after `early` resumes with `late`.
         let mut resumed = watch(&s, &admin, &resume_from).await;
         let mut again = Vec::new();
@@ -431,4 +443,266 @@ async fn the_revocation_stream_never_skips_an_event_committed_late(backend: Back
             "round {round}: resumed stream repeated an event before its cursor: {again:?}"
         );
     }
+}
+
+/// `n` audit events of `org`, written straight to the database: enough for
+/// an export that cannot fit in the buffers between server and client.
+async fn bulk_audit(s: &TestServer, org: &str, n: usize) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(&s.db.url).await.expect("db");
+    let pad = "x".repeat(300);
+    for start in (0..n).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(n))
+            .map(|i| {
+                format!(
+                    "('bulk-{i:07}', {}, 'user', NULL, 'bulk@example.com', '{org}', 'bulk.event', \
+                     'user', 't', '{{\"pad\":\"{pad}\"}}', 'r', '')",
+                    1_000 + i
+                )
+            })
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, actor_email, \
+             organization_id, action, target_type, target_id, details, request_id, peer_address) \
+             VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .expect("bulk audit");
+    }
+}
+
+async fn export(
+    s: &TestServer,
+    token: &str,
+    org: &str,
+) -> Result<tonic::Streaming<ExportAuditEventsResponse>, tonic::Status> {
+    kiops_proto::v1::audit_service_client::AuditServiceClient::new(s.channel().await)
+        .export_audit_events(authed(
+            ExportAuditEventsRequest {
+                organization_id: Some(org.into()),
+                format: ExportFormat::JsonLines as i32,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Reads a revocation stream until it ends; its final error, and how long
+/// that took.
+async fn watch_ends(
+    mut stream: tonic::Streaming<WatchRevocationsResponse>,
+) -> (tonic::Status, Duration) {
+    let t = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => panic!("the stream is still open 10 s after its caller lost the right"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Err(e)) => return (e, t.elapsed()),
+        }
+    }
+}
+
+async fn platform_admin(s: &TestServer, admin: &str, email: &str) -> (String, LoginResponse) {
+    let id = s
+        .users()
+        .await
+        .create_user(authed(
+            CreateUserRequest {
+                email: email.into(),
+                name: "Pat".into(),
+                password: PASSWORD.into(),
+                platform_admin: true,
+            },
+            admin,
+        ))
+        .await
+        .expect("create admin")
+        .into_inner()
+        .user
+        .expect("user")
+        .user_id;
+    (id, s.login(email, PASSWORD).await.expect("login"))
+}
+
+async fn streams_end_when_their_caller_loses_the_right(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let mut users = s.users().await;
+
+    // The PlatformAdmin flag removed.
+    let (b, pair) = platform_admin(&s, &admin, "b@example.com").await;
+    let stream = watch(&s, &pair.access_token, "").await;
+    users
+        .set_platform_admin(authed(
+            SetPlatformAdminRequest {
+                user_id: b,
+                platform_admin: false,
+            },
+            &admin,
+        ))
+        .await
+        .expect("unflag");
+    let (e, took) = watch_ends(stream).await;
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(reason(&e), "PLATFORM_ADMIN_REQUIRED", "{e:?}");
+    println!("watch ended {took:?} after the flag was removed");
+
+    // The account deactivated.
+    let (c, pair) = platform_admin(&s, &admin, "c@example.com").await;
+    let stream = watch(&s, &pair.access_token, "").await;
+    users
+        .deactivate_user(authed(DeactivateUserRequest { user_id: c }, &admin))
+        .await
+        .expect("deactivate");
+    let (e, _) = watch_ends(stream).await;
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(reason(&e), "ACCOUNT_DISABLED", "{e:?}");
+
+    // The session logged out.
+    let (_, pair) = platform_admin(&s, &admin, "d@example.com").await;
+    let stream = watch(&s, &pair.access_token, "").await;
+    s.auth()
+        .await
+        .logout(authed(
+            LogoutRequest {
+                refresh_token: pair.refresh_token.clone(),
+            },
+            &pair.access_token,
+        ))
+        .await
+        .expect("logout");
+    let (e, _) = watch_ends(stream).await;
+    assert_eq!(reason(&e), "SESSION_REVOKED", "{e:?}");
+
+    // An export whose reader lost the audit permission while it ran (and
+    // was not even reading) ends with the refusal, not with the data.
+    let org = s.create_org(&admin, "Org", "org").await;
+    let (reader, token) = s.user("auditor@example.com").await;
+    s.add_member(&admin, &org, &reader, Role::Member).await;
+    let grant = |perms: Vec<i32>| {
+        let (admin, org, reader) = (admin.clone(), org.clone(), reader.clone());
+        let s = &s;
+        async move {
+            s.members()
+                .await
+                .set_permissions(authed(
+                    SetPermissionsRequest {
+                        organization_id: org,
+                        user_id: reader,
+                        permissions: perms,
+                    },
+                    &admin,
+                ))
+                .await
+                .expect("set permissions");
+        }
+    };
+    grant(vec![Permission::Audit as i32]).await;
+    bulk_audit(&s, &org, 20_000).await;
+    let mut stream = export(&s, &token, &org).await.expect("export");
+    let first = stream.message().await.expect("first chunk").expect("data");
+    let mut bytes = first.chunk.len();
+    grant(vec![]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = std::time::Instant::now();
+    let e = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Err(_) => panic!("export still open 10 s after the permission was revoked"),
+            Ok(Ok(Some(m))) => bytes += m.chunk.len(),
+            Ok(Ok(None)) => {
+                panic!("the export completed ({bytes} bytes) for a caller without the right")
+            }
+            Ok(Err(e)) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(reason(&e), "AUDIT_PERMISSION_REQUIRED", "{e:?}");
+    assert!(
+        bytes < 20_000 * 300,
+        "only what was buffered arrived: {bytes} bytes"
+    );
+    println!(
+        "export refused after {bytes} buffered bytes, {:?} of reading",
+        t.elapsed()
+    );
+}
+
+/// Streams hold a permit of the load limit and a slot of their caller's for
+/// as long as they are open.
+async fn open_streams_count_against_the_limits(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: [
+                "--max-concurrent-requests",
+                "5",
+                "--max-watches-per-caller",
+                "2",
+                "--max-exports-per-caller",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "Org", "org").await;
+    bulk_audit(&s, &org, 20_000).await;
+
+    // Per caller: two watches, one export; the next of each is refused.
+    let w1 = watch(&s, &admin, "").await;
+    let w2 = watch(&s, &admin, "").await;
+    let refused = s
+        .auth()
+        .await
+        .watch_revocations(authed(WatchRevocationsRequest::default(), &admin))
+        .await;
+    assert_status(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    let x1 = export(&s, &admin, &org).await.expect("export");
+    assert_status(
+        export(&s, &admin, &org).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_STREAMS",
+    );
+
+    // Globally: three streams and two more of another PlatformAdmin hold
+    // all five permits; a plain call is shed, as any call beyond the limit.
+    let (_, other) = platform_admin(&s, &admin, "pat@example.com").await;
+    let w3 = watch(&s, &other.access_token, "").await;
+    let w4 = watch(&s, &other.access_token, "").await;
+    assert_status(
+        s.users()
+            .await
+            .get_me(authed(GetMeRequest {}, &admin))
+            .await,
+        Code::ResourceExhausted,
+        "OVERLOADED",
+    );
+
+    // A closed stream gives its permit and slot back.
+    drop((w1, x1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = s
+            .users()
+            .await
+            .get_me(authed(GetMeRequest {}, &admin))
+            .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "permit never returned: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = watch(&s, &admin, "").await;
+    drop((w2, w3, w4, again));
 }

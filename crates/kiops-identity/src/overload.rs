@@ -11,6 +11,17 @@ use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
+/// The permit a call was admitted with, in its request's extensions, so a
+/// stream can keep it for as long as it stays open.
+#[derive(Clone)]
+pub struct CallPermit(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl CallPermit {
+    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
 #[derive(Clone)]
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
@@ -84,11 +95,14 @@ where
             self.metrics.grpc_shed.inc();
             return Box::pin(async { Ok(overloaded()) });
         };
+        let permit = CallPermit(Arc::new(std::sync::Mutex::new(Some(permit))));
+        let mut req = req;
+        req.extensions_mut().insert(permit.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
-            // Held until the handler has answered; a stream takes a permit
-            // of its own for its life (`api::streams`).
+            // Held until the handler has answered, unless a stream took it
+            // to hold for its life (`api::streams`).
             drop(permit);
             res
         })

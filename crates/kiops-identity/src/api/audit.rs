@@ -9,6 +9,7 @@ use crate::domain::error::{reason, Violations};
 use crate::domain::model::effective_permissions;
 use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError, FieldViolation, Permission};
+use crate::overload::CallPermit;
 use crate::store::audit::{self as audit_store, AuditEvent as Row, AuditFilter};
 use crate::store::memberships::{self, parse_role};
 use kiops_proto::v1::audit_service_server::AuditService;
@@ -300,6 +301,7 @@ impl AuditService for AuditApi {
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<BoxStream<ExportAuditEventsResponse>>, Status> {
         let claims = self.app.verify_bearer(&request)?;
+        let call = request.extensions().get::<CallPermit>().cloned();
         let caller = self.app.current_caller(claims.clone()).await?;
         let r = request.into_inner();
         let mut v = Violations::new();
@@ -328,7 +330,10 @@ impl AuditService for AuditApi {
             organization: f.organization_id.clone(),
         };
         self.app.authorize_stream(&caller, &right).await?;
-        let slot = self.app.streams.open(StreamKind::AuditExport, &caller)?;
+        let slot = self
+            .app
+            .streams
+            .open(StreamKind::AuditExport, &caller, call.as_ref())?;
         let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportAuditEventsResponse, Status>>(4);
         tokio::spawn(export(

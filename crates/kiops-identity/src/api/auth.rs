@@ -7,6 +7,7 @@ use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::error::{reason, Violations};
 use crate::domain::model::{StoredStatus, UserStatus};
 use crate::domain::{validate, DomainError};
+use crate::overload::CallPermit;
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::store::sessions::{self, NewSession, Rotation};
 use crate::store::users::{self, User};
@@ -745,6 +746,7 @@ impl AuthService for AuthApi {
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchRevocationsResponse>>, Status> {
         let claims = self.app.verify_bearer(&request)?;
+        let call = request.extensions().get::<CallPermit>().cloned();
         let caller = self.app.current_caller(claims.clone()).await?;
         let right = StreamRight::PlatformAdmin;
         self.app.authorize_stream(&caller, &right).await?;
@@ -760,7 +762,10 @@ impl AuthService for AuthApi {
                     DomainError::invalid("after_event_id", "must be an event id from this stream")
                 })?
         };
-        let slot = self.app.streams.open(StreamKind::Revocations, &caller)?;
+        let slot = self
+            .app
+            .streams
+            .open(StreamKind::Revocations, &caller, call.as_ref())?;
         let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchRevocationsResponse, Status>>(64);
         tokio::spawn(follow_revocations(

@@ -12,6 +12,7 @@
 use crate::app::App;
 use crate::domain::error::reason;
 use crate::domain::{Caller, DomainError};
+use crate::overload::CallPermit;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,17 +49,23 @@ impl StreamLimits {
 
     /// Takes a load permit and one of the caller's slots for `kind`, or says
     /// why not (RESOURCE_EXHAUSTED: OVERLOADED or TOO_MANY_STREAMS).
+    /// The stream keeps the permit its call was admitted with (`call`), so
+    /// it counts as exactly one call in flight for its whole life.
     pub fn open(
         self: &Arc<Self>,
         kind: StreamKind,
         caller: &Caller,
+        call: Option<&CallPermit>,
     ) -> Result<StreamSlot, DomainError> {
-        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            DomainError::exhausted(
-                reason::OVERLOADED,
-                "the server is at its concurrency limit; retry with backoff",
-            )
-        })?;
+        let permit = match call.and_then(CallPermit::take) {
+            Some(p) => p,
+            None => self.in_flight.clone().try_acquire_owned().map_err(|_| {
+                DomainError::exhausted(
+                    reason::OVERLOADED,
+                    "the server is at its concurrency limit; retry with backoff",
+                )
+            })?,
+        };
         let max = match kind {
             StreamKind::Revocations => self.max_watches,
             StreamKind::AuditExport => self.max_exports,
@@ -81,11 +88,6 @@ impl StreamLimits {
             key,
             _permit: permit,
         })
-    }
-
-    /// Streams open now, of every kind and caller (for tests and metrics).
-    pub fn open_count(&self) -> usize {
-        self.open.lock().map(|o| o.values().sum()).unwrap_or(0)
     }
 }
 
