@@ -576,6 +576,48 @@ async fn rust_client_refreshes_before_expiry(backend: Backend) {
         .get_me(GetMeRequest {})
         .await
         .expect("signed in again after the session ended");
+
+    // Logged out by the client itself: the very next call signs in again
+    // (the old access token would be refused with SESSION_REVOKED).
+    let before = client.access_token().await.expect("token");
+    client.logout().await.expect("logout");
+    client
+        .users()
+        .get_me(GetMeRequest {})
+        .await
+        .expect("signed in again at once after its own logout");
+    assert_ne!(client.access_token().await.expect("token"), before);
+
+    // Ended elsewhere (another session changed the password, and back):
+    // one call hears SESSION_REVOKED, the next signs in again.
+    let other = server
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login");
+    for (from, to) in [
+        (ADMIN_PASSWORD, "a temporary passphrase, 1"),
+        ("a temporary passphrase, 1", ADMIN_PASSWORD),
+    ] {
+        server
+            .users()
+            .await
+            .change_password(authed(
+                ChangePasswordRequest {
+                    current_password: from.into(),
+                    new_password: to.into(),
+                },
+                &other.access_token,
+            ))
+            .await
+            .expect("change password elsewhere");
+    }
+    let refused = client.users().get_me(GetMeRequest {}).await;
+    assert_status(refused, Code::Unauthenticated, "SESSION_REVOKED");
+    client
+        .users()
+        .get_me(GetMeRequest {})
+        .await
+        .expect("signed in again after hearing the session ended");
 }
 
 /// The payload of a JWT, unverified (the server verifies; this only reads).

@@ -93,6 +93,8 @@ impl Client {
         self.auth()
             .logout(v1::LogoutRequest { refresh_token })
             .await?;
+        // Its access token is refused from now on: sign in again next time.
+        self.channel.session().renew_now().await;
         Ok(())
     }
 

@@ -158,6 +158,13 @@ impl Session {
         Ok(pick(&t))
     }
 
+    /// Makes the next call renew first: the server said the session ended
+    /// (`SESSION_REVOKED` and other UNAUTHENTICATED answers), so the token
+    /// must not be sent again until a refresh or a new sign-in replaced it.
+    pub(crate) async fn renew_now(&self) {
+        self.tokens.write().await.renew_at = Instant::now();
+    }
+
     pub(crate) async fn refresh_token(&self) -> String {
         self.tokens.read().await.refresh.clone()
     }
@@ -206,9 +213,15 @@ impl tower::Service<http::Request<tonic::body::Body>> for AuthChannel {
                 .await
                 .map_err(|s| Box::new(s) as BoxError)?;
             req.headers_mut().insert(http::header::AUTHORIZATION, value);
-            tower::Service::call(&mut inner, req)
+            let response = tower::Service::call(&mut inner, req)
                 .await
-                .map_err(Into::into)
+                .map_err(Into::<BoxError>::into)?;
+            // A refusal comes as a trailers-only response: its status is in
+            // the headers. Only that one call fails; the next renews.
+            if response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"16") {
+                session.renew_now().await;
+            }
+            Ok(response)
         })
     }
 }
