@@ -17,6 +17,7 @@ crate::both_backends!(
     the_revocation_stream_never_skips_an_event_committed_late,
     streams_end_when_their_caller_loses_the_right,
     open_streams_count_against_the_limits,
+    concurrent_revocations_through_two_replicas_reach_every_watcher_once,
 );
 
 async fn start_with_smtp(backend: Backend) -> (TestServer, SmtpSink) {
@@ -705,4 +706,83 @@ async fn open_streams_count_against_the_limits(backend: Backend) {
     }
     let again = watch(&s, &admin, "").await;
     drop((w2, w3, w4, again));
+}
+
+/// Logouts through two replicas at once (each replica numbers what it sees
+/// committed, concurrently): watchers on both replicas get every event
+/// exactly once, with the same ids.
+async fn concurrent_revocations_through_two_replicas_reach_every_watcher_once(backend: Backend) {
+    let a = TestServer::start(backend).await;
+    let b = a
+        .replica(ServerOptions {
+            bootstrap_admin: false,
+            ..Default::default()
+        })
+        .await;
+    let admin = a.admin_token().await;
+    let mut on_a = watch(&a, &admin, "").await;
+    let mut on_b = watch(&b, &admin, "").await;
+    let mut sessions = Vec::new();
+    for i in 0..30 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        sessions.push((
+            i,
+            s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect("login"),
+        ));
+    }
+    let logouts = sessions.iter().map(|(i, pair)| {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let pair = pair.clone();
+        async move {
+            s.auth()
+                .await
+                .logout(authed(
+                    LogoutRequest {
+                        refresh_token: pair.refresh_token,
+                    },
+                    &pair.access_token,
+                ))
+                .await
+                .expect("logout");
+        }
+    });
+    futures::future::join_all(logouts).await;
+    let expected: std::collections::BTreeSet<String> = sessions
+        .iter()
+        .map(|(_, p)| {
+            token_claims(&p.access_token)["sid"]
+                .as_str()
+                .expect("sid")
+                .to_string()
+        })
+        .collect();
+    let mut per_replica = Vec::new();
+    for stream in [&mut on_a, &mut on_b] {
+        let mut got = std::collections::BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while got.len() < expected.len() {
+            let msg = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {} logouts arrived", got.len(), expected.len()))
+                .expect("stream")
+                .expect("open");
+            let e = msg.event.expect("event");
+            if e.reason == "logout" {
+                assert!(
+                    got.insert(e.session_id.clone(), e.event_id.clone())
+                        .is_none(),
+                    "event for session {} delivered twice",
+                    e.session_id
+                );
+            }
+        }
+        assert_eq!(
+            got.keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            expected
+        );
+        per_replica.push(got);
+    }
+    assert_eq!(per_replica[0], per_replica[1], "both replicas number alike");
 }
