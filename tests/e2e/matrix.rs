@@ -155,6 +155,7 @@ impl Env {
                     platform_admin: true,
                     orgs: Default::default(),
                     session_id: None,
+                    email_verified: false,
                 },
                 now - 3600,
             )

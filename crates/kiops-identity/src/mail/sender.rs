@@ -38,7 +38,7 @@ impl Transport {
     }
 }
 
-fn build(settings: &MailSettings, m: &OutboxEmail) -> Result<Message, String> {
+fn build(settings: &MailSettings, m: &OutboxEmail, text: &str) -> Result<Message, String> {
     let from: Mailbox = settings
         .from
         .parse()
@@ -49,7 +49,7 @@ fn build(settings: &MailSettings, m: &OutboxEmail) -> Result<Message, String> {
         .map_err(|e| format!("to address: {e}"))?;
     // 7bit keeps links intact for simple clients; fall back to automatic
     // encoding if the text does not allow it.
-    let crlf = m.body_text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
     let body = Body::new_with_encoding(
         crlf,
         lettre::message::header::ContentTransferEncoding::SevenBit,
@@ -69,6 +69,7 @@ async fn deliver(
     settings: &MailSettings,
     transport: &Transport,
     m: &OutboxEmail,
+    text: &str,
 ) -> Result<(), String> {
     match transport {
         Transport::Log => {
@@ -79,12 +80,12 @@ async fn deliver(
                 to = %m.to_address,
                 subject = %m.subject,
                 "email (no SMTP configured):\n{}",
-                m.body_text
+                text
             );
             Ok(())
         }
         Transport::Smtp(smtp) => {
-            let msg = build(settings, m)?;
+            let msg = build(settings, m, text)?;
             smtp.send(msg).await.map(|_| ()).map_err(|e| e.to_string())
         }
     }
@@ -95,11 +96,23 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, Domai
     let conn = app.store.writer();
     let now = app.clock.now_ms();
     let mut delivered = 0;
+    let abandoned = outbox::abandon_expired(conn, now).await?;
+    if abandoned > 0 {
+        tracing::warn!(count = abandoned, "emails given up: their single-use link expired before delivery");
+    }
     for m in outbox::due(conn, now, BATCH).await? {
         if !outbox::claim(conn, &m.id, now, LEASE_MS).await? {
             continue;
         }
-        match deliver(&app.mail, transport, &m).await {
+        let text = match crate::mail::messages::render(&m.body_text, m.secret.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                outbox::abandon(conn, &m.id, &e).await?;
+                tracing::warn!(email_id = %m.id, error = %e, "email given up");
+                continue;
+            }
+        };
+        match deliver(&app.mail, transport, &m, &text).await {
             Ok(()) => {
                 outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
                 delivered += 1;

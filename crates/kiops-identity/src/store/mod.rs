@@ -10,6 +10,7 @@
 pub mod audit;
 mod check_batch;
 mod claim_batch;
+pub mod email_verifications;
 pub mod entity;
 pub mod invitations;
 pub mod join_requests;
