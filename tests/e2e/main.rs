@@ -13,6 +13,7 @@ mod concurrency;
 mod crash;
 mod db_faults;
 mod downstream;
+mod hardening_mail;
 mod ecosystem;
 mod hostile;
 mod interop;

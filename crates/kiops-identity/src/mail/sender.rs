@@ -91,12 +91,14 @@ async fn deliver(
     }
 }
 
-/// One pass over the due messages; returns how many were delivered.
-pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, DomainError> {
+/// One pass over the due messages; returns how many were delivered, and
+/// whether a token was erased (then `Store::scrub_wal` should run).
+pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool), DomainError> {
     let conn = app.store.writer();
     let now = app.clock.now_ms();
     let mut delivered = 0;
     let abandoned = outbox::abandon_expired(conn, now).await?;
+    let mut erased = abandoned > 0;
     if abandoned > 0 {
         tracing::warn!(count = abandoned, "emails given up: their single-use link expired before delivery");
     }
@@ -108,6 +110,7 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, Domai
             Ok(t) => t,
             Err(e) => {
                 outbox::abandon(conn, &m.id, &e).await?;
+                erased |= m.secret.is_some();
                 tracing::warn!(email_id = %m.id, error = %e, "email given up");
                 continue;
             }
@@ -116,6 +119,7 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, Domai
             Ok(()) => {
                 outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
                 delivered += 1;
+                erased |= m.secret.is_some();
             }
             Err(e) => {
                 let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);
@@ -126,17 +130,25 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, Domai
             }
         }
     }
-    Ok(delivered)
+    Ok((delivered, erased))
 }
 
 /// Runs until `shutdown` turns true. Woken at once by `App::mail_wakeup`
 /// after a commit that queued a message, and every second otherwise (for
 /// retries and messages queued by other replicas).
 pub async fn run(app: App, transport: Transport, mut shutdown: watch::Receiver<bool>) {
+    // A token was erased but an older copy may still be in SQLite's WAL.
+    let mut scrub = false;
     loop {
         match drain_once(&app, &transport).await {
-            Ok(_) => {}
+            Ok((_, erased)) => scrub |= erased,
             Err(e) => tracing::warn!(error = %e, "outbox pass failed"),
+        }
+        if scrub {
+            match app.store.scrub_wal().await {
+                Ok(done) => scrub = !done,
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+            }
         }
         if let Ok(n) = outbox::backlog(app.store.conn()).await {
             app.metrics.outbox_backlog.set(n as i64);
