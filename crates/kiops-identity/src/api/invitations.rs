@@ -355,6 +355,10 @@ impl App {
             }
         };
         let tx = self.store.begin_write().await?;
+        // The organization row first, as resend and revoke take it: the
+        // membership insert below needs a key-share lock on it, and taking
+        // the invitation row before it deadlocked against a resend.
+        organizations::lock(&tx, &inv.organization_id).await?;
         if !invitations::transition(
             &tx,
             &inv.id,
