@@ -61,7 +61,10 @@ async fn manager_org(s: &TestServer, code: &str) -> (String, String, String) {
     let org = s.create_org(&admin, &code.to_uppercase(), code).await;
     let (mgr_id, mgr) = s.user(&format!("mgr@{code}.io")).await;
     s.add_member(&admin, &org, &mgr_id, Role::Manager).await;
-    let mgr = s.login(&format!("mgr@{code}.io"), PASSWORD).await.map_or(mgr, |l| l.access_token);
+    let mgr = s
+        .login(&format!("mgr@{code}.io"), PASSWORD)
+        .await
+        .map_or(mgr, |l| l.access_token);
     (admin, org, mgr)
 }
 
@@ -367,7 +370,10 @@ async fn signup_must_prove_the_address(backend: Backend) {
     assert_eq!(listed.join_requests.len(), 1);
     assert!(!listed.join_requests[0].email_verified, "shown unverified");
 
-    let session = s.login("joiner@example.com", PASSWORD).await.expect("login");
+    let session = s
+        .login("joiner@example.com", PASSWORD)
+        .await
+        .expect("login");
     assert!(!verified_claim(&session.access_token));
 
     for caller in [&mgr, &admin] {
@@ -437,7 +443,11 @@ async fn signup_must_prove_the_address(backend: Backend) {
     // An unverified account's own RequestToJoin is refused approval too.
     let solo = sign_up(&s, "solo@example.com", None).await;
     assert!(!solo.user.expect("user").email_verified);
-    let solo_token = s.login("solo@example.com", PASSWORD).await.expect("login").access_token;
+    let solo_token = s
+        .login("solo@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
     let jr2 = approvals(&ch)
         .request_to_join(authed(
             RequestToJoinRequest {
@@ -475,10 +485,21 @@ async fn verification_tokens_expire_and_resend_replaces_them(backend: Backend) {
     let ch = s.channel().await;
     let admin = s.admin_token().await;
 
-    let again = sign_up(&s, "again@example.com", None).await.user.expect("user");
-    let t1 = sink.wait_for("again@example.com", 1).await.token("kv").expect("kv");
+    let again = sign_up(&s, "again@example.com", None)
+        .await
+        .user
+        .expect("user");
+    let t1 = sink
+        .wait_for("again@example.com", 1)
+        .await
+        .token("kv")
+        .expect("kv");
     resend(&s, "again@example.com").await.expect("resend");
-    let t2 = sink.wait_for("again@example.com", 2).await.token("kv").expect("kv");
+    let t2 = sink
+        .wait_for("again@example.com", 2)
+        .await
+        .token("kv")
+        .expect("kv");
     assert_ne!(t1, t2);
     assert_reason(
         verify(&s, &t1).await,
@@ -492,18 +513,28 @@ async fn verification_tokens_expire_and_resend_replaces_them(backend: Backend) {
     );
 
     // Same answer whatever the address: unknown, verified, unverified.
-    resend(&s, "nobody@example.com").await.expect("unknown email");
-    resend(&s, "again@example.com").await.expect("verified email");
+    resend(&s, "nobody@example.com")
+        .await
+        .expect("unknown email");
+    resend(&s, "again@example.com")
+        .await
+        .expect("verified email");
     // Throttled like Login: the 5th attempt for one address this minute
     // (2 above + 3 here) is refused, for an unknown address alike.
     resend(&s, "again@example.com").await.expect("3rd");
     resend(&s, "again@example.com").await.expect("4th");
-    let e = resend(&s, "again@example.com").await.expect_err("throttled");
+    let e = resend(&s, "again@example.com")
+        .await
+        .expect_err("throttled");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     for _ in 0..3 {
-        resend(&s, "nobody@example.com").await.expect("unknown email");
+        resend(&s, "nobody@example.com")
+            .await
+            .expect("unknown email");
     }
-    let e = resend(&s, "nobody@example.com").await.expect_err("throttled");
+    let e = resend(&s, "nobody@example.com")
+        .await
+        .expect_err("throttled");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // A verified account gets no new link.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -512,7 +543,11 @@ async fn verification_tokens_expire_and_resend_replaces_them(backend: Backend) {
 
     // Expiry: 24 h and a minute later the link is dead.
     sign_up(&s, "late@example.com", None).await;
-    let late = sink.wait_for("late@example.com", 1).await.token("kv").expect("kv");
+    let late = sink
+        .wait_for("late@example.com", 1)
+        .await
+        .token("kv")
+        .expect("kv");
     s.advance_clock(Duration::from_secs(24 * 3600 + 60));
     assert_reason(
         verify(&s, &late).await,
@@ -604,7 +639,11 @@ async fn invitation_proves_the_address(backend: Backend) {
     };
 
     invite("fresh@example.com").await;
-    let token = sink.wait_for("fresh@example.com", 1).await.token("ki").expect("ki");
+    let token = sink
+        .wait_for("fresh@example.com", 1)
+        .await
+        .token("ki")
+        .expect("ki");
     invitations(&ch)
         .accept_invitation(AcceptInvitationRequest {
             token,
@@ -617,11 +656,18 @@ async fn invitation_proves_the_address(backend: Backend) {
     assert!(verified_claim(&fresh.access_token));
 
     sign_up(&s, "existing@example.com", None).await;
-    let before = s.login("existing@example.com", PASSWORD).await.expect("login");
+    let before = s
+        .login("existing@example.com", PASSWORD)
+        .await
+        .expect("login");
     assert!(!verified_claim(&before.access_token));
     invite("existing@example.com").await;
     // Message 1 is the verification email, 2 the invitation.
-    let token = sink.wait_for("existing@example.com", 2).await.token("ki").expect("ki");
+    let token = sink
+        .wait_for("existing@example.com", 2)
+        .await
+        .token("ki")
+        .expect("ki");
     invitations(&ch)
         .accept_invitation(authed(
             AcceptInvitationRequest {

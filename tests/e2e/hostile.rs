@@ -685,11 +685,7 @@ async fn send(ch: &Channel, c: &Case, admin: &str, rid: &str) -> Result<(), toni
             .await
             .map(drop),
         53 => auth
-            .resend_verification_email(with(
-                ResendVerificationEmailRequest { email: a },
-                None,
-                rid,
-            ))
+            .resend_verification_email(with(ResendVerificationEmailRequest { email: a }, None, rid))
             .await
             .map(drop),
         _ => auth

@@ -185,7 +185,10 @@ impl App {
         let requester = users::find_by_id(&tx, &jr.user_id).await?;
         // Issue 20 item 8: only a proven address joins. The flag only ever
         // goes from false to true, so reading it here is enough.
-        if approve && jr.status == "pending" && requester.as_ref().is_some_and(|u| !u.email_verified) {
+        if approve
+            && jr.status == "pending"
+            && requester.as_ref().is_some_and(|u| !u.email_verified)
+        {
             return Err(DomainError::precondition(
                 reason::EMAIL_NOT_VERIFIED,
                 "the requester has not verified their email address yet",

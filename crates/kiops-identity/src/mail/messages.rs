@@ -121,7 +121,12 @@ pub fn password_reset(
 
 pub const VERIFICATION_TTL_HOURS: i64 = 24;
 
-pub fn email_verification(settings: &MailSettings, to: &str, token: &str, expires_at: i64) -> NewEmail {
+pub fn email_verification(
+    settings: &MailSettings,
+    to: &str,
+    token: &str,
+    expires_at: i64,
+) -> NewEmail {
     NewEmail {
         to: to.to_string(),
         subject: "Confirm your email address for KIOPS".into(),
@@ -155,13 +160,19 @@ mod tests {
     fn the_stored_text_never_holds_the_token() {
         let m = password_reset(&settings(), "a@b.c", "kp_SECRET", 5, false);
         assert!(!m.body.contains("kp_SECRET"));
-        assert_eq!(m.secret.as_ref().map(|s| s.token.as_str()), Some("kp_SECRET"));
+        assert_eq!(
+            m.secret.as_ref().map(|s| s.token.as_str()),
+            Some("kp_SECRET")
+        );
         let sent = render(&m.body, Some("kp_SECRET")).expect("render");
         assert!(sent.contains("https://console.example/reset-password?token=kp_SECRET"));
         assert!(sent.contains("Reset token: kp_SECRET"));
         assert!(!sent.contains(SECRET_MARK));
         assert!(render(&m.body, None).is_err());
         let plain = join_decided("a@b.c", "Org", true, None);
-        assert_eq!(render(&plain.body, None).as_deref(), Ok(plain.body.as_str()));
+        assert_eq!(
+            render(&plain.body, None).as_deref(),
+            Ok(plain.body.as_str())
+        );
     }
 }

@@ -100,7 +100,10 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
     let abandoned = outbox::abandon_expired(conn, now).await?;
     let mut erased = abandoned > 0;
     if abandoned > 0 {
-        tracing::warn!(count = abandoned, "emails given up: their single-use link expired before delivery");
+        tracing::warn!(
+            count = abandoned,
+            "emails given up: their single-use link expired before delivery"
+        );
     }
     for m in outbox::due(conn, now, BATCH).await? {
         if !outbox::claim(conn, &m.id, now, LEASE_MS).await? {
