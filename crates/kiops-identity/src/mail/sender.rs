@@ -120,9 +120,9 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
         };
         match deliver(&app.mail, transport, &m, &text).await {
             Ok(()) => {
-                outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
+                let legacy = outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
                 delivered += 1;
-                erased |= m.secret.is_some();
+                erased |= legacy || m.secret.is_some();
             }
             Err(e) => {
                 let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);

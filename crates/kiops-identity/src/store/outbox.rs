@@ -109,12 +109,13 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(n == 1)
 }
 
-/// Records the delivery and, in the same UPDATE, erases the token.
+/// Records the delivery and, in the same UPDATE, erases the token. True if
+/// the text of an older message had to go as well.
 pub async fn mark_sent<C: ConnectionTrait>(
     conn: &C,
     id: &str,
     now: i64,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     outbox::Entity::update_many()
         .col_expr(outbox::Column::SentAt, Expr::value(now))
         .col_expr(
@@ -126,8 +127,23 @@ pub async fn mark_sent<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(())
+    // A message queued before the secret column existed has its token in
+    // the text: drop the text once delivered (the migration did so for
+    // those already delivered).
+    let legacy = outbox::Entity::update_many()
+        .col_expr(outbox::Column::BodyText, Expr::value(LEGACY_REMOVED))
+        .filter(outbox::Column::Id.eq(id))
+        .filter(outbox::Column::SecretExpiresAt.is_null())
+        .filter(outbox::Column::Kind.is_in(["invitation", "password_reset"]))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    Ok(legacy > 0)
 }
+
+/// The text left of a delivered message that held its token in the text.
+pub const LEGACY_REMOVED: &str = "(removed after delivery: it held a single-use link)";
 
 pub async fn mark_failed<C: ConnectionTrait>(
     conn: &C,
