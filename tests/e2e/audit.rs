@@ -412,6 +412,19 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     a.one("user.created", &s1, "", None).await;
     a.one("join_request.created", &jr1, "s1@example.com", Some(&org))
         .await;
+    a.one("user.verification_email_sent", &s1, "s1@example.com", None)
+        .await;
+    // Issue 20 item 8: the address is proven before the approval.
+    let kv = sink
+        .wait_for("s1@example.com", 1)
+        .await
+        .token("kv")
+        .expect("verification token");
+    auth.verify_email(VerifyEmailRequest { token: kv })
+        .await
+        .expect("verify email");
+    a.one("user.email_verified", &s1, "s1@example.com", None)
+        .await;
     ap.approve_join_request(authed(
         ApproveJoinRequestRequest {
             join_request_id: jr1.clone(),

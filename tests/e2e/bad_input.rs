@@ -159,6 +159,7 @@ async fn bearer_tokens_of_every_bad_kind_are_refused(backend: Backend) {
                 platform_admin: true,
                 orgs: Default::default(),
                 session_id: None,
+                email_verified: false,
             })
             .expect("issue")
             .token

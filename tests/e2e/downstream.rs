@@ -187,6 +187,7 @@ async fn device_service_admits_and_refuses(backend: Backend) {
                     platform_admin: false,
                     orgs,
                     session_id: None,
+                    email_verified: false,
                 },
                 at,
             )

@@ -58,6 +58,7 @@ fn hostile() -> impl Strategy<Value = String> {
             "kr_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "ki_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "kp_\u{0}",
+            "kv_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "name desc, email",
             "email desc desc",
             "https://evil.example/\u{202e}",
@@ -101,7 +102,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..52,
+        0u8..54,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -679,6 +680,14 @@ async fn send(ch: &Channel, c: &Case, admin: &str, rid: &str) -> Result<(), toni
             ))
             .await
             .map(drop),
+        52 => auth
+            .verify_email(with(VerifyEmailRequest { token: a }, None, rid))
+            .await
+            .map(drop),
+        53 => auth
+            .resend_verification_email(with(ResendVerificationEmailRequest { email: a }, None, rid))
+            .await
+            .map(drop),
         _ => auth
             .request_password_reset(with(RequestPasswordResetRequest { email: a }, None, rid))
             .await
@@ -686,7 +695,7 @@ async fn send(ch: &Channel, c: &Case, admin: &str, rid: &str) -> Result<(), toni
     }
 }
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "users",
     "organizations",
     "memberships",
@@ -697,6 +706,7 @@ const TABLES: [&str; 10] = [
     "refresh_tokens",
     "password_reset_tokens",
     "email_outbox",
+    "email_verification_tokens",
 ];
 
 async fn snapshot(db: &DatabaseConnection) -> BTreeMap<&'static str, i64> {

@@ -104,6 +104,7 @@ struct World {
     join_request: String,
     refresh_token: String,
     reset_token: String,
+    verify_token: String,
     /// Fresh callers for rows that consume the caller.
     fresh: BTreeMap<&'static str, String>,
 }
@@ -157,6 +158,7 @@ impl Env {
                     platform_admin: true,
                     orgs: Default::default(),
                     session_id: None,
+                    email_verified: false,
                 },
                 now - 3600,
             )
@@ -425,12 +427,13 @@ impl Env {
             }
         }
         if rpc.ends_with("ApproveJoinRequest") || rpc.ends_with("RejectJoinRequest") {
+            let email = format!("joiner-{n}@matrix.io");
             w.join_request = self
                 .s
                 .auth()
                 .await
                 .sign_up(SignUpRequest {
-                    email: format!("joiner-{n}@matrix.io"),
+                    email: email.clone(),
                     name: "Joiner".into(),
                     password: PASSWORD.into(),
                     organization_id: Some(org.clone()),
@@ -441,6 +444,32 @@ impl Env {
                 .join_request
                 .expect("join request")
                 .join_request_id;
+            // Only a verified address can be approved (issue 20 item 8).
+            let mail = self.sink.wait_for(&email, 1).await;
+            self.s
+                .auth()
+                .await
+                .verify_email(VerifyEmailRequest {
+                    token: mail.token("kv").expect("verification token"),
+                })
+                .await
+                .expect("verify");
+        }
+        if rpc == "AuthService/VerifyEmail" {
+            let email = format!("verifier-{n}@matrix.io");
+            self.s
+                .auth()
+                .await
+                .sign_up(SignUpRequest {
+                    email: email.clone(),
+                    name: "Verifier".into(),
+                    password: PASSWORD.into(),
+                    organization_id: None,
+                })
+                .await
+                .expect("sign up");
+            let mail = self.sink.wait_for(&email, 1).await;
+            w.verify_token = mail.token("kv").expect("verification token");
         }
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
             for kind in CALLERS.iter().skip(3) {
@@ -608,6 +637,24 @@ impl Env {
                     ResetPasswordRequest {
                         token: w.reset_token.clone(),
                         new_password: "a brand new long password".into(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/VerifyEmail" => auth
+                .verify_email(req(
+                    VerifyEmailRequest {
+                        token: w.verify_token.clone(),
+                    },
+                    t,
+                ))
+                .await
+                .map(drop),
+            "AuthService/ResendVerificationEmail" => auth
+                .resend_verification_email(req(
+                    ResendVerificationEmailRequest {
+                        email: self.target.email.clone(),
                     },
                     t,
                 ))

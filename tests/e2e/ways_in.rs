@@ -72,6 +72,17 @@ fn signup(email: &str, org: Option<&str>) -> SignUpRequest {
     }
 }
 
+/// Uses the verification link of message `n` to `email` (issue 20 item 8:
+/// only a proven address can be approved).
+async fn verify_address(s: &TestServer, sink: &SmtpSink, email: &str, n: usize) {
+    let token = sink.wait_for(email, n).await.token("kv").expect("kv token");
+    s.auth()
+        .await
+        .verify_email(VerifyEmailRequest { token })
+        .await
+        .expect("verify email");
+}
+
 async fn signup_request_approve_and_reject(backend: Backend) {
     let (s, sink) = start(backend).await;
     let (_, org, mgr) = manager_org(&s, "acme").await;
@@ -124,6 +135,8 @@ async fn signup_request_approve_and_reject(backend: Backend) {
     assert_eq!(list.join_requests[0].name, "New Person");
     assert!(list.join_requests[0].request_time.is_some());
 
+    // Issue 20 item 8: the address is proven first (message 1).
+    verify_address(&s, &sink, "new@example.com", 1).await;
     let approved = ap
         .approve_join_request(authed(
             ApproveJoinRequestRequest {
@@ -144,7 +157,7 @@ async fn signup_request_approve_and_reject(backend: Backend) {
         member.permissions.is_empty(),
         "approved members start with no permissions"
     );
-    let mail = sink.wait_for("new@example.com", 1).await;
+    let mail = sink.wait_for("new@example.com", 2).await;
     assert!(
         mail.header("subject")
             .expect("subject")
@@ -205,7 +218,7 @@ async fn signup_request_approve_and_reject(backend: Backend) {
         .expect("jr");
     assert_eq!(rejected.status, JoinRequestStatus::Rejected as i32);
     assert_eq!(rejected.reason, "not now");
-    let mail = sink.wait_for("new@example.com", 2).await;
+    let mail = sink.wait_for("new@example.com", 3).await;
     assert!(mail.data.contains("not now"));
     ap.request_to_join(authed(
         RequestToJoinRequest {
@@ -836,6 +849,7 @@ async fn double_approval_and_double_accept_race(backend: Backend) {
             .join_request
             .expect("jr")
             .join_request_id;
+        verify_address(&s, &sink, &email, 1).await;
         let mut a = ApprovalServiceClient::new(s.channel().await);
         let mut b = ApprovalServiceClient::new(s.channel().await);
         let (ra, rb) = tokio::join!(

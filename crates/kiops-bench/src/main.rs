@@ -392,6 +392,7 @@ fn verify_bench() -> String {
         platform_admin: false,
         orgs,
         session_id: None,
+        email_verified: true,
     }) {
         Ok(t) => t.token,
         Err(e) => return format!("verify: {e}"),

@@ -55,6 +55,7 @@ fn main() {
             platform_admin: false,
             orgs,
             session_id: Some("01a205b3-a970-7604-baa2-fc8f7d5be91d".into()),
+            email_verified: true,
         })
         .expect("issue")
         .token;

@@ -282,6 +282,7 @@ mod tests {
                     platform_admin: false,
                     orgs,
                     session_id: sid.map(str::to_string),
+                    email_verified: true,
                 },
                 at,
             )

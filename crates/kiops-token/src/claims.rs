@@ -34,6 +34,11 @@ pub struct Claims {
     /// session" from "other sessions"); absent in tokens of other issuers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The owner proved `email` (verification link, invitation) or an
+    /// administrator created the account. False in tokens minted before the
+    /// claim existed, so they still verify.
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 impl Claims {
@@ -85,6 +90,7 @@ mod tests {
                 })
                 .collect(),
             sid: None,
+            email_verified: false,
         }
     }
 

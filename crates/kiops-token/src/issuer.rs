@@ -20,6 +20,8 @@ pub struct IssueRequest {
     pub platform_admin: bool,
     pub orgs: BTreeMap<String, OrgClaims>,
     pub session_id: Option<String>,
+    /// Becomes the `email_verified` claim.
+    pub email_verified: bool,
 }
 
 /// A signed token and the facts a caller needs about it.
@@ -117,6 +119,7 @@ impl Issuer {
             pa: req.platform_admin,
             orgs: req.orgs,
             sid: req.session_id,
+            email_verified: req.email_verified,
         };
         let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::Signing(e.to_string()))?;
         let mut token = self.header_b64.clone();
@@ -153,6 +156,7 @@ mod tests {
                 platform_admin: false,
                 orgs: BTreeMap::new(),
                 session_id: Some("s1".into()),
+                email_verified: true,
             })
             .expect("issue");
         let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);

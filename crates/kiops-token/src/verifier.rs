@@ -193,6 +193,7 @@ mod tests {
             platform_admin: false,
             orgs: BTreeMap::new(),
             session_id: None,
+            email_verified: true,
         }
     }
 

@@ -182,6 +182,18 @@ impl App {
             return Err(DomainError::not_found("join request"));
         }
         access::require_manager(caller, role)?;
+        let requester = users::find_by_id(&tx, &jr.user_id).await?;
+        // Issue 20 item 8: only a proven address joins. The flag only ever
+        // goes from false to true, so reading it here is enough.
+        if approve
+            && jr.status == "pending"
+            && requester.as_ref().is_some_and(|u| !u.email_verified)
+        {
+            return Err(DomainError::precondition(
+                reason::EMAIL_NOT_VERIFIED,
+                "the requester has not verified their email address yet",
+            ));
+        }
         if !join_requests::decide(
             &tx,
             meta,
@@ -199,7 +211,6 @@ impl App {
                 "the join request is not pending",
             ));
         }
-        let requester = users::find_by_id(&tx, &jr.user_id).await?;
         if approve
             && memberships::find(&tx, &org.id, &jr.user_id)
                 .await?

@@ -11,7 +11,7 @@ use crate::overload::CallPermit;
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::store::sessions::{self, NewSession, Rotation};
 use crate::store::users::{self, User};
-use crate::store::{db_err, memberships};
+use crate::store::{db_err, email_verifications, memberships};
 use kiops_proto::v1::auth_service_server::AuthService;
 use kiops_proto::v1::*;
 use kiops_token::IssueRequest;
@@ -78,6 +78,7 @@ impl App {
                 platform_admin: user.platform_admin,
                 orgs,
                 session_id: Some(session_id.to_string()),
+                email_verified: user.email_verified,
             },
             self.clock.now_secs(),
         )?;
@@ -462,6 +463,8 @@ fn pair_to_login(p: TokenPair) -> LoginResponse {
 }
 
 pub const RESET_TOKEN_PREFIX: &str = "kp";
+/// Email-verification tokens.
+pub const VERIFICATION_TOKEN_PREFIX: &str = "kv";
 
 impl App {
     /// Creates a reset token for `user` and queues the email, inside the
@@ -486,7 +489,13 @@ impl App {
         .await?;
         crate::store::outbox::enqueue(
             conn,
-            crate::mail::messages::password_reset(&self.mail, &user.email, &token, by_manager),
+            crate::mail::messages::password_reset(
+                &self.mail,
+                &user.email,
+                &token,
+                now + crate::mail::messages::RESET_TTL_MINUTES * 60_000,
+                by_manager,
+            ),
             now,
         )
         .await?;
@@ -604,6 +613,143 @@ impl App {
         Ok(())
     }
 
+    /// A new verification token for `user` (killing the older ones) and its
+    /// email, inside the caller's transaction.
+    async fn queue_verification_email<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        meta: &RequestMeta,
+        actor: Actor,
+        user: &User,
+        resend: bool,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        let token = random_token(VERIFICATION_TOKEN_PREFIX);
+        email_verifications::replace(conn, &user.id, hash_token(&token), now).await?;
+        crate::store::outbox::enqueue(
+            conn,
+            crate::mail::messages::email_verification(
+                &self.mail,
+                &user.email,
+                &token,
+                now + email_verifications::TTL_MS,
+            ),
+            now,
+        )
+        .await?;
+        audit::record(
+            conn,
+            meta,
+            AuditEntry::new(
+                actor,
+                if resend {
+                    "user.verification_email_resent"
+                } else {
+                    "user.verification_email_sent"
+                },
+                "user",
+                &user.id,
+            ),
+            now,
+        )
+        .await
+    }
+
+    /// VerifyEmail: uses the token and marks the address proven. The user
+    /// row is locked first (as `resend_verification_email` does), then the
+    /// token is used by a conditional UPDATE: a resend that committed first
+    /// has killed it.
+    async fn verify_email(&self, meta: &RequestMeta, token: &str) -> Result<(), DomainError> {
+        validate::opaque_token("token", token)
+            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        self.throttle.check(&meta.peer, None)?;
+        let invalid = || {
+            DomainError::precondition(
+                reason::INVALID_VERIFICATION_TOKEN,
+                "the verification link is invalid, used, replaced or expired",
+            )
+        };
+        let hash = hash_token(token);
+        let now = self.clock.now_ms();
+        let tx = self.store.begin_write().await?;
+        let owner = email_verifications::owner(&tx, &hash, now)
+            .await?
+            .ok_or_else(invalid)?;
+        let user = users::lock(&tx, &owner).await?.ok_or_else(invalid)?;
+        if !email_verifications::consume(&tx, &hash, &user.id, now).await? {
+            return Err(invalid());
+        }
+        users::mark_email_verified(&tx, &user.id, now).await?;
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(
+                Actor::User {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                },
+                "user.email_verified",
+                "user",
+                &user.id,
+            )
+            .details(json!({"by": "verification_link"})),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Always OK, in the same time whether the email exists or not (no
+    /// enumeration): throttled per peer and per email, and the lookup and
+    /// the write happen in a background task after the answer, as for
+    /// RequestPasswordReset.
+    async fn resend_verification_email(
+        &self,
+        meta: &RequestMeta,
+        email: &str,
+    ) -> Result<(), DomainError> {
+        let email =
+            validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        self.throttle.check(&meta.peer, Some(&email))?;
+        let app = self.clone();
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let Some(found) = users::find_by_email(app.store.conn(), &email).await? else {
+                    return Ok(());
+                };
+                if found.email_verified || found.status == StoredStatus::Inactive.as_str() {
+                    return Ok(());
+                }
+                let now = app.clock.now_ms();
+                let tx = app.store.begin_write().await?;
+                // Decided under the row lock VerifyEmail also takes: a
+                // verification that committed first makes this a no-op.
+                let Some(user) = users::lock(&tx, &found.id)
+                    .await?
+                    .filter(|u| !u.email_verified)
+                else {
+                    return Ok(());
+                };
+                let actor = Actor::User {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                };
+                app.queue_verification_email(&tx, &meta, actor, &user, true, now)
+                    .await?;
+                tx.commit().await.map_err(db_err)?;
+                app.mail_wakeup.notify_one();
+                Ok::<(), DomainError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "verification email resend failed");
+            }
+        });
+        Ok(())
+    }
+
     /// SignUp (R7): the account, and with an organization a PENDING join
     /// request, in one transaction. An unknown organization is refused before
     /// anything is created.
@@ -646,6 +792,8 @@ impl App {
                 name,
                 password_hash,
                 platform_admin: false,
+                // Unproven until the emailed link is used (issue 20 item 8).
+                email_verified: false,
             },
             now,
         )
@@ -654,6 +802,8 @@ impl App {
             id: user.id.clone(),
             email: user.email.clone(),
         };
+        self.queue_verification_email(&tx, meta, actor.clone(), &user, false, now)
+            .await?;
         let jr = match &org {
             Some(o) => {
                 Some(crate::store::join_requests::create(&tx, meta, actor, &user.id, o, now).await?)
@@ -667,6 +817,7 @@ impl App {
             None => None,
         };
         tx.commit().await.map_err(db_err)?;
+        self.mail_wakeup.notify_one();
         Ok(SignUpResponse {
             user: Some(super::convert::user(&user, now)),
             join_request,
@@ -704,6 +855,28 @@ impl AuthService for AuthApi {
         Ok(Response::new(
             self.app.sign_up(&meta, request.into_inner()).await?,
         ))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<VerifyEmailRequest>,
+    ) -> Result<Response<VerifyEmailResponse>, Status> {
+        let meta = request_meta(&request);
+        self.app
+            .verify_email(&meta, &request.into_inner().token)
+            .await?;
+        Ok(Response::new(VerifyEmailResponse {}))
+    }
+
+    async fn resend_verification_email(
+        &self,
+        request: Request<ResendVerificationEmailRequest>,
+    ) -> Result<Response<ResendVerificationEmailResponse>, Status> {
+        let meta = request_meta(&request);
+        self.app
+            .resend_verification_email(&meta, &request.into_inner().email)
+            .await?;
+        Ok(Response::new(ResendVerificationEmailResponse {}))
     }
 
     async fn login(

@@ -22,6 +22,7 @@ pub fn user(u: &User, now_ms: i64) -> v1::User {
         status: status.proto_number(),
         platform_admin: u.platform_admin,
         create_time: Some(timestamp(u.created_at)),
+        email_verified: u.email_verified,
     }
 }
 
@@ -127,5 +128,6 @@ pub fn join_request(r: &JoinRequestRow) -> v1::JoinRequest {
         decide_time: r.decided_at.map(timestamp),
         decided_by: r.decided_by.clone().unwrap_or_default(),
         reason: r.reason.clone().unwrap_or_default(),
+        email_verified: r.email_verified,
     }
 }

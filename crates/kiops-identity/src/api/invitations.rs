@@ -85,6 +85,11 @@ impl App {
             .await?
             .ok_or_else(|| DomainError::not_found("invitation"))?;
         organizations::lock(tx, &inv.organization_id).await?;
+        // Read again under the lock: a resend that committed while we waited
+        // for it has changed the token.
+        let inv = invitations::find(tx, id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("invitation"))?;
         let role = memberships::role_of(tx, &inv.organization_id, &caller.user_id).await?;
         if !caller.platform_admin && role.is_none() {
             return Err(DomainError::not_found("invitation"));
@@ -154,6 +159,7 @@ impl App {
                 &caller.email,
                 role.as_str(),
                 &token,
+                inv.expires_at,
             ),
             now,
         )
@@ -185,7 +191,7 @@ impl App {
             .await?
             .ok_or_else(|| DomainError::not_found("invitation"))?;
         let token = random_token(INVITATION_TOKEN_PREFIX);
-        let after = invitations::renew(
+        let Some(after) = invitations::renew(
             &tx,
             meta,
             caller.actor(),
@@ -194,7 +200,12 @@ impl App {
             TTL_MS,
             now,
         )
-        .await?;
+        .await?
+        else {
+            // An accept or decline committed since the read: it won.
+            let current = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
+            return Err(unusable(&current, now));
+        };
         outbox::enqueue(
             &tx,
             messages::invitation(
@@ -204,6 +215,7 @@ impl App {
                 &caller.email,
                 &inv.role,
                 &token,
+                after.expires_at,
             ),
             now,
         )
@@ -224,7 +236,7 @@ impl App {
         let now = self.clock.now_ms();
         let tx = self.store.begin_write().await?;
         let inv = self.invitation_for_manager(&tx, caller, &id).await?;
-        if !invitations::transition(&tx, &inv.id, Status::Revoked, false, now).await? {
+        if !invitations::transition(&tx, &inv.id, Status::Revoked, false, None, now).await? {
             return Err(unusable(&inv, now));
         }
         invitations::audit_transition(
@@ -343,9 +355,21 @@ impl App {
             }
         };
         let tx = self.store.begin_write().await?;
-        if !invitations::transition(&tx, &inv.id, Status::Accepted, true, now).await? {
-            let current = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
-            return Err(unusable(&current, now));
+        // The organization row first, as resend and revoke take it: the
+        // membership insert below needs a key-share lock on it, and taking
+        // the invitation row before it deadlocked against a resend.
+        organizations::lock(&tx, &inv.organization_id).await?;
+        if !invitations::transition(
+            &tx,
+            &inv.id,
+            Status::Accepted,
+            true,
+            Some(&inv.token_hash),
+            now,
+        )
+        .await?
+        {
+            return Err(self.not_consumed(&tx, inv, now).await);
         }
         let (user_id, actor) = match (new_account, &existing) {
             (Some((name, password_hash)), _) => {
@@ -358,6 +382,8 @@ impl App {
                         name,
                         password_hash,
                         platform_admin: false,
+                        // The link reached this address.
+                        email_verified: true,
                     },
                     now,
                 )
@@ -368,13 +394,29 @@ impl App {
                 };
                 (u.id, actor)
             }
-            (None, Some(u)) => (
-                u.id.clone(),
-                Actor::User {
+            (None, Some(u)) => {
+                let actor = Actor::User {
                     id: u.id.clone(),
                     email: u.email.clone(),
-                },
-            ),
+                };
+                // Accepting proves the address (issue 20 item 8).
+                if users::mark_email_verified(&tx, &u.id, now).await? {
+                    crate::store::audit::record(
+                        &tx,
+                        meta,
+                        crate::store::audit::AuditEntry::new(
+                            actor.clone(),
+                            "user.email_verified",
+                            "user",
+                            &u.id,
+                        )
+                        .details(json!({"by": "invitation", "invitation_id": inv.id})),
+                        now,
+                    )
+                    .await?;
+                }
+                (u.id.clone(), actor)
+            }
             (None, None) => return Err(DomainError::internal("accept without account")),
         };
         invitations::audit_transition(
@@ -405,12 +447,40 @@ impl App {
         Ok((convert::member(&row, now), inv.organization_id))
     }
 
+    /// Why the conditional UPDATE on (id, token hash) changed nothing: the
+    /// invitation was decided or expired meanwhile, or a resend replaced the
+    /// presented token (then it is unknown, as any dead token is).
+    async fn not_consumed(
+        &self,
+        tx: &sea_orm::DatabaseTransaction,
+        inv: Invitation,
+        now: i64,
+    ) -> DomainError {
+        match invitations::find(tx, &inv.id).await {
+            Ok(Some(current)) if current.token_hash != inv.token_hash => {
+                DomainError::not_found("invitation")
+            }
+            Ok(Some(current)) => unusable(&current, now),
+            Ok(None) => DomainError::not_found("invitation"),
+            Err(e) => e,
+        }
+    }
+
     async fn decline_invitation(&self, meta: &RequestMeta, token: &str) -> Result<(), DomainError> {
         let inv = self.invitation_by_token(token).await?;
         let now = self.clock.now_ms();
         let tx = self.store.begin_write().await?;
-        if !invitations::transition(&tx, &inv.id, Status::Rejected, true, now).await? {
-            return Err(unusable(&inv, now));
+        if !invitations::transition(
+            &tx,
+            &inv.id,
+            Status::Rejected,
+            true,
+            Some(&inv.token_hash),
+            now,
+        )
+        .await?
+        {
+            return Err(self.not_consumed(&tx, inv, now).await);
         }
         invitations::audit_transition(
             &tx,

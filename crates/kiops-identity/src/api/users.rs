@@ -78,6 +78,8 @@ impl App {
                 name,
                 password_hash,
                 platform_admin,
+                // Made by a PlatformAdmin (or the bootstrap): trusted.
+                email_verified: true,
             },
             now,
         )

@@ -66,6 +66,10 @@ pub mod reason {
     pub const SELF_ACCOUNT_ACTION: &str = "SELF_ACCOUNT_ACTION";
     pub const INVALID_CURRENT_PASSWORD: &str = "INVALID_CURRENT_PASSWORD";
     pub const INVALID_RESET_TOKEN: &str = "INVALID_RESET_TOKEN";
+    /// VerifyEmail with a used, expired, replaced or unknown token.
+    pub const INVALID_VERIFICATION_TOKEN: &str = "INVALID_VERIFICATION_TOKEN";
+    /// Approving the join request of someone whose address is unproven.
+    pub const EMAIL_NOT_VERIFIED: &str = "EMAIL_NOT_VERIFIED";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
     pub const CONFLICT: &str = "CONFLICT";

@@ -1,14 +1,39 @@
 //! The texts of the emails. Plain text only; every link also shows the bare
 //! token so it can be used from grpcurl.
+//!
+//! A text that carries a token is stored with [`SECRET_MARK`] where the token
+//! goes, and the token apart (`NewEmail::secret`): the sender puts it in with
+//! [`render`] at delivery, then the outbox forgets it (issue 20 item 3).
 
 use super::MailSettings;
-use crate::store::outbox::NewEmail;
+use crate::store::outbox::{EmailSecret, NewEmail};
+
+/// Stands for the token in a stored text. Control characters are refused in
+/// every name and text a user can set, so no user content can forge it.
+pub const SECRET_MARK: &str = "\u{1}kiops-secret\u{1}";
+
+/// The text to send: the stored text with the token put in. Refuses a text
+/// that needs a token when there is none (erased: expired or already sent).
+pub fn render(body: &str, secret: Option<&str>) -> Result<String, String> {
+    match (body.contains(SECRET_MARK), secret) {
+        (false, _) => Ok(body.to_string()),
+        (true, Some(s)) => Ok(body.replace(SECRET_MARK, s)),
+        (true, None) => Err("the message's single-use link is gone (expired or sent)".into()),
+    }
+}
+
+fn secret(token: &str, expires_at: i64) -> Option<EmailSecret> {
+    Some(EmailSecret {
+        token: token.to_string(),
+        expires_at,
+    })
+}
 
 pub const INVITATION_TTL_DAYS: i64 = 7;
 
-fn link(settings: &MailSettings, path: &str, token: &str) -> String {
+fn link(settings: &MailSettings, path: &str) -> String {
     format!(
-        "{}/{path}?token={token}",
+        "{}/{path}?token={SECRET_MARK}",
         settings.public_url.trim_end_matches('/')
     )
 }
@@ -20,6 +45,7 @@ pub fn invitation(
     inviter: &str,
     role: &str,
     token: &str,
+    expires_at: i64,
 ) -> NewEmail {
     NewEmail {
         to: to.to_string(),
@@ -27,12 +53,13 @@ pub fn invitation(
         body: format!(
             "Hello,\n\n{inviter} invited you to join the organization \"{org_name}\" on KIOPS as {role}.\n\n\
              Accept the invitation:\n{}\n\n\
-             Invitation token: {token}\n\n\
+             Invitation token: {SECRET_MARK}\n\n\
              The invitation is valid for {INVITATION_TTL_DAYS} days and can be used once.\n\
              If you do not want to join, decline it or ignore this email.\n",
-            link(settings, "invitations/accept", token)
+            link(settings, "invitations/accept")
         ),
         kind: "invitation",
+        secret: secret(token, expires_at),
     }
 }
 
@@ -60,6 +87,7 @@ pub fn join_decided(to: &str, org_name: &str, approved: bool, reason: Option<&st
         } else {
             "join_rejected"
         },
+        secret: None,
     }
 }
 
@@ -69,13 +97,14 @@ pub fn password_reset(
     settings: &MailSettings,
     to: &str,
     token: &str,
+    expires_at: i64,
     by_manager: bool,
 ) -> NewEmail {
     NewEmail {
         to: to.to_string(),
         subject: "Reset your KIOPS password".into(),
         body: format!(
-            "Hello,\n\n{}\n\nSet a new password:\n{}\n\nReset token: {token}\n\n\
+            "Hello,\n\n{}\n\nSet a new password:\n{}\n\nReset token: {SECRET_MARK}\n\n\
              The link is valid for {RESET_TTL_MINUTES} minutes and can be used once. \
              If you did not ask for this, ignore this email: your password stays as it is.\n",
             if by_manager {
@@ -83,8 +112,67 @@ pub fn password_reset(
             } else {
                 "Someone (hopefully you) asked to reset the password of your KIOPS account."
             },
-            link(settings, "reset-password", token)
+            link(settings, "reset-password")
         ),
         kind: "password_reset",
+        secret: secret(token, expires_at),
+    }
+}
+
+pub const VERIFICATION_TTL_HOURS: i64 = 24;
+
+pub fn email_verification(
+    settings: &MailSettings,
+    to: &str,
+    token: &str,
+    expires_at: i64,
+) -> NewEmail {
+    NewEmail {
+        to: to.to_string(),
+        subject: "Confirm your email address for KIOPS".into(),
+        body: format!(
+            "Hello,\n\nSomeone (hopefully you) signed up to KIOPS with this email address.\n\n\
+             Confirm it:\n{}\n\n\
+             Verification token: {SECRET_MARK}\n\n\
+             The link is valid for {VERIFICATION_TTL_HOURS} hours and can be used once. Until it is \
+             used, a Manager cannot approve your request to join an organization. \
+             If you did not sign up, ignore this email.\n",
+            link(settings, "verify-email")
+        ),
+        kind: "email_verification",
+        secret: secret(token, expires_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MailSettings {
+        MailSettings {
+            public_url: "https://console.example/".into(),
+            from: "KIOPS <noreply@example>".into(),
+            smtp_url: None,
+        }
+    }
+
+    #[test]
+    fn the_stored_text_never_holds_the_token() {
+        let m = password_reset(&settings(), "a@b.c", "kp_SECRET", 5, false);
+        assert!(!m.body.contains("kp_SECRET"));
+        assert_eq!(
+            m.secret.as_ref().map(|s| s.token.as_str()),
+            Some("kp_SECRET")
+        );
+        let sent = render(&m.body, Some("kp_SECRET")).expect("render");
+        assert!(sent.contains("https://console.example/reset-password?token=kp_SECRET"));
+        assert!(sent.contains("Reset token: kp_SECRET"));
+        assert!(!sent.contains(SECRET_MARK));
+        assert!(render(&m.body, None).is_err());
+        let plain = join_decided("a@b.c", "Org", true, None);
+        assert_eq!(
+            render(&plain.body, None).as_deref(),
+            Ok(plain.body.as_str())
+        );
     }
 }

@@ -38,7 +38,7 @@ impl Transport {
     }
 }
 
-fn build(settings: &MailSettings, m: &OutboxEmail) -> Result<Message, String> {
+fn build(settings: &MailSettings, m: &OutboxEmail, text: &str) -> Result<Message, String> {
     let from: Mailbox = settings
         .from
         .parse()
@@ -49,7 +49,7 @@ fn build(settings: &MailSettings, m: &OutboxEmail) -> Result<Message, String> {
         .map_err(|e| format!("to address: {e}"))?;
     // 7bit keeps links intact for simple clients; fall back to automatic
     // encoding if the text does not allow it.
-    let crlf = m.body_text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
     let body = Body::new_with_encoding(
         crlf,
         lettre::message::header::ContentTransferEncoding::SevenBit,
@@ -69,6 +69,7 @@ async fn deliver(
     settings: &MailSettings,
     transport: &Transport,
     m: &OutboxEmail,
+    text: &str,
 ) -> Result<(), String> {
     match transport {
         Transport::Log => {
@@ -79,30 +80,49 @@ async fn deliver(
                 to = %m.to_address,
                 subject = %m.subject,
                 "email (no SMTP configured):\n{}",
-                m.body_text
+                text
             );
             Ok(())
         }
         Transport::Smtp(smtp) => {
-            let msg = build(settings, m)?;
+            let msg = build(settings, m, text)?;
             smtp.send(msg).await.map(|_| ()).map_err(|e| e.to_string())
         }
     }
 }
 
-/// One pass over the due messages; returns how many were delivered.
-pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, DomainError> {
+/// One pass over the due messages; returns how many were delivered, and
+/// whether a token was erased (then `Store::scrub_wal` should run).
+pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool), DomainError> {
     let conn = app.store.writer();
     let now = app.clock.now_ms();
     let mut delivered = 0;
+    let abandoned = outbox::abandon_expired(conn, now).await?;
+    let mut erased = abandoned > 0;
+    if abandoned > 0 {
+        tracing::warn!(
+            count = abandoned,
+            "emails given up: their single-use link expired before delivery"
+        );
+    }
     for m in outbox::due(conn, now, BATCH).await? {
         if !outbox::claim(conn, &m.id, now, LEASE_MS).await? {
             continue;
         }
-        match deliver(&app.mail, transport, &m).await {
+        let text = match crate::mail::messages::render(&m.body_text, m.secret.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                outbox::abandon(conn, &m.id, &e).await?;
+                erased |= m.secret.is_some();
+                tracing::warn!(email_id = %m.id, error = %e, "email given up");
+                continue;
+            }
+        };
+        match deliver(&app.mail, transport, &m, &text).await {
             Ok(()) => {
-                outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
+                let legacy = outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
                 delivered += 1;
+                erased |= legacy || m.secret.is_some();
             }
             Err(e) => {
                 let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);
@@ -113,17 +133,25 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<usize, Domai
             }
         }
     }
-    Ok(delivered)
+    Ok((delivered, erased))
 }
 
 /// Runs until `shutdown` turns true. Woken at once by `App::mail_wakeup`
 /// after a commit that queued a message, and every second otherwise (for
 /// retries and messages queued by other replicas).
 pub async fn run(app: App, transport: Transport, mut shutdown: watch::Receiver<bool>) {
+    // A token was erased but an older copy may still be in SQLite's WAL.
+    let mut scrub = false;
     loop {
         match drain_once(&app, &transport).await {
-            Ok(_) => {}
+            Ok((_, erased)) => scrub |= erased,
             Err(e) => tracing::warn!(error = %e, "outbox pass failed"),
+        }
+        if scrub {
+            match app.store.scrub_wal().await {
+                Ok(done) => scrub = !done,
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+            }
         }
         if let Ok(n) = outbox::backlog(app.store.conn()).await {
             app.metrics.outbox_backlog.set(n as i64);

@@ -1,6 +1,7 @@
 //! Invitations (R9). A token is consumed by one conditional UPDATE on
-//! `status = 'pending' AND expires_at > now`, so two racing accepts cannot
-//! both win; expiry is computed from the clock at read time.
+//! `id AND token_hash AND status = 'pending' AND expires_at > now`, so two
+//! racing accepts cannot both win and a resend that committed first kills
+//! the old token; expiry is computed from the clock at read time.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::db_err;
@@ -203,7 +204,10 @@ pub async fn list<C: ConnectionTrait>(
 }
 
 /// Resend: a new token and a new window; the old token stops working because
-/// its hash is replaced.
+/// its hash is replaced. Conditional on the row still being pending with the
+/// token `before` read (checked row count): an accept that committed in
+/// between wins, and this returns None instead of re-opening a used
+/// invitation.
 pub async fn renew<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
@@ -212,11 +216,23 @@ pub async fn renew<C: ConnectionTrait>(
     token_hash: String,
     ttl_ms: i64,
     now: i64,
-) -> Result<Invitation, DomainError> {
-    let mut am: inv::ActiveModel = before.clone().into();
-    am.token_hash = Set(token_hash);
-    am.expires_at = Set(now + ttl_ms);
-    let after = am.update(conn).await.map_err(db_err)?;
+) -> Result<Option<Invitation>, DomainError> {
+    let n = inv::Entity::update_many()
+        .col_expr(inv::Column::TokenHash, Expr::value(token_hash))
+        .col_expr(inv::Column::ExpiresAt, Expr::value(now + ttl_ms))
+        .filter(inv::Column::Id.eq(&before.id))
+        .filter(inv::Column::Status.eq("pending"))
+        .filter(inv::Column::TokenHash.eq(&before.token_hash))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    if n != 1 {
+        return Ok(None);
+    }
+    let Some(after) = find(conn, &before.id).await? else {
+        return Ok(None);
+    };
     audit::record(
         conn,
         meta,
@@ -226,16 +242,19 @@ pub async fn renew<C: ConnectionTrait>(
         now,
     )
     .await?;
-    Ok(after)
+    Ok(Some(after))
 }
 
 /// Moves a pending invitation to `to`; `unexpired_only` also requires it not
-/// to have expired. Returns whether this call made the change.
+/// to have expired, and `token_hash` (accept, decline) that the presented
+/// token is still the current one, so a resend that committed first kills
+/// it. Returns whether this call made the change.
 pub async fn transition<C: ConnectionTrait>(
     conn: &C,
     id: &str,
     to: Status,
     unexpired_only: bool,
+    token_hash: Option<&str>,
     now: i64,
 ) -> Result<bool, DomainError> {
     let mut q = inv::Entity::update_many()
@@ -245,6 +264,9 @@ pub async fn transition<C: ConnectionTrait>(
         .filter(inv::Column::Status.eq("pending"));
     if unexpired_only {
         q = q.filter(inv::Column::ExpiresAt.gt(now));
+    }
+    if let Some(h) = token_hash {
+        q = q.filter(inv::Column::TokenHash.eq(h));
     }
     Ok(q.exec(conn).await.map_err(db_err)?.rows_affected == 1)
 }

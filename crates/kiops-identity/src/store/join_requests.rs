@@ -132,6 +132,8 @@ pub struct JoinRequestRow {
     pub decided_at: Option<i64>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// The requester's `users.email_verified`.
+    pub email_verified: bool,
 }
 
 pub struct JoinRequestQuery {
@@ -205,6 +207,10 @@ pub async fn list<C: ConnectionTrait>(
         .expr_as(jcol(jr::Column::DecidedAt), Alias::new("decided_at"))
         .expr_as(jcol(jr::Column::DecidedBy), Alias::new("decided_by"))
         .expr_as(jcol(jr::Column::Reason), Alias::new("reason"))
+        .expr_as(
+            Expr::col((user::Entity, user::Column::EmailVerified)),
+            Alias::new("email_verified"),
+        )
         .from(jr::Entity)
         .inner_join(user::Entity, join)
         .cond_where(cond)
@@ -241,6 +247,7 @@ pub async fn row<C: ConnectionTrait>(
         decided_at: m.decided_at,
         decided_by: m.decided_by,
         reason: m.reason,
+        email_verified: u.email_verified,
     }))
 }
 

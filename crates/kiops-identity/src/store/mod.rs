@@ -11,6 +11,7 @@ pub mod audit;
 pub mod callers;
 mod check_batch;
 mod claim_batch;
+pub mod email_verifications;
 pub mod entity;
 pub mod invitations;
 pub mod join_requests;
@@ -86,6 +87,9 @@ impl Store {
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+                    // Freed row space is zeroed, so an erased outbox token
+                    // does not linger in the file (issue 20 item 3).
+                    .pragma("secure_delete", "ON")
             });
         let writer = if opts.url.starts_with("sqlite:") {
             let mut wo = co.clone();
@@ -205,6 +209,30 @@ impl Store {
     }
 
     /// Cheap liveness check for `/readyz`.
+    /// SQLite: copies the WAL into the database file and truncates it, so
+    /// the older versions of rows (e.g. an outbox token just erased) leave
+    /// the files. False when a reader kept it from completing (try again
+    /// later). Nothing to do on PostgreSQL.
+    pub async fn scrub_wal(&self) -> Result<bool, DomainError> {
+        use sea_orm::ConnectionTrait;
+        if self.backend() != DatabaseBackend::Sqlite {
+            return Ok(true);
+        }
+        let row = self
+            .writer()
+            .query_one_raw(sea_orm::Statement::from_string(
+                DatabaseBackend::Sqlite,
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ))
+            .await
+            .map_err(db_err)?;
+        let busy: i32 = match row {
+            Some(r) => r.try_get_by_index(0).map_err(db_err)?,
+            None => 1,
+        };
+        Ok(busy == 0)
+    }
+
     pub async fn ping(&self) -> Result<(), DomainError> {
         self.db.ping().await.map_err(db_err)
     }

@@ -3,6 +3,14 @@
 //! claimed with a conditional UPDATE (a lease), so several replicas never
 //! send the same message at once, and a crash before `mark_sent` only delays
 //! it until the lease runs out.
+//!
+//! No usable secret at rest (issue 20 item 3): a message that carries a
+//! single-use token (invitation, password reset, email verification) stores
+//! its text with a placeholder and the token in `secret`. The sender puts
+//! the token in at delivery; the UPDATE that records the delivery erases it,
+//! and so does the sweep when the token expires undelivered. A copy of the
+//! database then holds no link that works; the token itself is only stored
+//! hashed in its own table.
 
 use super::db_err;
 use super::entity::email_outbox as outbox;
@@ -21,7 +29,19 @@ pub struct NewEmail {
     pub body: String,
     /// invitation, join_approved, join_rejected, password_reset, …
     pub kind: &'static str,
+    /// The single-use token `body` refers to (see `mail::messages`).
+    pub secret: Option<EmailSecret>,
 }
+
+/// A token kept apart from the text, until `expires_at` (ms) at most.
+pub struct EmailSecret {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// `next_attempt_at` of a message that will never be sent (its token
+/// expired before it could be delivered).
+pub const NEVER: i64 = i64::MAX;
 
 pub async fn enqueue<C: ConnectionTrait>(
     conn: &C,
@@ -40,6 +60,8 @@ pub async fn enqueue<C: ConnectionTrait>(
         next_attempt_at: Set(now),
         sent_at: Set(None),
         last_error: Set(None),
+        secret_expires_at: Set(e.secret.as_ref().map(|s| s.expires_at)),
+        secret: Set(e.secret.map(|s| s.token)),
     }
     .insert(conn)
     .await
@@ -87,23 +109,41 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(n == 1)
 }
 
+/// Records the delivery and, in the same UPDATE, erases the token. True if
+/// the text of an older message had to go as well.
 pub async fn mark_sent<C: ConnectionTrait>(
     conn: &C,
     id: &str,
     now: i64,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     outbox::Entity::update_many()
         .col_expr(outbox::Column::SentAt, Expr::value(now))
         .col_expr(
             outbox::Column::LastError,
             Expr::value(Option::<String>::None),
         )
+        .col_expr(outbox::Column::Secret, Expr::value(Option::<String>::None))
         .filter(outbox::Column::Id.eq(id))
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(())
+    // A message queued before the secret column existed has its token in
+    // the text: drop the text once delivered (the migration did so for
+    // those already delivered).
+    let legacy = outbox::Entity::update_many()
+        .col_expr(outbox::Column::BodyText, Expr::value(LEGACY_REMOVED))
+        .filter(outbox::Column::Id.eq(id))
+        .filter(outbox::Column::SecretExpiresAt.is_null())
+        .filter(outbox::Column::Kind.is_in(["invitation", "password_reset"]))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    Ok(legacy > 0)
 }
+
+/// The text left of a delivered message that held its token in the text.
+pub const LEGACY_REMOVED: &str = "(removed after delivery: it held a single-use link)";
 
 pub async fn mark_failed<C: ConnectionTrait>(
     conn: &C,
@@ -124,10 +164,51 @@ pub async fn mark_failed<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Messages not yet delivered (for metrics).
+/// Undelivered messages whose token has expired: the token is erased and
+/// the message given up (a link that no longer works is not worth sending).
+/// Returns how many.
+pub async fn abandon_expired<C: ConnectionTrait>(conn: &C, now: i64) -> Result<u64, DomainError> {
+    Ok(outbox::Entity::update_many()
+        .col_expr(outbox::Column::Secret, Expr::value(Option::<String>::None))
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(NEVER))
+        .col_expr(
+            outbox::Column::LastError,
+            Expr::value("its link expired before it could be delivered"),
+        )
+        .filter(outbox::Column::SentAt.is_null())
+        .filter(outbox::Column::Secret.is_not_null())
+        .filter(outbox::Column::SecretExpiresAt.lte(now))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected)
+}
+
+/// Gives one message up for good, erasing its token.
+pub async fn abandon<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    error: &str,
+) -> Result<(), DomainError> {
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::Secret, Expr::value(Option::<String>::None))
+        .col_expr(outbox::Column::NextAttemptAt, Expr::value(NEVER))
+        .col_expr(
+            outbox::Column::LastError,
+            Expr::value(error.chars().take(500).collect::<String>()),
+        )
+        .filter(outbox::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Messages not yet delivered nor given up (for metrics).
 pub async fn backlog<C: ConnectionTrait>(conn: &C) -> Result<u64, DomainError> {
     outbox::Entity::find()
         .filter(outbox::Column::SentAt.is_null())
+        .filter(outbox::Column::NextAttemptAt.lt(NEVER))
         .count(conn)
         .await
         .map_err(db_err)

@@ -216,6 +216,7 @@ impl DirectReader {
                             locked_until: row.get("locked_until")?,
                             created_at: row.get("created_at")?,
                             updated_at: row.get("updated_at")?,
+                            email_verified: row.get("email_verified")?,
                         },
                     ));
                 }

@@ -22,6 +22,9 @@ pub struct NewUser {
     pub name: String,
     pub password_hash: String,
     pub platform_admin: bool,
+    /// False only for self-service sign-up: the address is unproven until
+    /// its verification link is used (issue 20 item 8).
+    pub email_verified: bool,
 }
 
 pub async fn create<C: ConnectionTrait>(
@@ -46,6 +49,7 @@ pub async fn create<C: ConnectionTrait>(
         locked_until: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        email_verified: Set(new.email_verified),
     }
     .insert(conn)
     .await
@@ -63,7 +67,7 @@ pub async fn create<C: ConnectionTrait>(
         conn,
         meta,
         AuditEntry::new(actor, "user.created", "user", &id).details(json!({
-            "after": {"email": new.email, "name": new.name, "platform_admin": new.platform_admin}
+            "after": {"email": new.email, "name": new.name, "platform_admin": new.platform_admin, "email_verified": new.email_verified}
         })),
         now,
     )
@@ -90,6 +94,34 @@ pub async fn find_by_id<C: ConnectionTrait>(
         .one(conn)
         .await
         .map_err(db_err)
+}
+
+/// The user row, locked until the end of the transaction on PostgreSQL
+/// (SQLite write transactions are already serialised by `begin_write`).
+pub async fn lock<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Option<User>, DomainError> {
+    let mut q = user::Entity::find_by_id(id.to_string());
+    if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        q = sea_orm::QuerySelect::lock_exclusive(q);
+    }
+    q.one(conn).await.map_err(db_err)
+}
+
+/// Marks the address proven; true if this call changed it.
+pub async fn mark_email_verified<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let n = user::Entity::update_many()
+        .col_expr(user::Column::EmailVerified, Expr::value(true))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(id))
+        .filter(user::Column::EmailVerified.eq(false))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    Ok(n == 1)
 }
 
 pub async fn platform_admin_exists<C: ConnectionTrait>(conn: &C) -> Result<bool, DomainError> {

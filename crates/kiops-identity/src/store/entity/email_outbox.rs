@@ -15,6 +15,10 @@ pub struct Model {
     pub next_attempt_at: i64,
     pub sent_at: Option<i64>,
     pub last_error: Option<String>,
+    /// The single-use token the text refers to: kept out of `body_text`,
+    /// erased on delivery or when it expires. Never printed by Debug.
+    pub secret: Option<String>,
+    pub secret_expires_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Model {
@@ -23,6 +27,7 @@ impl std::fmt::Debug for Model {
             .field("id", &self.id)
             .field("kind", &self.kind)
             .field("attempts", &self.attempts)
+            .field("has_secret", &self.secret.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod audit_event;
 pub mod email_outbox;
+pub mod email_verification_token;
 pub mod invitation;
 pub mod join_request;
 pub mod membership;

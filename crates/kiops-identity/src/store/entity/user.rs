@@ -17,6 +17,9 @@ pub struct Model {
     pub locked_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The owner proved the address (sign-up link, invitation), or a
+    /// PlatformAdmin made the account.
+    pub email_verified: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

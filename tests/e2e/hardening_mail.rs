@@ -1,0 +1,790 @@
+//! Issue 20, items 3, 8 and 10a: no usable emailed secret at rest, sign-up
+//! proves the address, and an invitation token dies with its resend.
+//!
+//! Every token is read from the real email the service sent to the SMTP
+//! sink on loopback, as a person would.
+
+use crate::both_backends;
+use crate::support::smtp::{Mail, SmtpSink};
+use crate::support::*;
+use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
+use kiops_proto::v1::audit_service_client::AuditServiceClient;
+use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
+use kiops_proto::v1::*;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::Code;
+
+both_backends!(
+    no_emailed_token_is_left_in_the_database,
+    signup_must_prove_the_address,
+    verification_tokens_expire_and_resend_replaces_them,
+    verify_with_the_old_token_races_resend,
+    invitation_proves_the_address,
+    accept_with_the_old_token_races_resend,
+);
+
+const PUBLIC_URL: &str = "https://console.kiops.test";
+
+async fn start(backend: Backend, extra: &[&str]) -> (TestServer, SmtpSink) {
+    let sink = SmtpSink::start().await;
+    let mut extra_args = vec![
+        "--smtp-url".to_string(),
+        sink.url(),
+        "--public-url".into(),
+        PUBLIC_URL.into(),
+    ];
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args,
+            ..Default::default()
+        },
+    )
+    .await;
+    (s, sink)
+}
+
+fn approvals(ch: &Channel) -> ApprovalServiceClient<Channel> {
+    ApprovalServiceClient::new(ch.clone())
+}
+
+fn invitations(ch: &Channel) -> InvitationServiceClient<Channel> {
+    InvitationServiceClient::new(ch.clone())
+}
+
+/// An organization with a Manager: (admin token, org id, manager token).
+async fn manager_org(s: &TestServer, code: &str) -> (String, String, String) {
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, &code.to_uppercase(), code).await;
+    let (mgr_id, mgr) = s.user(&format!("mgr@{code}.io")).await;
+    s.add_member(&admin, &org, &mgr_id, Role::Manager).await;
+    let mgr = s
+        .login(&format!("mgr@{code}.io"), PASSWORD)
+        .await
+        .map_or(mgr, |l| l.access_token);
+    (admin, org, mgr)
+}
+
+async fn sign_up(s: &TestServer, email: &str, org: Option<&str>) -> SignUpResponse {
+    s.auth()
+        .await
+        .sign_up(SignUpRequest {
+            email: email.into(),
+            name: "New Person".into(),
+            password: PASSWORD.into(),
+            organization_id: org.map(str::to_string),
+        })
+        .await
+        .expect("sign up")
+        .into_inner()
+}
+
+async fn verify(s: &TestServer, token: &str) -> Result<(), tonic::Status> {
+    s.auth()
+        .await
+        .verify_email(VerifyEmailRequest {
+            token: token.into(),
+        })
+        .await
+        .map(drop)
+}
+
+async fn resend(s: &TestServer, email: &str) -> Result<(), tonic::Status> {
+    s.auth()
+        .await
+        .resend_verification_email(ResendVerificationEmailRequest {
+            email: email.into(),
+        })
+        .await
+        .map(drop)
+}
+
+fn assert_reason(r: Result<(), tonic::Status>, code: Code, why: &str) {
+    let e = r.expect_err(why);
+    assert_eq!(e.code(), code, "{e:?}");
+    assert_eq!(reason(&e), why, "{e:?}");
+}
+
+fn verified_claim(access_token: &str) -> bool {
+    token_claims(access_token)["email_verified"]
+        .as_bool()
+        .expect("email_verified claim")
+}
+
+/// The link of an email (`https://console…?token=…`), as sent.
+fn link(mail: &Mail) -> String {
+    let start = mail.data.find(PUBLIC_URL).expect("link in email");
+    mail.data[start..]
+        .split_whitespace()
+        .next()
+        .expect("link")
+        .to_string()
+}
+
+async fn approve(ch: &Channel, jr: &str, token: &str) -> Result<(), tonic::Status> {
+    approvals(ch)
+        .approve_join_request(authed(
+            ApproveJoinRequestRequest {
+                join_request_id: jr.into(),
+            },
+            token,
+        ))
+        .await
+        .map(drop)
+}
+
+async fn audit_count(ch: &Channel, admin: &str, action: &str, target: &str) -> usize {
+    AuditServiceClient::new(ch.clone())
+        .list_audit_events(authed(
+            ListAuditEventsRequest {
+                action: action.into(),
+                target_id: target.into(),
+                page_size: 100,
+                ..Default::default()
+            },
+            admin,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .audit_events
+        .iter()
+        .filter(|e| e.action == action)
+        .count()
+}
+
+/// Runs one SQL statement from the test process, on a connection of its
+/// own that is closed at once (an open SQLite reader would hold the WAL).
+async fn sql_rows(s: &TestServer, sql: &str) -> Vec<sea_orm::QueryResult> {
+    let db = Database::connect(&s.db.url).await.expect("connect");
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect(sql);
+    db.close().await.expect("close");
+    rows
+}
+
+async fn undelivered(s: &TestServer) -> i64 {
+    let rows = sql_rows(
+        s,
+        "SELECT COUNT(*) AS n FROM email_outbox WHERE sent_at IS NULL",
+    )
+    .await;
+    rows[0].try_get::<i64>("", "n").expect("n")
+}
+
+/// What someone holding a copy of the database has: on SQLite the bytes of
+/// the database file and its WAL (free space and old row versions
+/// included); on PostgreSQL every row of every table as text.
+async fn database_copy(s: &TestServer) -> Vec<u8> {
+    match s.backend {
+        Backend::Sqlite => {
+            let mut bytes = Vec::new();
+            for f in ["kiops.db", "kiops.db-wal", "kiops.db-journal"] {
+                if let Ok(b) = std::fs::read(s.db.dir.path().join(f)) {
+                    bytes.extend(b);
+                }
+            }
+            assert!(bytes.len() > 4096, "the SQLite file was read");
+            bytes
+        }
+        Backend::Postgres => {
+            let tables = sql_rows(
+                s,
+                "SELECT table_name::text AS t FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            )
+            .await;
+            let mut out = Vec::new();
+            let mut seen = 0;
+            for t in tables {
+                let name: String = t.try_get("", "t").expect("table");
+                for row in sql_rows(s, &format!("SELECT r::text AS r FROM \"{name}\" r")).await {
+                    out.extend(row.try_get::<String>("", "r").expect("row").into_bytes());
+                    out.push(b'\n');
+                }
+                seen += 1;
+            }
+            assert!(seen >= 14, "every table was dumped ({seen})");
+            out
+        }
+    }
+}
+
+fn found_in(copy: &[u8], secrets: &[String]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|x| copy.windows(x.len()).any(|w| w == x.as_bytes()))
+        .cloned()
+        .collect()
+}
+
+/// Item 3: invitation, resent invitation, password reset (self-service and
+/// by a Manager) and sign-up verification. After delivery no copy of the
+/// database holds any emailed token or link; the tokens still work.
+async fn no_emailed_token_is_left_in_the_database(backend: Backend) {
+    let (s, sink) = start(backend, &[]).await;
+    let ch = s.channel().await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+
+    let inv = invitations(&ch)
+        .create_invitation(authed(
+            CreateInvitationRequest {
+                organization_id: org.clone(),
+                email: "invitee@example.com".into(),
+                role: Role::Member as i32,
+            },
+            &mgr,
+        ))
+        .await
+        .expect("invite")
+        .into_inner()
+        .invitation
+        .expect("invitation");
+    let first_invite = sink.wait_for("invitee@example.com", 1).await;
+    invitations(&ch)
+        .resend_invitation(authed(
+            ResendInvitationRequest {
+                invitation_id: inv.invitation_id.clone(),
+            },
+            &mgr,
+        ))
+        .await
+        .expect("resend");
+    let second_invite = sink.wait_for("invitee@example.com", 2).await;
+
+    let (_, _) = s.user("forgetful@example.com").await;
+    s.auth()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "forgetful@example.com".into(),
+        })
+        .await
+        .expect("reset request");
+    let reset = sink.wait_for("forgetful@example.com", 1).await;
+
+    sign_up(&s, "joiner@example.com", Some(&org)).await;
+    let verification = sink.wait_for("joiner@example.com", 1).await;
+
+    // A message queued by a version that kept the token in the text (an
+    // upgrade with mail still in the outbox): its text goes after delivery.
+    let legacy_token = format!("ki_{}", uuid::Uuid::now_v7().simple()).replace('-', "");
+    sql_rows(
+        &s,
+        &format!(
+            "INSERT INTO email_outbox (id, to_address, subject, body_text, kind, created_at, \
+             attempts, next_attempt_at) VALUES ('{}', 'legacy@example.com', 'Invitation', \
+             'Accept: {PUBLIC_URL}/invitations/accept?token={legacy_token}', 'invitation', 0, 0, 0)",
+            uuid::Uuid::now_v7()
+        ),
+    )
+    .await;
+    let legacy = sink.wait_for("legacy@example.com", 1).await;
+    assert_eq!(legacy.token("ki").as_deref(), Some(legacy_token.as_str()));
+
+    let mails = [
+        (&legacy, "ki"),
+        (&first_invite, "ki"),
+        (&second_invite, "ki"),
+        (&reset, "kp"),
+        (&verification, "kv"),
+    ];
+    let mut secrets = Vec::new();
+    for (m, prefix) in mails {
+        let token = m.token(prefix).expect("token in email");
+        let l = link(m);
+        assert!(l.ends_with(&token), "the link carries the token: {l}");
+        secrets.push(token);
+        secrets.push(l);
+    }
+
+    // Delivery is recorded just after the sink has the message.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while undelivered(&s).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // PostgreSQL: the rows as they are once delivered. SQLite: the files,
+    // given the sender's checkpoint of the WAL a moment to run (it follows
+    // the pass that recorded the delivery).
+    let deadline = Instant::now()
+        + match backend {
+            Backend::Sqlite => Duration::from_secs(10),
+            Backend::Postgres => Duration::ZERO,
+        };
+    loop {
+        let left = found_in(&database_copy(&s).await, &secrets);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "emailed secrets found in a copy of the database after delivery: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The tokens still work after delivery.
+    let old_invite = first_invite.token("ki").expect("ki");
+    let new_invite = second_invite.token("ki").expect("ki");
+    let accept = |token: &str| AcceptInvitationRequest {
+        token: token.into(),
+        name: Some("Invitee".into()),
+        password: Some(PASSWORD.into()),
+    };
+    let e = invitations(&ch)
+        .accept_invitation(accept(&old_invite))
+        .await
+        .expect_err("the resent invitation's old token is dead");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    invitations(&ch)
+        .accept_invitation(accept(&new_invite))
+        .await
+        .expect("accept with the delivered token");
+    s.auth()
+        .await
+        .reset_password(ResetPasswordRequest {
+            token: reset.token("kp").expect("kp"),
+            new_password: "a brand new long password".into(),
+        })
+        .await
+        .expect("reset with the delivered token");
+    s.login("forgetful@example.com", "a brand new long password")
+        .await
+        .expect("login with the new password");
+    verify(&s, &verification.token("kv").expect("kv"))
+        .await
+        .expect("verify with the delivered token");
+}
+
+/// Item 8: SignUp → approval refused until the emailed link is used; the
+/// token is single use; the claim and the join request say it.
+async fn signup_must_prove_the_address(backend: Backend) {
+    let (s, sink) = start(backend, &[]).await;
+    let ch = s.channel().await;
+    let (admin, org, mgr) = manager_org(&s, "acme").await;
+
+    let signed = sign_up(&s, "joiner@example.com", Some(&org)).await;
+    let user = signed.user.expect("user");
+    assert!(!user.email_verified);
+    let jr = signed.join_request.expect("join request");
+    assert!(!jr.email_verified, "{jr:?}");
+    let listed = approvals(&ch)
+        .list_join_requests(authed(
+            ListJoinRequestsRequest {
+                organization_id: Some(org.clone()),
+                ..Default::default()
+            },
+            &mgr,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.join_requests.len(), 1);
+    assert!(!listed.join_requests[0].email_verified, "shown unverified");
+
+    let session = s
+        .login("joiner@example.com", PASSWORD)
+        .await
+        .expect("login");
+    assert!(!verified_claim(&session.access_token));
+
+    for caller in [&mgr, &admin] {
+        assert_reason(
+            approve(&ch, &jr.join_request_id, caller).await,
+            Code::FailedPrecondition,
+            "EMAIL_NOT_VERIFIED",
+        );
+    }
+    // Rejecting needs no proof.
+    let mail = sink.wait_for("joiner@example.com", 1).await;
+    let token = mail.token("kv").expect("verification token");
+    assert!(token.len() >= 3 + 43, "256-bit token: {token}");
+    assert!(link(&mail).contains("/verify-email?token="));
+
+    assert_reason(
+        verify(&s, "kv_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
+        Code::FailedPrecondition,
+        "INVALID_VERIFICATION_TOKEN",
+    );
+    verify(&s, &token).await.expect("verify");
+    assert_reason(
+        verify(&s, &token).await,
+        Code::FailedPrecondition,
+        "INVALID_VERIFICATION_TOKEN",
+    );
+    assert_eq!(
+        audit_count(&ch, &admin, "user.email_verified", &user.user_id).await,
+        1
+    );
+    assert_eq!(
+        audit_count(&ch, &admin, "user.verification_email_sent", &user.user_id).await,
+        1
+    );
+
+    let refreshed = s
+        .auth()
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: session.refresh_token,
+            organization_id: None,
+        })
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert!(verified_claim(&refreshed.access_token));
+    let me = s
+        .users()
+        .await
+        .get_me(authed(GetMeRequest {}, &refreshed.access_token))
+        .await
+        .expect("me")
+        .into_inner()
+        .user
+        .expect("user");
+    assert!(me.email_verified);
+
+    approve(&ch, &jr.join_request_id, &mgr)
+        .await
+        .expect("approval once verified");
+
+    // A PlatformAdmin's accounts and the bootstrap admin are verified.
+    assert!(verified_claim(&admin));
+    s.create_user("made@example.com", "Made", PASSWORD).await;
+    let made = s.login("made@example.com", PASSWORD).await.expect("login");
+    assert!(verified_claim(&made.access_token));
+    // An unverified account's own RequestToJoin is refused approval too.
+    let solo = sign_up(&s, "solo@example.com", None).await;
+    assert!(!solo.user.expect("user").email_verified);
+    let solo_token = s
+        .login("solo@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    let jr2 = approvals(&ch)
+        .request_to_join(authed(
+            RequestToJoinRequest {
+                organization_id: org.clone(),
+            },
+            &solo_token,
+        ))
+        .await
+        .expect("request to join")
+        .into_inner()
+        .join_request
+        .expect("jr");
+    assert!(!jr2.email_verified);
+    assert_reason(
+        approve(&ch, &jr2.join_request_id, &mgr).await,
+        Code::FailedPrecondition,
+        "EMAIL_NOT_VERIFIED",
+    );
+    approvals(&ch)
+        .reject_join_request(authed(
+            RejectJoinRequestRequest {
+                join_request_id: jr2.join_request_id,
+                reason: None,
+            },
+            &mgr,
+        ))
+        .await
+        .expect("rejecting needs no proof");
+}
+
+/// Item 8: a token dies after 24 h; a resend kills the old token; resend
+/// answers the same for unknown and verified addresses, and is throttled.
+async fn verification_tokens_expire_and_resend_replaces_them(backend: Backend) {
+    let (s, sink) = start(backend, &["--login-rate-per-email", "4"]).await;
+    let ch = s.channel().await;
+    let admin = s.admin_token().await;
+
+    let again = sign_up(&s, "again@example.com", None)
+        .await
+        .user
+        .expect("user");
+    let t1 = sink
+        .wait_for("again@example.com", 1)
+        .await
+        .token("kv")
+        .expect("kv");
+    resend(&s, "again@example.com").await.expect("resend");
+    let t2 = sink
+        .wait_for("again@example.com", 2)
+        .await
+        .token("kv")
+        .expect("kv");
+    assert_ne!(t1, t2);
+    assert_reason(
+        verify(&s, &t1).await,
+        Code::FailedPrecondition,
+        "INVALID_VERIFICATION_TOKEN",
+    );
+    verify(&s, &t2).await.expect("the new token works");
+    assert_eq!(
+        audit_count(&ch, &admin, "user.verification_email_resent", &again.id()).await,
+        1
+    );
+
+    // Same answer whatever the address: unknown, verified, unverified.
+    resend(&s, "nobody@example.com")
+        .await
+        .expect("unknown email");
+    resend(&s, "again@example.com")
+        .await
+        .expect("verified email");
+    // Throttled like Login: the 5th attempt for one address this minute
+    // (2 above + 3 here) is refused, for an unknown address alike.
+    resend(&s, "again@example.com").await.expect("3rd");
+    resend(&s, "again@example.com").await.expect("4th");
+    let e = resend(&s, "again@example.com")
+        .await
+        .expect_err("throttled");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    for _ in 0..3 {
+        resend(&s, "nobody@example.com")
+            .await
+            .expect("unknown email");
+    }
+    let e = resend(&s, "nobody@example.com")
+        .await
+        .expect_err("throttled");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // A verified account gets no new link.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.count_to("again@example.com"), 2);
+    assert_eq!(sink.count_to("nobody@example.com"), 0);
+
+    // Expiry: 24 h and a minute later the link is dead.
+    sign_up(&s, "late@example.com", None).await;
+    let late = sink
+        .wait_for("late@example.com", 1)
+        .await
+        .token("kv")
+        .expect("kv");
+    s.advance_clock(Duration::from_secs(24 * 3600 + 60));
+    assert_reason(
+        verify(&s, &late).await,
+        Code::FailedPrecondition,
+        "INVALID_VERIFICATION_TOKEN",
+    );
+    // Bad input is INVALID_ARGUMENT, not INTERNAL.
+    assert_invalid(verify(&s, "").await, "token");
+    assert_invalid(verify(&s, "two words").await, "token");
+    assert_invalid(resend(&s, "not-an-email").await, "email");
+}
+
+trait Id {
+    fn id(&self) -> String;
+}
+
+impl Id for User {
+    fn id(&self) -> String {
+        self.user_id.clone()
+    }
+}
+
+/// Item 8: VerifyEmail with the old token and ResendVerificationEmail at
+/// the same instant. Either the verification wins (then the resend sends
+/// nothing) or the resend wins (then the old token is refused and the new
+/// one works): never both a successful old token and a new link.
+async fn verify_with_the_old_token_races_resend(backend: Backend) {
+    let (s, sink) = start(backend, &[]).await;
+    const ROUNDS: usize = 10;
+    let mut outcomes = Vec::new();
+    for round in 0..ROUNDS {
+        let email = format!("racer{round}@example.com");
+        sign_up(&s, &email, None).await;
+        let old = sink.wait_for(&email, 1).await.token("kv").expect("kv");
+        let (v, r) = tokio::join!(verify(&s, &old), resend(&s, &email));
+        r.expect("resend always answers OK");
+        if let Err(e) = &v {
+            assert_eq!(reason(e), "INVALID_VERIFICATION_TOKEN", "{e:?}");
+        }
+        outcomes.push((email, old, v.is_ok()));
+    }
+    // Let every resend's background work finish and its mail arrive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut verify_won = 0;
+    for (email, old, verified) in outcomes {
+        if verified {
+            verify_won += 1;
+            assert_eq!(
+                sink.count_to(&email),
+                1,
+                "{email}: the old token verified AND a resend issued a new link"
+            );
+        } else {
+            let new = sink.wait_for(&email, 2).await.token("kv").expect("kv");
+            assert_reason(
+                verify(&s, &old).await,
+                Code::FailedPrecondition,
+                "INVALID_VERIFICATION_TOKEN",
+            );
+            verify(&s, &new).await.expect("the new token works");
+        }
+    }
+    eprintln!("verify won {verify_won} of {ROUNDS} rounds");
+}
+
+/// Item 8: accepting an invitation proves the address, for a new account
+/// and for an existing unverified one.
+async fn invitation_proves_the_address(backend: Backend) {
+    let (s, sink) = start(backend, &[]).await;
+    let ch = s.channel().await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let invite = |email: &'static str| {
+        let ch = ch.clone();
+        let org = org.clone();
+        let mgr = mgr.clone();
+        async move {
+            invitations(&ch)
+                .create_invitation(authed(
+                    CreateInvitationRequest {
+                        organization_id: org,
+                        email: email.into(),
+                        role: Role::Member as i32,
+                    },
+                    &mgr,
+                ))
+                .await
+                .expect("invite");
+        }
+    };
+
+    invite("fresh@example.com").await;
+    let token = sink
+        .wait_for("fresh@example.com", 1)
+        .await
+        .token("ki")
+        .expect("ki");
+    invitations(&ch)
+        .accept_invitation(AcceptInvitationRequest {
+            token,
+            name: Some("Fresh".into()),
+            password: Some(PASSWORD.into()),
+        })
+        .await
+        .expect("accept");
+    let fresh = s.login("fresh@example.com", PASSWORD).await.expect("login");
+    assert!(verified_claim(&fresh.access_token));
+
+    sign_up(&s, "existing@example.com", None).await;
+    let before = s
+        .login("existing@example.com", PASSWORD)
+        .await
+        .expect("login");
+    assert!(!verified_claim(&before.access_token));
+    invite("existing@example.com").await;
+    // Message 1 is the verification email, 2 the invitation.
+    let token = sink
+        .wait_for("existing@example.com", 2)
+        .await
+        .token("ki")
+        .expect("ki");
+    invitations(&ch)
+        .accept_invitation(authed(
+            AcceptInvitationRequest {
+                token,
+                name: None,
+                password: None,
+            },
+            &before.access_token,
+        ))
+        .await
+        .expect("accept as the logged-in owner");
+    let after = s
+        .auth()
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: before.refresh_token,
+            organization_id: None,
+        })
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert!(verified_claim(&after.access_token));
+}
+
+/// Item 10a: ResendInvitation and AcceptInvitation with the old token at
+/// the same instant, 20 rounds. Never both "resend OK" and "accept with the
+/// old token OK". Even rounds accept as a new account (a password hash
+/// between reading the invitation and using it: a wide window), odd rounds
+/// as the logged-in owner of an existing account (a narrow one).
+async fn accept_with_the_old_token_races_resend(backend: Backend) {
+    let (s, sink) = start(backend, &[]).await;
+    let ch = s.channel().await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let (mut resend_won, mut accept_won) = (0, 0);
+    for round in 0..20 {
+        let email = format!("invitee{round}@example.com");
+        let owner = if round % 2 == 1 {
+            Some(s.user(&email).await.1)
+        } else {
+            None
+        };
+        let accept = |token: &str| {
+            let msg = AcceptInvitationRequest {
+                token: token.to_string(),
+                name: owner.is_none().then(|| "Racer".to_string()),
+                password: owner.is_none().then(|| PASSWORD.to_string()),
+            };
+            match &owner {
+                Some(t) => authed(msg, t),
+                None => tonic::Request::new(msg),
+            }
+        };
+        let inv = invitations(&ch)
+            .create_invitation(authed(
+                CreateInvitationRequest {
+                    organization_id: org.clone(),
+                    email: email.clone(),
+                    role: Role::Member as i32,
+                },
+                &mgr,
+            ))
+            .await
+            .expect("invite")
+            .into_inner()
+            .invitation
+            .expect("invitation");
+        let old = sink.wait_for(&email, 1).await.token("ki").expect("ki");
+        let (mut a, mut b) = (invitations(&ch), invitations(&ch));
+        let (accepted, resent) = tokio::join!(
+            a.accept_invitation(accept(&old)),
+            b.resend_invitation(authed(
+                ResendInvitationRequest {
+                    invitation_id: inv.invitation_id.clone(),
+                },
+                &mgr,
+            )),
+        );
+        assert!(
+            !(accepted.is_ok() && resent.is_ok()),
+            "round {round}: the old token was accepted AND the resend succeeded"
+        );
+        match (accepted, resent) {
+            (Ok(_), Err(e)) => {
+                accept_won += 1;
+                assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+                assert_eq!(reason(&e), "NOT_PENDING", "{e:?}");
+            }
+            (Err(e), Ok(_)) => {
+                resend_won += 1;
+                assert_eq!(e.code(), Code::NotFound, "round {round}: {e:?}");
+                let new = sink.wait_for(&email, 2).await.token("ki").expect("ki");
+                let again = invitations(&ch).accept_invitation(accept(&old)).await;
+                assert!(again.is_err(), "the old token stays dead");
+                invitations(&ch)
+                    .accept_invitation(accept(&new))
+                    .await
+                    .expect("the new token works");
+            }
+            (a, r) => panic!("round {round}: neither won: {a:?} {r:?}"),
+        }
+    }
+    eprintln!("accept won {accept_won}, resend won {resend_won} of 20 rounds");
+}
