@@ -16,6 +16,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 
 both_backends!(
+    adding_a_member_while_deleting_the_account_is_never_internal,
     nobody_changes_their_own_permissions,
     two_admins_unflag_each_other,
     two_admins_deactivate_each_other,
@@ -684,4 +685,68 @@ async fn deleting_a_user_audits_each_membership_removal(backend: Backend) {
         BTreeSet::from([orgs[0].0.clone(), orgs[1].0.clone()])
     );
     assert!(mine.iter().all(|e| e.actor_email == "selfdel@del.io"));
+}
+
+/// AddMember of a user that is being deleted at the same instant: either
+/// order is fine, but never INTERNAL (the insert's foreign key fails when
+/// the deletion commits first).
+async fn adding_a_member_while_deleting_the_account_is_never_internal(backend: Backend) {
+    let s = Arc::new(TestServer::start(backend).await);
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "Org", "org").await;
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..20 {
+        let user = s
+            .create_user(&format!("gone-{round}@example.com"), "Gone", PASSWORD)
+            .await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let add = {
+            let (s, barrier, admin, org, user) = (
+                s.clone(),
+                barrier.clone(),
+                admin.clone(),
+                org.clone(),
+                user.clone(),
+            );
+            tokio::spawn(async move {
+                let mut m = s.members().await;
+                barrier.wait().await;
+                m.add_member(authed(
+                    AddMemberRequest {
+                        organization_id: org,
+                        user_id: user,
+                        role: Role::Member as i32,
+                    },
+                    &admin,
+                ))
+                .await
+                .map(drop)
+            })
+        };
+        let delete = {
+            let (s, barrier, admin, user) =
+                (s.clone(), barrier.clone(), admin.clone(), user.clone());
+            tokio::spawn(async move {
+                let mut u = UserServiceClient::new(s.channel().await);
+                barrier.wait().await;
+                u.delete_user(authed(DeleteUserRequest { user_id: user }, &admin))
+                    .await
+                    .map(drop)
+            })
+        };
+        let (added, deleted) = (add.await.expect("add"), delete.await.expect("delete"));
+        deleted.unwrap_or_else(|e| panic!("round {round}: delete refused: {e:?}"));
+        let label = match added {
+            Ok(()) => "added first".to_string(),
+            Err(e) => {
+                assert!(
+                    matches!(e.code(), Code::NotFound | Code::Aborted),
+                    "round {round}: AddMember racing a deletion: {e:?}"
+                );
+                format!("{:?}", e.code())
+            }
+        };
+        *outcomes.entry(label).or_insert(0) += 1;
+    }
+    println!("AddMember vs DeleteUser ({backend:?}): {outcomes:?}");
 }

@@ -361,6 +361,15 @@ pub fn db_err(e: DbErr) -> DomainError {
             return classified;
         }
     }
+    // A row this change refers to was deleted by a concurrent change (a
+    // user deleted while being added to an organization): a conflict the
+    // caller resolves by retrying, when it gets NOT_FOUND.
+    if matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+    ) {
+        return DomainError::Aborted;
+    }
     match &e {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => DomainError::Unavailable,
         _ => {
