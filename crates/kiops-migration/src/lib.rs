@@ -10,6 +10,7 @@ mod m20261122_000001_initial;
 mod m20261123_000002_revocation_sessions;
 mod m20261124_000003_membership_search;
 mod m20261125_000004_check_permission_covering;
+mod m20261126_000006_login_attempts;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_revocation_sessions::Migration),
             Box::new(m20261124_000003_membership_search::Migration),
             Box::new(m20261125_000004_check_permission_covering::Migration),
+            Box::new(m20261126_000006_login_attempts::Migration),
         ]
     }
 }

@@ -4,7 +4,7 @@ use super::context::request_meta;
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::error::{reason, Violations};
-use crate::domain::model::{StoredStatus, UserStatus};
+use crate::domain::model::StoredStatus;
 use crate::domain::{validate, DomainError};
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::store::sessions::{self, NewSession, Rotation};
@@ -102,25 +102,18 @@ impl App {
 
         self.throttle.check(&meta.peer, Some(&email))?;
         let now = self.clock.now_ms();
-        let user = users::find_by_email(self.store.conn(), &email).await?;
-        // Always hash, also for an unknown email, so both take the same time.
-        let password_ok = self
-            .hasher
-            .verify(req.password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
-        let status = user
-            .as_ref()
-            .map(|u| UserStatus::derive(StoredStatus::parse(&u.status), u.locked_until, now));
-
-        let Some(user) = user.filter(|_| password_ok && status == Some(UserStatus::Active)) else {
-            self.record_failed_login(meta, &email, status, now).await?;
+        let Some(user) = self.check_password(meta, &email, req.password, now).await? else {
             return Err(DomainError::invalid_credentials());
         };
 
         let refresh = random_token(REFRESH_TOKEN_PREFIX);
         let tx = self.store.begin_write().await?;
-        if user.failed_login_count > 0 || user.locked_until.is_some() {
-            users::reset_failed_logins(&tx, &user.id).await?;
+        // First statement, so the row stays locked until the session commits:
+        // a parallel wrong password that locked the account meanwhile wins.
+        if !users::finish_login(&tx, &user.id, now).await? {
+            drop(tx);
+            self.record_failed_login(meta, &email, false, now).await?;
+            return Err(DomainError::invalid_credentials());
         }
         let session = sessions::create(
             &tx,
@@ -163,42 +156,93 @@ impl App {
         })
     }
 
-    /// Counts the failure (atomically), locks at the threshold, and audits it.
-    /// Unknown emails are audited too but change nothing else.
+    /// Reserves an attempt (`users::reserve_login_attempt`), then verifies
+    /// the password: the user when it is right and the attempt was admitted;
+    /// otherwise the failure is recorded and None. A refused attempt (unknown,
+    /// inactive, locked or full account) is hashed against the dummy hash, so
+    /// it takes the time of a wrong password without evaluating the real one.
+    /// The caller that gets a user must still call `users::finish_login`
+    /// (rows affected checked) in the transaction that acts on it.
+    pub(crate) async fn check_password(
+        &self,
+        meta: &RequestMeta,
+        email: &str,
+        password: String,
+        now: i64,
+    ) -> Result<Option<User>, DomainError> {
+        // A full hashing queue refuses before the reservation: an overloaded
+        // server must not count failures against the account.
+        let permit = self.hasher.admit()?;
+        let reserved = users::reserve_login_attempt(
+            self.store.writer(),
+            email,
+            self.settings.lockout_threshold,
+            now,
+            now - self.settings.lockout_ms,
+        )
+        .await?;
+        let ok = self
+            .hasher
+            .verify_admitted(
+                permit,
+                password,
+                reserved.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        match reserved {
+            Some(user) if ok => Ok(Some(user)),
+            reserved => {
+                self.record_failed_login(meta, email, reserved.is_some(), now)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records a failed attempt and audits it; an `evaluated` wrong password
+    /// that finds every slot used locks the account. The same statements run
+    /// for known and unknown emails, evaluated or refused (same work, R12).
+    /// Refused attempts are audited with `"reason": "locked"` (or
+    /// `"inactive"`): their password was not checked.
     pub(crate) async fn record_failed_login(
         &self,
         meta: &RequestMeta,
         email: &str,
-        status: Option<UserStatus>,
+        evaluated: bool,
         now: i64,
     ) -> Result<(), DomainError> {
         let tx = self.store.begin_write().await?;
-        let mut locked_now = false;
-        let mut actor = Actor::Anonymous;
-        let mut target = String::new();
-        if let Some(user) = users::find_by_email(&tx, email).await? {
-            target = user.id.clone();
-            actor = Actor::User {
-                id: user.id.clone(),
-                email: user.email.clone(),
-            };
-            if status == Some(UserStatus::Active) {
-                locked_now = users::record_failed_login(
-                    &tx,
-                    &user.id,
-                    self.settings.lockout_threshold,
-                    self.settings.lockout_ms,
-                    now,
-                )
-                .await?
-                .locked_now;
-            }
-        }
+        let locked_now = users::fail_login(
+            &tx,
+            email,
+            self.settings.lockout_threshold,
+            evaluated,
+            self.settings.lockout_ms,
+            now,
+        )
+        .await?;
+        let user = users::find_by_email(&tx, email).await?;
+        let (actor, target) = match &user {
+            Some(u) => (
+                Actor::User {
+                    id: u.id.clone(),
+                    email: u.email.clone(),
+                },
+                u.id.clone(),
+            ),
+            None => (Actor::Anonymous, String::new()),
+        };
+        let details = match &user {
+            Some(u) if !evaluated => json!({
+                "email": email,
+                "reason": if u.status == StoredStatus::Inactive.as_str() { "inactive" } else { "locked" },
+            }),
+            _ => json!({"email": email}),
+        };
         audit::record(
             &tx,
             meta,
-            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target)
-                .details(json!({"email": email})),
+            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target).details(details),
             now,
         )
         .await?;
@@ -214,10 +258,15 @@ impl App {
             .await?;
         }
         tx.commit().await.map_err(db_err)?;
-        self.metrics
-            .logins
-            .with_label_values(&[if locked_now { "locked" } else { "failure" }])
-            .inc();
+        let result = if locked_now {
+            "locked"
+        } else if !evaluated && user.is_some() {
+            // Refused without evaluating the password (locked, inactive).
+            "refused"
+        } else {
+            "failure"
+        };
+        self.metrics.logins.with_label_values(&[result]).inc();
         Ok(())
     }
 

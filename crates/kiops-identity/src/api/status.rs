@@ -99,6 +99,15 @@ impl From<DomainError> for Status {
                 d.set_retry_info(Some(Duration::from_secs(retry_after_secs)));
                 Status::with_error_details(Code::ResourceExhausted, message, d)
             }
+            DomainError::Overloaded => {
+                let mut d = info(reason::OVERLOADED, HashMap::new());
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "the server is busy hashing passwords; retry with backoff",
+                    d,
+                )
+            }
             DomainError::Aborted => Status::with_error_details(
                 Code::Aborted,
                 "the request conflicted with a concurrent change; retry",

@@ -62,6 +62,8 @@ pub mod reason {
     pub const INVALID_CURRENT_PASSWORD: &str = "INVALID_CURRENT_PASSWORD";
     pub const INVALID_RESET_TOKEN: &str = "INVALID_RESET_TOKEN";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The server is at a capacity limit (calls in flight, hashing queue).
+    pub const OVERLOADED: &str = "OVERLOADED";
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
     pub const CONFLICT: &str = "CONFLICT";
     pub const INTERNAL: &str = "INTERNAL";
@@ -102,6 +104,9 @@ pub enum DomainError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The password-hashing queue is full: retry with backoff.
+    #[error("the server is busy; retry with backoff")]
+    Overloaded,
     /// A write lost a race it may win when retried (serialization failure).
     #[error("the request conflicted with a concurrent change; retry")]
     Aborted,

@@ -8,8 +8,8 @@ use crate::domain::model::StoredStatus;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, Set, Statement,
 };
 use serde_json::json;
 
@@ -101,53 +101,117 @@ pub async fn platform_admin_exists<C: ConnectionTrait>(conn: &C) -> Result<bool,
     Ok(n > 0)
 }
 
-/// Outcome of counting one failed login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailedLogin {
-    pub locked_now: bool,
+/// `$n` placeholders for PostgreSQL, `?n` for SQLite.
+fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
+    match backend {
+        DatabaseBackend::Postgres => pg.to_string(),
+        _ => pg.replace('$', "?"),
+    }
 }
 
-/// Counts a failed login with one atomic UPDATE (no read-modify-write, so
-/// parallel wrong passwords cannot lose counts), locking the account for
-/// `lock_ms` when the count reaches `threshold`, and resetting the count then.
-pub async fn record_failed_login<C: ConnectionTrait>(
+/// Reserves one password attempt for the account, before its password is
+/// hashed: one conditional UPDATE that only matches an active, unlocked
+/// account holding fewer than `threshold` counted-or-pending failures, and
+/// counts the attempt as a failure right away. Parallel attempts therefore
+/// cannot evaluate more than `threshold` wrong passwords before the lock
+/// (the row is the arbiter, on both backends). The attempt that succeeds
+/// clears the count (`finish_login`); one that never finishes (crash,
+/// cancelled call) stays a failure: fail closed. When every slot is held
+/// by such attempts the account is refused until `stale_before` (now minus
+/// the lockout duration) has passed the latest reservation.
+///
+/// `None` for an unknown, inactive, locked or full account: the caller
+/// cannot tell them apart and must not evaluate the password. The same
+/// single statement runs for known and unknown emails (no timing oracle).
+pub async fn reserve_login_attempt<C: ConnectionTrait>(
     conn: &C,
-    user_id: &str,
+    email: &str,
     threshold: i32,
+    now: i64,
+    stale_before: i64,
+) -> Result<Option<User>, DomainError> {
+    const SQL: &str = "UPDATE users SET \
+         failed_login_count = CASE WHEN failed_login_count >= $3 THEN 1 \
+           ELSE failed_login_count + 1 END, \
+         last_login_attempt_at = $2 \
+         WHERE email = $1 AND status = $5 \
+         AND (locked_until IS NULL OR locked_until <= $2) \
+         AND (failed_login_count < $3 OR last_login_attempt_at IS NULL \
+           OR last_login_attempt_at <= $4) \
+         RETURNING *";
+    let backend = conn.get_database_backend();
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [
+            email.into(),
+            now.into(),
+            threshold.into(),
+            stale_before.into(),
+            StoredStatus::Active.as_str().into(),
+        ],
+    );
+    let row = conn.query_one_raw(stmt).await.map_err(db_err)?;
+    row.map(|r| User::from_query_result(&r, ""))
+        .transpose()
+        .map_err(db_err)
+}
+
+/// Completes a failed attempt inside the caller's transaction: locks the
+/// account (for `lock_ms`, count restarting) when an evaluated wrong password
+/// finds every slot used. `lockable` is false for attempts that were refused
+/// without evaluation (and for unknown emails): they run the very same
+/// statement with a threshold no count reaches, so a failure costs the same
+/// database work whatever the account. True when this attempt locked it.
+pub async fn fail_login<C: ConnectionTrait>(
+    conn: &C,
+    email: &str,
+    threshold: i32,
+    lockable: bool,
     lock_ms: i64,
     now: i64,
-) -> Result<FailedLogin, DomainError> {
-    let reaches = Expr::col(user::Column::FailedLoginCount)
-        .add(1)
-        .gte(threshold);
-    user::Entity::update_many()
-        .col_expr(
-            user::Column::LockedUntil,
-            Expr::case(reaches.clone(), Expr::val(now + lock_ms))
-                .finally(Expr::col(user::Column::LockedUntil))
-                .into(),
-        )
-        .col_expr(
-            user::Column::FailedLoginCount,
-            Expr::case(reaches, Expr::val(0))
-                .finally(Expr::col(user::Column::FailedLoginCount).add(1))
-                .into(),
-        )
-        .filter(user::Column::Id.eq(user_id))
-        // While locked, more failures neither count nor extend the lock.
-        .filter(
-            Condition::any()
-                .add(user::Column::LockedUntil.is_null())
-                .add(user::Column::LockedUntil.lte(now)),
-        )
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
-    let after = find_by_id(conn, user_id).await?;
-    Ok(FailedLogin {
-        locked_now: after
-            .is_some_and(|u| u.failed_login_count == 0 && u.locked_until == Some(now + lock_ms)),
-    })
+) -> Result<bool, DomainError> {
+    const SQL: &str = "UPDATE users SET locked_until = $4, failed_login_count = 0 \
+         WHERE email = $1 AND failed_login_count >= $2 \
+         AND (locked_until IS NULL OR locked_until <= $3)";
+    let backend = conn.get_database_backend();
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [
+            email.into(),
+            (if lockable { threshold } else { i32::MAX }).into(),
+            now.into(),
+            (now + lock_ms).into(),
+        ],
+    );
+    let res = conn.execute_raw(stmt).await.map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// The success half of a reserved attempt, in the transaction that acts on
+/// it: clears the count only if the account is still active and unlocked at
+/// this instant. False (nothing written) means a parallel attempt locked it
+/// (or it was deactivated) after the reservation: the caller must refuse.
+pub async fn finish_login<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    now: i64,
+) -> Result<bool, DomainError> {
+    const SQL: &str = "UPDATE users SET failed_login_count = 0, locked_until = NULL \
+         WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2)";
+    let backend = conn.get_database_backend();
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [
+            user_id.into(),
+            now.into(),
+            StoredStatus::Active.as_str().into(),
+        ],
+    );
+    let res = conn.execute_raw(stmt).await.map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
 }
 
 pub async fn reset_failed_logins<C: ConnectionTrait>(
