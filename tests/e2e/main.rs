@@ -14,6 +14,7 @@ mod crash;
 mod db_faults;
 mod downstream;
 mod ecosystem;
+mod hardening_login;
 mod hostile;
 mod interop;
 mod isolation;

@@ -112,7 +112,8 @@ impl App {
         // a parallel wrong password that locked the account meanwhile wins.
         if !users::finish_login(&tx, &user.id, now).await? {
             drop(tx);
-            self.record_failed_login(meta, &email, false, now).await?;
+            self.record_failed_login(meta, &email, users::Failure::RefusedAfterCheck, now)
+                .await?;
             return Err(DomainError::invalid_credentials());
         }
         let session = sessions::create(
@@ -192,31 +193,36 @@ impl App {
         match reserved {
             Some(user) if ok => Ok(Some(user)),
             reserved => {
-                self.record_failed_login(meta, email, reserved.is_some(), now)
-                    .await?;
+                let failure = match reserved {
+                    Some(_) => users::Failure::WrongPassword,
+                    None => users::Failure::Refused,
+                };
+                self.record_failed_login(meta, email, failure, now).await?;
                 Ok(None)
             }
         }
     }
 
-    /// Records a failed attempt and audits it; an `evaluated` wrong password
-    /// that finds every slot used locks the account. The same statements run
-    /// for known and unknown emails, evaluated or refused (same work, R12).
-    /// Refused attempts are audited with `"reason": "locked"` (or
-    /// `"inactive"`): their password was not checked.
+    /// Records a failed attempt and audits it; the wrong password that
+    /// reaches the threshold locks the account. The same statements run for
+    /// known and unknown emails, evaluated or refused (same work, R12).
+    /// Attempts refused because of the account's state are audited with
+    /// `"reason": "locked"` (or `"inactive"`): they do not count as wrong
+    /// passwords.
     pub(crate) async fn record_failed_login(
         &self,
         meta: &RequestMeta,
         email: &str,
-        evaluated: bool,
+        failure: users::Failure,
         now: i64,
     ) -> Result<(), DomainError> {
+        let evaluated = failure == users::Failure::WrongPassword;
         let tx = self.store.begin_write().await?;
         let locked_now = users::fail_login(
             &tx,
             email,
+            failure,
             self.settings.lockout_threshold,
-            evaluated,
             self.settings.lockout_ms,
             now,
         )

@@ -113,7 +113,7 @@ impl App {
             if users::finish_login(self.store.writer(), &u.id, now).await? {
                 return Ok(());
             }
-            self.record_failed_login(meta, &user.email, false, now)
+            self.record_failed_login(meta, &user.email, users::Failure::RefusedAfterCheck, now)
                 .await?;
         }
         Err(DomainError::denied(

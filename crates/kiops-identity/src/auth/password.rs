@@ -230,9 +230,11 @@ impl PasswordHasher {
     pub async fn hash(&self, password: String) -> Result<String, DomainError> {
         let params = self.params.clone();
         let permit = self.admit()?;
-        self.run(permit, move |blocks| hash_with(&params, password.as_bytes(), blocks))
-            .await?
-            .map_err(|e| DomainError::internal(format!("argon2: {e}")))
+        self.run(permit, move |blocks| {
+            hash_with(&params, password.as_bytes(), blocks)
+        })
+        .await?
+        .map_err(|e| DomainError::internal(format!("argon2: {e}")))
     }
 
     /// Verifies against `hash`, or against the dummy hash when `hash` is None
@@ -256,7 +258,9 @@ impl PasswordHasher {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
         let ok = self
-            .run(permit, move |blocks| verify_with(password.as_bytes(), &hash, blocks))
+            .run(permit, move |blocks| {
+                verify_with(password.as_bytes(), &hash, blocks)
+            })
             .await?;
         Ok(ok && known)
     }

@@ -130,7 +130,7 @@ impl Store {
     /// request's span, so a test can compare the database work of two calls.
     pub fn log_statements(&mut self) {
         let log = |i: &sea_orm::metric::Info<'_>| {
-            tracing::info!(target: "kiops_identity::statement", sql = %i.statement.sql);
+            tracing::info!(sql = %i.statement.sql, "statement");
         };
         self.db.set_metric_callback(log);
         if let Some(w) = self.writer.as_mut() {

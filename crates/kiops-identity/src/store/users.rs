@@ -8,8 +8,8 @@ use crate::domain::model::StoredStatus;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, Set, Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, Set, Statement,
 };
 use serde_json::json;
 
@@ -111,14 +111,15 @@ fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
 
 /// Reserves one password attempt for the account, before its password is
 /// hashed: one conditional UPDATE that only matches an active, unlocked
-/// account holding fewer than `threshold` counted-or-pending failures, and
-/// counts the attempt as a failure right away. Parallel attempts therefore
-/// cannot evaluate more than `threshold` wrong passwords before the lock
-/// (the row is the arbiter, on both backends). The attempt that succeeds
-/// clears the count (`finish_login`); one that never finishes (crash,
-/// cancelled call) stays a failure: fail closed. When every slot is held
-/// by such attempts the account is refused until `stale_before` (now minus
-/// the lockout duration) has passed the latest reservation.
+/// account whose failures plus pending attempts are under `threshold`, and
+/// holds a slot (`login_attempts_pending`). Parallel attempts therefore
+/// cannot evaluate more than `threshold` wrong passwords before the lock:
+/// the row is the arbiter, on both backends. `finish_login` or `fail_login`
+/// gives the slot back. A slot whose request never finishes (crash,
+/// cancelled call) stays held: fail closed. Once every slot is held so, the
+/// account is refused until the latest reservation is older than
+/// `stale_before` (now minus the lockout duration); then the dead slots are
+/// dropped.
 ///
 /// `None` for an unknown, inactive, locked or full account: the caller
 /// cannot tell them apart and must not evaluate the password. The same
@@ -131,13 +132,13 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
     stale_before: i64,
 ) -> Result<Option<User>, DomainError> {
     const SQL: &str = "UPDATE users SET \
-         failed_login_count = CASE WHEN failed_login_count >= $3 THEN 1 \
-           ELSE failed_login_count + 1 END, \
+         login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
+           OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
          last_login_attempt_at = $2 \
          WHERE email = $1 AND status = $5 \
          AND (locked_until IS NULL OR locked_until <= $2) \
-         AND (failed_login_count < $3 OR last_login_attempt_at IS NULL \
-           OR last_login_attempt_at <= $4) \
+         AND (failed_login_count + login_attempts_pending < $3 \
+           OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
          RETURNING *";
     let backend = conn.get_database_backend();
     let stmt = Statement::from_sql_and_values(
@@ -157,48 +158,85 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
         .map_err(db_err)
 }
 
-/// Completes a failed attempt inside the caller's transaction: locks the
-/// account (for `lock_ms`, count restarting) when an evaluated wrong password
-/// finds every slot used. `lockable` is false for attempts that were refused
-/// without evaluation (and for unknown emails): they run the very same
-/// statement with a threshold no count reaches, so a failure costs the same
-/// database work whatever the account. True when this attempt locked it.
+/// How a failed attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Admitted and the password was wrong: counts, may lock.
+    WrongPassword,
+    /// Admitted, password right, but the account was locked (or deactivated)
+    /// meanwhile: gives the slot back, counts nothing.
+    RefusedAfterCheck,
+    /// Not admitted (unknown, inactive, locked or full account).
+    Refused,
+}
+
+/// Completes a failed attempt inside the caller's transaction: gives its
+/// slot back, counts an evaluated wrong password while the account is
+/// unlocked, and locks the account (for `lock_ms`, the count restarting)
+/// when that count reaches `threshold`. Every kind of failure, for known and
+/// unknown emails, runs the very same two statements (the parameters make
+/// the no-op ones change nothing), so a failure costs the same database work
+/// whatever the account (no timing oracle). True when this attempt locked it.
 pub async fn fail_login<C: ConnectionTrait>(
     conn: &C,
     email: &str,
+    failure: Failure,
     threshold: i32,
-    lockable: bool,
     lock_ms: i64,
     now: i64,
 ) -> Result<bool, DomainError> {
-    const SQL: &str = "UPDATE users SET locked_until = $4, failed_login_count = 0 \
+    const COUNT: &str = "UPDATE users SET \
+         failed_login_count = CASE WHEN locked_until IS NULL OR locked_until <= $2 \
+           THEN failed_login_count + $3 ELSE failed_login_count END, \
+         login_attempts_pending = CASE WHEN login_attempts_pending >= $4 \
+           THEN login_attempts_pending - $4 ELSE 0 END \
+         WHERE email = $1";
+    const LOCK: &str = "UPDATE users SET locked_until = $4, failed_login_count = 0 \
          WHERE email = $1 AND failed_login_count >= $2 \
          AND (locked_until IS NULL OR locked_until <= $3)";
+    let (counts, held) = match failure {
+        Failure::WrongPassword => (1, 1),
+        Failure::RefusedAfterCheck => (0, 1),
+        Failure::Refused => (0, 0),
+    };
     let backend = conn.get_database_backend();
-    let stmt = Statement::from_sql_and_values(
+    conn.execute_raw(Statement::from_sql_and_values(
         backend,
-        sql_for(backend, SQL),
-        [
-            email.into(),
-            (if lockable { threshold } else { i32::MAX }).into(),
-            now.into(),
-            (now + lock_ms).into(),
-        ],
-    );
-    let res = conn.execute_raw(stmt).await.map_err(db_err)?;
-    Ok(res.rows_affected() == 1)
+        sql_for(backend, COUNT),
+        [email.into(), now.into(), counts.into(), held.into()],
+    ))
+    .await
+    .map_err(db_err)?;
+    let lock_at = if counts == 1 { threshold } else { i32::MAX };
+    let locked = conn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql_for(backend, LOCK),
+            [
+                email.into(),
+                lock_at.into(),
+                now.into(),
+                (now + lock_ms).into(),
+            ],
+        ))
+        .await
+        .map_err(db_err)?;
+    Ok(locked.rows_affected() == 1)
 }
 
 /// The success half of a reserved attempt, in the transaction that acts on
-/// it: clears the count only if the account is still active and unlocked at
-/// this instant. False (nothing written) means a parallel attempt locked it
-/// (or it was deactivated) after the reservation: the caller must refuse.
+/// it: gives the slot back and clears the count, only if the account is
+/// still active and unlocked at this instant. False (nothing written) means
+/// a parallel attempt locked it (or it was deactivated) after the
+/// reservation: the caller must refuse (`Failure::RefusedAfterCheck`).
 pub async fn finish_login<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
     now: i64,
 ) -> Result<bool, DomainError> {
-    const SQL: &str = "UPDATE users SET failed_login_count = 0, locked_until = NULL \
+    const SQL: &str = "UPDATE users SET failed_login_count = 0, locked_until = NULL, \
+         login_attempts_pending = CASE WHEN login_attempts_pending > 0 \
+           THEN login_attempts_pending - 1 ELSE 0 END \
          WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2)";
     let backend = conn.get_database_backend();
     let stmt = Statement::from_sql_and_values(
