@@ -106,15 +106,44 @@ impl App {
             return Err(DomainError::invalid_credentials());
         };
 
+        match self.open_session(meta, &user, org.as_deref(), now).await {
+            Ok(Some(pair)) => {
+                self.metrics.logins.with_label_values(&["success"]).inc();
+                Ok(pair)
+            }
+            Ok(None) => {
+                self.record_failed_login(meta, &email, users::Failure::RefusedAfterCheck, now)
+                    .await?;
+                Err(DomainError::invalid_credentials())
+            }
+            Err(e) => {
+                // The right password, refused for another reason (e.g. a
+                // scope to a foreign organization): give the slot back. If
+                // this fails too the slot stays held (fail closed).
+                if let Err(release) = users::release_attempt(self.store.writer(), &user.id).await {
+                    tracing::warn!(error = %release, "login slot not released");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The session of a login whose password was right, in one transaction
+    /// that starts with the conditional `finish_login`: None (nothing
+    /// written) when the account was locked or deactivated meanwhile.
+    async fn open_session(
+        &self,
+        meta: &RequestMeta,
+        user: &User,
+        org: Option<&str>,
+        now: i64,
+    ) -> Result<Option<TokenPair>, DomainError> {
         let refresh = random_token(REFRESH_TOKEN_PREFIX);
         let tx = self.store.begin_write().await?;
         // First statement, so the row stays locked until the session commits:
-        // a parallel wrong password that locked the account meanwhile wins.
+        // a parallel wrong password that locked the account first wins.
         if !users::finish_login(&tx, &user.id, now).await? {
-            drop(tx);
-            self.record_failed_login(meta, &email, users::Failure::RefusedAfterCheck, now)
-                .await?;
-            return Err(DomainError::invalid_credentials());
+            return Ok(None);
         }
         let session = sessions::create(
             &tx,
@@ -145,16 +174,14 @@ impl App {
         .await?;
         // Mint before commit: a failure here (e.g. scoped to a foreign
         // organization) must not leave a session behind.
-        let (access_token, expires_in) = self
-            .mint_access_token(&tx, &user, org.as_deref(), &session.id)
-            .await?;
+        let (access_token, expires_in) =
+            self.mint_access_token(&tx, user, org, &session.id).await?;
         tx.commit().await.map_err(db_err)?;
-        self.metrics.logins.with_label_values(&["success"]).inc();
-        Ok(TokenPair {
+        Ok(Some(TokenPair {
             access_token,
             refresh_token: refresh,
             expires_in,
-        })
+        }))
     }
 
     /// Reserves an attempt (`users::reserve_login_attempt`), then verifies

@@ -101,6 +101,12 @@ pub async fn platform_admin_exists<C: ConnectionTrait>(conn: &C) -> Result<bool,
     Ok(n > 0)
 }
 
+/// Password attempts admitted and not finished (`reserve_login_attempt`);
+/// not in the entity: only the lockout statements here read it.
+fn pending() -> sea_orm::sea_query::Alias {
+    sea_orm::sea_query::Alias::new("login_attempts_pending")
+}
+
 /// `$n` placeholders for PostgreSQL, `?n` for SQLite.
 fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
     match backend {
@@ -252,6 +258,26 @@ pub async fn finish_login<C: ConnectionTrait>(
     Ok(res.rows_affected() == 1)
 }
 
+/// Gives back the slot of an admitted attempt that ended in an error
+/// unrelated to the password (nothing counted).
+pub async fn release_attempt<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<(), DomainError> {
+    const SQL: &str = "UPDATE users SET login_attempts_pending = \
+         CASE WHEN login_attempts_pending > 0 THEN login_attempts_pending - 1 ELSE 0 END \
+         WHERE id = $1";
+    let backend = conn.get_database_backend();
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [user_id.into()],
+    ))
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
 pub async fn reset_failed_logins<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
@@ -259,6 +285,8 @@ pub async fn reset_failed_logins<C: ConnectionTrait>(
     user::Entity::update_many()
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
         .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        // Also frees slots held by attempts that never finished.
+        .col_expr(pending(), Expr::value(0))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
         .await
@@ -333,6 +361,7 @@ pub async fn set_password<C: ConnectionTrait>(
         .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
         .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .col_expr(pending(), Expr::value(0))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
