@@ -15,6 +15,7 @@ mod db_faults;
 mod downstream;
 mod ecosystem;
 mod hardening_admin;
+mod hardening_login;
 mod hardening_mail;
 mod hardening_sessions;
 mod hostile;

@@ -65,7 +65,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = App::new(AppInner {
                 store,
                 clock,
-                hasher: PasswordHasher::new(1).map_err(|e| anyhow::anyhow!("{e}"))?,
+                hasher: PasswordHasher::new(1, crate::auth::password::DEFAULT_QUEUE)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
                 tokens,
                 settings: Settings {
                     refresh_ttl_ms: 0,

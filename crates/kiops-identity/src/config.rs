@@ -193,6 +193,22 @@ pub struct ServeArgs {
     #[arg(long, env = "KIOPS_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
 
+    /// Password hashes that may wait for a hashing thread. A call that finds
+    /// the queue full is refused at once (RESOURCE_EXHAUSTED, reason
+    /// OVERLOADED) instead of waiting behind every other peer's; a queued
+    /// hash whose caller has gone away (deadline, cancel) is skipped.
+    #[arg(long, env = "KIOPS_HASH_QUEUE", default_value_t = crate::auth::password::DEFAULT_QUEUE)]
+    pub hash_queue: usize,
+
+    /// Addresses or CIDR ranges of reverse proxies (comma-separated, e.g.
+    /// 10.0.0.0/8,127.0.0.1) whose X-Forwarded-For header is believed: for a
+    /// call from one of them, the client address (login throttle, audit
+    /// peer) is the right-most X-Forwarded-For address that is not itself a
+    /// trusted proxy. From any other peer the header is ignored. Default:
+    /// none (the TCP peer is the client).
+    #[arg(long, env = "KIOPS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::client_addr::parse_cidr)]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
+
     /// Threads that serve requests (default: number of CPU cores). Password
     /// hashing has its own threads (--hash-concurrency). Fewer than the
     /// cores leaves CPU to what shares the machine (a sidecar, a database,
@@ -266,6 +282,10 @@ pub struct ServeArgs {
     /// Largest gRPC request message accepted, in bytes (RESOURCE_EXHAUSTED above).
     #[arg(long, env = "KIOPS_MAX_REQUEST_BYTES", default_value_t = crate::api::MAX_MESSAGE_BYTES)]
     pub max_request_bytes: usize,
+
+    /// TESTS ONLY: logs the SQL text of every statement (no values).
+    #[arg(long, env = "KIOPS_UNSAFE_TEST_STATEMENT_LOG", hide = true)]
+    pub unsafe_test_statement_log: bool,
 
     /// TESTS ONLY: lets POST /test/clock/advance move the server clock.
     #[arg(long, env = "KIOPS_UNSAFE_TEST_CLOCK", hide = true)]

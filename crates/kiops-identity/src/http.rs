@@ -37,6 +37,7 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     if let Some((transactions, rotations)) = app.store.claim_batch_totals() {
         app.metrics.set_refresh_batches(transactions, rotations);
     }
+    app.metrics.set_password_hashes(&app.hasher.stats);
     if let Some((statements, reads)) = app.store.check_batch_totals() {
         app.metrics.set_check_batches(statements, reads);
     }

@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod domain;

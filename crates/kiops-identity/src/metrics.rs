@@ -21,7 +21,9 @@ pub struct Metrics {
     pub grpc_latency: HistogramVec,
     /// Calls refused because --max-concurrent-requests were in flight.
     pub grpc_shed: IntCounter,
-    /// Password logins by result: success, failure, locked.
+    /// Password logins by result: success, failure (wrong password or unknown
+    /// email), locked (the failure that locked), refused (locked or inactive
+    /// account: the password was not evaluated).
     pub logins: IntCounterVec,
     /// Emails in the outbox not yet delivered.
     pub outbox_backlog: IntGauge,
@@ -37,6 +39,10 @@ pub struct Metrics {
     /// rotations in them (see `store::claim_batch`); copied likewise.
     pub refresh_batch_transactions: IntCounter,
     pub refresh_batch_rotations: IntCounter,
+    /// Password hashing pool: hashes run, jobs skipped because their caller
+    /// had gone away (abandoned), calls refused with the queue full
+    /// (overloaded); copied from the hasher's totals on every scrape.
+    pub password_hashes: IntCounterVec,
     /// Two scrapes at once must not both add the same difference.
     totals_sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
@@ -99,6 +105,15 @@ impl Metrics {
             "Refresh token rotations committed by batched transactions (SQLite)",
         )
         .expect("static metric definition is valid");
+        let password_hashes = IntCounterVec::new(
+            Opts::new(
+                "password_hashes_total",
+                "Password hashing jobs by result: run, abandoned (caller gone), overloaded (queue full)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        let _ = registry.register(Box::new(password_hashes.clone()));
         let _ = registry.register(Box::new(refresh_batch_transactions.clone()));
         let _ = registry.register(Box::new(refresh_batch_rotations.clone()));
         let _ = registry.register(Box::new(grpc_requests.clone()));
@@ -118,6 +133,7 @@ impl Metrics {
             outbox_backlog,
             db_pool,
             check_batch_statements,
+            password_hashes,
             check_batch_reads,
             refresh_batch_transactions,
             refresh_batch_rotations,
@@ -154,8 +170,20 @@ impl Metrics {
         ]);
     }
 
+    /// Brings the hashing counters up to the hasher's totals.
+    pub fn set_password_hashes(&self, stats: &crate::auth::password::HashStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = |l: &str| self.password_hashes.with_label_values(&[l]);
+        let (run, abandoned, overloaded) = (c("run"), c("abandoned"), c("overloaded"));
+        self.sync_totals([
+            (&run, stats.run.load(Relaxed)),
+            (&abandoned, stats.abandoned.load(Relaxed)),
+            (&overloaded, stats.overloaded.load(Relaxed)),
+        ]);
+    }
+
     /// Raises each counter to a total kept elsewhere.
-    fn sync_totals(&self, totals: [(&IntCounter, u64); 2]) {
+    fn sync_totals<const N: usize>(&self, totals: [(&IntCounter, u64); N]) {
         let _one_at_a_time = self
             .totals_sync
             .lock()

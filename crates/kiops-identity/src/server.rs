@@ -67,14 +67,17 @@ pub fn redact_url(url: &str) -> String {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.db.database_url, args.db.db_max_connections).await?;
+    let mut store = open_store(&args.db.database_url, args.db.db_max_connections).await?;
+    if args.unsafe_test_statement_log {
+        store.log_statements();
+    }
     tracing::info!(database = %redact_url(&args.db.database_url), "database ready");
 
     let clock = Clock::default();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let hasher = PasswordHasher::new(args.hash_concurrency.unwrap_or(cores))
+    let hasher = PasswordHasher::new(args.hash_concurrency.unwrap_or(cores), args.hash_queue)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let signing_key_pem = match &args.signing_key_file {
         Some(path) => Some(
@@ -267,6 +270,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::request_id::RequestIdLayer)
+                .layer(crate::client_addr::ClientAddrLayer::new(
+                    args.trusted_proxies.clone(),
+                ))
                 .layer(GrpcMetricsLayer::new(app.metrics.clone()))
                 .layer(ShedLayer::new(in_flight, app.metrics.clone())),
         )

@@ -11,6 +11,7 @@ mod m20261123_000002_revocation_sessions;
 mod m20261124_000003_membership_search;
 mod m20261125_000004_check_permission_covering;
 mod m20261126_000005_session_access_facts;
+mod m20261126_000006_login_attempts;
 mod m20261126_000007_email_verification;
 mod m20261126_000009_revocation_commit_order;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_membership_search::Migration),
             Box::new(m20261125_000004_check_permission_covering::Migration),
             Box::new(m20261126_000005_session_access_facts::Migration),
+            Box::new(m20261126_000006_login_attempts::Migration),
             Box::new(m20261126_000007_email_verification::Migration),
             Box::new(m20261126_000009_revocation_commit_order::Migration),
         ]

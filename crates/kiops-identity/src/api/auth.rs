@@ -5,7 +5,7 @@ use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::error::{reason, Violations};
-use crate::domain::model::{StoredStatus, UserStatus};
+use crate::domain::model::StoredStatus;
 use crate::domain::{validate, DomainError};
 use crate::overload::CallPermit;
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
@@ -105,25 +105,48 @@ impl App {
 
         self.throttle.check(&meta.peer, Some(&email))?;
         let now = self.clock.now_ms();
-        let user = users::find_by_email(self.store.conn(), &email).await?;
-        // Always hash, also for an unknown email, so both take the same time.
-        let password_ok = self
-            .hasher
-            .verify(req.password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
-        let status = user
-            .as_ref()
-            .map(|u| UserStatus::derive(StoredStatus::parse(&u.status), u.locked_until, now));
-
-        let Some(user) = user.filter(|_| password_ok && status == Some(UserStatus::Active)) else {
-            self.record_failed_login(meta, &email, status, now).await?;
+        let Some(user) = self.check_password(meta, &email, req.password, now).await? else {
             return Err(DomainError::invalid_credentials());
         };
 
+        match self.open_session(meta, &user, org.as_deref(), now).await {
+            Ok(Some(pair)) => {
+                self.metrics.logins.with_label_values(&["success"]).inc();
+                Ok(pair)
+            }
+            Ok(None) => {
+                self.record_failed_login(meta, &email, users::Failure::RefusedAfterCheck, now)
+                    .await?;
+                Err(DomainError::invalid_credentials())
+            }
+            Err(e) => {
+                // The right password, refused for another reason (e.g. a
+                // scope to a foreign organization): give the slot back. If
+                // this fails too the slot stays held (fail closed).
+                if let Err(release) = users::release_attempt(self.store.writer(), &user.id).await {
+                    tracing::warn!(error = %release, "login slot not released");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The session of a login whose password was right, in one transaction
+    /// that starts with the conditional `finish_login`: None (nothing
+    /// written) when the account was locked or deactivated meanwhile.
+    async fn open_session(
+        &self,
+        meta: &RequestMeta,
+        user: &User,
+        org: Option<&str>,
+        now: i64,
+    ) -> Result<Option<TokenPair>, DomainError> {
         let refresh = random_token(REFRESH_TOKEN_PREFIX);
         let tx = self.store.begin_write().await?;
-        if user.failed_login_count > 0 || user.locked_until.is_some() {
-            users::reset_failed_logins(&tx, &user.id).await?;
+        // First statement, so the row stays locked until the session commits:
+        // a parallel wrong password that locked the account first wins.
+        if !users::finish_login(&tx, &user.id, now).await? {
+            return Ok(None);
         }
         let session = sessions::create(
             &tx,
@@ -154,54 +177,108 @@ impl App {
         .await?;
         // Mint before commit: a failure here (e.g. scoped to a foreign
         // organization) must not leave a session behind.
-        let (access_token, expires_in) = self
-            .mint_access_token(&tx, &user, org.as_deref(), &session.id)
-            .await?;
+        let (access_token, expires_in) =
+            self.mint_access_token(&tx, user, org, &session.id).await?;
         tx.commit().await.map_err(db_err)?;
-        self.metrics.logins.with_label_values(&["success"]).inc();
-        Ok(TokenPair {
+        Ok(Some(TokenPair {
             access_token,
             refresh_token: refresh,
             expires_in,
-        })
+        }))
     }
 
-    /// Counts the failure (atomically), locks at the threshold, and audits it.
-    /// Unknown emails are audited too but change nothing else.
+    /// Reserves an attempt (`users::reserve_login_attempt`), then verifies
+    /// the password: the user when it is right and the attempt was admitted;
+    /// otherwise the failure is recorded and None. A refused attempt (unknown,
+    /// inactive, locked or full account) is hashed against the dummy hash, so
+    /// it takes the time of a wrong password without evaluating the real one.
+    /// The caller that gets a user must still call `users::finish_login`
+    /// (rows affected checked) in the transaction that acts on it.
+    pub(crate) async fn check_password(
+        &self,
+        meta: &RequestMeta,
+        email: &str,
+        password: String,
+        now: i64,
+    ) -> Result<Option<User>, DomainError> {
+        // A full hashing queue refuses before the reservation: an overloaded
+        // server must not count failures against the account.
+        let permit = self.hasher.admit()?;
+        let reserved = users::reserve_login_attempt(
+            self.store.writer(),
+            email,
+            self.settings.lockout_threshold,
+            now,
+            now - self.settings.lockout_ms,
+        )
+        .await?;
+        let ok = self
+            .hasher
+            .verify_admitted(
+                permit,
+                password,
+                reserved.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await?;
+        match reserved {
+            Some(user) if ok => Ok(Some(user)),
+            reserved => {
+                let failure = match reserved {
+                    Some(_) => users::Failure::WrongPassword,
+                    None => users::Failure::Refused,
+                };
+                self.record_failed_login(meta, email, failure, now).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records a failed attempt and audits it; the wrong password that
+    /// reaches the threshold locks the account. The same statements run for
+    /// known and unknown emails, evaluated or refused (same work, R12).
+    /// Attempts refused because of the account's state are audited with
+    /// `"reason": "locked"` (or `"inactive"`): they do not count as wrong
+    /// passwords.
     pub(crate) async fn record_failed_login(
         &self,
         meta: &RequestMeta,
         email: &str,
-        status: Option<UserStatus>,
+        failure: users::Failure,
         now: i64,
     ) -> Result<(), DomainError> {
+        let evaluated = failure == users::Failure::WrongPassword;
         let tx = self.store.begin_write().await?;
-        let mut locked_now = false;
-        let mut actor = Actor::Anonymous;
-        let mut target = String::new();
-        if let Some(user) = users::find_by_email(&tx, email).await? {
-            target = user.id.clone();
-            actor = Actor::User {
-                id: user.id.clone(),
-                email: user.email.clone(),
-            };
-            if status == Some(UserStatus::Active) {
-                locked_now = users::record_failed_login(
-                    &tx,
-                    &user.id,
-                    self.settings.lockout_threshold,
-                    self.settings.lockout_ms,
-                    now,
-                )
-                .await?
-                .locked_now;
-            }
-        }
+        let locked_now = users::fail_login(
+            &tx,
+            email,
+            failure,
+            self.settings.lockout_threshold,
+            self.settings.lockout_ms,
+            now,
+        )
+        .await?;
+        let user = users::find_by_email(&tx, email).await?;
+        let (actor, target) = match &user {
+            Some(u) => (
+                Actor::User {
+                    id: u.id.clone(),
+                    email: u.email.clone(),
+                },
+                u.id.clone(),
+            ),
+            None => (Actor::Anonymous, String::new()),
+        };
+        let details = match &user {
+            Some(u) if !evaluated => json!({
+                "email": email,
+                "reason": if u.status == StoredStatus::Inactive.as_str() { "inactive" } else { "locked" },
+            }),
+            _ => json!({"email": email}),
+        };
         audit::record(
             &tx,
             meta,
-            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target)
-                .details(json!({"email": email})),
+            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target).details(details),
             now,
         )
         .await?;
@@ -217,10 +294,15 @@ impl App {
             .await?;
         }
         tx.commit().await.map_err(db_err)?;
-        self.metrics
-            .logins
-            .with_label_values(&[if locked_now { "locked" } else { "failure" }])
-            .inc();
+        let result = if locked_now {
+            "locked"
+        } else if !evaluated && user.is_some() {
+            // Refused without evaluating the password (locked, inactive).
+            "refused"
+        } else {
+            "failure"
+        };
+        self.metrics.logins.with_label_values(&[result]).inc();
         Ok(())
     }
 

@@ -20,7 +20,11 @@ pub fn request_meta<T>(req: &Request<T>) -> RequestMeta {
         .filter(|s| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Behind a trusted proxy, the client it names (`client_addr`).
+    let peer = match req.extensions().get::<crate::client_addr::ClientAddr>() {
+        Some(c) => c.0.clone(),
+        None => req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+    };
     RequestMeta { request_id, peer }
 }
 

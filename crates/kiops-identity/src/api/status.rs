@@ -99,11 +99,11 @@ impl From<DomainError> for Status {
                 d.set_retry_info(Some(Duration::from_secs(retry_after_secs)));
                 Status::with_error_details(Code::ResourceExhausted, message, d)
             }
-            DomainError::Exhausted { reason, message } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                info(reason, HashMap::new()),
-            ),
+            DomainError::Exhausted { reason, message } => {
+                let mut d = info(reason, HashMap::new());
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                Status::with_error_details(Code::ResourceExhausted, message, d)
+            }
             DomainError::Aborted => Status::with_error_details(
                 Code::Aborted,
                 "the request conflicted with a concurrent change; retry",

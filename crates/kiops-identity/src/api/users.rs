@@ -5,7 +5,7 @@ use super::convert;
 use crate::app::App;
 use crate::domain::error::reason;
 use crate::domain::error::Violations;
-use crate::domain::model::{StoredStatus, UserStatus};
+use crate::domain::model::StoredStatus;
 use crate::domain::page_token;
 use crate::domain::{access, password_policy, validate, Caller, DomainError};
 use crate::store::audit::{self, AuditEntry, RequestMeta};
@@ -107,16 +107,17 @@ impl App {
             .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
         self.throttle.check(&meta.peer, Some(&user.email))?;
         let now = self.clock.now_ms();
-        let ok = self
-            .hasher
-            .verify(password.to_string(), Some(user.password_hash.clone()))
-            .await?;
-        let status = UserStatus::derive(StoredStatus::parse(&user.status), user.locked_until, now);
-        if ok && status == UserStatus::Active {
-            return Ok(());
+        // The same reserved, exact lockout as Login (`check_password`).
+        if let Some(u) = self
+            .check_password(meta, &user.email, password.to_string(), now)
+            .await?
+        {
+            if users::finish_login(self.store.writer(), &u.id, now).await? {
+                return Ok(());
+            }
+            self.record_failed_login(meta, &user.email, users::Failure::RefusedAfterCheck, now)
+                .await?;
         }
-        self.record_failed_login(meta, &user.email, Some(status), now)
-            .await?;
         Err(DomainError::denied(
             reason::INVALID_CURRENT_PASSWORD,
             "the current password is wrong",

@@ -6,6 +6,13 @@
 //! every thread that ever hashed. So: `concurrency` threads (the cores), each
 //! owning one reusable block buffer, fed through a queue. Memory stays at
 //! `concurrency × 19 MiB` and at most that many hashes run at once.
+//!
+//! The queue is bounded: at most `concurrency + queue` jobs are admitted at
+//! once, and a call beyond that is refused at once (RESOURCE_EXHAUSTED,
+//! `OVERLOADED`) instead of waiting behind everyone else's. A job whose
+//! caller has gone away (client deadline, cancelled call, server timeout)
+//! is skipped when its turn comes, so a flood of abandoned logins does not
+//! keep the threads busy for callers who will never read the answer.
 
 use crate::domain::DomainError;
 use argon2::password_hash::{PasswordHash, SaltString};
@@ -13,6 +20,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
@@ -25,9 +33,40 @@ const OUTPUT_LEN: usize = 32;
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
+/// Jobs that may wait for a hashing thread by default (`--hash-queue`).
+pub const DEFAULT_QUEUE: usize = 64;
+
+/// What the hashing pool did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HashStats {
+    /// Hashes computed (verifications included).
+    pub run: AtomicU64,
+    /// Jobs skipped because their caller had gone away.
+    pub abandoned: AtomicU64,
+    /// Calls refused because the queue was full.
+    pub overloaded: AtomicU64,
+    /// Jobs admitted and not finished (queued or running).
+    admitted: AtomicUsize,
+}
+
+/// One admitted job's place in the bounded queue; released when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    stats: Arc<HashStats>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.stats.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
+    /// `concurrency + queue`: jobs admitted at once.
+    bound: usize,
+    pub stats: Arc<HashStats>,
     params: Params,
     /// A real hash of a random password, verified against when the email is
     /// unknown so that both answers take the same time (R12).
@@ -98,7 +137,8 @@ fn verify_with(password: &[u8], phc: &str, blocks: &mut Vec<Block>) -> bool {
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> Result<Self, DomainError> {
+    /// `concurrency` threads, and up to `queue` jobs waiting for them.
+    pub fn new(concurrency: usize, queue: usize) -> Result<Self, DomainError> {
         let params = Params::new(
             OWASP_MEMORY_KIB,
             OWASP_ITERATIONS,
@@ -138,18 +178,50 @@ impl PasswordHasher {
         .map_err(|e| DomainError::internal(format!("argon2: {e}")))?;
         Ok(Self {
             jobs: tx,
+            bound: concurrency.max(1) + queue,
+            stats: Arc::default(),
             params,
             dummy_hash: Arc::new(dummy),
         })
     }
 
+    /// A place in the queue, or OVERLOADED at once when it is full. Taken
+    /// before anything else is done for the call (e.g. a login's lockout
+    /// reservation), so a refused call leaves nothing behind.
+    pub fn admit(&self) -> Result<Permit, DomainError> {
+        let admitted = self.stats.admitted.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit {
+            stats: self.stats.clone(),
+        };
+        if admitted >= self.bound {
+            drop(permit);
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err(DomainError::exhausted(
+                crate::domain::error::reason::OVERLOADED,
+                "the server is busy hashing passwords; retry with backoff",
+            ));
+        }
+        Ok(permit)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
+        permit: Permit,
         f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, DomainError> {
         let (tx, rx) = oneshot::channel();
+        let stats = self.stats.clone();
         self.jobs
             .send(Box::new(move |blocks| {
+                // The place is freed when the job leaves the queue, so the
+                // queue itself stays bounded even when callers go away.
+                let _permit = permit;
+                // The caller's future was dropped: nobody reads the answer.
+                if tx.is_closed() {
+                    stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                stats.run.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(f(blocks));
             }))
             .map_err(|_| DomainError::Unavailable)?;
@@ -160,9 +232,12 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
     pub async fn hash(&self, password: String) -> Result<String, DomainError> {
         let params = self.params.clone();
-        self.run(move |blocks| hash_with(&params, password.as_bytes(), blocks))
-            .await?
-            .map_err(|e| DomainError::internal(format!("argon2: {e}")))
+        let permit = self.admit()?;
+        self.run(permit, move |blocks| {
+            hash_with(&params, password.as_bytes(), blocks)
+        })
+        .await?
+        .map_err(|e| DomainError::internal(format!("argon2: {e}")))
     }
 
     /// Verifies against `hash`, or against the dummy hash when `hash` is None
@@ -172,10 +247,23 @@ impl PasswordHasher {
         password: String,
         hash: Option<String>,
     ) -> Result<bool, DomainError> {
+        let permit = self.admit()?;
+        self.verify_admitted(permit, password, hash).await
+    }
+
+    /// `verify` with a place taken earlier (`admit`).
+    pub async fn verify_admitted(
+        &self,
+        permit: Permit,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, DomainError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
         let ok = self
-            .run(move |blocks| verify_with(password.as_bytes(), &hash, blocks))
+            .run(permit, move |blocks| {
+                verify_with(password.as_bytes(), &hash, blocks)
+            })
             .await?;
         Ok(ok && known)
     }
@@ -188,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_interoperate_with_the_reference_implementation() {
-        let h = PasswordHasher::new(1).unwrap();
+        let h = PasswordHasher::new(1, DEFAULT_QUEUE).unwrap();
         let phc = h.hash("correct horse battery staple".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         // Ours verify with the argon2 crate's own verifier...

@@ -83,11 +83,15 @@ impl Throttle {
         }
     }
 
-    /// Checks the peer (IP address without port) and, if given, the email.
+    /// Checks the peer (its IP address: `1.2.3.4:5678`, or a bare address
+    /// from a trusted proxy's X-Forwarded-For) and, if given, the email.
     pub fn check(&self, peer: &str, email: Option<&str>) -> Result<(), DomainError> {
         let now = Instant::now();
-        let ip = peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer);
-        self.per_peer.take(ip, now).map_err(Self::refuse)?;
+        let ip = match peer.parse::<std::net::SocketAddr>() {
+            Ok(a) => a.ip().to_string(),
+            Err(_) => peer.to_string(),
+        };
+        self.per_peer.take(&ip, now).map_err(Self::refuse)?;
         if let Some(e) = email {
             self.per_email.take(e, now).map_err(Self::refuse)?;
         }

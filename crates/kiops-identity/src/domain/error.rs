@@ -40,7 +40,6 @@ pub mod reason {
     pub const REFRESH_TOKEN_REUSED: &str = "REFRESH_TOKEN_REUSED";
     pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
     pub const SESSION_REVOKED: &str = "SESSION_REVOKED";
-    pub const OVERLOADED: &str = "OVERLOADED";
     pub const TOO_MANY_STREAMS: &str = "TOO_MANY_STREAMS";
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
     pub const PLATFORM_ADMIN_REQUIRED: &str = "PLATFORM_ADMIN_REQUIRED";
@@ -71,6 +70,8 @@ pub mod reason {
     /// Approving the join request of someone whose address is unproven.
     pub const EMAIL_NOT_VERIFIED: &str = "EMAIL_NOT_VERIFIED";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The server is at a capacity limit (calls in flight, hashing queue).
+    pub const OVERLOADED: &str = "OVERLOADED";
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
     pub const CONFLICT: &str = "CONFLICT";
     pub const INTERNAL: &str = "INTERNAL";

@@ -130,6 +130,19 @@ impl Store {
         Migrator::up(&self.db, None).await
     }
 
+    /// TESTS ONLY (`--unsafe-test-statement-log`): logs the SQL text (never
+    /// the values) of every statement run through the pools, inside the
+    /// request's span, so a test can compare the database work of two calls.
+    pub fn log_statements(&mut self) {
+        let log = |i: &sea_orm::metric::Info<'_>| {
+            tracing::info!(sql = %i.statement.sql, "statement");
+        };
+        self.db.set_metric_callback(log);
+        if let Some(w) = self.writer.as_mut() {
+            w.set_metric_callback(log);
+        }
+    }
+
     pub fn backend(&self) -> DatabaseBackend {
         self.db.get_database_backend()
     }

@@ -8,8 +8,8 @@ use crate::domain::model::StoredStatus;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, Set, Statement,
 };
 use serde_json::json;
 
@@ -156,53 +156,181 @@ pub async fn lock_active_platform_admins<C: ConnectionTrait>(
     q.into_tuple::<String>().all(conn).await.map_err(db_err)
 }
 
-/// Outcome of counting one failed login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailedLogin {
-    pub locked_now: bool,
+/// Password attempts admitted and not finished (`reserve_login_attempt`);
+/// not in the entity: only the lockout statements here read it.
+fn pending() -> sea_orm::sea_query::Alias {
+    sea_orm::sea_query::Alias::new("login_attempts_pending")
 }
 
-/// Counts a failed login with one atomic UPDATE (no read-modify-write, so
-/// parallel wrong passwords cannot lose counts), locking the account for
-/// `lock_ms` when the count reaches `threshold`, and resetting the count then.
-pub async fn record_failed_login<C: ConnectionTrait>(
+/// `$n` placeholders for PostgreSQL, `?n` for SQLite.
+fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
+    match backend {
+        DatabaseBackend::Postgres => pg.to_string(),
+        _ => pg.replace('$', "?"),
+    }
+}
+
+/// Reserves one password attempt for the account, before its password is
+/// hashed: one conditional UPDATE that only matches an active, unlocked
+/// account whose failures plus pending attempts are under `threshold`, and
+/// holds a slot (`login_attempts_pending`). Parallel attempts therefore
+/// cannot evaluate more than `threshold` wrong passwords before the lock:
+/// the row is the arbiter, on both backends. `finish_login` or `fail_login`
+/// gives the slot back. A slot whose request never finishes (crash,
+/// cancelled call) stays held: fail closed. Once every slot is held so, the
+/// account is refused until the latest reservation is older than
+/// `stale_before` (now minus the lockout duration); then the dead slots are
+/// dropped.
+///
+/// `None` for an unknown, inactive, locked or full account: the caller
+/// cannot tell them apart and must not evaluate the password. The same
+/// single statement runs for known and unknown emails (no timing oracle).
+pub async fn reserve_login_attempt<C: ConnectionTrait>(
     conn: &C,
-    user_id: &str,
+    email: &str,
+    threshold: i32,
+    now: i64,
+    stale_before: i64,
+) -> Result<Option<User>, DomainError> {
+    const SQL: &str = "UPDATE users SET \
+         login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
+           OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
+         last_login_attempt_at = $2 \
+         WHERE email = $1 AND status = $5 \
+         AND (locked_until IS NULL OR locked_until <= $2) \
+         AND (failed_login_count + login_attempts_pending < $3 \
+           OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
+         RETURNING *";
+    let backend = conn.get_database_backend();
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [
+            email.into(),
+            now.into(),
+            threshold.into(),
+            stale_before.into(),
+            StoredStatus::Active.as_str().into(),
+        ],
+    );
+    let row = conn.query_one_raw(stmt).await.map_err(db_err)?;
+    row.map(|r| User::from_query_result(&r, ""))
+        .transpose()
+        .map_err(db_err)
+}
+
+/// How a failed attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Admitted and the password was wrong: counts, may lock.
+    WrongPassword,
+    /// Admitted, password right, but the account was locked (or deactivated)
+    /// meanwhile: gives the slot back, counts nothing.
+    RefusedAfterCheck,
+    /// Not admitted (unknown, inactive, locked or full account).
+    Refused,
+}
+
+/// Completes a failed attempt inside the caller's transaction: gives its
+/// slot back, counts an evaluated wrong password while the account is
+/// unlocked, and locks the account (for `lock_ms`, the count restarting)
+/// when that count reaches `threshold`. Every kind of failure, for known and
+/// unknown emails, runs the very same two statements (the parameters make
+/// the no-op ones change nothing), so a failure costs the same database work
+/// whatever the account (no timing oracle). True when this attempt locked it.
+pub async fn fail_login<C: ConnectionTrait>(
+    conn: &C,
+    email: &str,
+    failure: Failure,
     threshold: i32,
     lock_ms: i64,
     now: i64,
-) -> Result<FailedLogin, DomainError> {
-    let reaches = Expr::col(user::Column::FailedLoginCount)
-        .add(1)
-        .gte(threshold);
-    user::Entity::update_many()
-        .col_expr(
-            user::Column::LockedUntil,
-            Expr::case(reaches.clone(), Expr::val(now + lock_ms))
-                .finally(Expr::col(user::Column::LockedUntil))
-                .into(),
-        )
-        .col_expr(
-            user::Column::FailedLoginCount,
-            Expr::case(reaches, Expr::val(0))
-                .finally(Expr::col(user::Column::FailedLoginCount).add(1))
-                .into(),
-        )
-        .filter(user::Column::Id.eq(user_id))
-        // While locked, more failures neither count nor extend the lock.
-        .filter(
-            Condition::any()
-                .add(user::Column::LockedUntil.is_null())
-                .add(user::Column::LockedUntil.lte(now)),
-        )
-        .exec(conn)
+) -> Result<bool, DomainError> {
+    const COUNT: &str = "UPDATE users SET \
+         failed_login_count = CASE WHEN locked_until IS NULL OR locked_until <= $2 \
+           THEN failed_login_count + $3 ELSE failed_login_count END, \
+         login_attempts_pending = CASE WHEN login_attempts_pending >= $4 \
+           THEN login_attempts_pending - $4 ELSE 0 END \
+         WHERE email = $1";
+    const LOCK: &str = "UPDATE users SET locked_until = $4, failed_login_count = 0 \
+         WHERE email = $1 AND failed_login_count >= $2 \
+         AND (locked_until IS NULL OR locked_until <= $3)";
+    let (counts, held) = match failure {
+        Failure::WrongPassword => (1, 1),
+        Failure::RefusedAfterCheck => (0, 1),
+        Failure::Refused => (0, 0),
+    };
+    let backend = conn.get_database_backend();
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, COUNT),
+        [email.into(), now.into(), counts.into(), held.into()],
+    ))
+    .await
+    .map_err(db_err)?;
+    let lock_at = if counts == 1 { threshold } else { i32::MAX };
+    let locked = conn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql_for(backend, LOCK),
+            [
+                email.into(),
+                lock_at.into(),
+                now.into(),
+                (now + lock_ms).into(),
+            ],
+        ))
         .await
         .map_err(db_err)?;
-    let after = find_by_id(conn, user_id).await?;
-    Ok(FailedLogin {
-        locked_now: after
-            .is_some_and(|u| u.failed_login_count == 0 && u.locked_until == Some(now + lock_ms)),
-    })
+    Ok(locked.rows_affected() == 1)
+}
+
+/// The success half of a reserved attempt, in the transaction that acts on
+/// it: gives the slot back and clears the count, only if the account is
+/// still active and unlocked at this instant. False (nothing written) means
+/// a parallel attempt locked it (or it was deactivated) after the
+/// reservation: the caller must refuse (`Failure::RefusedAfterCheck`).
+pub async fn finish_login<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    now: i64,
+) -> Result<bool, DomainError> {
+    const SQL: &str = "UPDATE users SET failed_login_count = 0, locked_until = NULL, \
+         login_attempts_pending = CASE WHEN login_attempts_pending > 0 \
+           THEN login_attempts_pending - 1 ELSE 0 END \
+         WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2)";
+    let backend = conn.get_database_backend();
+    let stmt = Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [
+            user_id.into(),
+            now.into(),
+            StoredStatus::Active.as_str().into(),
+        ],
+    );
+    let res = conn.execute_raw(stmt).await.map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Gives back the slot of an admitted attempt that ended in an error
+/// unrelated to the password (nothing counted).
+pub async fn release_attempt<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<(), DomainError> {
+    const SQL: &str = "UPDATE users SET login_attempts_pending = \
+         CASE WHEN login_attempts_pending > 0 THEN login_attempts_pending - 1 ELSE 0 END \
+         WHERE id = $1";
+    let backend = conn.get_database_backend();
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql_for(backend, SQL),
+        [user_id.into()],
+    ))
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 pub async fn reset_failed_logins<C: ConnectionTrait>(
@@ -212,6 +340,8 @@ pub async fn reset_failed_logins<C: ConnectionTrait>(
     user::Entity::update_many()
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
         .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        // Also frees slots held by attempts that never finished.
+        .col_expr(pending(), Expr::value(0))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
         .await
@@ -286,6 +416,7 @@ pub async fn set_password<C: ConnectionTrait>(
         .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
         .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .col_expr(pending(), Expr::value(0))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
