@@ -207,10 +207,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut db_up = true;
             loop {
-                let polled = tokio::time::timeout(Duration::from_secs(2), async {
-                    crate::store::revocations::sequence(&app.store).await?;
-                    crate::store::revocations::latest_seq(app.store.conn()).await
-                })
+                // Numbering waits for the writer, which a long write may
+                // hold: it has its own time limit and does not count
+                // towards health, which the read alone decides.
+                let sequenced = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::store::revocations::sequence(&app.store),
+                )
+                .await;
+                if let Ok(Err(e)) = sequenced {
+                    tracing::debug!(error = %e, "numbering revocation events failed");
+                }
+                let polled = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::store::revocations::latest_seq(app.store.conn()),
+                )
                 .await;
                 let up = match polled {
                     Ok(Ok(id)) => {

@@ -181,22 +181,19 @@ fn rfc3339(ms: i64) -> String {
 
 const CSV_HEADER: &str = "event_id,event_time,actor_type,actor_id,actor_email,organization_id,action,target_type,target_id,details_json,request_id,peer_address\n";
 
-/// One CSV cell. A cell a spreadsheet would read as a formula (OWASP CSV
-/// injection: first character `=`, `+`, `-`, `@`, tab or carriage return;
-/// emails and request ids can start so) gets a leading `'`, which makes it
-/// text; then the usual RFC 4180 quoting.
+/// One CSV cell, always quoted (RFC 4180). A cell a spreadsheet would read
+/// as a formula (OWASP CSV injection: first character `=`, `+`, `-`, `@`,
+/// tab or carriage return; emails and request ids can start so) also gets a
+/// leading `'`, which makes it text. The quotes matter too: unquoted, a
+/// spreadsheet in a locale whose separator is `;` splits `r;=1+2` and runs
+/// the second half.
 fn csv_field(out: &mut String, s: &str) {
-    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let prefix = if formula { "'" } else { "" };
-    if s.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(prefix);
-        out.push_str(&s.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(prefix);
-        out.push_str(s);
+    out.push('"');
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        out.push('\'');
     }
+    out.push_str(&s.replace('"', "\"\""));
+    out.push('"');
 }
 
 fn write_csv(out: &mut String, e: &Row) {
@@ -402,12 +399,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_quotes_what_needs_quoting() {
+    fn csv_quotes_every_cell() {
         let mut s = String::new();
         csv_field(&mut s, "plain");
         s.push('|');
         csv_field(&mut s, r#"{"a":1,"b":"x"}"#);
-        assert_eq!(s, r#"plain|"{""a"":1,""b"":""x""}""#);
+        assert_eq!(s, r#""plain"|"{""a"":1,""b"":""x""}""#);
     }
 
     #[test]
@@ -417,14 +414,16 @@ mod tests {
             csv_field(&mut s, v);
             s
         };
-        assert_eq!(cell("=1+1"), "'=1+1");
-        assert_eq!(cell("+1"), "'+1");
-        assert_eq!(cell("-1"), "'-1");
-        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(cell("\tx"), "'\tx");
+        assert_eq!(cell("=1+1"), "\"'=1+1\"");
+        assert_eq!(cell("+1"), "\"'+1\"");
+        assert_eq!(cell("-1"), "\"'-1\"");
+        assert_eq!(cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(cell("\tx"), "\"'\tx\"");
         assert_eq!(cell("\rx"), "\"'\rx\"");
         assert_eq!(cell("=A1,\"b\""), "\"'=A1,\"\"b\"\"\"");
-        assert_eq!(cell("a=1"), "a=1");
-        assert_eq!(cell(""), "");
+        // Behind a separator of another locale: one quoted cell, not split.
+        assert_eq!(cell("r;=1+2"), "\"r;=1+2\"");
+        assert_eq!(cell("a=1"), "\"a=1\"");
+        assert_eq!(cell(""), "\"\"");
     }
 }

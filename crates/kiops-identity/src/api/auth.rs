@@ -145,7 +145,7 @@ impl App {
         let tx = self.store.begin_write().await?;
         // First statement, so the row stays locked until the session commits:
         // a parallel wrong password that locked the account first wins.
-        if !users::finish_login(&tx, &user.id, now).await? {
+        if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
             return Ok(None);
         }
         let session = sessions::create(

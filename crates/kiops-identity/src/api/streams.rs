@@ -211,7 +211,12 @@ impl<T: Send + 'static> GuardedSender<T> {
     /// Sends `msg` once the client has room for it, re-checking the caller's
     /// right while it waits: a client that stops reading cannot keep a
     /// stream (and its slot) alive past the loss of the right.
+    ///
+    /// A client that takes nothing for `STALL` loses the stream: it would
+    /// otherwise hold a permit of the load limit for as long as its right
+    /// and token last.
     pub async fn send(&mut self, msg: T) -> Result<(), Ended> {
+        let stalled_at = tokio::time::Instant::now() + STALL;
         loop {
             self.check().await?;
             match tokio::time::timeout(RECHECK, self.tx.reserve()).await {
@@ -220,6 +225,15 @@ impl<T: Send + 'static> GuardedSender<T> {
                     return Ok(());
                 }
                 Ok(Err(_)) => return Err(Ended::Gone),
+                Err(_) if tokio::time::Instant::now() >= stalled_at => {
+                    self.guard = None;
+                    let e = DomainError::exhausted(
+                        reason::STREAM_STALLED,
+                        "the client read nothing for 30 s; the stream was ended",
+                    );
+                    let _ = tokio::time::timeout(FINAL_SEND, self.tx.send(Err(e.into()))).await;
+                    return Err(Ended::Refused);
+                }
                 Err(_) => continue,
             }
         }
@@ -265,3 +279,6 @@ impl<T: Send + 'static> GuardedSender<T> {
 
 /// How long a refusal waits for a client that is not reading.
 const FINAL_SEND: Duration = Duration::from_secs(30);
+
+/// How long a stream waits for a client that takes nothing.
+const STALL: Duration = Duration::from_secs(30);

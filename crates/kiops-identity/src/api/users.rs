@@ -112,7 +112,7 @@ impl App {
             .check_password(meta, &user.email, password.to_string(), now)
             .await?
         {
-            if users::finish_login(self.store.writer(), &u.id, now).await? {
+            if users::finish_login(self.store.writer(), &u.id, &u.password_hash, now).await? {
                 return Ok(());
             }
             self.record_failed_login(meta, &user.email, users::Failure::RefusedAfterCheck, now)

@@ -41,6 +41,8 @@ pub mod reason {
     pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
     pub const SESSION_REVOKED: &str = "SESSION_REVOKED";
     pub const TOO_MANY_STREAMS: &str = "TOO_MANY_STREAMS";
+    /// A stream whose client read nothing for 30 s was ended.
+    pub const STREAM_STALLED: &str = "STREAM_STALLED";
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
     pub const PLATFORM_ADMIN_REQUIRED: &str = "PLATFORM_ADMIN_REQUIRED";
     pub const MANAGER_REQUIRED: &str = "MANAGER_REQUIRED";

@@ -293,12 +293,18 @@ pub async fn fail_login<C: ConnectionTrait>(
 pub async fn finish_login<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
+    verified_hash: &str,
     now: i64,
 ) -> Result<bool, DomainError> {
+    // `password_hash = $4`: the password was checked against a hash read
+    // before this transaction; a ChangePassword or ResetPassword committed
+    // since then must win, or a login with the old password would open a
+    // session the change never revoked. A deleted account matches no row.
     const SQL: &str = "UPDATE users SET failed_login_count = 0, locked_until = NULL, \
          login_attempts_pending = CASE WHEN login_attempts_pending > 0 \
            THEN login_attempts_pending - 1 ELSE 0 END \
-         WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2)";
+         WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2) \
+         AND password_hash = $4";
     let backend = conn.get_database_backend();
     let stmt = Statement::from_sql_and_values(
         backend,
@@ -307,6 +313,7 @@ pub async fn finish_login<C: ConnectionTrait>(
             user_id.into(),
             now.into(),
             StoredStatus::Active.as_str().into(),
+            verified_hash.into(),
         ],
     );
     let res = conn.execute_raw(stmt).await.map_err(db_err)?;
