@@ -16,6 +16,7 @@ crate::both_backends!(
     mixed_live_and_revoked_callers_in_one_check_burst,
     stream_slots_and_permits_come_back_after_refusals_and_cancels,
     watch_cursor_tricks_are_refused_or_harmless,
+    stalled_exports_do_not_hold_the_load_limit_forever,
 );
 
 fn is_formula(cell: &str) -> bool {
@@ -112,7 +113,12 @@ async fn login_racing_account_deletion_is_never_internal(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             s.users()
                 .await
-                .delete_user(authed(DeleteUserRequest { user_id: id.clone() }, &admin))
+                .delete_user(authed(
+                    DeleteUserRequest {
+                        user_id: id.clone(),
+                    },
+                    &admin,
+                ))
                 .await
         };
         let (results, deleted) = tokio::join!(futures::future::join_all(logins), delete);
@@ -168,7 +174,12 @@ async fn add_member_racing_account_deletion_is_never_internal(backend: Backend) 
             tokio::time::sleep(Duration::from_millis(12)).await;
             s.users()
                 .await
-                .delete_user(authed(DeleteUserRequest { user_id: id.clone() }, &admin))
+                .delete_user(authed(
+                    DeleteUserRequest {
+                        user_id: id.clone(),
+                    },
+                    &admin,
+                ))
                 .await
         };
         let (results, deleted) = tokio::join!(futures::future::join_all(adds), delete);
@@ -320,7 +331,6 @@ async fn mixed_live_and_revoked_callers_in_one_check_burst(backend: Backend) {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
-
 /// Item 7: refusals (TOO_MANY_STREAMS, bad cursor, revoked session) and
 /// cancelled streams give back both the per-caller slot and the load
 /// permit: after 30 such attempts at a limit of 4 in flight, ordinary calls
@@ -374,7 +384,9 @@ async fn stream_slots_and_permits_come_back_after_refusals_and_cancels(backend: 
             1 => watch(admin.clone(), "not-a-number").await,
             _ => watch(dead.access_token.clone(), "").await,
         };
-        let e = r.err().unwrap_or_else(|| panic!("attempt {i} was accepted"));
+        let e = r
+            .err()
+            .unwrap_or_else(|| panic!("attempt {i} was accepted"));
         assert!(
             matches!(
                 e.code(),
@@ -475,4 +487,88 @@ async fn watch_cursor_tricks_are_refused_or_harmless(backend: Backend) {
         .expect("the silent stream outlived its session by 10 s");
     let e = end.expect_err("an error, not a message or a clean end");
     assert_eq!(reason(&e), "SESSION_REVOKED", "{e:?}");
+}
+
+/// `n` audit events of `org`, written straight to the database (as in
+/// hardening_sessions): more than the buffers between server and client.
+async fn bulk_audit(s: &TestServer, org: &str, n: usize) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(&s.db.url).await.expect("db");
+    let pad = "x".repeat(300);
+    for start in (0..n).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(n))
+            .map(|i| {
+                format!(
+                    "('bulk-{i:07}', {}, 'user', NULL, 'bulk@example.com', '{org}', 'bulk.event', \
+                     'user', 't', '{{\"pad\":\"{pad}\"}}', 'r', '')",
+                    1_000 + i
+                )
+            })
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, actor_email, \
+             organization_id, action, target_type, target_id, details, request_id, peer_address) \
+             VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .expect("bulk audit");
+    }
+}
+
+/// Item 7 / load limit: two Managers (audit is theirs by role) each open
+/// their two allowed exports of their organization's trail and never read.
+/// Each stalled export holds a load permit for as long as its token lives
+/// (GuardedSender::send waits for room forever while the right holds), so
+/// ceil(limit / 2) audit holders shut out every other call of the service,
+/// logins and CheckPermission included. A stream whose client takes
+/// nothing for 30 s (FINAL_SEND's own patience) should give its permit up.
+async fn stalled_exports_do_not_hold_the_load_limit_forever(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: [
+                "--max-concurrent-requests",
+                "4",
+                "--max-exports-per-caller",
+                "2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "Org", "stall").await;
+    let (m1, t1) = s.user("m1@example.com").await;
+    let (m2, t2) = s.user("m2@example.com").await;
+    s.add_member(&admin, &org, &m1, Role::Manager).await;
+    s.add_member(&admin, &org, &m2, Role::Manager).await;
+    s.create_user("bystander@example.com", "B", PASSWORD).await;
+    bulk_audit(&s, &org, 20_000).await;
+    let mut held = Vec::new();
+    for t in [&t1, &t1, &t2, &t2] {
+        let st = AuditServiceClient::new(s.channel().await)
+            .export_audit_events(authed(
+                ExportAuditEventsRequest {
+                    organization_id: Some(org.clone()),
+                    format: ExportFormat::JsonLines as i32,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .expect("export")
+            .into_inner();
+        held.push(st);
+    }
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let login = s.login("bystander@example.com", PASSWORD).await;
+    drop(held);
+    assert!(
+        login.is_ok(),
+        "40 s after two Managers stalled four exports, a bystander's login is still shed: {:?}",
+        login.err()
+    );
 }
