@@ -17,6 +17,7 @@ crate::both_backends!(
     stream_slots_and_permits_come_back_after_refusals_and_cancels,
     watch_cursor_tricks_are_refused_or_harmless,
     stalled_exports_do_not_hold_the_load_limit_forever,
+    login_racing_deactivation_leaves_no_session_for_reactivation_to_revive,
 );
 
 fn is_formula(cell: &str) -> bool {
@@ -571,4 +572,67 @@ async fn stalled_exports_do_not_hold_the_load_limit_forever(backend: Backend) {
         "40 s after two Managers stalled four exports, a bystander's login is still shed: {:?}",
         login.err()
     );
+}
+
+/// Item 1 / deactivation: a PlatformAdmin deactivates a compromised
+/// account while its attacker logs in. A login committed before the
+/// deactivation is revoked by it; one committed after it must not exist
+/// (the account is inactive). Otherwise its session stays unrevoked and
+/// comes back to life, refresh token and all, when the account is
+/// reactivated.
+async fn login_racing_deactivation_leaves_no_session_for_reactivation_to_revive(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let mut broke = Vec::new();
+    for round in 0..4 {
+        let email = format!("pwned{round}@example.com");
+        let id = s.create_user(&email, "P", PASSWORD).await;
+        let mut logins = Vec::new();
+        for i in 0..12u64 {
+            let s = &s;
+            let email = email.clone();
+            logins.push(async move {
+                tokio::time::sleep(Duration::from_millis(i * 20)).await;
+                s.login(&email, PASSWORD).await
+            });
+        }
+        let deactivate = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.users()
+                .await
+                .deactivate_user(authed(
+                    DeactivateUserRequest {
+                        user_id: id.clone(),
+                    },
+                    &admin,
+                ))
+                .await
+        };
+        let (results, done) = tokio::join!(futures::future::join_all(logins), deactivate);
+        done.expect("deactivate");
+        s.users()
+            .await
+            .reactivate_user(authed(
+                ReactivateUserRequest {
+                    user_id: id.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("reactivate");
+        for r in results.into_iter().flatten() {
+            let refreshed = s
+                .auth()
+                .await
+                .refresh(RefreshRequest {
+                    refresh_token: r.refresh_token.clone(),
+                    organization_id: None,
+                })
+                .await;
+            if refreshed.is_ok() {
+                broke.push(format!("round {round}: a raced login's session is live"));
+            }
+        }
+    }
+    assert!(broke.is_empty(), "{broke:?}");
 }
