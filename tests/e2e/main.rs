@@ -26,6 +26,7 @@ mod matrix;
 mod memberships;
 mod organizations;
 mod readme;
+mod redteam;
 mod server;
 mod stress;
 mod ways_in;
