@@ -27,6 +27,7 @@ mod memberships;
 mod organizations;
 mod readme;
 mod redteam;
+mod redteam_ways_in;
 mod server;
 mod stress;
 mod ways_in;
