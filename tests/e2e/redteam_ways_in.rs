@@ -4,10 +4,20 @@
 
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
+use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::*;
+use sea_orm::{ConnectionTrait, Database, Statement};
 use std::time::Duration;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
 
-crate::both_backends!(change_password_in_flight_cannot_undo_a_password_reset,);
+crate::both_backends!(
+    change_password_in_flight_cannot_undo_a_password_reset,
+    two_password_changes_from_the_same_old_password_cannot_both_win,
+    ipv6_clients_behind_a_trusted_proxy_cannot_rotate_buckets_within_their_64,
+    a_non_ascii_forwarded_for_line_cannot_hide_the_client,
+);
 
 async fn start_with_mail(backend: Backend) -> (TestServer, SmtpSink) {
     let sink = SmtpSink::start().await;
@@ -100,5 +110,166 @@ async fn change_password_in_flight_cannot_undo_a_password_reset(backend: Backend
         broke.is_empty(),
         "a ChangePassword in flight overwrote a completed password reset:\n{}",
         broke.join("\n")
+    );
+}
+
+/// Same root cause as above, without a reset: the owner, who learnt that
+/// the password leaked, changes it ("other sessions revoked", SPEC); the
+/// attacker, with the same old password, changes it at the same instant.
+/// Each call verified the same old hash; only one of them can have been
+/// the account's password when it committed, so at most one may succeed.
+/// Today both answer OK and the later commit decides who owns the account
+/// (the owner's change revoked the attacker's session, yet the attacker's
+/// change commits after it).
+async fn two_password_changes_from_the_same_old_password_cannot_both_win(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let mut broke = Vec::new();
+    for round in 0..8u64 {
+        let email = format!("owner{round}@example.com");
+        let (_, owner) = s.user(&email).await;
+        let attacker = s.login(&email, PASSWORD).await.expect("login").access_token;
+        let change = |token: String, new: &'static str, delay: u64| {
+            let s = &s;
+            async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                s.users()
+                    .await
+                    .change_password(authed(
+                        ChangePasswordRequest {
+                            current_password: PASSWORD.into(),
+                            new_password: new.into(),
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(drop)
+            }
+        };
+        let (o, a) = tokio::join!(
+            change(owner, "the owner's brand new passphrase", 0),
+            change(attacker, "the attacker's brand new passphrase", round * 8),
+        );
+        if o.is_ok() && a.is_ok() {
+            let owner_in = s
+                .login(&email, "the owner's brand new passphrase")
+                .await
+                .is_ok();
+            broke.push(format!(
+                "round {round}: both changes succeeded; the owner's password works: {owner_in}"
+            ));
+        }
+    }
+    assert!(
+        broke.is_empty(),
+        "two ChangePassword calls verified against the same old password both won:\n{}",
+        broke.join("\n")
+    );
+}
+
+fn proxied_login(
+    email: &str,
+    rid: &str,
+    xff: MetadataValue<tonic::metadata::Ascii>,
+) -> Request<LoginRequest> {
+    let mut r = Request::new(LoginRequest {
+        email: email.into(),
+        password: "not the password at all".into(),
+        organization_id: None,
+    });
+    r.metadata_mut()
+        .insert("x-request-id", rid.parse().expect("request id"));
+    r.metadata_mut().insert("x-forwarded-for", xff);
+    r
+}
+
+async fn proxied(
+    ch: &Channel,
+    email: &str,
+    rid: &str,
+    xff: MetadataValue<tonic::metadata::Ascii>,
+) -> Status {
+    AuthServiceClient::new(ch.clone())
+        .login(proxied_login(email, rid, xff))
+        .await
+        .expect_err("no password is right here")
+}
+
+async fn proxy_server(backend: Backend) -> TestServer {
+    TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: vec![
+                "--login-rate-per-peer".into(),
+                "2".into(),
+                "--trusted-proxies".into(),
+                "127.0.0.1".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Item 10d / R12 throttle. Behind a trusted proxy the per-peer bucket is
+/// keyed by the full forwarded address. Every IPv6 end user holds at least a
+/// /64 (2^64 addresses), so one client gets a fresh bucket per call: a
+/// password spray (one guess per account over many accounts, which neither
+/// the per-email bucket nor the lockout limits) runs unthrottled. The
+/// per-peer limit here is 2; one /64 makes 6 attempts on 6 accounts.
+async fn ipv6_clients_behind_a_trusted_proxy_cannot_rotate_buckets_within_their_64(
+    backend: Backend,
+) {
+    let s = proxy_server(backend).await;
+    let ch = s.channel().await;
+    let mut evaluated = 0;
+    for i in 1..=6 {
+        let xff = format!("2001:db8:1:2::{i:x}").parse().expect("xff");
+        let st = proxied(
+            &ch,
+            &format!("user{i}@example.com"),
+            &format!("v6-{i}"),
+            xff,
+        )
+        .await;
+        if reason(&st) == "INVALID_CREDENTIALS" {
+            evaluated += 1;
+        }
+    }
+    assert!(
+        evaluated <= 2,
+        "one IPv6 /64 behind the proxy made {evaluated} attempts with a per-peer limit of 2"
+    );
+}
+
+/// Item 10d / audit peer. A proxy such as nginx
+/// (`$proxy_add_x_forwarded_for`) appends the real client to the header the
+/// client sent, in one line: `<client's text>, 203.0.113.9`. If the client
+/// puts one non-ASCII byte in its part, the server drops the whole line
+/// (`to_str` fails) instead of reading the right-most entry the proxy
+/// wrote: the call is attributed to the proxy itself, so the audit trail
+/// loses the attacker's address (and the attacker draws on the bucket every
+/// header-less call through the proxy shares).
+async fn a_non_ascii_forwarded_for_line_cannot_hide_the_client(backend: Backend) {
+    let s = proxy_server(backend).await;
+    let ch = s.channel().await;
+    let xff = MetadataValue::try_from(&b"\xff6.6.6.6, 203.0.113.9"[..])
+        .expect("obs-text is a valid header value");
+    let st = proxied(&ch, "nobody@example.com", "hide-1", xff).await;
+    assert_eq!(reason(&st), "INVALID_CREDENTIALS", "{st:?}");
+    let db = Database::connect(&s.db.url).await.expect("db");
+    let sql = "SELECT peer_address FROM audit_events WHERE request_id = 'hide-1'";
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect("audit");
+    let peers: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("", "peer_address").expect("peer"))
+        .collect();
+    db.close().await.expect("close");
+    assert!(!peers.is_empty(), "the failed login was audited");
+    assert!(
+        peers.iter().all(|p| p == "203.0.113.9"),
+        "the proxy-appended client address was lost: audit peers {peers:?}"
     );
 }
