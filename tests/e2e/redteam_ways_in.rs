@@ -18,6 +18,7 @@ crate::both_backends!(
     ipv6_clients_behind_a_trusted_proxy_cannot_rotate_buckets_within_their_64,
     a_non_ascii_forwarded_for_line_cannot_hide_the_client,
     sign_up_does_not_tell_whether_an_email_has_an_account,
+    a_physical_copy_after_delivery_holds_no_live_reset_token,
 );
 
 async fn start_with_mail(backend: Backend) -> (TestServer, SmtpSink) {
@@ -307,5 +308,98 @@ async fn sign_up_does_not_tell_whether_an_email_has_an_account(backend: Backend)
         known.is_ok(),
         unknown.is_ok(),
         "SignUp tells a taken email ({known:?}) from a free one ({unknown:?})"
+    );
+}
+
+async fn sql(s: &TestServer, q: &str) -> Vec<sea_orm::QueryResult> {
+    let db = Database::connect(&s.db.url).await.expect("db");
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), q))
+        .await
+        .expect(q);
+    db.close().await.expect("close");
+    rows
+}
+
+/// Item 3, as the issue words it: "anyone with a database backup or read
+/// replica". A physical copy (pg_basebackup, a disk snapshot, a streaming
+/// replica) holds the table's pages, dead row versions included: the UPDATE
+/// that records delivery writes a new version without the token but the
+/// versions written by `enqueue` and `claim` stay in the page until VACUUM
+/// (and in the WAL). The existing test dumps live rows only. Here: the
+/// pages of `email_outbox` as the buffer manager has them (pageinspect), or
+/// the SQLite file and WAL, after delivery; the token found must not still
+/// reset the password.
+async fn a_physical_copy_after_delivery_holds_no_live_reset_token(backend: Backend) {
+    let (s, sink) = start_with_mail(backend).await;
+    s.create_user("backup@example.com", "Backup", PASSWORD)
+        .await;
+    s.auth()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "backup@example.com".into(),
+        })
+        .await
+        .expect("reset request");
+    let token = sink
+        .wait_for("backup@example.com", 1)
+        .await
+        .token("kp")
+        .expect("reset token");
+    // Delivery recorded (the token erased from the live row).
+    for _ in 0..100 {
+        let n = sql(
+            &s,
+            "SELECT COUNT(*) AS n FROM email_outbox WHERE sent_at IS NULL",
+        )
+        .await[0]
+            .try_get::<i64>("", "n")
+            .expect("n");
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let copy: Vec<u8> = match s.backend {
+        Backend::Sqlite => ["kiops.db", "kiops.db-wal", "kiops.db-journal"]
+            .iter()
+            .filter_map(|f| std::fs::read(s.db.dir.path().join(f)).ok())
+            .flatten()
+            .collect(),
+        Backend::Postgres => {
+            sql(&s, "CREATE EXTENSION IF NOT EXISTS pageinspect").await;
+            let pages = sql(
+                &s,
+                "SELECT (pg_relation_size('email_outbox') / 8192)::bigint AS n",
+            )
+            .await[0]
+                .try_get::<i64>("", "n")
+                .expect("pages");
+            let mut out = Vec::new();
+            for p in 0..pages {
+                let row = sql(
+                    &s,
+                    &format!("SELECT get_raw_page('email_outbox', {p}) AS b"),
+                )
+                .await;
+                out.extend(row[0].try_get::<Vec<u8>>("", "b").expect("page"));
+            }
+            out
+        }
+    };
+    let found = copy.windows(token.len()).any(|w| w == token.as_bytes());
+    let usable = found
+        && s.auth()
+            .await
+            .reset_password(ResetPasswordRequest {
+                token: token.clone(),
+                new_password: "taken over from a backup 123".into(),
+            })
+            .await
+            .is_ok();
+    assert!(
+        !usable,
+        "a delivered reset token is in the database copy and takes the account over"
     );
 }
