@@ -19,6 +19,7 @@ crate::both_backends!(
     a_non_ascii_forwarded_for_line_cannot_hide_the_client,
     sign_up_does_not_tell_whether_an_email_has_an_account,
     a_physical_copy_after_delivery_holds_no_live_reset_token,
+    a_password_confirmed_through_a_foreign_scope_is_audited,
 );
 
 async fn start_with_mail(backend: Backend) -> (TestServer, SmtpSink) {
@@ -401,5 +402,58 @@ async fn a_physical_copy_after_delivery_holds_no_live_reset_token(backend: Backe
     assert!(
         !usable,
         "a delivered reset token is in the database copy and takes the account over"
+    );
+}
+
+/// Item 2 surroundings and R19 ("every login success, failure and lockout
+/// writes one audit event"). A login with the right password scoped to an
+/// organization that does not exist answers NOT_FOUND, a wrong one
+/// INVALID_CREDENTIALS: the password is confirmed. That path gives its
+/// lockout slot back and writes nothing: a credential-stuffing list can be
+/// checked against the service with no `auth.login_*` event for the account
+/// (neither success nor failure) and no session to notice.
+async fn a_password_confirmed_through_a_foreign_scope_is_audited(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (uid, _) = s.user("stuffed@example.com").await;
+    let before = sql(
+        &s,
+        &format!(
+            "SELECT COUNT(*) AS n FROM audit_events WHERE action LIKE 'auth.login%' \
+             AND (actor_id = '{uid}' OR target_id = '{uid}')"
+        ),
+    )
+    .await[0]
+        .try_get::<i64>("", "n")
+        .expect("n");
+    let mut answers = Vec::new();
+    for password in [PASSWORD, "definitely the wrong password"] {
+        let st = s
+            .auth()
+            .await
+            .login(LoginRequest {
+                email: "stuffed@example.com".into(),
+                password: password.into(),
+                organization_id: Some(uuid::Uuid::now_v7().to_string()),
+            })
+            .await
+            .expect_err("no such organization");
+        answers.push((st.code(), reason(&st)));
+    }
+    let after = sql(
+        &s,
+        &format!(
+            "SELECT COUNT(*) AS n FROM audit_events WHERE action LIKE 'auth.login%' \
+             AND (actor_id = '{uid}' OR target_id = '{uid}')"
+        ),
+    )
+    .await[0]
+        .try_get::<i64>("", "n")
+        .expect("n");
+    // One event per attempt (the wrong password's is there).
+    assert_eq!(
+        after - before,
+        2,
+        "two password checks, answers {answers:?}, audited {}",
+        after - before
     );
 }
