@@ -161,11 +161,16 @@ where
         // Nothing to do (and nothing to read) unless a proxy is trusted.
         if !self.trusted.is_empty() {
             if let Some(peer) = tcp_peer(&req) {
-                let forwarded = req
+                // Lossy, not `to_str`: a proxy appends the address it saw
+                // to whatever the client sent, and a byte the client chose
+                // must not make the whole line (and so that address) vanish.
+                let lines: Vec<String> = req
                     .headers()
                     .get_all("x-forwarded-for")
                     .iter()
-                    .filter_map(|v| v.to_str().ok());
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                let forwarded = lines.iter().map(String::as_str);
                 if let Some(ip) = resolve(&self.trusted, peer.ip(), forwarded) {
                     req.extensions_mut().insert(ClientAddr(ip.to_string()));
                 }

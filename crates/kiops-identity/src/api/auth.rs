@@ -121,14 +121,53 @@ impl App {
             }
             Err(e) => {
                 // The right password, refused for another reason (e.g. a
-                // scope to a foreign organization): give the slot back. If
+                // scope to a foreign organization): give the slot back, and
+                // leave a trace, since the answer confirms the password. If
                 // this fails too the slot stays held (fail closed).
-                if let Err(release) = users::release_attempt(self.store.writer(), &user.id).await {
+                let why = match e {
+                    DomainError::NotFound { .. } => "organization_not_found",
+                    _ => "error",
+                };
+                if let Err(release) = self
+                    .refuse_checked_login(meta, &user, org.as_deref(), why, now)
+                    .await
+                {
                     tracing::warn!(error = %release, "login slot not released");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// A right password refused for another reason: the slot back and an
+    /// `auth.login_refused` event, together.
+    async fn refuse_checked_login(
+        &self,
+        meta: &RequestMeta,
+        user: &User,
+        org: Option<&str>,
+        why: &str,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        let tx = self.store.begin_write().await?;
+        users::release_attempt(&tx, &user.id).await?;
+        audit::record(
+            &tx,
+            meta,
+            AuditEntry::new(
+                Actor::User {
+                    id: user.id.clone(),
+                    email: user.email.clone(),
+                },
+                "auth.login_refused",
+                "user",
+                &user.id,
+            )
+            .details(json!({"email": user.email, "organization_id": org, "reason": why})),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)
     }
 
     /// The session of a login whose password was right, in one transaction

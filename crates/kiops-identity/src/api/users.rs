@@ -102,7 +102,7 @@ impl App {
         meta: &RequestMeta,
         user: &User,
         password: &str,
-    ) -> Result<(), DomainError> {
+    ) -> Result<String, DomainError> {
         validate::password_input("current_password", password)
             .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
         self.throttle.check(&meta.peer, Some(&user.email))?;
@@ -113,7 +113,7 @@ impl App {
             .await?
         {
             if users::finish_login(self.store.writer(), &u.id, &u.password_hash, now).await? {
-                return Ok(());
+                return Ok(u.password_hash);
             }
             self.record_failed_login(meta, &user.email, users::Failure::RefusedAfterCheck, now)
                 .await?;
@@ -169,12 +169,18 @@ impl App {
         let user = self.get_me(caller).await?;
         password_policy::check("new_password", &r.new_password, &user.email)
             .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-        self.verify_current_password(meta, &user, &r.current_password)
+        let verified = self
+            .verify_current_password(meta, &user, &r.current_password)
             .await?;
         let hash = self.hasher.hash(r.new_password).await?;
         let now = self.clock.now_ms();
         let tx = self.store.begin_write().await?;
-        users::set_password(&tx, &user.id, hash, now).await?;
+        // Only over the password that was verified: a reset or another
+        // change committed while this one hashed wins, or a stolen password
+        // could undo the owner's reset.
+        if !users::replace_password(&tx, &user.id, &verified, hash, now).await? {
+            return Err(password_changed_meanwhile());
+        }
         let revoked = sessions::revoke_all_for_user(
             &tx,
             &user.id,
@@ -203,9 +209,17 @@ impl App {
         meta: &RequestMeta,
         caller: &Caller,
         user: &User,
+        verified_password: Option<&str>,
     ) -> Result<(), DomainError> {
         let now = self.clock.now_ms();
         let tx = self.store.begin_write().await?;
+        // DeleteMe: only with the password that was verified (a reset in
+        // between wins).
+        if let Some(verified) = verified_password {
+            if !users::holds_password(&tx, &user.id, verified).await? {
+                return Err(password_changed_meanwhile());
+            }
+        }
         let sole = memberships::sole_manager_of(&tx, &user.id).await?;
         access::check_not_sole_manager(&sole)?;
         // Organizations first, then the PlatformAdmins: every path that can
@@ -239,9 +253,11 @@ impl App {
         r: DeleteMeRequest,
     ) -> Result<(), DomainError> {
         let user = self.get_me(caller).await?;
-        self.verify_current_password(meta, &user, &r.current_password)
+        let verified = self
+            .verify_current_password(meta, &user, &r.current_password)
             .await?;
-        self.delete_account(meta, caller, &user).await
+        self.delete_account(meta, caller, &user, Some(&verified))
+            .await
     }
 
     /// The target of a PlatformAdmin account action.
@@ -596,7 +612,9 @@ impl UserService for UserApi {
     ) -> Result<Response<DeleteUserResponse>, Status> {
         let (meta, caller, r) = self.app.start(request).await?;
         let target = self.app.admin_target(&caller, &r.user_id, true).await?;
-        self.app.delete_account(&meta, &caller, &target).await?;
+        self.app
+            .delete_account(&meta, &caller, &target, None)
+            .await?;
         Ok(Response::new(DeleteUserResponse {}))
     }
 
@@ -634,4 +652,13 @@ impl UserService for UserApi {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
         }))
     }
+}
+
+/// The current password was right when checked, but the account's password
+/// changed before this change could commit.
+fn password_changed_meanwhile() -> DomainError {
+    DomainError::denied(
+        reason::INVALID_CURRENT_PASSWORD,
+        "the password changed meanwhile; sign in again",
+    )
 }

@@ -68,6 +68,20 @@ pub struct Throttle {
     per_email: Buckets,
 }
 
+/// The bucket of a peer address: the address itself for IPv4, its /64 for
+/// IPv6, the smallest block one client is usually given (a client that can
+/// pick any address of its /64 would otherwise get a new bucket per
+/// attempt).
+fn peer_bucket(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        v4 => v4.to_string(),
+    }
+}
+
 impl Throttle {
     pub fn new(per_peer: Limit, per_email: Limit) -> Self {
         Self {
@@ -87,11 +101,15 @@ impl Throttle {
     /// from a trusted proxy's X-Forwarded-For) and, if given, the email.
     pub fn check(&self, peer: &str, email: Option<&str>) -> Result<(), DomainError> {
         let now = Instant::now();
-        let ip = match peer.parse::<std::net::SocketAddr>() {
-            Ok(a) => a.ip().to_string(),
+        let ip = peer
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| peer.parse::<std::net::IpAddr>());
+        let key = match ip {
+            Ok(ip) => peer_bucket(ip),
             Err(_) => peer.to_string(),
         };
-        self.per_peer.take(&ip, now).map_err(Self::refuse)?;
+        self.per_peer.take(&key, now).map_err(Self::refuse)?;
         if let Some(e) = email {
             self.per_email.take(e, now).map_err(Self::refuse)?;
         }
@@ -102,6 +120,20 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_peers_share_a_bucket_per_64() {
+        let a = peer_bucket("2001:db8:1:2:aaaa::1".parse().expect("ip"));
+        let b = peer_bucket("2001:db8:1:2:ffff::9".parse().expect("ip"));
+        let c = peer_bucket("2001:db8:1:3::1".parse().expect("ip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            peer_bucket("::ffff:10.0.0.1".parse().expect("ip")),
+            "10.0.0.1"
+        );
+        assert_eq!(peer_bucket("10.0.0.1".parse().expect("ip")), "10.0.0.1");
+    }
     use std::time::Duration;
 
     #[test]

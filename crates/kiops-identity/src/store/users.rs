@@ -432,6 +432,53 @@ pub async fn set_password<C: ConnectionTrait>(
     Ok(())
 }
 
+/// `set_password`, only while the stored hash is still `expected` (the one
+/// the caller verified); whether it was.
+pub async fn replace_password<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    expected: &str,
+    password_hash: String,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let res = user::Entity::update_many()
+        .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
+        .col_expr(user::Column::FailedLoginCount, Expr::value(0))
+        .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
+        .col_expr(pending(), Expr::value(0))
+        .col_expr(user::Column::UpdatedAt, Expr::value(now))
+        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::PasswordHash.eq(expected))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Whether the account's password hash is still `expected`, holding the row
+/// (PostgreSQL `FOR UPDATE`; SQLite's writer is already exclusive) so it
+/// cannot change before the transaction ends.
+pub async fn holds_password<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    expected: &str,
+) -> Result<bool, DomainError> {
+    use sea_orm::QuerySelect;
+    let mut q = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::PasswordHash.eq(expected));
+    if conn.get_database_backend() == DatabaseBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    Ok(q.into_tuple::<String>()
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .is_some())
+}
+
 pub async fn set_status<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
