@@ -23,6 +23,10 @@ both_backends!(
     verify_with_the_old_token_races_resend,
     invitation_proves_the_address,
     accept_with_the_old_token_races_resend,
+    with_an_outbox_key_no_emailed_token_is_ever_in_the_database,
+    with_a_signing_key_file_no_emailed_token_is_ever_in_the_database,
+    a_message_sealed_with_another_key_is_given_up_not_sent,
+    postgres_without_a_key_warns_that_queued_links_are_in_the_clear,
 );
 
 const PUBLIC_URL: &str = "https://console.kiops.test";
@@ -787,4 +791,341 @@ async fn accept_with_the_old_token_races_resend(backend: Backend) {
         }
     }
     eprintln!("accept won {accept_won}, resend won {resend_won} of 20 rounds");
+}
+
+/// A key file for `--outbox-key-file` (32 random bytes, hex), and the
+/// directory that holds it.
+fn outbox_key_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("outbox.key");
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, format!("{}\n", hex::encode(key))).expect("write key");
+    (dir, path.display().to_string())
+}
+
+/// A PKCS#8 PEM file for `--signing-key-file`.
+fn signing_key_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("signing.pem");
+    let key = kiops_token::SigningKey::generate();
+    std::fs::write(&path, key.to_pkcs8_pem().expect("pem")).expect("write pem");
+    (dir, path.display().to_string())
+}
+
+/// A physical copy: `database_copy`, plus on PostgreSQL the raw pages of
+/// the outbox, dead row versions included (pg_basebackup, a replica).
+async fn physical_copy(s: &TestServer) -> Vec<u8> {
+    let mut out = database_copy(s).await;
+    if s.backend == Backend::Postgres {
+        sql_rows(s, "CREATE EXTENSION IF NOT EXISTS pageinspect").await;
+        let pages = sql_rows(
+            s,
+            "SELECT (pg_relation_size('email_outbox') / 8192)::bigint AS n",
+        )
+        .await[0]
+            .try_get::<i64>("", "n")
+            .expect("pages");
+        assert!(pages > 0, "the outbox has pages");
+        for p in 0..pages {
+            let row = sql_rows(s, &format!("SELECT get_raw_page('email_outbox', {p}) AS b")).await;
+            out.extend(row[0].try_get::<Vec<u8>>("", "b").expect("page"));
+        }
+    }
+    out
+}
+
+/// Waits until every queued message has failed at least once (SMTP refused).
+async fn all_failed_once(s: &TestServer, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = sql_rows(
+            s,
+            "SELECT COUNT(*) AS n FROM email_outbox WHERE sent_at IS NULL AND last_error IS NOT NULL",
+        )
+        .await;
+        if rows[0].try_get::<i64>("", "n").expect("n") >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "messages not tried:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stored secrets of the undelivered messages.
+async fn queued_secrets(s: &TestServer) -> Vec<String> {
+    sql_rows(
+        s,
+        "SELECT secret FROM email_outbox WHERE sent_at IS NULL AND secret IS NOT NULL",
+    )
+    .await
+    .iter()
+    .map(|r| r.try_get::<String>("", "secret").expect("secret"))
+    .collect()
+}
+
+/// Item 3 with a key outside the database: an invitation, a password reset
+/// and a sign-up verification wait in the outbox (SMTP refuses them); a copy
+/// taken then, and one taken after delivery (PostgreSQL pages included),
+/// hold none of the tokens nor links; the emails then arrive and work.
+async fn no_token_in_any_copy(backend: Backend, key_args: &[&str]) {
+    let (s, sink) = start(backend, key_args).await;
+    let ch = s.channel().await;
+    let (_, org, mgr) = manager_org(&s, "sealed").await;
+    sink.refuse_next(usize::MAX);
+    invitations(&ch)
+        .create_invitation(authed(
+            CreateInvitationRequest {
+                organization_id: org.clone(),
+                email: "sealed-invitee@example.com".into(),
+                role: Role::Member as i32,
+            },
+            &mgr,
+        ))
+        .await
+        .expect("invite");
+    s.user("sealed-reset@example.com").await;
+    s.auth()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "sealed-reset@example.com".into(),
+        })
+        .await
+        .expect("reset request");
+    sign_up(&s, "sealed-joiner@example.com", Some(&org)).await;
+    all_failed_once(&s, 3).await;
+    let stored = queued_secrets(&s).await;
+    assert_eq!(stored.len(), 3, "three tokens wait in the outbox");
+    assert!(
+        stored.iter().all(|x| x.starts_with("s1:")),
+        "the queued tokens are sealed: {stored:?}"
+    );
+    let before = physical_copy(&s).await;
+
+    // SMTP accepts again; the retry is brought forward (10 min < every TTL).
+    sink.refuse_next(0);
+    s.advance_clock(Duration::from_secs(600));
+    let invite = sink.wait_for("sealed-invitee@example.com", 1).await;
+    let reset = sink.wait_for("sealed-reset@example.com", 1).await;
+    let verification = sink.wait_for("sealed-joiner@example.com", 1).await;
+    let mut secrets = Vec::new();
+    for (m, prefix) in [(&invite, "ki"), (&reset, "kp"), (&verification, "kv")] {
+        secrets.push(m.token(prefix).expect("token in email"));
+        secrets.push(link(m));
+    }
+    assert_eq!(
+        found_in(&before, &secrets),
+        Vec::<String>::new(),
+        "emailed secrets in a copy of the database taken before delivery"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while undelivered(&s).await > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        found_in(&physical_copy(&s).await, &secrets),
+        Vec::<String>::new(),
+        "emailed secrets in a copy of the database taken after delivery"
+    );
+
+    // Delivered tokens work.
+    invitations(&ch)
+        .accept_invitation(AcceptInvitationRequest {
+            token: invite.token("ki").expect("ki"),
+            name: Some("Invitee".into()),
+            password: Some(PASSWORD.into()),
+        })
+        .await
+        .expect("accept with the delivered token");
+    s.auth()
+        .await
+        .reset_password(ResetPasswordRequest {
+            token: reset.token("kp").expect("kp"),
+            new_password: "a sealed new long password".into(),
+        })
+        .await
+        .expect("reset with the delivered token");
+    s.login("sealed-reset@example.com", "a sealed new long password")
+        .await
+        .expect("login with the new password");
+    verify(&s, &verification.token("kv").expect("kv"))
+        .await
+        .expect("verify with the delivered token");
+}
+
+async fn with_an_outbox_key_no_emailed_token_is_ever_in_the_database(backend: Backend) {
+    let (_dir, key) = outbox_key_file();
+    no_token_in_any_copy(backend, &["--outbox-key-file", &key]).await;
+}
+
+/// The key derived from the signing key file (no outbox key file).
+async fn with_a_signing_key_file_no_emailed_token_is_ever_in_the_database(backend: Backend) {
+    let (_dir, key) = signing_key_file();
+    no_token_in_any_copy(backend, &["--signing-key-file", &key]).await;
+}
+
+/// A replica or a restart with another outbox key cannot open a message
+/// sealed with the first one: it gives the message up with a log line,
+/// sends nothing, and goes on serving (a new message is delivered).
+async fn a_message_sealed_with_another_key_is_given_up_not_sent(backend: Backend) {
+    let (_d1, key1) = outbox_key_file();
+    let (_d2, key2) = outbox_key_file();
+    let (mut first, sink) = start(backend, &["--outbox-key-file", &key1]).await;
+    sink.refuse_next(usize::MAX);
+    first.user("rekeyed@example.com").await;
+    first
+        .auth()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "rekeyed@example.com".into(),
+        })
+        .await
+        .expect("reset request");
+    all_failed_once(&first, 1).await;
+    let id: String = sql_rows(&first, "SELECT id FROM email_outbox WHERE sent_at IS NULL").await[0]
+        .try_get("", "id")
+        .expect("id");
+    assert!(first.terminate().success());
+
+    sink.refuse_next(0);
+    let second = TestServer::start_on(
+        TestDb::shared(&first.db.url),
+        backend,
+        ServerOptions {
+            bootstrap_admin: false,
+            extra_args: vec![
+                "--smtp-url".into(),
+                sink.url(),
+                "--public-url".into(),
+                PUBLIC_URL.into(),
+                "--outbox-key-file".into(),
+                key2,
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    second.advance_clock(Duration::from_secs(600));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = second.logs();
+        if logs.lines().any(|l| {
+            l.contains("email given up") && l.contains(&id) && l.contains("another outbox key")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line giving up {id}:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = &sql_rows(
+        &second,
+        &format!("SELECT secret, next_attempt_at, sent_at FROM email_outbox WHERE id = '{id}'"),
+    )
+    .await[0];
+    assert_eq!(
+        row.try_get::<Option<String>>("", "secret").expect("secret"),
+        None
+    );
+    assert_eq!(
+        row.try_get::<Option<i64>>("", "sent_at").expect("sent_at"),
+        None
+    );
+    assert_eq!(
+        row.try_get::<i64>("", "next_attempt_at").expect("next"),
+        i64::MAX,
+        "given up for good"
+    );
+    assert_eq!(sink.count_to("rekeyed@example.com"), 0, "nothing sent");
+
+    // Still serving: a new reset is sealed with the new key and delivered.
+    second
+        .auth()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: "rekeyed@example.com".into(),
+        })
+        .await
+        .expect("reset request");
+    let mail = sink.wait_for("rekeyed@example.com", 1).await;
+    second
+        .auth()
+        .await
+        .reset_password(ResetPasswordRequest {
+            token: mail.token("kp").expect("kp"),
+            new_password: "rekeyed new long password".into(),
+        })
+        .await
+        .expect("reset with the new message");
+    assert_eq!(sink.count_to("rekeyed@example.com"), 1);
+}
+
+/// Without a key outside the database, PostgreSQL keeps queued tokens in
+/// dead row versions until vacuumed: the operator is told at start. SQLite
+/// overwrites them (secure_delete, WAL truncated): no warning there, nor
+/// with a key.
+async fn postgres_without_a_key_warns_that_queued_links_are_in_the_clear(backend: Backend) {
+    const WARNING: &str = "emailed links can be recovered from physical copies";
+    let (plain, _sink) = start(backend, &[]).await;
+    assert_eq!(
+        plain.logs().contains(WARNING),
+        backend == Backend::Postgres,
+        "startup logs:\n{}",
+        plain.logs()
+    );
+    let (_dir, key) = outbox_key_file();
+    let (keyed, _sink) = start(backend, &["--outbox-key-file", &key]).await;
+    assert!(!keyed.logs().contains(WARNING), "{}", keyed.logs());
+    let (_dir, pem) = signing_key_file();
+    let (derived, _sink) = start(backend, &["--signing-key-file", &pem]).await;
+    assert!(!derived.logs().contains(WARNING), "{}", derived.logs());
+
+    // A malformed key file stops the start with a clear error.
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "not a key").expect("write");
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--database-url", &plain.db.url, "--outbox-key-file"])
+        .arg(&bad)
+        .env_remove("KIOPS_BOOTSTRAP_ADMIN_EMAIL")
+        .env_remove("KIOPS_BOOTSTRAP_ADMIN_PASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("started with a malformed outbox key file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("outbox key file") && text.contains("64 hex characters"),
+        "{text}"
+    );
 }

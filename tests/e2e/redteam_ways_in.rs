@@ -332,7 +332,26 @@ async fn sql(s: &TestServer, q: &str) -> Vec<sea_orm::QueryResult> {
 /// the SQLite file and WAL, after delivery; the token found must not still
 /// reset the password.
 async fn a_physical_copy_after_delivery_holds_no_live_reset_token(backend: Backend) {
-    let (s, sink) = start_with_mail(backend).await;
+    // With a key outside the database (the fix): the queued token is sealed.
+    let key_dir = tempfile::tempdir().expect("dir");
+    let key_file = key_dir.path().join("outbox.key");
+    std::fs::write(&key_file, hex::encode(rand::random::<[u8; 32]>())).expect("key file");
+    let sink = SmtpSink::start().await;
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: vec![
+                "--smtp-url".into(),
+                sink.url(),
+                "--public-url".into(),
+                "https://console.kiops.test".into(),
+                "--outbox-key-file".into(),
+                key_file.display().to_string(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
     s.create_user("backup@example.com", "Backup", PASSWORD)
         .await;
     s.auth()

@@ -79,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     public_url: String::new(),
                     from: String::new(),
                     smtp_url: None,
+                    seal: crate::mail::seal::SecretSeal::none(),
                 },
                 mail_wakeup: Default::default(),
                 revocation_tip: tokio::sync::watch::channel(0).0,

@@ -129,6 +129,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KIOPS_PREVIOUS_KEY_FILES", value_delimiter = ',')]
     pub previous_key_file: Vec<PathBuf>,
 
+    /// File with 32 random bytes (64 hex characters or base64) that seals
+    /// the single-use tokens of queued emails, so copies of the database
+    /// hold no usable link. Same file on every replica. Without it, a key is
+    /// derived from --signing-key-file; without either, tokens wait in the
+    /// clear until delivered.
+    #[arg(long, env = "KIOPS_OUTBOX_KEY_FILE")]
+    pub outbox_key_file: Option<PathBuf>,
+
     /// Seconds between reloads of the signing keys from the database.
     #[arg(long, env = "KIOPS_KEY_REFRESH", default_value_t = 5)]
     pub key_refresh: u64,

@@ -10,6 +10,7 @@ use crate::bootstrap;
 use crate::clock::Clock;
 use crate::config::ServeArgs;
 use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::mail::seal::{SealSource, SecretSeal};
 use crate::mail::{sender, MailSettings};
 use crate::metrics::Metrics;
 use crate::overload::ShedLayer;
@@ -86,6 +87,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let previous_key_pems = args
+        .previous_key_file
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read previous key file {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (seal, seal_source) = SecretSeal::load(
+        args.outbox_key_file.as_deref(),
+        signing_key_pem.as_deref(),
+        &previous_key_pems,
+    )?;
+    match seal_source {
+        SealSource::KeyFile => tracing::info!("emailed links sealed with the outbox key file"),
+        SealSource::SigningKeyFile => {
+            tracing::info!("emailed links sealed with a key derived from the signing key file")
+        }
+        // Keys kept in the database would protect nothing against a copy of
+        // it. SQLite overwrites erased tokens (secure_delete, WAL truncated).
+        SealSource::None if store.backend() == sea_orm::DatabaseBackend::Postgres => {
+            tracing::warn!(
+                "emailed links can be recovered from physical copies of the database until \
+                 delivered and vacuumed; set --outbox-key-file or --signing-key-file"
+            )
+        }
+        SealSource::None => {}
+    }
     let tokens = TokenService::load(
         &store,
         &clock,
@@ -94,14 +123,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             audience: args.audience.clone(),
             access_ttl_secs: args.access_token_ttl,
             signing_key_pem,
-            previous_key_pems: args
-                .previous_key_file
-                .iter()
-                .map(|p| {
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("cannot read previous key file {}", p.display()))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?,
+            previous_key_pems,
         },
     )
     .await
@@ -127,6 +149,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             public_url: args.public_url.clone(),
             from: args.mail_from.clone(),
             smtp_url: args.smtp_url.clone(),
+            seal,
         },
         mail_wakeup: Default::default(),
         revocation_tip: tokio::sync::watch::channel(0).0,

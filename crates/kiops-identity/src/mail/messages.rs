@@ -22,9 +22,10 @@ pub fn render(body: &str, secret: Option<&str>) -> Result<String, String> {
     }
 }
 
-fn secret(token: &str, expires_at: i64) -> Option<EmailSecret> {
+/// The token as stored: sealed when the server has an outbox key.
+fn secret(settings: &MailSettings, to: &str, token: &str, expires_at: i64) -> Option<EmailSecret> {
     Some(EmailSecret {
-        token: token.to_string(),
+        token: settings.seal.seal(token, to),
         expires_at,
     })
 }
@@ -59,7 +60,7 @@ pub fn invitation(
             link(settings, "invitations/accept")
         ),
         kind: "invitation",
-        secret: secret(token, expires_at),
+        secret: secret(settings, to, token, expires_at),
     }
 }
 
@@ -115,7 +116,7 @@ pub fn password_reset(
             link(settings, "reset-password")
         ),
         kind: "password_reset",
-        secret: secret(token, expires_at),
+        secret: secret(settings, to, token, expires_at),
     }
 }
 
@@ -140,7 +141,7 @@ pub fn email_verification(
             link(settings, "verify-email")
         ),
         kind: "email_verification",
-        secret: secret(token, expires_at),
+        secret: secret(settings, to, token, expires_at),
     }
 }
 
@@ -153,6 +154,7 @@ mod tests {
             public_url: "https://console.example/".into(),
             from: "KIOPS <noreply@example>".into(),
             smtp_url: None,
+            seal: super::super::seal::SecretSeal::none(),
         }
     }
 

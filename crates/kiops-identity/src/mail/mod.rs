@@ -4,6 +4,7 @@
 //! embedded default.
 
 pub mod messages;
+pub mod seal;
 pub mod sender;
 
 /// Where links in emails point, and who sends them.
@@ -17,4 +18,6 @@ pub struct MailSettings {
     /// `smtp://host:port`, `smtp://user:pass@host:587?tls=required` or
     /// `smtps://…`; None writes emails to the log.
     pub smtp_url: Option<String>,
+    /// Seals the single-use tokens queued in the outbox (`seal`).
+    pub seal: seal::SecretSeal,
 }

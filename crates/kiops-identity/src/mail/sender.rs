@@ -109,7 +109,15 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
         if !outbox::claim(conn, &m.id, now, LEASE_MS).await? {
             continue;
         }
-        let text = match crate::mail::messages::render(&m.body_text, m.secret.as_deref()) {
+        // A sealed token is opened just before use (`seal`); one this
+        // server's key cannot open is given up like a text that cannot render.
+        let text = match m
+            .secret
+            .as_deref()
+            .map(|s| app.mail.seal.open(s, &m.to_address))
+            .transpose()
+            .and_then(|secret| crate::mail::messages::render(&m.body_text, secret.as_deref()))
+        {
             Ok(t) => t,
             Err(e) => {
                 outbox::abandon(conn, &m.id, &e).await?;
