@@ -50,10 +50,6 @@ impl SecretSeal {
         Self { keys }
     }
 
-    pub fn is_sealing(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     /// The key, in this order: the outbox key file, else derived from the
     /// signing key file (and the previous ones, to open older messages),
     /// else none.
