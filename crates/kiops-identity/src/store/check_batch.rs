@@ -62,15 +62,20 @@ const QUEUE: usize = 4096;
 /// statement, one snapshot: a check's caller and subject are read at the
 /// same moment, as in `memberships::check_facts`.
 ///
-/// A caller's key also names the session of its token (a subject's names
-/// none, ''), read from the covering index of migration 5 in the same
-/// statement: a token of an ended session is refused here as on every RPC.
+/// Then one row per distinct session of the batch's callers (the tokens'
+/// `sid`), its index negated, from the covering index of migration 5: a
+/// token of an ended session is refused here as on every RPC. Sessions are
+/// few (a caller's checks share its token), so they are read apart from
+/// the keys rather than joined to every key row.
 const BATCH_SQL: &str = "SELECT q.i, u.email, u.status, u.platform_admin, m.role, m.permissions, \
-     s.id, s.revoked_at, s.expires_at \
-     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(user_id, org_id, sid, i) \
+     NULL::text, NULL::bigint, NULL::bigint \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(user_id, org_id, i) \
      JOIN users u ON u.id = q.user_id \
      LEFT JOIN memberships m ON (m.organization_id, m.user_id) = (q.org_id, q.user_id) \
-     LEFT JOIN sessions s ON s.id = q.sid AND s.user_id = q.user_id";
+     UNION ALL \
+     SELECT -q.i, NULL, NULL, NULL, NULL, NULL, s.user_id, s.revoked_at, s.expires_at \
+     FROM unnest($3::text[]) WITH ORDINALITY AS q(sid, i) \
+     JOIN sessions s ON s.id = q.sid";
 
 /// One key's row of `BATCH_SQL`: an account that exists, and its
 /// membership in the key's organization (`None`, `None` outside it).
@@ -81,52 +86,79 @@ struct KeyFacts {
     platform_admin: bool,
     role: Option<String>,
     permissions: Option<i32>,
-    session_id: Option<String>,
-    session_revoked_at: Option<i64>,
-    session_expires_at: Option<i64>,
 }
 
-/// A user's id, an organization's and a session's ('' for a subject): one
-/// row of `BATCH_SQL`.
-type Key<'a> = (&'a str, &'a str, &'a str);
+/// One session's row of `BATCH_SQL`.
+#[derive(Debug, Clone)]
+struct SessionFacts {
+    user_id: String,
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+}
 
-/// The batch's distinct keys, and for each check the positions of its
-/// caller's and its subject's key among them.
-fn distinct_keys(batch: &[Pending]) -> (Vec<Key<'_>>, Vec<(usize, usize)>) {
-    fn position<'a>(
-        keys: &mut Vec<Key<'a>>,
-        index: &mut HashMap<Key<'a>, usize>,
-        key: Key<'a>,
-    ) -> usize {
-        *index.entry(key).or_insert_with(|| {
-            keys.push(key);
-            keys.len() - 1
-        })
-    }
-    let mut keys = Vec::with_capacity(batch.len() + 1);
-    let mut index = HashMap::with_capacity(batch.len() + 1);
-    let mut checks = Vec::with_capacity(batch.len());
+/// A user's id and an organization's: one row of `BATCH_SQL`.
+type Key<'a> = (&'a str, &'a str);
+
+/// What a batch reads once each, and for each check where its parts are.
+#[derive(Debug, Default)]
+struct Distinct<'a> {
+    keys: Vec<Key<'a>>,
+    sessions: Vec<&'a str>,
+    /// Per check: its caller's key, its subject's key, its caller's session.
+    checks: Vec<(usize, usize, usize)>,
+}
+
+fn position<K: std::hash::Hash + Eq + Copy>(
+    list: &mut Vec<K>,
+    index: &mut HashMap<K, usize>,
+    item: K,
+) -> usize {
+    *index.entry(item).or_insert_with(|| {
+        list.push(item);
+        list.len() - 1
+    })
+}
+
+/// The batch's distinct keys and sessions.
+fn distinct(batch: &[Pending]) -> Distinct<'_> {
+    let mut d = Distinct {
+        keys: Vec::with_capacity(batch.len() + 1),
+        sessions: Vec::new(),
+        checks: Vec::with_capacity(batch.len()),
+    };
+    let mut keys = HashMap::with_capacity(batch.len() + 1);
+    let mut sessions = HashMap::new();
     for p in batch {
         let caller = position(
+            &mut d.keys,
             &mut keys,
-            &mut index,
-            (&p.caller_id, &p.org, &p.caller_session),
+            (p.caller_id.as_str(), p.org.as_str()),
         );
-        let subject = position(&mut keys, &mut index, (&p.subject_id, &p.org, ""));
-        checks.push((caller, subject));
+        let subject = position(
+            &mut d.keys,
+            &mut keys,
+            (p.subject_id.as_str(), p.org.as_str()),
+        );
+        let session = position(&mut d.sessions, &mut sessions, p.caller_session.as_str());
+        d.checks.push((caller, subject, session));
     }
-    (keys, checks)
+    d
 }
 
-/// A check's answer from its two keys' rows: what `memberships::check_facts`
-/// returns for the same state (`None` when the caller's account does not
-/// exist).
+/// A check's answer from its two keys' rows and its caller's session row:
+/// what `memberships::check_facts` returns for the same state (`None` when
+/// the caller's account does not exist; no session unless it is the
+/// caller's).
 fn assemble(
+    caller_id: &str,
     subject_id: &str,
+    session_id: &str,
     caller: Option<&KeyFacts>,
     subject: Option<&KeyFacts>,
+    session: Option<&SessionFacts>,
 ) -> Option<CheckFacts> {
     let caller = caller?;
+    let session = session.filter(|s| s.user_id == caller_id);
     Some(CheckFacts {
         caller_email: caller.email.clone(),
         caller_status: caller.status.clone(),
@@ -137,9 +169,9 @@ fn assemble(
         subject_platform_admin: subject.map(|s| s.platform_admin),
         subject_role: subject.and_then(|s| s.role.clone()),
         subject_permissions: subject.and_then(|s| s.permissions),
-        caller_session_id: caller.session_id.clone(),
-        caller_session_revoked_at: caller.session_revoked_at,
-        caller_session_expires_at: caller.session_expires_at,
+        caller_session_id: session.map(|_| session_id.to_string()),
+        caller_session_revoked_at: session.and_then(|s| s.revoked_at),
+        caller_session_expires_at: session.and_then(|s| s.expires_at),
     })
 }
 
@@ -306,42 +338,60 @@ async fn read(
     conn: &mut PgConnection,
     batch: &[Pending],
 ) -> Result<Vec<Option<CheckFacts>>, sqlx::Error> {
-    let (keys, checks) = distinct_keys(batch);
-    let users: Vec<&str> = keys.iter().map(|k| k.0).collect();
-    let orgs: Vec<&str> = keys.iter().map(|k| k.1).collect();
-    let sessions: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    let d = distinct(batch);
+    let users: Vec<&str> = d.keys.iter().map(|k| k.0).collect();
+    let orgs: Vec<&str> = d.keys.iter().map(|k| k.1).collect();
     let rows = sqlx::query(BATCH_SQL)
         .bind(users)
         .bind(orgs)
-        .bind(sessions)
+        .bind(&d.sessions)
         .fetch_all(conn)
         .await?;
-    let mut facts: Vec<Option<KeyFacts>> = vec![None; keys.len()];
+    let mut facts: Vec<Option<KeyFacts>> = vec![None; d.keys.len()];
+    let mut sessions: Vec<Option<SessionFacts>> = vec![None; d.sessions.len()];
+    let out_of_range = |i: i64| sqlx::Error::Decode(format!("batch row {i} out of range").into());
     for row in rows {
         // By position, in `BATCH_SQL`'s order (a name lookup per column
         // per row was measurable at this rate).
         let i: i64 = row.try_get(0)?;
-        let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| facts.get_mut(i)) else {
-            return Err(sqlx::Error::Decode(
-                format!("batch row {i} out of range").into(),
-            ));
-        };
-        *slot = Some(KeyFacts {
-            email: row.try_get(1)?,
-            status: row.try_get(2)?,
-            platform_admin: row.try_get(3)?,
-            role: row.try_get(4)?,
-            permissions: row.try_get(5)?,
-            session_id: row.try_get(6)?,
-            session_revoked_at: row.try_get(7)?,
-            session_expires_at: row.try_get(8)?,
-        });
+        if i > 0 {
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| facts.get_mut(i))
+                .ok_or_else(|| out_of_range(i))?;
+            *slot = Some(KeyFacts {
+                email: row.try_get(1)?,
+                status: row.try_get(2)?,
+                platform_admin: row.try_get(3)?,
+                role: row.try_get(4)?,
+                permissions: row.try_get(5)?,
+            });
+        } else {
+            let slot = usize::try_from(-i - 1)
+                .ok()
+                .and_then(|i| sessions.get_mut(i))
+                .ok_or_else(|| out_of_range(i))?;
+            *slot = Some(SessionFacts {
+                user_id: row.try_get(6)?,
+                revoked_at: row.try_get(7)?,
+                expires_at: row.try_get(8)?,
+            });
+        }
     }
     let facts_of = |k: usize| facts.get(k).and_then(Option::as_ref);
     Ok(batch
         .iter()
-        .zip(checks)
-        .map(|(p, (caller, subject))| assemble(&p.subject_id, facts_of(caller), facts_of(subject)))
+        .zip(&d.checks)
+        .map(|(p, &(caller, subject, session))| {
+            assemble(
+                &p.caller_id,
+                &p.subject_id,
+                &p.caller_session,
+                facts_of(caller),
+                facts_of(subject),
+                sessions.get(session).and_then(Option::as_ref),
+            )
+        })
         .collect())
 }
 
@@ -360,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn each_key_is_read_once_per_batch() {
+    fn each_key_and_session_is_read_once_per_batch() {
         let batch = [
             pending("svc", "a", "o1"),
             pending("svc", "b", "o1"),
@@ -368,33 +418,27 @@ mod tests {
             pending("svc", "a", "o2"),
             pending("b", "svc", "o1"),
         ];
-        let (keys, checks) = distinct_keys(&batch);
+        let d = distinct(&batch);
         assert_eq!(
-            keys,
+            d.keys,
             [
-                ("svc", "o1", "svc-session"),
-                ("a", "o1", ""),
-                ("b", "o1", ""),
-                ("a", "o1", "a-session"),
-                ("svc", "o2", "svc-session"),
-                ("a", "o2", ""),
-                ("b", "o1", "b-session"),
-                ("svc", "o1", ""),
+                ("svc", "o1"),
+                ("a", "o1"),
+                ("b", "o1"),
+                ("svc", "o2"),
+                ("a", "o2")
             ]
         );
-        assert_eq!(checks, [(0, 1), (0, 2), (3, 1), (4, 5), (6, 7)]);
-        // Every check's two keys are the ones it asked about: the caller's
-        // with its session, the subject's with none.
-        for (p, (c, s)) in batch.iter().zip(&checks) {
-            assert_eq!(
-                keys[*c],
-                (
-                    p.caller_id.as_str(),
-                    p.org.as_str(),
-                    p.caller_session.as_str()
-                )
-            );
-            assert_eq!(keys[*s], (p.subject_id.as_str(), p.org.as_str(), ""));
+        assert_eq!(d.sessions, ["svc-session", "a-session", "b-session"]);
+        assert_eq!(
+            d.checks,
+            [(0, 1, 0), (0, 2, 0), (1, 1, 1), (3, 4, 0), (2, 0, 2)]
+        );
+        // Every check's parts are the ones it asked about.
+        for (p, (c, s, sess)) in batch.iter().zip(&d.checks) {
+            assert_eq!(d.keys[*c], (p.caller_id.as_str(), p.org.as_str()));
+            assert_eq!(d.keys[*s], (p.subject_id.as_str(), p.org.as_str()));
+            assert_eq!(d.sessions[*sess], p.caller_session);
         }
     }
 
@@ -405,9 +449,14 @@ mod tests {
             platform_admin: admin,
             role: role.map(Into::into),
             permissions,
-            session_id: Some("sess".into()),
-            session_revoked_at: None,
-            session_expires_at: Some(9),
+        }
+    }
+
+    fn session(user: &str) -> SessionFacts {
+        SessionFacts {
+            user_id: user.into(),
+            revoked_at: None,
+            expires_at: Some(9),
         }
     }
 
@@ -415,7 +464,15 @@ mod tests {
     fn answers_match_the_single_read() {
         let caller = key("active", false, Some("manager"), Some(3));
         let subject = key("inactive", true, Some("member"), Some(64));
-        let f = assemble("s", Some(&caller), Some(&subject)).expect("caller exists");
+        let f = assemble(
+            "c",
+            "s",
+            "sid",
+            Some(&caller),
+            Some(&subject),
+            Some(&session("c")),
+        )
+        .expect("caller exists");
         assert_eq!(
             (
                 f.caller_email.as_str(),
@@ -430,18 +487,24 @@ mod tests {
         assert_eq!(f.subject_platform_admin, Some(true));
         assert_eq!(f.subject_role.as_deref(), Some("member"));
         assert_eq!(f.subject_permissions, Some(64));
-        // The session read with the caller's key is the caller's.
+        // The caller's session: live until it expires.
+        assert_eq!(f.caller_session_id.as_deref(), Some("sid"));
         assert!(f.caller_session().is_live(8));
         assert!(!f.caller_session().is_live(9));
+        // Another user's session is no session of the caller's.
+        let f = assemble("c", "s", "sid", Some(&caller), None, Some(&session("x")))
+            .expect("caller exists");
+        assert!(!f.caller_session().found);
 
         // A subject outside the organization: the account, no membership.
         let outsider = key("active", false, None, None);
-        let f = assemble("s", Some(&caller), Some(&outsider)).expect("caller exists");
+        let f =
+            assemble("c", "s", "sid", Some(&caller), Some(&outsider), None).expect("caller exists");
         assert_eq!(f.subject_exists.as_deref(), Some("s"));
         assert_eq!((f.subject_role, f.subject_permissions), (None, None));
 
         // No such subject: every subject fact is absent.
-        let f = assemble("s", Some(&caller), None).expect("caller exists");
+        let f = assemble("c", "s", "sid", Some(&caller), None, None).expect("caller exists");
         assert_eq!(
             (f.subject_exists, f.subject_status, f.subject_platform_admin),
             (None, None, None)
@@ -449,6 +512,6 @@ mod tests {
         assert_eq!((f.subject_role, f.subject_permissions), (None, None));
 
         // No such caller: no answer at all, as the single read's inner join.
-        assert!(assemble("s", None, Some(&subject)).is_none());
+        assert!(assemble("c", "s", "sid", None, Some(&subject), None).is_none());
     }
 }
