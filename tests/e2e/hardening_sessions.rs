@@ -444,6 +444,7 @@ async fn the_revocation_stream_never_skips_an_event_committed_late(backend: Back
             "round {round}: resumed stream repeated an event before its cursor: {again:?}"
         );
     }
+    db.close().await.expect("close");
 }
 
 /// `n` audit events of `org`, written straight to the database: enough for
@@ -471,6 +472,10 @@ async fn bulk_audit(s: &TestServer, org: &str, n: usize) {
         .await
         .expect("bulk audit");
     }
+    // Closed here, not dropped with the runtime: a SQLite pool left open
+    // at a test's end once kept sqlx's maintenance task spinning and the
+    // runtime from shutting down (a hung test in CI).
+    db.close().await.expect("close");
 }
 
 async fn export(

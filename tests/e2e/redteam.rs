@@ -515,6 +515,10 @@ async fn bulk_audit(s: &TestServer, org: &str, n: usize) {
         .await
         .expect("bulk audit");
     }
+    // Closed here, not dropped with the runtime: a SQLite pool left open
+    // at a test's end once kept sqlx's maintenance task spinning and the
+    // runtime from shutting down (a hung test in CI).
+    db.close().await.expect("close");
 }
 
 /// Item 7 / load limit: two Managers (audit is theirs by role) each open
