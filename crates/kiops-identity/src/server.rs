@@ -229,17 +229,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {
             let mut db_up = true;
+            let mut numbering: Option<tokio::task::JoinHandle<()>> = None;
             loop {
-                // Numbering waits for the writer, which a long write may
-                // hold: it has its own time limit and does not count
-                // towards health, which the read alone decides.
-                let sequenced = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    crate::store::revocations::sequence(&app.store),
-                )
-                .await;
-                if let Ok(Err(e)) = sequenced {
-                    tracing::debug!(error = %e, "numbering revocation events failed");
+                // Numbering runs in a task of its own, one at a time: it is
+                // a write transaction, and a timeout dropping it half-way
+                // would hand its connection back with the transaction (and
+                // the sequencer's lock) still open. Health does not wait
+                // for it; the read below alone decides.
+                if numbering.as_ref().is_none_or(|t| t.is_finished()) {
+                    let app = app.clone();
+                    numbering = Some(tokio::spawn(async move {
+                        if let Err(e) = crate::store::revocations::sequence(&app.store).await {
+                            tracing::debug!(error = %e, "numbering revocation events failed");
+                        }
+                    }));
+                }
+                if let Some(t) = numbering.as_mut() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
                 }
                 let polled = tokio::time::timeout(
                     Duration::from_secs(2),

@@ -372,6 +372,29 @@ impl App {
         {
             return Ok(pair);
         }
+        // The classifying path is a write transaction: run it in a task of
+        // its own, so a caller's deadline cannot drop it half-way and hand
+        // its connection back to the pool with the transaction still open.
+        let app = self.clone();
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            app.refresh_classified(&meta, presented, new_refresh, org, now)
+                .await
+        })
+        .await
+        .map_err(|e| DomainError::internal(format!("refresh task: {e}")))?
+    }
+
+    /// `refresh` for a token the fast path did not take: unknown, used
+    /// (reuse detection), expired, or raced.
+    async fn refresh_classified(
+        &self,
+        meta: &RequestMeta,
+        presented: String,
+        new_refresh: String,
+        org: Option<String>,
+        now: i64,
+    ) -> Result<TokenPair, DomainError> {
         let tx = self.store.begin_write().await?;
         let rotation = sessions::rotate(
             &tx,

@@ -90,6 +90,15 @@ impl Store {
                     // Freed row space is zeroed, so an erased outbox token
                     // does not linger in the file (issue 20 item 3).
                     .pragma("secure_delete", "ON")
+            })
+            // A transaction whose request was dropped half-way can reach
+            // the pool still open (seen after refreshes cut short by client
+            // deadlines), and a later statement on that connection then
+            // holds its locks with it: PostgreSQL ends such a session after
+            // 2 s idle in a transaction, so no row stays locked for good.
+            // Every transaction here runs its statements back to back.
+            .map_sqlx_postgres_opts(|o| {
+                o.options([("idle_in_transaction_session_timeout", "2s")])
             });
         let writer = if opts.url.starts_with("sqlite:") {
             let mut wo = co.clone();
