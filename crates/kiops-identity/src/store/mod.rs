@@ -97,9 +97,7 @@ impl Store {
             // holds its locks with it: PostgreSQL ends such a session after
             // 2 s idle in a transaction, so no row stays locked for good.
             // Every transaction here runs its statements back to back.
-            .map_sqlx_postgres_opts(|o| {
-                o.options([("idle_in_transaction_session_timeout", "2s")])
-            });
+            .map_sqlx_postgres_opts(|o| o.options([("idle_in_transaction_session_timeout", "2s")]));
         let writer = if opts.url.starts_with("sqlite:") {
             let mut wo = co.clone();
             // Wait as long as a write may legitimately queue under load.
