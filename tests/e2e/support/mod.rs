@@ -584,3 +584,34 @@ impl TestServer {
         TestServer::start_on(TestDb::shared(&self.db.url), self.backend, opts).await
     }
 }
+
+/// `n` audit events of `org`, written straight to the database: enough for
+/// an export that cannot fit in the buffers between server and client.
+pub async fn bulk_audit(s: &TestServer, org: &str, n: usize) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(&s.db.url).await.expect("db");
+    let pad = "x".repeat(300);
+    for start in (0..n).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(n))
+            .map(|i| {
+                format!(
+                    "('bulk-{i:07}', {}, 'user', NULL, 'bulk@example.com', '{org}', 'bulk.event', \
+                     'user', 't', '{{\"pad\":\"{pad}\"}}', 'r', '')",
+                    1_000 + i
+                )
+            })
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO audit_events (id, occurred_at, actor_type, actor_id, actor_email, \
+             organization_id, action, target_type, target_id, details, request_id, peer_address) \
+             VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .expect("bulk audit");
+    }
+    // Closed here, not dropped with the runtime: a SQLite pool left open
+    // at a test's end once kept sqlx's maintenance task spinning and the
+    // runtime from shutting down (a hung test in CI).
+    db.close().await.expect("close");
+}
