@@ -4,7 +4,7 @@ use crate::clock::Clock;
 use crate::config::KeysCommand;
 use crate::server::open_store;
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
-use crate::store::{db_err, keys};
+use crate::store::keys;
 use kiops_token::SigningKey;
 use serde_json::json;
 
@@ -67,9 +67,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tx.commit()
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", db_err(e)))?;
+            tx.commit().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "new active key {}; previous {:?} published until {}",
                 key.kid(),

@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod overload;
 pub mod request_id;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use crate::domain::{access, validate, Caller, DomainError};
 use crate::mail::messages;
 use crate::store::audit::RequestMeta;
 use crate::store::join_requests::{self, JoinRequestQuery};
-use crate::store::{db_err, memberships, organizations, outbox, users};
+use crate::store::{memberships, organizations, outbox, users};
 use kiops_proto::v1::approval_service_server::ApprovalService;
 use kiops_proto::v1::*;
 use serde_json::json;
@@ -57,7 +57,7 @@ impl App {
         let row = join_requests::row(&tx, &jr.id)
             .await?
             .ok_or_else(|| DomainError::internal("join request just created"))?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(convert::join_request(&row))
     }
 
@@ -247,7 +247,7 @@ impl App {
         } else {
             None
         };
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         self.mail_wakeup.notify_one();
         Ok((convert::join_request(&row), member))
     }

@@ -11,7 +11,7 @@ use crate::overload::CallPermit;
 use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::store::sessions::{self, NewSession, Rotation};
 use crate::store::users::{self, User};
-use crate::store::{db_err, email_verifications, memberships};
+use crate::store::{email_verifications, memberships};
 use kiops_proto::v1::auth_service_server::AuthService;
 use kiops_proto::v1::*;
 use kiops_token::IssueRequest;
@@ -167,7 +167,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)
+        tx.commit().await
     }
 
     /// The session of a login whose password was right, in one transaction
@@ -218,7 +218,7 @@ impl App {
         // organization) must not leave a session behind.
         let (access_token, expires_in) =
             self.mint_access_token(&tx, user, org, &session.id).await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(Some(TokenPair {
             access_token,
             refresh_token: refresh,
@@ -332,7 +332,7 @@ impl App {
             )
             .await?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         let result = if locked_now {
             "locked"
         } else if !evaluated && user.is_some() {
@@ -441,7 +441,7 @@ impl App {
                     now,
                 )
                 .await?;
-                tx.commit().await.map_err(db_err)?;
+                tx.commit().await?;
                 return Err(DomainError::unauthenticated(
                     reason::REFRESH_TOKEN_REUSED,
                     "refresh token was already used; the session has been revoked",
@@ -461,7 +461,7 @@ impl App {
         let (access_token, expires_in) = self
             .mint_access_token(&tx, &user, org.as_deref(), &session.id)
             .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(TokenPair {
             access_token,
             refresh_token: new_refresh,
@@ -547,7 +547,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -677,7 +677,7 @@ impl App {
                 let tx = app.store.begin_write().await?;
                 app.queue_password_reset(&tx, &meta, Actor::Anonymous, &user, false, now)
                     .await?;
-                tx.commit().await.map_err(db_err)?;
+                tx.commit().await?;
                 app.mail_wakeup.notify_one();
                 Ok::<(), DomainError>(())
             }
@@ -753,7 +753,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -840,7 +840,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -882,7 +882,7 @@ impl App {
                 };
                 app.queue_verification_email(&tx, &meta, actor, &user, true, now)
                     .await?;
-                tx.commit().await.map_err(db_err)?;
+                tx.commit().await?;
                 app.mail_wakeup.notify_one();
                 Ok::<(), DomainError>(())
             }
@@ -960,7 +960,7 @@ impl App {
                 .map(|row| super::convert::join_request(&row)),
             None => None,
         };
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         self.mail_wakeup.notify_one();
         Ok(SignUpResponse {
             user: Some(super::convert::user(&user, now)),

@@ -4,7 +4,7 @@ use crate::app::App;
 use crate::domain::error::reason;
 use crate::domain::model::StoredStatus;
 use crate::domain::{Caller, DomainError};
-use crate::store::audit::{Actor, RequestMeta};
+use crate::store::audit::RequestMeta;
 use crate::store::callers::{self, CallerRow};
 use tonic::Request;
 
@@ -46,15 +46,6 @@ fn bearer<T>(req: &Request<T>) -> Result<&str, DomainError> {
 
 fn invalid_token() -> DomainError {
     DomainError::unauthenticated(reason::INVALID_TOKEN, "invalid or expired access token")
-}
-
-impl Caller {
-    pub fn actor(&self) -> Actor {
-        Actor::User {
-            id: self.user_id.clone(),
-            email: self.email.clone(),
-        }
-    }
 }
 
 impl App {

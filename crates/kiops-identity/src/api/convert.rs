@@ -38,7 +38,7 @@ pub fn organization(o: &Organization) -> v1::Organization {
         name: o.name.clone(),
         code: o.code.clone(),
         description: o.description.clone(),
-        create_time: Some(timestamp(o.created_at)),
+        create_time: Some(timestamp(o.created_at_ms)),
     }
 }
 

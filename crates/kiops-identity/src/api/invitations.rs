@@ -13,7 +13,7 @@ use crate::store::audit::{Actor, RequestMeta};
 use crate::store::invitations::{self, Invitation, NewInvitation, Status};
 use crate::store::memberships::{self, parse_role};
 use crate::store::users::{self, NewUser};
-use crate::store::{db_err, organizations, outbox};
+use crate::store::{organizations, outbox};
 use kiops_proto::v1::invitation_service_server::InvitationService;
 use kiops_proto::v1::{
     AcceptInvitationRequest, AcceptInvitationResponse, CreateInvitationRequest,
@@ -77,7 +77,7 @@ impl App {
     /// anyone who cannot see that organization (R4).
     async fn invitation_for_manager(
         &self,
-        tx: &sea_orm::DatabaseTransaction,
+        tx: &crate::store::WriteTx,
         caller: &Caller,
         id: &str,
     ) -> Result<Invitation, DomainError> {
@@ -107,7 +107,7 @@ impl App {
         let mut v = Violations::new();
         let org = v.take(validate::id("organization_id", &r.organization_id));
         let email = v.take(validate::email("email", &r.email));
-        let role = v.take(super::parse::role("role", r.role).map(Some));
+        let role = v.take(crate::service::parse::role("role", r.role).map(Some));
         v.into_result()?;
         let role = role.unwrap_or(Role::Member);
         let now = self.clock.now_ms();
@@ -164,7 +164,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         self.mail_wakeup.notify_one();
         Ok((inv, now))
     }
@@ -220,7 +220,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         self.mail_wakeup.notify_one();
         Ok((after, now))
     }
@@ -250,7 +250,7 @@ impl App {
         )
         .await?;
         let after = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok((after, now))
     }
 
@@ -443,7 +443,7 @@ impl App {
         let row = memberships::get_member(&tx, &inv.organization_id, &user_id)
             .await?
             .ok_or_else(|| DomainError::internal("membership just created"))?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok((convert::member(&row, now), inv.organization_id))
     }
 
@@ -452,7 +452,7 @@ impl App {
     /// presented token (then it is unknown, as any dead token is).
     async fn not_consumed(
         &self,
-        tx: &sea_orm::DatabaseTransaction,
+        tx: &crate::store::WriteTx,
         inv: Invitation,
         now: i64,
     ) -> DomainError {
@@ -492,7 +492,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 }

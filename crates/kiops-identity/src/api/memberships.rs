@@ -8,19 +8,20 @@
 //! serialized, and the second sees the first's result (R5).
 
 use super::context::current_caller;
-use super::{convert, parse};
+use super::convert;
 use crate::app::App;
 use crate::domain::error::Violations;
 use crate::domain::model::{effective_permissions, Role, StoredStatus};
 use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError};
+use crate::service::parse;
 use crate::store::audit::RequestMeta;
 use crate::store::callers::CallerRow;
 use crate::store::memberships::{self, parse_role, MemberQuery, Membership};
-use crate::store::{db_err, organizations, templates, users};
+use crate::store::WriteTx;
+use crate::store::{organizations, templates, users};
 use kiops_proto::v1::membership_service_server::MembershipService;
 use kiops_proto::v1::*;
-use sea_orm::DatabaseTransaction;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
@@ -45,7 +46,7 @@ fn org_and_user(org: &str, user: &str) -> Result<(String, String), DomainError> 
 /// An open write transaction on one organization, with the caller's role in
 /// it read after the lock.
 struct OrgTx {
-    tx: DatabaseTransaction,
+    tx: WriteTx,
     caller_role: Option<Role>,
 }
 
@@ -96,7 +97,7 @@ impl App {
         }
         memberships::add(&t.tx, meta, caller.actor(), &org, &user, role, now).await?;
         let member = self.member_view(&t.tx, &org, &user).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(member)
     }
 
@@ -123,7 +124,7 @@ impl App {
             memberships::set_role(&t.tx, meta, caller.actor(), &target, role, now).await?;
         }
         let member = self.member_view(&t.tx, &org, &user).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(member)
     }
 
@@ -168,7 +169,7 @@ impl App {
             .await?;
         }
         let member = self.member_view(&t.tx, org, user).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(member)
     }
 
@@ -204,7 +205,7 @@ impl App {
             "membership.removed"
         };
         memberships::remove(&t.tx, meta, caller.actor(), &target, action, now).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(())
     }
 
@@ -258,7 +259,7 @@ impl App {
             },
         )
         .await?;
-        snapshot.commit().await.map_err(crate::store::db_err)?;
+        snapshot.close().await?;
         let more = rows.len() as u64 > size;
         let rows: Vec<_> = rows.into_iter().take(size as usize).collect();
         let next_page_token = match (more, rows.last()) {
@@ -397,7 +398,7 @@ impl App {
         let t = self.lock_org(caller, &org).await?;
         access::require_manager(caller, t.caller_role)?;
         let tpl = templates::create(&t.tx, meta, caller.actor(), &org, name, bits, now).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(convert::template(&tpl))
     }
 
@@ -478,7 +479,7 @@ impl App {
             .await?
             .ok_or_else(|| DomainError::not_found("permission template"))?;
         let after = templates::update(&t.tx, meta, caller.actor(), before, name, bits, now).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(convert::template(&after))
     }
 
@@ -499,7 +500,7 @@ impl App {
             .await?
             .ok_or_else(|| DomainError::not_found("permission template"))?;
         templates::delete(&t.tx, meta, caller.actor(), tpl, now).await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         Ok(())
     }
 }
@@ -685,7 +686,7 @@ impl MembershipService for MembershipApi {
         self.app
             .queue_password_reset(&t.tx, &meta, caller.actor(), &target, true, now)
             .await?;
-        t.tx.commit().await.map_err(db_err)?;
+        t.tx.commit().await?;
         self.app.mail_wakeup.notify_one();
         Ok(Response::new(SendPasswordResetResponse {}))
     }

@@ -10,7 +10,6 @@ pub mod convert;
 pub mod invitations;
 pub mod memberships;
 pub mod organizations;
-pub mod parse;
 pub mod status;
 pub mod streams;
 pub mod users;

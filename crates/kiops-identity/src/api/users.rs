@@ -11,8 +11,8 @@ use crate::domain::{access, password_policy, validate, Caller, DomainError};
 use crate::store::audit::{self, AuditEntry, RequestMeta};
 use crate::store::memberships::{self, StatusFilter};
 use crate::store::revocations::{self, Scope};
+use crate::store::sessions;
 use crate::store::users::{self, NewUser, ProfileChanges, User, UserOrder, UserQuery};
-use crate::store::{db_err, sessions};
 
 fn user_scope(user_id: &str) -> Scope<'_> {
     Scope {
@@ -84,7 +84,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(user)
     }
 
@@ -131,7 +131,7 @@ impl App {
         r: UpdateMeRequest,
     ) -> Result<User, DomainError> {
         let mut v = Violations::new();
-        let paths = v.take(super::parse::mask(
+        let paths = v.take(crate::service::parse::mask(
             "update_mask",
             r.update_mask.as_ref(),
             &["name", "phone", "avatar_url"],
@@ -156,7 +156,7 @@ impl App {
             .await?
             .ok_or_else(|| DomainError::not_found("user"))?;
         let after = users::update_profile(&tx, meta, caller.actor(), before, changes, now).await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(after)
     }
 
@@ -198,7 +198,7 @@ impl App {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -242,7 +242,7 @@ impl App {
         .await?;
         users::delete(&tx, &user.id).await?;
         revocations::record(&tx, user_scope(&user.id), "deleted", now).await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -320,7 +320,7 @@ impl App {
             }
         }
         let after = users::find_by_id(&tx, &target.id).await?.unwrap_or(target);
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(after)
     }
 
@@ -343,7 +343,7 @@ impl App {
         )
         .await?;
         let after = users::find_by_id(&tx, &target.id).await?.unwrap_or(target);
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(after)
     }
 
@@ -378,7 +378,7 @@ impl App {
             .await?;
         }
         let after = users::find_by_id(&tx, &target.id).await?.unwrap_or(target);
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(after)
     }
 
@@ -389,11 +389,11 @@ impl App {
     ) -> Result<ListUsersResponse, DomainError> {
         access::require_platform_admin(caller)?;
         let mut v = Violations::new();
-        let query = v.take(super::parse::query("query", &r.query));
+        let query = v.take(crate::service::parse::query("query", &r.query));
         let (order, descending) = v
             .take(user_order("order_by", &r.order_by).map(Some))
             .unwrap_or((UserOrder::Email, false));
-        let mut status = v.take(super::parse::status_filter("status", r.status));
+        let mut status = v.take(crate::service::parse::status_filter("status", r.status));
         let (filter_status, platform_admin) = v.take(parse_filter("filter", &r.filter));
         if let Some(fs) = filter_status {
             if status.is_some_and(|s| s != fs) {
@@ -433,7 +433,7 @@ impl App {
             },
         )
         .await?;
-        snapshot.commit().await.map_err(crate::store::db_err)?;
+        snapshot.close().await?;
         let more = rows.len() as u64 > size;
         let rows: Vec<_> = rows.into_iter().take(size as usize).collect();
         let next_page_token = match (more, rows.last()) {

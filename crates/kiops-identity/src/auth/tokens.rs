@@ -200,7 +200,7 @@ async fn load_or_create_db_keys(
         .await?;
         stored = keys::published(&tx, now).await?;
     }
-    tx.commit().await.map_err(crate::store::db_err)?;
+    tx.commit().await?;
     let mut active = None;
     let mut published = Vec::new();
     for k in stored {

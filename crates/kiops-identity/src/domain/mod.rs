@@ -5,8 +5,10 @@
 //! call these, and apply the decision.
 
 pub mod access;
+pub mod audit;
 pub mod error;
 pub mod model;
+pub mod organization;
 pub mod page_token;
 pub mod password_policy;
 pub mod validate;

@@ -13,6 +13,16 @@ pub struct Caller {
     pub session_id: Option<String>,
 }
 
+impl Caller {
+    /// The caller as the actor of the audit events it causes.
+    pub fn actor(&self) -> crate::domain::audit::Actor {
+        crate::domain::audit::Actor::User {
+            id: self.user_id.clone(),
+            email: self.email.clone(),
+        }
+    }
+}
+
 /// The login session an access token names, as stored now. A token is only
 /// as good as its session: logout, a password change or reset, refresh-token
 /// reuse and an administrator all end sessions, and the access tokens

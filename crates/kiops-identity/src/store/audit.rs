@@ -4,68 +4,8 @@ use super::db_err;
 use super::entity::audit_event;
 use crate::domain::DomainError;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
-use serde_json::Value;
 
-/// Where a request came from, stored on every event it causes.
-#[derive(Debug, Clone, Default)]
-pub struct RequestMeta {
-    pub request_id: String,
-    pub peer: String,
-}
-
-/// Who did it.
-#[derive(Debug, Clone)]
-pub enum Actor {
-    User {
-        id: String,
-        email: String,
-    },
-    /// Unauthenticated (a failed login, a signup).
-    Anonymous,
-    /// The server itself (bootstrap, key generation).
-    System,
-}
-
-/// One event, before it gets its id and time.
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub actor: Actor,
-    pub organization_id: Option<String>,
-    /// Stable dotted name, e.g. `membership.role_changed`.
-    pub action: &'static str,
-    pub target_type: &'static str,
-    pub target_id: String,
-    /// `{"before":…,"after":…}` or other context. Never secrets.
-    pub details: Value,
-}
-
-impl AuditEntry {
-    pub fn new(
-        actor: Actor,
-        action: &'static str,
-        target_type: &'static str,
-        target_id: impl Into<String>,
-    ) -> Self {
-        Self {
-            actor,
-            organization_id: None,
-            action,
-            target_type,
-            target_id: target_id.into(),
-            details: Value::Object(Default::default()),
-        }
-    }
-
-    pub fn org(mut self, organization_id: impl Into<String>) -> Self {
-        self.organization_id = Some(organization_id.into());
-        self
-    }
-
-    pub fn details(mut self, details: Value) -> Self {
-        self.details = details;
-        self
-    }
-}
+pub use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
 
 pub async fn record<C: ConnectionTrait>(
     conn: &C,
@@ -167,7 +107,7 @@ pub async fn list<C: ConnectionTrait>(
     };
     let mut q = audit_event::Entity::find().filter(cond);
     if let Some((t, id)) = after {
-        q = q.filter(super::memberships::keyset_after(
+        q = q.filter(super::keyset::keyset_after(
             Expr::col((audit_event::Entity, audit_event::Column::OccurredAt)),
             Expr::col((audit_event::Entity, audit_event::Column::Id)),
             serde_json::json!(t),

@@ -6,7 +6,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::db_err;
 use super::entity::invitation as inv;
-use super::memberships::keyset_after;
+use super::keyset::keyset_after;
 use crate::domain::model::Role;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Cond, Expr};

@@ -4,7 +4,7 @@
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{join_request as jr, user};
-use super::memberships::{keyset_after, Count};
+use super::keyset::{keyset_after, Count};
 use super::{db_err, is_unique_violation};
 use crate::domain::error::reason;
 use crate::domain::DomainError;

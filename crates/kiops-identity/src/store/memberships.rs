@@ -3,14 +3,13 @@
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, organization, user};
+use super::keyset::{keyset_after, Count};
 use super::{db_err, is_unique_violation, like_contains};
 use crate::domain::error::reason;
 use crate::domain::model::{effective_permissions, Role};
 use crate::domain::DomainError;
 use kiops_token::{OrgClaims, Permission};
-use sea_orm::sea_query::{
-    Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement, SimpleExpr,
-};
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
     PaginatorTrait, QueryFilter, Set, Statement,
@@ -509,25 +508,6 @@ pub fn user_search_conditions(query: &str, status: Option<StatusFilter>, now: i6
     cond
 }
 
-/// `(key, id) > (k, i)` (or `<` descending), portable across backends.
-pub fn keyset_after(key: Expr, id: Expr, k: Value, i: String, descending: bool) -> Cond {
-    let kv: SimpleExpr = match k {
-        Value::Number(n) => Expr::value(n.as_i64().unwrap_or_default()),
-        Value::String(s) => Expr::value(s),
-        _ => Expr::value(String::new()),
-    };
-    // Written as `key >= k AND (key > k OR id > i)`: the same rows as
-    // `key > k OR (key = k AND id > i)`, but the first term is a range both
-    // planners can seek to, so a deep page starts at the cursor instead of
-    // scanning everything before it.
-    let (bound, first, tie) = if descending {
-        (key.clone().lte(kv.clone()), key.lt(kv), id.lt(i))
-    } else {
-        (key.clone().gte(kv.clone()), key.gt(kv), id.gt(i))
-    };
-    Cond::all().add(bound).add(Cond::any().add(first).add(tie))
-}
-
 impl MemberRow {
     /// The sort key of this row for `order`, as stored in a page token.
     pub fn sort_key(&self, order: MemberOrder) -> Vec<Value> {
@@ -616,11 +596,6 @@ pub async fn list_members<C: ConnectionTrait>(
     Ok((rows, total))
 }
 
-#[derive(Debug, FromQueryResult)]
-pub struct Count {
-    pub n: i64,
-}
-
 pub async fn get_member<C: ConnectionTrait>(
     conn: &C,
     org: &str,
@@ -642,7 +617,7 @@ pub async fn list_for_user<C: ConnectionTrait>(
     user_id: &str,
     after_code: Option<&str>,
     limit: u64,
-) -> Result<(Vec<(Membership, organization::Model)>, u64), DomainError> {
+) -> Result<(Vec<(Membership, super::organizations::Organization)>, u64), DomainError> {
     use sea_orm::{QueryOrder, QuerySelect};
     let total = membership::Entity::find()
         .filter(membership::Column::UserId.eq(user_id))
@@ -675,7 +650,7 @@ pub async fn list_for_user<C: ConnectionTrait>(
         .collect();
     Ok((
         orgs.into_iter()
-            .filter_map(|o| mine.remove(&o.id).map(|m| (m, o)))
+            .filter_map(|o| mine.remove(&o.id).map(|m| (m, o.into())))
             .collect(),
         total,
     ))

@@ -16,6 +16,7 @@ pub mod entity;
 pub mod invitations;
 pub mod join_requests;
 pub mod keys;
+pub mod keyset;
 pub mod memberships;
 pub mod organizations;
 pub mod outbox;
@@ -24,14 +25,17 @@ pub mod revocations;
 pub mod sessions;
 mod sqlite_direct;
 pub mod templates;
+mod tx;
 pub mod users;
+
+pub use tx::{ReadTx, WriteTx};
 
 use crate::domain::DomainError;
 use kiops_migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, Database, DatabaseBackend, DatabaseConnection, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -258,7 +262,7 @@ impl Store {
     }
 
     /// Starts a transaction that will write (see module docs).
-    pub async fn begin_write(&self) -> Result<DatabaseTransaction, DomainError> {
+    pub async fn begin_write(&self) -> Result<WriteTx, DomainError> {
         let opts = match self.backend() {
             DatabaseBackend::Sqlite => TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -266,7 +270,12 @@ impl Store {
             },
             _ => TransactionOptions::default(),
         };
-        self.writer().begin_with_options(opts).await.map_err(db_err)
+        let tx = self
+            .writer()
+            .begin_with_options(opts)
+            .await
+            .map_err(db_err)?;
+        Ok(WriteTx::new(tx))
     }
 
     /// A read-only transaction for a search page and its total: both see
@@ -276,9 +285,9 @@ impl Store {
     /// (`email >= $4`) the generic plan sorted every match of a 20,000-member
     /// organization (30 ms) where the value-aware plan walks the index and
     /// stops after one page (0.4 ms). Planning costs about 0.3 ms here.
-    pub async fn begin_listing(&self) -> Result<DatabaseTransaction, DomainError> {
+    pub async fn begin_listing(&self) -> Result<ReadTx, DomainError> {
         if self.backend() == DatabaseBackend::Sqlite {
-            return self.db.begin().await.map_err(db_err);
+            return self.db.begin().await.map(ReadTx::new).map_err(db_err);
         }
         let opts = TransactionOptions {
             access_mode: Some(sea_orm::AccessMode::ReadOnly),
@@ -289,7 +298,7 @@ impl Store {
         tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await
             .map_err(db_err)?;
-        Ok(tx)
+        Ok(ReadTx::new(tx))
     }
 
     pub async fn close(self) {
@@ -327,8 +336,11 @@ fn classify_driver_error(e: &sea_orm::sqlx::Error) -> Option<DomainError> {
         | E::PoolClosed
         | E::WorkerCrashed => Some(DomainError::Unavailable),
         E::Database(db) => match db.code().as_deref() {
-            // serialization_failure, deadlock_detected: retryable.
+            // serialization_failure, deadlock_detected: retryable; SQLite's
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6) and their extended codes
+            // (low byte 5 or 6) once its busy timeout ran out: retryable too.
             Some("40001") | Some("40P01") => Some(DomainError::Aborted),
+            Some(code) if is_sqlite(db.as_ref()) && sqlite_busy(code) => Some(DomainError::Aborted),
             // connection_exception (08…), admin/crash shutdown and
             // cannot_connect_now (57P01–57P03): the server is going away.
             Some(code) if code.starts_with("08") || code.starts_with("57P") => {
@@ -338,6 +350,16 @@ fn classify_driver_error(e: &sea_orm::sqlx::Error) -> Option<DomainError> {
         },
         _ => None,
     }
+}
+
+fn is_sqlite(e: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    e.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+        .is_some()
+}
+
+/// SQLite's primary result code is the low byte of the extended one.
+fn sqlite_busy(code: &str) -> bool {
+    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
 /// One pool's connections at one instant.
@@ -370,49 +392,32 @@ fn pool_usage(pool: &'static str, db: &DatabaseConnection) -> PoolUsage {
     }
 }
 
-/// Maps a database error to the domain: lost connections are UNAVAILABLE,
-/// serialization failures and lock timeouts ABORTED (retryable), the rest
-/// INTERNAL with the detail kept for the log only.
+/// Maps a database error to the domain by its kind, never by its text:
+/// lost connections are UNAVAILABLE, serialization failures, deadlocks and
+/// a busy SQLite ABORTED (retryable), a row deleted under a concurrent change
+/// ABORTED, the rest INTERNAL with the detail kept for the log only.
 pub fn db_err(e: DbErr) -> DomainError {
-    if let DbErr::Query(sea_orm::RuntimeErr::SqlxError(inner))
-    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(inner)) = &e
-    {
-        if let Some(classified) = classify_driver_error(inner) {
-            return classified;
+    use sea_orm::RuntimeErr;
+    match &e {
+        DbErr::Query(RuntimeErr::SqlxError(inner))
+        | DbErr::Exec(RuntimeErr::SqlxError(inner))
+        | DbErr::Conn(RuntimeErr::SqlxError(inner)) => {
+            if let Some(classified) = classify_driver_error(inner) {
+                return classified;
+            }
         }
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => return DomainError::Unavailable,
+        _ => {}
     }
-    // A row this change refers to was deleted by a concurrent change (a
-    // user deleted while being added to an organization): a conflict the
-    // caller resolves by retrying, when it gets NOT_FOUND.
     if matches!(
         e.sql_err(),
         Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
     ) {
         return DomainError::Aborted;
     }
-    match &e {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => DomainError::Unavailable,
-        _ => {
-            let text = e.to_string();
-            if text.contains("40001")
-                || text.contains("40P01")
-                || text.contains("could not serialize")
-                || text.contains("deadlock detected")
-                || text.contains("database is locked")
-                || text.contains("(code: 5)")
-            {
-                DomainError::Aborted
-            } else if text.contains("Connection refused")
-                || text.contains("connection closed")
-                || text.contains("PoolTimedOut")
-                || text.contains("pool timed out")
-                || text.contains("Io(")
-            {
-                DomainError::Unavailable
-            } else {
-                DomainError::Internal(text)
-            }
-        }
+    match e {
+        DbErr::Conn(_) => DomainError::Unavailable,
+        other => DomainError::Internal(other.to_string()),
     }
 }
 

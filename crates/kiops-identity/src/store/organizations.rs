@@ -8,16 +8,23 @@ use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, Unchanged,
 };
 use serde_json::json;
 
-pub use organization::Model as Organization;
+pub use crate::domain::organization::{NewOrganization, Organization, OrganizationChanges};
 
-pub struct NewOrganization {
-    pub name: String,
-    pub code: String,
-    pub description: String,
+impl From<organization::Model> for Organization {
+    fn from(m: organization::Model) -> Self {
+        Organization {
+            id: m.id,
+            name: m.name,
+            code: m.code,
+            description: m.description,
+            created_at_ms: m.created_at,
+            updated_at_ms: m.updated_at,
+        }
+    }
 }
 
 fn code_taken(e: sea_orm::DbErr) -> DomainError {
@@ -43,7 +50,7 @@ pub async fn create<C: ConnectionTrait>(
     now: i64,
 ) -> Result<Organization, DomainError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let org = organization::ActiveModel {
+    let org: Organization = organization::ActiveModel {
         id: Set(id.clone()),
         name: Set(new.name),
         code: Set(new.code),
@@ -53,7 +60,8 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(code_taken)?;
+    .map_err(code_taken)?
+    .into();
     audit::record(
         conn,
         meta,
@@ -73,6 +81,7 @@ pub async fn find<C: ConnectionTrait>(
     organization::Entity::find_by_id(id.to_string())
         .one(conn)
         .await
+        .map(|m| m.map(Organization::from))
         .map_err(db_err)
 }
 
@@ -88,7 +97,10 @@ pub async fn lock<C: ConnectionTrait>(
     if conn.get_database_backend() == DatabaseBackend::Postgres {
         q = q.lock_exclusive();
     }
-    q.one(conn).await.map_err(db_err)
+    q.one(conn)
+        .await
+        .map(|m| m.map(Organization::from))
+        .map_err(db_err)
 }
 
 /// One page of organizations, ordered by code; `member_of` restricts to the
@@ -141,15 +153,7 @@ pub async fn list<C: ConnectionTrait>(
         .all(conn)
         .await
         .map_err(db_err)?;
-    Ok((rows, total))
-}
-
-/// Fields to change; None leaves a field as it is.
-#[derive(Debug, Default)]
-pub struct OrganizationChanges {
-    pub name: Option<String>,
-    pub code: Option<String>,
-    pub description: Option<String>,
+    Ok((rows.into_iter().map(Organization::from).collect(), total))
 }
 
 pub async fn update<C: ConnectionTrait>(
@@ -160,7 +164,10 @@ pub async fn update<C: ConnectionTrait>(
     changes: OrganizationChanges,
     now: i64,
 ) -> Result<Organization, DomainError> {
-    let mut am: organization::ActiveModel = before.clone().into();
+    let mut am = organization::ActiveModel {
+        id: Unchanged(before.id.clone()),
+        ..Default::default()
+    };
     if let Some(n) = changes.name {
         am.name = Set(n);
     }
@@ -171,7 +178,7 @@ pub async fn update<C: ConnectionTrait>(
         am.description = Set(d);
     }
     am.updated_at = Set(now);
-    let after = am.update(conn).await.map_err(code_taken)?;
+    let after: Organization = am.update(conn).await.map_err(code_taken)?.into();
     audit::record(
         conn,
         meta,

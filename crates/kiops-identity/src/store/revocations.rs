@@ -93,7 +93,7 @@ pub async fn sequence(store: &super::Store) -> Result<u64, DomainError> {
         .await
         .map_err(db_err)?
         .rows_affected();
-    tx.commit().await.map_err(db_err)?;
+    tx.commit().await?;
     Ok(n)
 }
 

@@ -579,7 +579,7 @@ pub async fn list<C: ConnectionTrait>(
             .next()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        cond = cond.add(super::memberships::keyset_after(
+        cond = cond.add(super::keyset::keyset_after(
             Expr::col((user::Entity, key_col)),
             Expr::col((user::Entity, user::Column::Id)),
             k,

@@ -1,0 +1,39 @@
+//! The use cases: one function per operation, one module per gRPC service.
+//!
+//! A use case takes the decoded request and the authenticated caller,
+//! authorises with the rules of [`crate::domain`], runs one store
+//! transaction that applies the change together with its audit event and its
+//! revocations, and returns domain types. The tonic handlers in
+//! [`crate::api`] only decode, call one of these and encode.
+//!
+//! A use case that writes takes its arguments by value, and its handler runs
+//! it with [`to_completion`]: a client that cancels or times out must not cut
+//! a transaction off half-way (the connection would go back to the pool
+//! inside an open transaction).
+
+pub mod organizations;
+pub mod parse;
+
+use crate::domain::DomainError;
+use std::future::Future;
+use tracing::Instrument;
+
+/// Runs a writing use case in a task of its own, inside the request's span,
+/// so it finishes even if the request future is dropped.
+pub async fn to_completion<T, F>(use_case: F) -> Result<T, DomainError>
+where
+    F: Future<Output = Result<T, DomainError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(use_case.in_current_span())
+        .await
+        .map_err(|e| DomainError::internal(format!("use case task ended: {e}")))?
+}
+
+/// One page of a listing and the token of the next one (empty on the last).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: u64,
+}

@@ -1,0 +1,173 @@
+//! `OrganizationService` use cases (R18).
+
+use super::{parse, Page};
+use crate::app::App;
+use crate::domain::audit::RequestMeta;
+use crate::domain::error::{reason, Violations};
+use crate::domain::organization::{NewOrganization, Organization, OrganizationChanges};
+use crate::domain::page_token;
+use crate::domain::{access, validate, Caller, DomainError};
+use crate::store::{memberships, organizations};
+use kiops_proto::v1::{
+    CreateOrganizationRequest, ListOrganizationsRequest, UpdateOrganizationRequest,
+};
+use serde_json::json;
+
+pub const MAX_DESCRIPTION_CHARS: usize = 1000;
+
+pub async fn create(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: CreateOrganizationRequest,
+) -> Result<Organization, DomainError> {
+    access::require_platform_admin(&caller)?;
+    let mut v = Violations::new();
+    let name = v.take(validate::name("name", &r.name));
+    let code = v.take(validate::org_code("code", &r.code));
+    let description = v.take(validate::text(
+        "description",
+        &r.description,
+        MAX_DESCRIPTION_CHARS,
+    ));
+    v.into_result()?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let org = organizations::create(
+        &tx,
+        &meta,
+        caller.actor(),
+        NewOrganization {
+            name,
+            code,
+            description,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(org)
+}
+
+pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<Organization, DomainError> {
+    let id =
+        validate::id("organization_id", id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let conn = app.store.conn();
+    let role = memberships::role_of(conn, &id, &caller.user_id).await?;
+    access::require_org_visible(caller, role)?;
+    organizations::find(conn, &id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("organization"))
+}
+
+pub async fn list(
+    app: &App,
+    caller: &Caller,
+    r: ListOrganizationsRequest,
+) -> Result<Page<Organization>, DomainError> {
+    let mut v = Violations::new();
+    let size = v.take(validate::page_size("page_size", r.page_size));
+    let query = v.take(parse::query("query", &r.query));
+    let member_of = (!caller.platform_admin).then_some(caller.user_id.as_str());
+    let fp = page_token::fingerprint(&["organizations", member_of.unwrap_or("*"), &query]);
+    let key = app.tokens.page_key();
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
+    };
+    v.into_result()?;
+    let after_code = after
+        .as_ref()
+        .and_then(|k| k.first())
+        .and_then(|c| c.as_str().map(str::to_string));
+    let (rows, total) = organizations::list(
+        app.store.conn(),
+        member_of,
+        &query,
+        after_code.as_deref(),
+        size + 1,
+    )
+    .await?;
+    let more = rows.len() as u64 > size;
+    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
+    let next_page_token = match (more, items.last()) {
+        (true, Some(last)) => page_token::encode(&key, &fp, vec![json!(last.code)]),
+        _ => String::new(),
+    };
+    Ok(Page {
+        items,
+        next_page_token,
+        total_size: total,
+    })
+}
+
+pub async fn update(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: UpdateOrganizationRequest,
+) -> Result<Organization, DomainError> {
+    let o = r.organization.unwrap_or_default();
+    let mut v = Violations::new();
+    let id = v.take(validate::id(
+        "organization.organization_id",
+        &o.organization_id,
+    ));
+    let paths = v.take(parse::mask(
+        "update_mask",
+        r.update_mask.as_ref(),
+        &["name", "description", "code"],
+        &["name", "description"],
+    ));
+    let mut changes = OrganizationChanges::default();
+    for p in &paths {
+        match p.as_str() {
+            "name" => changes.name = Some(v.take(validate::name("organization.name", &o.name))),
+            "description" => {
+                changes.description = Some(v.take(validate::text(
+                    "organization.description",
+                    &o.description,
+                    MAX_DESCRIPTION_CHARS,
+                )))
+            }
+            "code" => changes.code = Some(v.take(validate::org_code("organization.code", &o.code))),
+            _ => {}
+        }
+    }
+    v.into_result()?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let role = memberships::role_of(&tx, &id, &caller.user_id).await?;
+    access::require_manager(&caller, role)?;
+    if changes.code.is_some() && !caller.platform_admin {
+        return Err(DomainError::denied(
+            reason::PLATFORM_ADMIN_REQUIRED,
+            "only a PlatformAdmin can change an organization's code",
+        ));
+    }
+    let before = organizations::lock(&tx, &id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("organization"))?;
+    let after = organizations::update(&tx, &meta, caller.actor(), before, changes, now).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+pub async fn delete(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    id: String,
+) -> Result<(), DomainError> {
+    access::require_platform_admin(&caller)?;
+    let id =
+        validate::id("organization_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let org = organizations::lock(&tx, &id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("organization"))?;
+    organizations::delete(&tx, &meta, caller.actor(), org, now).await?;
+    tx.commit().await
+}
