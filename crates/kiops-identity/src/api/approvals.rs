@@ -1,5 +1,6 @@
 //! `ApprovalService` (R7, R8) and the join-request half of SignUp.
 
+use super::context;
 use super::convert;
 use crate::app::App;
 use crate::domain::error::{reason, Violations};
@@ -259,7 +260,7 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<RequestToJoinRequest>,
     ) -> Result<Response<RequestToJoinResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let join_request = self
             .app
             .request_to_join(&meta, &caller, &r.organization_id)
@@ -273,7 +274,7 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<ListJoinRequestsRequest>,
     ) -> Result<Response<ListJoinRequestsResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(
             self.app.list_join_requests(&caller, r).await?,
         ))
@@ -283,7 +284,7 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<ApproveJoinRequestRequest>,
     ) -> Result<Response<ApproveJoinRequestResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (join_request, member) = self
             .app
             .decide_join_request(&meta, &caller, &r.join_request_id, true, None)
@@ -298,7 +299,7 @@ impl ApprovalService for ApprovalApi {
         &self,
         request: Request<RejectJoinRequestRequest>,
     ) -> Result<Response<RejectJoinRequestResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (join_request, _) = self
             .app
             .decide_join_request(&meta, &caller, &r.join_request_id, false, r.reason)

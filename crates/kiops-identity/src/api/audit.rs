@@ -2,6 +2,7 @@
 //! everything; holders of the `audit` permission read their organization's
 //! events. No RPC edits or deletes an event.
 
+use super::context;
 use super::convert::timestamp;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
@@ -248,7 +249,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         let mut v = Violations::new();
         let f = filter(
             &mut v,
@@ -297,9 +298,9 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<BoxStream<ExportAuditEventsResponse>>, Status> {
-        let claims = self.app.verify_bearer(&request)?;
+        let claims = context::verify_bearer(&self.app, &request)?;
         let call = request.extensions().get::<CallPermit>().cloned();
-        let caller = self.app.current_caller(claims.clone()).await?;
+        let caller = context::caller_of(&self.app, claims.clone()).await?;
         let r = request.into_inner();
         let mut v = Violations::new();
         let f = filter(

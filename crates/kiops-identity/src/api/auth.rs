@@ -1,6 +1,6 @@
 //! `AuthService`: login, refresh, logout, JWKS.
 
-use super::context::request_meta;
+use super::context::{self, request_meta};
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
@@ -105,7 +105,10 @@ impl App {
 
         self.throttle.check(&meta.peer, Some(&email))?;
         let now = self.clock.now_ms();
-        let Some(user) = self.check_password(meta, &email, req.password, now).await? else {
+        let Some(user) =
+            crate::service::credentials::check_password(self, meta, &email, req.password, now)
+                .await?
+        else {
             return Err(DomainError::invalid_credentials());
         };
 
@@ -115,8 +118,14 @@ impl App {
                 Ok(pair)
             }
             Ok(None) => {
-                self.record_failed_login(meta, &email, users::Failure::RefusedAfterCheck, now)
-                    .await?;
+                crate::service::credentials::record_failed_login(
+                    self,
+                    meta,
+                    &email,
+                    users::Failure::RefusedAfterCheck,
+                    now,
+                )
+                .await?;
                 Err(DomainError::invalid_credentials())
             }
             Err(e) => {
@@ -224,125 +233,6 @@ impl App {
             refresh_token: refresh,
             expires_in,
         }))
-    }
-
-    /// Reserves an attempt (`users::reserve_login_attempt`), then verifies
-    /// the password: the user when it is right and the attempt was admitted;
-    /// otherwise the failure is recorded and None. A refused attempt (unknown,
-    /// inactive, locked or full account) is hashed against the dummy hash, so
-    /// it takes the time of a wrong password without evaluating the real one.
-    /// The caller that gets a user must still call `users::finish_login`
-    /// (rows affected checked) in the transaction that acts on it.
-    pub(crate) async fn check_password(
-        &self,
-        meta: &RequestMeta,
-        email: &str,
-        password: String,
-        now: i64,
-    ) -> Result<Option<User>, DomainError> {
-        // A full hashing queue refuses before the reservation: an overloaded
-        // server must not count failures against the account.
-        let permit = self.hasher.admit()?;
-        let reserved = users::reserve_login_attempt(
-            self.store.writer(),
-            email,
-            self.settings.lockout_threshold,
-            now,
-            now - self.settings.lockout_ms,
-        )
-        .await?;
-        let ok = self
-            .hasher
-            .verify_admitted(
-                permit,
-                password,
-                reserved.as_ref().map(|u| u.password_hash.clone()),
-            )
-            .await?;
-        match reserved {
-            Some(user) if ok => Ok(Some(user)),
-            reserved => {
-                let failure = match reserved {
-                    Some(_) => users::Failure::WrongPassword,
-                    None => users::Failure::Refused,
-                };
-                self.record_failed_login(meta, email, failure, now).await?;
-                Ok(None)
-            }
-        }
-    }
-
-    /// Records a failed attempt and audits it; the wrong password that
-    /// reaches the threshold locks the account. The same statements run for
-    /// known and unknown emails, evaluated or refused (same work, R12).
-    /// Attempts refused because of the account's state are audited with
-    /// `"reason": "locked"` (or `"inactive"`): they do not count as wrong
-    /// passwords.
-    pub(crate) async fn record_failed_login(
-        &self,
-        meta: &RequestMeta,
-        email: &str,
-        failure: users::Failure,
-        now: i64,
-    ) -> Result<(), DomainError> {
-        let evaluated = failure == users::Failure::WrongPassword;
-        let tx = self.store.begin_write().await?;
-        let locked_now = users::fail_login(
-            &tx,
-            email,
-            failure,
-            self.settings.lockout_threshold,
-            self.settings.lockout_ms,
-            now,
-        )
-        .await?;
-        let user = users::find_by_email(&tx, email).await?;
-        let (actor, target) = match &user {
-            Some(u) => (
-                Actor::User {
-                    id: u.id.clone(),
-                    email: u.email.clone(),
-                },
-                u.id.clone(),
-            ),
-            None => (Actor::Anonymous, String::new()),
-        };
-        let details = match &user {
-            Some(u) if !evaluated => json!({
-                "email": email,
-                "reason": if u.status == StoredStatus::Inactive.as_str() { "inactive" } else { "locked" },
-            }),
-            _ => json!({"email": email}),
-        };
-        audit::record(
-            &tx,
-            meta,
-            AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target).details(details),
-            now,
-        )
-        .await?;
-        if locked_now {
-            audit::record(
-                &tx,
-                meta,
-                AuditEntry::new(actor, "user.locked", "user", &target).details(json!({
-                    "after": {"locked_until": now + self.settings.lockout_ms}
-                })),
-                now,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        let result = if locked_now {
-            "locked"
-        } else if !evaluated && user.is_some() {
-            // Refused without evaluating the password (locked, inactive).
-            "refused"
-        } else {
-            "failure"
-        };
-        self.metrics.logins.with_label_values(&[result]).inc();
-        Ok(())
     }
 
     async fn refresh(
@@ -611,48 +501,6 @@ pub const RESET_TOKEN_PREFIX: &str = "kp";
 pub const VERIFICATION_TOKEN_PREFIX: &str = "kv";
 
 impl App {
-    /// Creates a reset token for `user` and queues the email, inside the
-    /// caller's transaction.
-    pub(crate) async fn queue_password_reset<C: sea_orm::ConnectionTrait>(
-        &self,
-        conn: &C,
-        meta: &RequestMeta,
-        actor: Actor,
-        user: &User,
-        by_manager: bool,
-        now: i64,
-    ) -> Result<(), DomainError> {
-        let token = random_token(RESET_TOKEN_PREFIX);
-        crate::store::password_resets::create(
-            conn,
-            &user.id,
-            hash_token(&token),
-            crate::mail::messages::RESET_TTL_MINUTES * 60_000,
-            now,
-        )
-        .await?;
-        crate::store::outbox::enqueue(
-            conn,
-            crate::mail::messages::password_reset(
-                &self.mail,
-                &user.email,
-                &token,
-                now + crate::mail::messages::RESET_TTL_MINUTES * 60_000,
-                by_manager,
-            ),
-            now,
-        )
-        .await?;
-        audit::record(
-            conn,
-            meta,
-            AuditEntry::new(actor, "user.password_reset_requested", "user", &user.id)
-                .details(json!({"by_manager": by_manager})),
-            now,
-        )
-        .await
-    }
-
     /// Always OK, in the same time whether the email exists or not: the
     /// lookup and the write happen in a background task after the answer.
     async fn request_password_reset(
@@ -675,8 +523,16 @@ impl App {
                 }
                 let now = app.clock.now_ms();
                 let tx = app.store.begin_write().await?;
-                app.queue_password_reset(&tx, &meta, Actor::Anonymous, &user, false, now)
-                    .await?;
+                crate::service::credentials::queue_password_reset(
+                    &app,
+                    &tx,
+                    &meta,
+                    Actor::Anonymous,
+                    &user,
+                    false,
+                    now,
+                )
+                .await?;
                 tx.commit().await?;
                 app.mail_wakeup.notify_one();
                 Ok::<(), DomainError>(())
@@ -1051,7 +907,7 @@ impl AuthService for AuthApi {
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
         let meta = request_meta(&request);
-        let caller = self.app.authenticate(&request).await?;
+        let caller = context::authenticate(&self.app, &request).await?;
         self.app
             .logout(&meta, &caller, request.into_inner())
             .await?;
@@ -1062,9 +918,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchRevocationsResponse>>, Status> {
-        let claims = self.app.verify_bearer(&request)?;
+        let claims = context::verify_bearer(&self.app, &request)?;
         let call = request.extensions().get::<CallPermit>().cloned();
-        let caller = self.app.current_caller(claims.clone()).await?;
+        let caller = context::caller_of(&self.app, claims.clone()).await?;
         let right = StreamRight::PlatformAdmin;
         self.app.authorize_stream(&caller, &right).await?;
         let r = request.into_inner();

@@ -48,60 +48,56 @@ fn invalid_token() -> DomainError {
     DomainError::unauthenticated(reason::INVALID_TOKEN, "invalid or expired access token")
 }
 
-impl App {
-    /// What every authenticated handler starts with: request metadata, the
-    /// authenticated caller, and the message.
-    pub async fn start<T>(&self, req: Request<T>) -> Result<(RequestMeta, Caller, T), DomainError> {
-        let meta = request_meta(&req);
-        let caller = self.authenticate(&req).await?;
-        Ok((meta, caller, req.into_inner()))
-    }
+/// What every authenticated handler starts with: request metadata, the
+/// authenticated caller, and the message.
+pub async fn start<T>(app: &App, req: Request<T>) -> Result<(RequestMeta, Caller, T), DomainError> {
+    let meta = request_meta(&req);
+    let caller = authenticate(app, &req).await?;
+    Ok((meta, caller, req.into_inner()))
+}
 
-    /// Like `authenticate`, but a request without `authorization` is anonymous
-    /// (None); a present but bad token is still refused.
-    pub async fn authenticate_optional<T>(
-        &self,
-        req: &Request<T>,
-    ) -> Result<Option<Caller>, DomainError> {
-        if req.metadata().get("authorization").is_none() {
-            return Ok(None);
-        }
-        self.authenticate(req).await.map(Some)
+/// Like `authenticate`, but a request without `authorization` is anonymous
+/// (None); a present but bad token is still refused.
+pub async fn authenticate_optional<T>(
+    app: &App,
+    req: &Request<T>,
+) -> Result<Option<Caller>, DomainError> {
+    if req.metadata().get("authorization").is_none() {
+        return Ok(None);
     }
+    authenticate(app, req).await.map(Some)
+}
 
-    /// Verifies the bearer token with the same verifier downstream services
-    /// use, then loads the user from current state: a deactivated or deleted
-    /// account is refused at once, and the PlatformAdmin flag is the current
-    /// one, not the one in the token.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, DomainError> {
-        let claims = self.verify_bearer(req)?;
-        self.current_caller(claims).await
-    }
+/// Verifies the bearer token with the same verifier downstream services
+/// use, then loads the user from current state: a deactivated or deleted
+/// account is refused at once, and the PlatformAdmin flag is the current
+/// one, not the one in the token.
+pub async fn authenticate<T>(app: &App, req: &Request<T>) -> Result<Caller, DomainError> {
+    let claims = verify_bearer(app, req)?;
+    caller_of(app, claims).await
+}
 
-    /// The second half of `authenticate`: the caller of verified `claims`
-    /// from current state (account and session, one read).
-    pub async fn current_caller(&self, claims: kiops_token::Claims) -> Result<Caller, DomainError> {
-        let row = callers::caller_row(
-            self.store.conn(),
-            &claims.sub,
-            claims.sid.as_deref().unwrap_or_default(),
-        )
-        .await?;
-        current_caller(claims, row, self.clock.now_ms())
-    }
+/// The second half of `authenticate`: the caller of verified `claims`
+/// from current state (account and session, one read).
+pub async fn caller_of(app: &App, claims: kiops_token::Claims) -> Result<Caller, DomainError> {
+    let row = callers::caller_row(
+        app.store.conn(),
+        &claims.sub,
+        claims.sid.as_deref().unwrap_or_default(),
+    )
+    .await?;
+    current_caller(claims, row, app.clock.now_ms())
+}
 
-    /// The first half of `authenticate` (no database): the token's claims.
-    /// Hot paths that read the caller's row together with other rows in one
-    /// query finish with `current_caller`.
-    pub fn verify_bearer<T>(&self, req: &Request<T>) -> Result<kiops_token::Claims, DomainError> {
-        let token = bearer(req)?;
-        self.tokens
-            .verify(token, self.clock.now_secs())
-            .map_err(|e| {
-                tracing::debug!(error = %e, "access token refused");
-                invalid_token()
-            })
-    }
+/// The first half of `authenticate` (no database): the token's claims.
+/// Hot paths that read the caller's row together with other rows in one
+/// query finish with `caller_of`.
+pub fn verify_bearer<T>(app: &App, req: &Request<T>) -> Result<kiops_token::Claims, DomainError> {
+    let token = bearer(req)?;
+    app.tokens.verify(token, app.clock.now_secs()).map_err(|e| {
+        tracing::debug!(error = %e, "access token refused");
+        invalid_token()
+    })
 }
 
 /// The second half of `authenticate`: a deleted account's token is invalid,

@@ -1,6 +1,6 @@
 //! `InvitationService` (R9).
 
-use super::context::request_meta;
+use super::context::{self, request_meta};
 use super::convert;
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
@@ -503,7 +503,7 @@ impl InvitationService for InvitationApi {
         &self,
         request: Request<CreateInvitationRequest>,
     ) -> Result<Response<CreateInvitationResponse>, GrpcStatus> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (inv, now) = self.app.create_invitation(&meta, &caller, r).await?;
         Ok(Response::new(CreateInvitationResponse {
             invitation: Some(convert::invitation(&inv, now)),
@@ -514,7 +514,7 @@ impl InvitationService for InvitationApi {
         &self,
         request: Request<ListInvitationsRequest>,
     ) -> Result<Response<ListInvitationsResponse>, GrpcStatus> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(self.app.list_invitations(&caller, r).await?))
     }
 
@@ -522,7 +522,7 @@ impl InvitationService for InvitationApi {
         &self,
         request: Request<ResendInvitationRequest>,
     ) -> Result<Response<ResendInvitationResponse>, GrpcStatus> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (inv, now) = self
             .app
             .resend_invitation(&meta, &caller, &r.invitation_id)
@@ -536,7 +536,7 @@ impl InvitationService for InvitationApi {
         &self,
         request: Request<RevokeInvitationRequest>,
     ) -> Result<Response<RevokeInvitationResponse>, GrpcStatus> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (inv, now) = self
             .app
             .revoke_invitation(&meta, &caller, &r.invitation_id)
@@ -551,7 +551,7 @@ impl InvitationService for InvitationApi {
         request: Request<AcceptInvitationRequest>,
     ) -> Result<Response<AcceptInvitationResponse>, GrpcStatus> {
         let meta = request_meta(&request);
-        let caller = self.app.authenticate_optional(&request).await?;
+        let caller = context::authenticate_optional(&self.app, &request).await?;
         let (member, organization_id) = self
             .app
             .accept_invitation(&meta, caller, request.into_inner())

@@ -7,7 +7,7 @@
 //! the audit event. So two Managers demoting each other at once are
 //! serialized, and the second sees the first's result (R5).
 
-use super::context::current_caller;
+use super::context::{self, current_caller};
 use super::convert;
 use crate::app::App;
 use crate::domain::error::Violations;
@@ -527,7 +527,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<AddMemberResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let member = self.app.add_member(&meta, &caller, r).await?;
         Ok(Response::new(AddMemberResponse {
             member: Some(member),
@@ -538,7 +538,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(self.app.list_members(&caller, r).await?))
     }
 
@@ -546,7 +546,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<GetMemberRequest>,
     ) -> Result<Response<GetMemberResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         let member = self.app.get_member(&caller, r).await?;
         Ok(Response::new(GetMemberResponse {
             member: Some(member),
@@ -557,7 +557,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ChangeRoleRequest>,
     ) -> Result<Response<ChangeRoleResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let member = self.app.change_role(&meta, &caller, r).await?;
         Ok(Response::new(ChangeRoleResponse {
             member: Some(member),
@@ -568,7 +568,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<SetPermissionsRequest>,
     ) -> Result<Response<SetPermissionsResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
         let bits = parse::permission_bits("permissions", &r.permissions)
             .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
@@ -585,7 +585,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
         self.app
             .remove_membership(&meta, &caller, &org, &user, false)
@@ -597,7 +597,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<LeaveOrganizationRequest>,
     ) -> Result<Response<LeaveOrganizationResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let org = validate::id("organization_id", &r.organization_id)
             .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
         let me = caller.user_id.clone();
@@ -611,7 +611,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ListMyMembershipsRequest>,
     ) -> Result<Response<ListMyMembershipsResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(
             self.app.list_my_memberships(&caller, r).await?,
         ))
@@ -621,7 +621,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<CheckPermissionRequest>,
     ) -> Result<Response<CheckPermissionResponse>, Status> {
-        let claims = self.app.verify_bearer(&request)?;
+        let claims = context::verify_bearer(&self.app, &request)?;
         let allowed = self
             .app
             .check_permission(claims, request.into_inner())
@@ -633,7 +633,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<CreatePermissionTemplateRequest>,
     ) -> Result<Response<CreatePermissionTemplateResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let template = self.app.create_template(&meta, &caller, r).await?;
         Ok(Response::new(CreatePermissionTemplateResponse {
             template: Some(template),
@@ -644,7 +644,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ListPermissionTemplatesRequest>,
     ) -> Result<Response<ListPermissionTemplatesResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(self.app.list_templates(&caller, r).await?))
     }
 
@@ -652,7 +652,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<UpdatePermissionTemplateRequest>,
     ) -> Result<Response<UpdatePermissionTemplateResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let template = self.app.update_template(&meta, &caller, r).await?;
         Ok(Response::new(UpdatePermissionTemplateResponse {
             template: Some(template),
@@ -663,7 +663,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<DeletePermissionTemplateRequest>,
     ) -> Result<Response<DeletePermissionTemplateResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         self.app.delete_template(&meta, &caller, r).await?;
         Ok(Response::new(DeletePermissionTemplateResponse {}))
     }
@@ -672,7 +672,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<SendPasswordResetRequest>,
     ) -> Result<Response<SendPasswordResetResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
         let now = self.app.clock.now_ms();
         let t = self.app.lock_org(&caller, &org).await?;
@@ -683,9 +683,16 @@ impl MembershipService for MembershipApi {
         let target = users::find_by_id(&t.tx, &user)
             .await?
             .ok_or_else(|| DomainError::not_found("member"))?;
-        self.app
-            .queue_password_reset(&t.tx, &meta, caller.actor(), &target, true, now)
-            .await?;
+        crate::service::credentials::queue_password_reset(
+            &self.app,
+            &t.tx,
+            &meta,
+            caller.actor(),
+            &target,
+            true,
+            now,
+        )
+        .await?;
         t.tx.commit().await?;
         self.app.mail_wakeup.notify_one();
         Ok(Response::new(SendPasswordResetResponse {}))
@@ -695,7 +702,7 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ApplyPermissionTemplateRequest>,
     ) -> Result<Response<ApplyPermissionTemplateResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let mut v = Violations::new();
         let org = v.take(validate::id("organization_id", &r.organization_id));
         let user = v.take(validate::id("user_id", &r.user_id));

@@ -1,6 +1,7 @@
 //! `OrganizationService` over gRPC: decode, call `service::organizations`,
 //! encode.
 
+use super::context;
 use super::convert;
 use crate::app::App;
 use crate::service::{organizations, to_completion};
@@ -24,7 +25,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<CreateOrganizationRequest>,
     ) -> Result<Response<CreateOrganizationResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let org = to_completion(organizations::create(self.app.clone(), meta, caller, r)).await?;
         Ok(Response::new(CreateOrganizationResponse {
             organization: Some(convert::organization(&org)),
@@ -35,7 +36,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<GetOrganizationRequest>,
     ) -> Result<Response<GetOrganizationResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         let org = organizations::get(&self.app, &caller, &r.organization_id).await?;
         Ok(Response::new(GetOrganizationResponse {
             organization: Some(convert::organization(&org)),
@@ -46,7 +47,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<ListOrganizationsRequest>,
     ) -> Result<Response<ListOrganizationsResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         let page = organizations::list(&self.app, &caller, r).await?;
         Ok(Response::new(ListOrganizationsResponse {
             organizations: page.items.iter().map(convert::organization).collect(),
@@ -59,7 +60,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<UpdateOrganizationRequest>,
     ) -> Result<Response<UpdateOrganizationResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let org = to_completion(organizations::update(self.app.clone(), meta, caller, r)).await?;
         Ok(Response::new(UpdateOrganizationResponse {
             organization: Some(convert::organization(&org)),
@@ -70,7 +71,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<DeleteOrganizationRequest>,
     ) -> Result<Response<DeleteOrganizationResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         to_completion(organizations::delete(
             self.app.clone(),
             meta,

@@ -160,7 +160,7 @@ impl StreamGuard {
                 "the access token of this stream has expired; reconnect with a fresh one",
             ));
         }
-        let caller = self.app.current_caller(self.claims.clone()).await?;
+        let caller = super::context::caller_of(&self.app, self.claims.clone()).await?;
         self.app.authorize_stream(&caller, &self.right).await
     }
 }

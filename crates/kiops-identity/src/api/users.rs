@@ -1,6 +1,6 @@
 //! `UserService`: self-service and PlatformAdmin account actions.
 
-use super::context::request_meta;
+use super::context::{self, request_meta};
 use super::convert;
 use crate::app::App;
 use crate::domain::error::reason;
@@ -108,15 +108,26 @@ impl App {
         self.throttle.check(&meta.peer, Some(&user.email))?;
         let now = self.clock.now_ms();
         // The same reserved, exact lockout as Login (`check_password`).
-        if let Some(u) = self
-            .check_password(meta, &user.email, password.to_string(), now)
-            .await?
+        if let Some(u) = crate::service::credentials::check_password(
+            self,
+            meta,
+            &user.email,
+            password.to_string(),
+            now,
+        )
+        .await?
         {
             if users::finish_login(self.store.writer(), &u.id, &u.password_hash, now).await? {
                 return Ok(u.password_hash);
             }
-            self.record_failed_login(meta, &user.email, users::Failure::RefusedAfterCheck, now)
-                .await?;
+            crate::service::credentials::record_failed_login(
+                self,
+                meta,
+                &user.email,
+                users::Failure::RefusedAfterCheck,
+                now,
+            )
+            .await?;
         }
         Err(DomainError::denied(
             reason::INVALID_CURRENT_PASSWORD,
@@ -512,7 +523,7 @@ impl UserService for UserApi {
         &self,
         request: Request<GetMeRequest>,
     ) -> Result<Response<GetMeResponse>, Status> {
-        let caller = self.app.authenticate(&request).await?;
+        let caller = context::authenticate(&self.app, &request).await?;
         let user = self.app.get_me(&caller).await?;
         Ok(Response::new(GetMeResponse {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
@@ -523,7 +534,7 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateMeRequest>,
     ) -> Result<Response<UpdateMeResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let user = self.app.update_me(&meta, &caller, r).await?;
         Ok(Response::new(UpdateMeResponse {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
@@ -534,7 +545,7 @@ impl UserService for UserApi {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         self.app.change_password(&meta, &caller, r).await?;
         Ok(Response::new(ChangePasswordResponse {}))
     }
@@ -543,7 +554,7 @@ impl UserService for UserApi {
         &self,
         request: Request<DeleteMeRequest>,
     ) -> Result<Response<DeleteMeResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         self.app.delete_me(&meta, &caller, r).await?;
         Ok(Response::new(DeleteMeResponse {}))
     }
@@ -552,7 +563,7 @@ impl UserService for UserApi {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         Ok(Response::new(self.app.list_users(&caller, r).await?))
     }
 
@@ -560,7 +571,7 @@ impl UserService for UserApi {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        let (_, caller, r) = self.app.start(request).await?;
+        let (_, caller, r) = context::start(&self.app, request).await?;
         let user = self.app.admin_target(&caller, &r.user_id, false).await?;
         Ok(Response::new(GetUserResponse {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
@@ -571,7 +582,7 @@ impl UserService for UserApi {
         &self,
         request: Request<DeactivateUserRequest>,
     ) -> Result<Response<DeactivateUserResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let user = self
             .app
             .set_active(&meta, &caller, &r.user_id, false)
@@ -585,7 +596,7 @@ impl UserService for UserApi {
         &self,
         request: Request<ReactivateUserRequest>,
     ) -> Result<Response<ReactivateUserResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let user = self
             .app
             .set_active(&meta, &caller, &r.user_id, true)
@@ -599,7 +610,7 @@ impl UserService for UserApi {
         &self,
         request: Request<UnlockUserRequest>,
     ) -> Result<Response<UnlockUserResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let user = self.app.unlock_user(&meta, &caller, &r.user_id).await?;
         Ok(Response::new(UnlockUserResponse {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
@@ -610,7 +621,7 @@ impl UserService for UserApi {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let target = self.app.admin_target(&caller, &r.user_id, true).await?;
         self.app
             .delete_account(&meta, &caller, &target, None)
@@ -622,7 +633,7 @@ impl UserService for UserApi {
         &self,
         request: Request<SetPlatformAdminRequest>,
     ) -> Result<Response<SetPlatformAdminResponse>, Status> {
-        let (meta, caller, r) = self.app.start(request).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
         let user = self.app.set_platform_admin(&meta, &caller, r).await?;
         Ok(Response::new(SetPlatformAdminResponse {
             user: Some(convert::user(&user, self.app.clock.now_ms())),
@@ -634,7 +645,7 @@ impl UserService for UserApi {
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
         let meta = request_meta(&request);
-        let caller = self.app.authenticate(&request).await?;
+        let caller = context::authenticate(&self.app, &request).await?;
         access::require_platform_admin(&caller)?;
         let r = request.into_inner();
         let user = self
