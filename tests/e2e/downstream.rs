@@ -1,4 +1,4 @@
-//! Downstream verification (R15, R16, SPEC 4): the example DeviceService
+//! Downstream verification (R15, R16, kiops-token): the example DeviceService
 //! verifies tokens offline with kiops-token and requires `device`; revocations
 //! reach it through WatchRevocations from another replica within a second;
 //! CheckPermission agrees across replicas at once.

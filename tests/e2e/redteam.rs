@@ -24,7 +24,7 @@ fn is_formula(cell: &str) -> bool {
     cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// Item 1 / SPEC "ChangePassword: other sessions revoked". An attacker who
+/// Item 1 / R14 "ChangePassword: other sessions revoked". An attacker who
 /// knows the old password logs in while the owner changes it. A login whose
 /// password was checked against the old hash but whose session commits after
 /// the change is a fresh session the change never revoked: the attacker keeps

@@ -116,7 +116,7 @@ async fn change_password_in_flight_cannot_undo_a_password_reset(backend: Backend
 }
 
 /// Same root cause as above, without a reset: the owner, who learnt that
-/// the password leaked, changes it ("other sessions revoked", SPEC); the
+/// the password leaked, changes it ("other sessions revoked", R14); the
 /// attacker, with the same old password, changes it at the same instant.
 /// Each call verified the same old hash; only one of them can have been
 /// the account's password when it committed, so at most one may succeed.

@@ -1,4 +1,4 @@
-//! The whole schema of SPEC section 1 in one migration.
+//! The whole first schema (docs/rules.md, Model) in one migration.
 //!
 //! Written as plain DDL that both SQLite and PostgreSQL accept, so the schema
 //! reads as one page. The only backend-specific statement is the identity
@@ -12,7 +12,7 @@ pub struct Migration;
 
 const TABLES: &[&str] = &[
     // Accounts. `email` is stored lower-case, so the plain unique index is the
-    // case-insensitive uniqueness of SPEC 1. `name_lower` serves searches.
+    // case-insensitive uniqueness of docs/rules.md, Model. `name_lower` serves searches.
     // `status` is 'active' or 'inactive'; LOCKED is derived from locked_until.
     r#"CREATE TABLE users (
         id TEXT PRIMARY KEY,

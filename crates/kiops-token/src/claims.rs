@@ -1,4 +1,4 @@
-//! The claims of an access token (SPEC R15).
+//! The claims of an access token (R15 of docs/rules.md).
 
 use crate::model::{Permission, Role};
 use serde::{Deserialize, Serialize};

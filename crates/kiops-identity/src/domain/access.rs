@@ -1,5 +1,5 @@
 //! Who may do what (R1–R5, R11). Each function takes the caller and the
-//! facts the store loaded, and answers Ok or the exact refusal of SPEC 2.
+//! facts the store loaded, and answers Ok or the exact refusal of docs/rules.md.
 
 use super::error::{reason, DomainError};
 use super::model::{Caller, Role};

@@ -1,4 +1,4 @@
-//! The rules of SPEC section 2 as plain functions over plain types.
+//! The rules of docs/rules.md as plain functions over plain types.
 //!
 //! Nothing in here knows about tonic or sea-orm: every rule can be unit-tested
 //! without a server or a database, and the api/ and store/ layers only decode,

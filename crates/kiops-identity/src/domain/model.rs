@@ -102,7 +102,7 @@ impl UserStatus {
     }
 }
 
-/// Effective permissions in an organization (SPEC 1): everything for a
+/// Effective permissions in an organization (docs/rules.md, Model): everything for a
 /// PlatformAdmin or a Manager, the granted set for a Member, nothing without a
 /// membership.
 pub fn effective_permissions(

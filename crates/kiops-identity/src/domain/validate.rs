@@ -15,7 +15,7 @@ pub const MAX_PAGE_SIZE: u64 = 500;
 ///
 /// Deliberately strict: ASCII only (no Unicode look-alikes that render like
 /// someone else's address), no whitespace or control characters, one `@`, a
-/// dotted domain. Addresses are compared lower-case (SPEC 1).
+/// dotted domain. Addresses are compared lower-case (docs/rules.md, Model).
 pub fn email(field: &str, raw: &str) -> Result<String, FieldViolation> {
     let e = raw.trim().to_ascii_lowercase();
     let bad =
