@@ -26,4 +26,5 @@ pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod stream_limits;
 pub mod telemetry;

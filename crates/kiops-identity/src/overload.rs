@@ -3,6 +3,7 @@
 //! would let a burst grow memory and latency without bound, and a client
 //! that is told "not now" can back off or try another replica.
 
+use crate::domain::error::{reason, ERROR_DOMAIN};
 use crate::metrics::Metrics;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,7 +30,7 @@ pub struct ShedLayer {
 }
 
 impl ShedLayer {
-    /// `permits` is shared with the streams (`api::streams`), which hold
+    /// `permits` is shared with the streams (`stream_limits`), which hold
     /// one each for as long as they are open.
     pub fn new(permits: Arc<Semaphore>, metrics: Metrics) -> Self {
         Self { permits, metrics }
@@ -59,8 +60,8 @@ pub struct Shed<S> {
 fn overloaded<B: Default>() -> http::Response<B> {
     use tonic_types::{ErrorDetails, StatusExt};
     let details = ErrorDetails::with_error_info(
-        "OVERLOADED",
-        crate::api::status::ERROR_DOMAIN,
+        reason::OVERLOADED,
+        ERROR_DOMAIN,
         std::collections::HashMap::new(),
     );
     tonic::Status::with_error_details(
@@ -102,7 +103,7 @@ where
         Box::pin(async move {
             let res = fut.await;
             // Held until the handler has answered, unless a stream took it
-            // to hold for its life (`api::streams`).
+            // to hold for its life (`stream_limits`).
             drop(permit);
             res
         })
