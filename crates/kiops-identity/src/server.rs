@@ -6,13 +6,16 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::{Limit, Throttle};
 use crate::auth::tokens::{TokenService, TokenSettings};
 use crate::bootstrap;
+use crate::client_addr::ClientAddrLayer;
 use crate::clock::Clock;
 use crate::config::ServeArgs;
-use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::grpc_metrics::GrpcMetrics;
 use crate::mail::seal::{SealSource, SecretSeal};
 use crate::mail::{sender, MailSettings};
 use crate::metrics::Metrics;
-use crate::overload::ShedLayer;
+use crate::middleware::Layered;
+use crate::overload::Shed;
+use crate::request_id::RequestId;
 use crate::store::revocations;
 use crate::store::{Store, StoreOptions};
 use crate::stream_limits::StreamLimits;
@@ -398,12 +401,10 @@ fn grpc_server(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::request_id::RequestIdLayer)
-                .layer(crate::client_addr::ClientAddrLayer::new(
-                    args.trusted_proxies.clone(),
-                ))
-                .layer(GrpcMetricsLayer::new(app.metrics.clone()))
-                .layer(ShedLayer::new(in_flight, app.metrics.clone())),
+                .layer(Layered::new(RequestId))
+                .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
+                .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
+                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone()))),
         )
         .add_service(health)
         .add_service(reflection_v1)

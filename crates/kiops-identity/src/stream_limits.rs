@@ -29,7 +29,7 @@ pub struct StreamLimits {
 }
 
 impl StreamLimits {
-    /// `in_flight` is the load limit's semaphore (`overload::ShedLayer`).
+    /// `in_flight` is the load limit's semaphore (`overload::Shed`).
     pub fn new(in_flight: Arc<Semaphore>, max_watches: usize, max_exports: usize) -> Arc<Self> {
         Arc::new(Self {
             in_flight,
