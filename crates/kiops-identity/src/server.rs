@@ -1,4 +1,6 @@
-//! `kiops-identity serve`: wiring, listeners and graceful shutdown.
+//! `kiops-identity serve`: wiring, listeners, the background tasks
+//! (revocation poller and numbering, key reloader, outbox sender) and
+//! graceful shutdown.
 
 use crate::api::Services;
 use crate::app::{App, AppInner, Settings};
