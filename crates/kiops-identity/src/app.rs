@@ -29,13 +29,13 @@ pub struct AppInner {
     pub metrics: Metrics,
     pub mail: MailSettings,
     /// Wakes the outbox sender after a commit that queued an email.
-    pub mail_wakeup: tokio::sync::Notify,
+    pub mail_wakeup: Arc<tokio::sync::Notify>,
     pub throttle: crate::auth::throttle::Throttle,
     /// Highest revocation event id seen in the database (by a poller), so
     /// WatchRevocations streams wake up for events written by any replica.
     pub revocation_tip: tokio::sync::watch::Sender<i64>,
     /// Open streams: load permits, per-caller slots.
-    pub streams: Arc<crate::api::streams::StreamLimits>,
+    pub streams: Arc<crate::stream_limits::StreamLimits>,
 }
 
 #[derive(Debug, Clone)]

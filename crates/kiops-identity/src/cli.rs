@@ -83,7 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 mail_wakeup: Default::default(),
                 revocation_tip: tokio::sync::watch::channel(0).0,
-                streams: crate::api::streams::StreamLimits::new(
+                streams: crate::stream_limits::StreamLimits::new(
                     std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
                     1,
                     1,

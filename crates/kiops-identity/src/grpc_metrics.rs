@@ -2,37 +2,20 @@
 //! timing them by method.
 
 use crate::metrics::Metrics;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use crate::middleware::{Answer, Middleware};
+use tower::Service;
 
+/// The middleware (`middleware::Layered::new(GrpcMetrics::new(..))` is the
+/// layer).
 #[derive(Clone)]
-pub struct GrpcMetricsLayer {
+pub struct GrpcMetrics {
     metrics: Metrics,
 }
 
-impl GrpcMetricsLayer {
+impl GrpcMetrics {
     pub fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }
-}
-
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    metrics: Metrics,
 }
 
 fn code_name(code: &str) -> &'static str {
@@ -58,23 +41,16 @@ fn code_name(code: &str) -> &'static str {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetrics<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+impl Middleware for GrpcMetrics {
+    fn call<S, B, R>(&self, next: &mut S, req: http::Request<B>) -> Answer<R, S::Error>
+    where
+        S: Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static,
+        R: Default + Send + 'static,
+    {
         let method = req.uri().path().to_string();
         let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
+        let fut = next.call(req);
         Box::pin(async move {
             let started = std::time::Instant::now();
             let res = fut.await;

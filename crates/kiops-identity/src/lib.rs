@@ -1,11 +1,19 @@
 //! kiops-identity: the identity and membership service of the KIOPS platform.
 //!
-//! Layout (a request flows one way, api → domain → store → api):
-//! - [`domain`]: rules R1–R20 as plain functions, no tonic, no sea-orm;
+//! The modules in layers, top to bottom; a module uses only its own layer
+//! and those below (`.ci/check-layers` checks it, with no cycles):
+//! - [`cli`], [`keys_cli`]: the commands;
+//! - [`server`]: wiring, listeners, background tasks, shutdown; with
+//!   [`http`], [`bootstrap`], [`config`], [`telemetry`], [`request_id`],
+//!   [`grpc_metrics`];
+//! - [`api`]: one module per gRPC service, decode → call → encode;
+//! - [`service`]: the use cases, one module per gRPC service;
+//! - [`app`]: the shared state; [`stream_limits`];
+//! - [`auth`] (hashing, secret tokens, token minting), [`mail`] (R20),
+//!   [`overload`], [`client_addr`], [`metrics`], [`middleware`];
 //! - [`store`]: sea-orm, SQL and transactions (the only place SQL is built);
-//! - [`api`]: one module per gRPC service;
-//! - [`auth`]: password hashing pool, secret tokens, token minting;
-//! - [`server`], [`http`], [`config`], [`cli`], [`bootstrap`]: running it.
+//! - [`domain`]: rules R1–R20 as plain functions, no tonic, no sea-orm;
+//!   [`clock`].
 
 pub mod api;
 pub mod app;
@@ -21,9 +29,11 @@ pub mod http;
 pub mod keys_cli;
 pub mod mail;
 pub mod metrics;
+pub mod middleware;
 pub mod overload;
 pub mod request_id;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod stream_limits;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! Prometheus metrics served on the HTTP port at `/metrics`.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -47,83 +48,89 @@ pub struct Metrics {
     totals_sync: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
+/// `metric`, registered; the definitions are static, so they are valid.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("static metric definition is valid");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help))
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("kiops_identity".into()), None).unwrap_or_default();
-        let grpc_requests = IntCounterVec::new(
-            Opts::new(
-                "grpc_requests_total",
-                "gRPC requests by method and status code",
-            ),
+        let r = &registry;
+        let grpc_requests = counters(
+            r,
+            "grpc_requests_total",
+            "gRPC requests by method and status code",
             &["method", "code"],
-        )
-        .expect("static metric definition is valid");
-        let grpc_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "grpc_request_duration_seconds",
-                "gRPC request handling time by method",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method"],
-        )
-        .expect("static metric definition is valid");
-        let grpc_shed = IntCounter::new(
+        );
+        let grpc_latency = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_request_duration_seconds",
+                    "gRPC request handling time by method",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["method"],
+            ),
+        );
+        let grpc_shed = counter(
+            r,
             "grpc_requests_shed_total",
             "gRPC calls refused with RESOURCE_EXHAUSTED because the server was at its concurrency limit",
-        )
-        .expect("static metric definition is valid");
-        let logins = IntCounterVec::new(
-            Opts::new("logins_total", "Password logins by result"),
-            &["result"],
-        )
-        .expect("static metric definition is valid");
-        let outbox_backlog = IntGauge::new("outbox_backlog", "Emails waiting for delivery")
-            .expect("static metric definition is valid");
-        let db_pool = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Database pool connections by state"),
-            &["pool", "state"],
-        )
-        .expect("static metric definition is valid");
-        let check_batch_statements = IntCounter::new(
+        );
+        let logins = counters(r, "logins_total", "Password logins by result", &["result"]);
+        let outbox_backlog = registered(
+            r,
+            IntGauge::new("outbox_backlog", "Emails waiting for delivery"),
+        );
+        let db_pool = registered(
+            r,
+            IntGaugeVec::new(
+                Opts::new("db_pool_connections", "Database pool connections by state"),
+                &["pool", "state"],
+            ),
+        );
+        let check_batch_statements = counter(
+            r,
             "check_permission_batch_statements_total",
             "Database statements that answered CheckPermission reads (PostgreSQL)",
-        )
-        .expect("static metric definition is valid");
-        let check_batch_reads = IntCounter::new(
+        );
+        let check_batch_reads = counter(
+            r,
             "check_permission_batch_reads_total",
             "CheckPermission reads answered by batched statements (PostgreSQL)",
-        )
-        .expect("static metric definition is valid");
-        let refresh_batch_transactions = IntCounter::new(
+        );
+        let refresh_batch_transactions = counter(
+            r,
             "refresh_batch_transactions_total",
             "Transactions that committed Refresh's token rotations (SQLite)",
-        )
-        .expect("static metric definition is valid");
-        let refresh_batch_rotations = IntCounter::new(
+        );
+        let refresh_batch_rotations = counter(
+            r,
             "refresh_batch_rotations_total",
             "Refresh token rotations committed by batched transactions (SQLite)",
-        )
-        .expect("static metric definition is valid");
-        let password_hashes = IntCounterVec::new(
-            Opts::new(
-                "password_hashes_total",
-                "Password hashing jobs by result: run, abandoned (caller gone), overloaded (queue full)",
-            ),
+        );
+        let password_hashes = counters(
+            r,
+            "password_hashes_total",
+            "Password hashing jobs by result: run, abandoned (caller gone), overloaded (queue full)",
             &["result"],
-        )
-        .expect("static metric definition is valid");
-        let _ = registry.register(Box::new(password_hashes.clone()));
-        let _ = registry.register(Box::new(refresh_batch_transactions.clone()));
-        let _ = registry.register(Box::new(refresh_batch_rotations.clone()));
-        let _ = registry.register(Box::new(grpc_requests.clone()));
-        let _ = registry.register(Box::new(grpc_latency.clone()));
-        let _ = registry.register(Box::new(grpc_shed.clone()));
-        let _ = registry.register(Box::new(logins.clone()));
-        let _ = registry.register(Box::new(outbox_backlog.clone()));
-        let _ = registry.register(Box::new(db_pool.clone()));
-        let _ = registry.register(Box::new(check_batch_statements.clone()));
-        let _ = registry.register(Box::new(check_batch_reads.clone()));
+        );
         Self {
             registry,
             grpc_requests,

@@ -3,13 +3,12 @@
 //! would let a burst grow memory and latency without bound, and a client
 //! that is told "not now" can back off or try another replica.
 
+use crate::domain::error::{reason, ERROR_DOMAIN};
 use crate::metrics::Metrics;
-use std::future::Future;
-use std::pin::Pin;
+use crate::middleware::{Answer, Middleware};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
-use tower::{Layer, Service};
+use tower::Service;
 
 /// The permit a call was admitted with, in its request's extensions, so a
 /// stream can keep it for as long as it stays open.
@@ -22,45 +21,27 @@ impl CallPermit {
     }
 }
 
+/// The middleware (`middleware::Layered::new(Shed::new(..))` is the layer).
 #[derive(Clone)]
-pub struct ShedLayer {
+pub struct Shed {
     permits: Arc<Semaphore>,
     metrics: Metrics,
 }
 
-impl ShedLayer {
-    /// `permits` is shared with the streams (`api::streams`), which hold
+impl Shed {
+    /// `permits` is shared with the streams (`stream_limits`), which hold
     /// one each for as long as they are open.
     pub fn new(permits: Arc<Semaphore>, metrics: Metrics) -> Self {
         Self { permits, metrics }
     }
 }
 
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            permits: self.permits.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Shed<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-    metrics: Metrics,
-}
-
 /// The refusal, as a trailers-only gRPC response with an ErrorInfo reason.
 fn overloaded<B: Default>() -> http::Response<B> {
     use tonic_types::{ErrorDetails, StatusExt};
     let details = ErrorDetails::with_error_info(
-        "OVERLOADED",
-        crate::api::status::ERROR_DOMAIN,
+        reason::OVERLOADED,
+        ERROR_DOMAIN,
         std::collections::HashMap::new(),
     );
     tonic::Status::with_error_details(
@@ -71,25 +52,17 @@ fn overloaded<B: Default>() -> http::Response<B> {
     .into_http()
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Shed<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+impl Middleware for Shed {
+    fn call<S, B, R>(&self, next: &mut S, req: http::Request<B>) -> Answer<R, S::Error>
+    where
+        S: Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static,
+        R: Default + Send + 'static,
+    {
         // Health checks are never shed: an orchestrator that saw them fail
         // would restart a replica that is merely busy.
         if req.uri().path().starts_with("/grpc.health.v1.Health/") {
-            return Box::pin(self.inner.call(req));
+            return Box::pin(next.call(req));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.metrics.grpc_shed.inc();
@@ -98,11 +71,11 @@ where
         let permit = CallPermit(Arc::new(std::sync::Mutex::new(Some(permit))));
         let mut req = req;
         req.extensions_mut().insert(permit.clone());
-        let fut = self.inner.call(req);
+        let fut = next.call(req);
         Box::pin(async move {
             let res = fut.await;
             // Held until the handler has answered, unless a stream took it
-            // to hold for its life (`api::streams`).
+            // to hold for its life (`stream_limits`).
             drop(permit);
             res
         })

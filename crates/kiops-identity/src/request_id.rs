@@ -4,50 +4,29 @@
 //! events), echoed in the response headers, and carried by a tracing span
 //! around the whole call, so every log line of the request names it.
 
+use crate::middleware::{Answer, Middleware};
 use http::HeaderValue;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 
 pub const HEADER: &str = "x-request-id";
 
+/// The middleware (`middleware::Layered::new(RequestId)` is the layer).
 #[derive(Clone, Default)]
-pub struct RequestIdLayer;
-
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestId<S> {
-    inner: S,
-}
+pub struct RequestId;
 
 fn sane(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequestId<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+impl Middleware for RequestId {
+    fn call<S, B, R>(&self, next: &mut S, mut req: http::Request<B>) -> Answer<R, S::Error>
+    where
+        S: Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static,
+        R: Default + Send + 'static,
+    {
         let id = match req.headers().get(HEADER) {
             Some(v) if sane(v) => v.clone(),
             _ => HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
@@ -74,7 +53,7 @@ where
         } else {
             tracing::info_span!("rpc", method = %method, request_id = %request_id)
         };
-        let fut = self.inner.call(req);
+        let fut = next.call(req);
         Box::pin(
             async move {
                 let mut res = fut.await;

@@ -1,26 +1,36 @@
-//! `kiops-identity serve`: wiring, listeners and graceful shutdown.
+//! `kiops-identity serve`: wiring, listeners, the background tasks
+//! (revocation poller and numbering, key reloader, outbox sender) and
+//! graceful shutdown.
 
-use crate::api::streams::StreamLimits;
 use crate::api::Services;
 use crate::app::{App, AppInner, Settings};
 use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::{Limit, Throttle};
 use crate::auth::tokens::{TokenService, TokenSettings};
 use crate::bootstrap;
+use crate::client_addr::ClientAddrLayer;
 use crate::clock::Clock;
 use crate::config::ServeArgs;
-use crate::grpc_metrics::GrpcMetricsLayer;
+use crate::grpc_metrics::GrpcMetrics;
 use crate::mail::seal::{SealSource, SecretSeal};
 use crate::mail::{sender, MailSettings};
 use crate::metrics::Metrics;
-use crate::overload::ShedLayer;
+use crate::middleware::Layered;
+use crate::overload::Shed;
+use crate::request_id::RequestId;
+use crate::store::revocations;
 use crate::store::{Store, StoreOptions};
+use crate::stream_limits::StreamLimits;
 use anyhow::Context;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 
 /// Health service name that stays SERVING while the process runs, for
 /// liveness probes: a database outage makes a replica unready (service ""),
@@ -67,7 +77,59 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Runs the service until SIGTERM/Ctrl-C, then drains it: what starts, in
+/// order.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Calls in flight and open streams share one limit (`overload`).
+    let in_flight = Arc::new(Semaphore::new(args.max_concurrent_requests.max(1)));
+    let app = build_app(&args, in_flight.clone()).await?;
+    bootstrap::on_serve(&app, &args).await?;
+
+    let grpc_listener = bind(args.grpc_addr).await?;
+    let http_listener = bind(args.http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let (health, health_service) = health_service().await;
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(shutdown_on_signal(shutdown_tx));
+    let mail_task = tokio::spawn(sender::run(outbox_sender(&app)?, shutdown.clone()));
+    tokio::spawn(poll_revocations(app.clone(), health, shutdown.clone()));
+    let every = Duration::from_secs(args.key_refresh.max(1));
+    tokio::spawn(reload_keys(app.clone(), every, shutdown.clone()));
+
+    let grpc = grpc_server(
+        &args,
+        &app,
+        in_flight,
+        health_service,
+        grpc_listener,
+        &shutdown,
+    )?;
+    let http = axum::serve(
+        http_listener,
+        crate::http::router(app.clone(), args.unsafe_test_clock),
+    )
+    .with_graceful_shutdown(wait_true(shutdown.clone()));
+    tracing::info!(
+        "ready: grpc={grpc_addr} ({}) http={http_addr}",
+        scheme(&args)
+    );
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move {
+        let _ = http.await;
+    });
+
+    let grace = Duration::from_secs(args.shutdown_grace);
+    drain(grpc_task, [http_task, mail_task], shutdown, grace).await?;
+    app.store.clone().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The shared state: database, signing keys, the seal of emailed links,
+/// settings and limits.
+async fn build_app(args: &ServeArgs, in_flight: Arc<Semaphore>) -> anyhow::Result<App> {
     let mut store = open_store(&args.db.database_url, args.db.db_max_connections).await?;
     if args.unsafe_test_statement_log {
         store.log_statements();
@@ -81,40 +143,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let hasher = PasswordHasher::new(args.hash_concurrency.unwrap_or(cores), args.hash_queue)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let signing_key_pem = match &args.signing_key_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read signing key file {}", path.display()))?,
-        ),
+        Some(path) => Some(read_pem(path, "signing key file")?),
         None => None,
     };
     let previous_key_pems = args
         .previous_key_file
         .iter()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read previous key file {}", p.display()))
-        })
+        .map(|p| read_pem(p, "previous key file"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (seal, seal_source) = SecretSeal::load(
-        args.outbox_key_file.as_deref(),
-        signing_key_pem.as_deref(),
-        &previous_key_pems,
-    )?;
-    match seal_source {
-        SealSource::KeyFile => tracing::info!("emailed links sealed with the outbox key file"),
-        SealSource::SigningKeyFile => {
-            tracing::info!("emailed links sealed with a key derived from the signing key file")
-        }
-        // Keys kept in the database would protect nothing against a copy of
-        // it. SQLite overwrites erased tokens (secure_delete, WAL truncated).
-        SealSource::None if store.backend() == sea_orm::DatabaseBackend::Postgres => {
-            tracing::warn!(
-                "emailed links can be recovered from physical copies of the database until \
-                 delivered and vacuumed; set --outbox-key-file or --signing-key-file"
-            )
-        }
-        SealSource::None => {}
-    }
+    let seal = load_seal(args, &store, signing_key_pem.as_deref(), &previous_key_pems)?;
     let tokens = TokenService::load(
         &store,
         &clock,
@@ -129,11 +166,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("signing keys: {e}"))?;
 
-    // Calls in flight and open streams share one limit (`overload`).
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(
-        args.max_concurrent_requests.max(1),
-    ));
-    let app = App::new(AppInner {
+    Ok(App::new(AppInner {
         store,
         clock,
         hasher,
@@ -152,9 +185,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             seal,
         },
         mail_wakeup: Default::default(),
-        revocation_tip: tokio::sync::watch::channel(0).0,
+        revocation_tip: watch::channel(0).0,
         streams: StreamLimits::new(
-            in_flight.clone(),
+            in_flight,
             args.max_watches_per_caller,
             args.max_exports_per_caller,
         ),
@@ -166,20 +199,53 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 per_minute: args.login_rate_per_email,
             },
         ),
-    });
-    bootstrap::on_serve(&app, &args).await?;
+    }))
+}
 
-    let grpc_listener = TcpListener::bind(args.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.grpc_addr))?;
-    let http_listener = TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
+fn read_pem(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let services = Services::new(&app, args.max_request_bytes);
+/// The key that seals the single-use tokens of emailed links (`mail::seal`).
+fn load_seal(
+    args: &ServeArgs,
+    store: &Store,
+    signing_key_pem: Option<&str>,
+    previous_key_pems: &[String],
+) -> anyhow::Result<SecretSeal> {
+    let (seal, source) = SecretSeal::load(
+        args.outbox_key_file.as_deref(),
+        signing_key_pem,
+        previous_key_pems,
+    )?;
+    match source {
+        SealSource::KeyFile => tracing::info!("emailed links sealed with the outbox key file"),
+        SealSource::SigningKeyFile => {
+            tracing::info!("emailed links sealed with a key derived from the signing key file")
+        }
+        // Keys kept in the database would protect nothing against a copy of
+        // it. SQLite overwrites erased tokens (secure_delete, WAL truncated).
+        SealSource::None if store.backend() == sea_orm::DatabaseBackend::Postgres => {
+            tracing::warn!(
+                "emailed links can be recovered from physical copies of the database until \
+                 delivered and vacuumed; set --outbox-key-file or --signing-key-file"
+            )
+        }
+        SealSource::None => {}
+    }
+    Ok(seal)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// gRPC health, every service SERVING; the returned reporter lets the
+/// revocation poller follow the database (`poll_revocations`).
+async fn health_service() -> (HealthReporter, HealthServer<impl Health>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
     for name in [
         "kiops.identity.v1.AuthService",
         "kiops.identity.v1.UserService",
@@ -191,132 +257,158 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LIVENESS,
         "",
     ] {
-        health_reporter
+        reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiops_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiops_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("reflection service")?;
+    (reporter, service)
+}
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
-        let _ = shutdown_tx.send(true);
-    });
+/// The shutdown signal: turns `shutdown` true on SIGTERM or Ctrl-C.
+async fn shutdown_on_signal(shutdown: watch::Sender<bool>) {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested; finishing in-flight requests");
+    let _ = shutdown.send(true);
+}
+
+/// The outbox sender's share of the state (`mail::sender::run`).
+fn outbox_sender(app: &App) -> anyhow::Result<sender::Sender> {
     let transport = sender::Transport::from_settings(&app.mail)?;
     if app.mail.smtp_url.is_none() {
         tracing::warn!(
             "no SMTP configured (--smtp-url): emails, links included, are written to this log"
         );
     }
-    let mail_task = tokio::spawn(sender::run(app.clone(), transport, shutdown_rx.clone()));
-    {
-        // Revocations may be written by any replica: number what has
-        // committed (`revocations::sequence`) and poll the tip. The same
-        // queries tell whether the database answers, which the overall gRPC
-        // health status ("", what readiness probes ask) follows.
+    Ok(sender::Sender {
+        store: app.store.clone(),
+        clock: app.clock.clone(),
+        settings: app.mail.clone(),
+        transport,
+        wakeup: app.mail_wakeup.clone(),
+        metrics: app.metrics.clone(),
+    })
+}
+
+/// The revocation poller. Revocations may be written by any replica: every
+/// 100 ms it numbers what has committed (`number_revocations`) and reads the
+/// newest number into `App::revocation_tip`, which wakes the WatchRevocations
+/// streams. The same read tells whether the database answers, which the
+/// overall gRPC health status ("", what readiness probes ask) follows.
+async fn poll_revocations(app: App, health: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut db_up = true;
+    let mut numbering = None;
+    loop {
+        number_revocations(&app, &mut numbering).await;
+        let up = read_revocation_tip(&app).await;
+        if up != db_up {
+            db_up = up;
+            let status = if up {
+                tracing::info!("database reachable again: serving");
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::warn!("database unreachable: health NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+        }
+        if !pause(Duration::from_millis(100), &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Revocation numbering (`store::revocations::sequence`), waited for up to
+/// 2 s. It runs in a task of its own, one at a time: it is a write
+/// transaction, and a timeout dropping it half-way would hand its connection
+/// back with the transaction (and the sequencer's lock) still open. Health
+/// does not wait for it; `read_revocation_tip` alone decides.
+async fn number_revocations(app: &App, numbering: &mut Option<JoinHandle<()>>) {
+    if numbering.as_ref().is_none_or(|t| t.is_finished()) {
         let app = app.clone();
-        let health = health_reporter.clone();
-        let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let mut db_up = true;
-            let mut numbering: Option<tokio::task::JoinHandle<()>> = None;
-            loop {
-                // Numbering runs in a task of its own, one at a time: it is
-                // a write transaction, and a timeout dropping it half-way
-                // would hand its connection back with the transaction (and
-                // the sequencer's lock) still open. Health does not wait
-                // for it; the read below alone decides.
-                if numbering.as_ref().is_none_or(|t| t.is_finished()) {
-                    let app = app.clone();
-                    numbering = Some(tokio::spawn(async move {
-                        if let Err(e) = crate::store::revocations::sequence(&app.store).await {
-                            tracing::debug!(error = %e, "numbering revocation events failed");
-                        }
-                    }));
-                }
-                if let Some(t) = numbering.as_mut() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-                }
-                let polled = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    crate::store::revocations::latest_seq(app.store.conn()),
-                )
-                .await;
-                let up = match polled {
-                    Ok(Ok(id)) => {
-                        app.revocation_tip.send_if_modified(|v| {
-                            let changed = *v != id;
-                            *v = id;
-                            changed
-                        });
-                        true
-                    }
-                    _ => false,
-                };
-                if up != db_up {
-                    db_up = up;
-                    let status = if up {
-                        tracing::info!("database reachable again: serving");
-                        tonic_health::ServingStatus::Serving
-                    } else {
-                        tracing::warn!("database unreachable: health NOT_SERVING");
-                        tonic_health::ServingStatus::NotServing
-                    };
-                    health.set_service_status("", status).await;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
+        *numbering = Some(tokio::spawn(async move {
+            if let Err(e) = revocations::sequence(&app.store).await {
+                tracing::debug!(error = %e, "numbering revocation events failed");
             }
-        });
+        }));
     }
-    {
-        let (app, every) = (app.clone(), Duration::from_secs(args.key_refresh.max(1)));
-        let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
-                if let Err(e) = app.tokens.reload(&app.store, &app.clock).await {
-                    tracing::warn!(error = %e, "reloading signing keys failed");
-                }
-            }
-        });
+    if let Some(t) = numbering.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
-    let grpc_shutdown = wait_true(shutdown_rx.clone());
-    let http_shutdown = wait_true(shutdown_rx.clone());
+}
+
+/// Reads the newest revocation number into `App::revocation_tip`; false when
+/// the database did not answer within 2 s.
+async fn read_revocation_tip(app: &App) -> bool {
+    let polled = tokio::time::timeout(
+        Duration::from_secs(2),
+        revocations::latest_seq(app.store.conn()),
+    )
+    .await;
+    let Ok(Ok(id)) = polled else {
+        return false;
+    };
+    app.revocation_tip.send_if_modified(|v| {
+        let changed = *v != id;
+        *v = id;
+        changed
+    });
+    true
+}
+
+/// The key reloader: reads the signing keys again every `every`, so keys
+/// added or retired by `kiops-identity keys` or another replica are used.
+async fn reload_keys(app: App, every: Duration, mut stop: watch::Receiver<bool>) {
+    while pause(every, &mut stop).await {
+        if let Err(e) = app.tokens.reload(&app.store, &app.clock).await {
+            tracing::warn!(error = %e, "reloading signing keys failed");
+        }
+    }
+}
+
+/// Sleeps for `d`; false when shutdown was requested meanwhile.
+async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stop.wait_for(|v| *v) => false,
+    }
+}
+
+/// The gRPC server: middleware (request id, client address, metrics, load
+/// shedding), health, reflection and the seven services, on `listener`
+/// until `shutdown`.
+fn grpc_server(
+    args: &ServeArgs,
+    app: &App,
+    in_flight: Arc<Semaphore>,
+    health: HealthServer<impl Health>,
+    listener: TcpListener,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kiops_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("reflection service")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("reflection service")?;
+    let services = Services::new(app, args.max_request_bytes);
 
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls_config(&args)? {
+    if let Some(tls) = tls_config(args)? {
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
-    let grpc = builder
+    Ok(builder
         .timeout(Duration::from_secs(args.request_timeout.max(1)))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::request_id::RequestIdLayer)
-                .layer(crate::client_addr::ClientAddrLayer::new(
-                    args.trusted_proxies.clone(),
-                ))
-                .layer(GrpcMetricsLayer::new(app.metrics.clone()))
-                .layer(ShedLayer::new(in_flight, app.metrics.clone())),
+                .layer(Layered::new(RequestId))
+                .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
+                .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
+                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone()))),
         )
-        .add_service(health_service)
+        .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(services.auth)
@@ -326,36 +418,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .add_service(services.invitations)
         .add_service(services.approvals)
         .add_service(services.audit)
-        .serve_with_incoming_shutdown(nodelay(grpc_listener), grpc_shutdown);
-    let http = axum::serve(
-        http_listener,
-        crate::http::router(app.clone(), args.unsafe_test_clock),
-    )
-    .with_graceful_shutdown(http_shutdown);
+        .serve_with_incoming_shutdown(nodelay(listener), wait_true(shutdown.clone())))
+}
 
-    let scheme = if args.tls_cert_file.is_some() {
-        if args.tls_client_ca_file.is_some() {
-            "tls+client-certificates"
-        } else {
-            "tls"
-        }
-    } else {
-        "plaintext"
-    };
-    tracing::info!("ready: grpc={grpc_addr} ({scheme}) http={http_addr}");
-    let grace = Duration::from_secs(args.shutdown_grace);
-    let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(async move { http.await });
+/// How gRPC is served, for the "ready" line.
+fn scheme(args: &ServeArgs) -> &'static str {
+    match (&args.tls_cert_file, &args.tls_client_ca_file) {
+        (Some(_), Some(_)) => "tls+client-certificates",
+        (Some(_), None) => "tls",
+        (None, _) => "plaintext",
+    }
+}
 
-    let mut grpc_task = grpc_task;
-    let signalled = shutdown_rx.clone();
-    let mut rx = shutdown_rx;
+/// Waits for the shutdown signal (or a gRPC server that stops without one,
+/// a failure), then gives the in-flight calls and `tasks` `grace` to finish.
+async fn drain(
+    mut grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: impl IntoIterator<Item = JoinHandle<()>>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let mut rx = shutdown.clone();
     let grpc_finished = tokio::select! {
         r = &mut grpc_task => {
             r.context("gRPC server task")?.context("gRPC server")?;
             // A signal stops the gRPC server too, and it may finish before
             // this select sees the signal: only a stop without one is a failure.
-            if !*signalled.borrow() {
+            if !*shutdown.borrow() {
                 anyhow::bail!("gRPC server stopped unexpectedly");
             }
             true
@@ -367,15 +456,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if !grpc_finished {
             let _ = grpc_task.await;
         }
-        let _ = http_task.await;
-        let _ = mail_task.await;
+        for t in tasks {
+            let _ = t.await;
+        }
     })
     .await;
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish within the grace period");
     }
-    app.store.clone().close().await;
-    tracing::info!("stopped");
     Ok(())
 }
 

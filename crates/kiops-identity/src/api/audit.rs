@@ -327,7 +327,7 @@ impl AuditService for AuditApi {
         let right = StreamRight::Audit {
             organization: f.organization_id.clone(),
         };
-        self.app.authorize_stream(&caller, &right).await?;
+        super::streams::authorize(&self.app, &caller, &right).await?;
         let slot = self
             .app
             .streams

@@ -922,7 +922,7 @@ impl AuthService for AuthApi {
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
         let right = StreamRight::PlatformAdmin;
-        self.app.authorize_stream(&caller, &right).await?;
+        super::streams::authorize(&self.app, &caller, &right).await?;
         let r = request.into_inner();
         let start = if r.after_event_id.is_empty() {
             crate::store::revocations::latest_seq(self.app.store.conn()).await?

@@ -1,6 +1,6 @@
 //! The gRPC layer: one module per service. Handlers decode the request, call
-//! the domain rules and the store, and encode the answer; errors go through
-//! `status` only.
+//! one use case of `service`, and encode the answer; errors go through
+//! `status` only. `streams` keeps long-lived streams to their caller's right.
 
 pub mod approvals;
 pub mod audit;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-pub const ERROR_DOMAIN: &str = "identity.kiops.io";
+pub use crate::domain::error::ERROR_DOMAIN;
 
 /// Longest field-violation description and status message sent back.
 /// Descriptions may quote what the caller sent; echoed whole, a long value

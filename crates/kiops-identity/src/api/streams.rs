@@ -1,9 +1,8 @@
 //! What keeps a long-lived stream (WatchRevocations, ExportAuditEvents)
 //! honest for its whole life, not only at its start:
 //!
-//! - it holds a permit of the server's load limit (`--max-concurrent-requests`)
-//!   until it ends, so open streams count as calls in flight;
-//! - one caller holds at most a few streams of a kind at once;
+//! - it holds its load permit and per-caller slot (`crate::stream_limits`)
+//!   until it ends;
 //! - at least every `RECHECK` it asks again whether its caller still has the
 //!   right to it (account active, session live, token unexpired,
 //!   PlatformAdmin or audit permission as now stored), and ends with that
@@ -12,105 +11,12 @@
 use crate::app::App;
 use crate::domain::error::reason;
 use crate::domain::{Caller, DomainError};
-use crate::overload::CallPermit;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use crate::stream_limits::{StreamKind, StreamLimits, StreamSlot};
 
 /// How often an open stream re-checks its caller's right.
 pub const RECHECK: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StreamKind {
-    Revocations,
-    AuditExport,
-}
-
-/// The shared counters; one per server.
-#[derive(Debug)]
-pub struct StreamLimits {
-    in_flight: Arc<Semaphore>,
-    max_watches: usize,
-    max_exports: usize,
-    open: Mutex<HashMap<(StreamKind, String), usize>>,
-}
-
-impl StreamLimits {
-    /// `in_flight` is the load limit's semaphore (`overload::ShedLayer`).
-    pub fn new(in_flight: Arc<Semaphore>, max_watches: usize, max_exports: usize) -> Arc<Self> {
-        Arc::new(Self {
-            in_flight,
-            max_watches: max_watches.max(1),
-            max_exports: max_exports.max(1),
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Takes a load permit and one of the caller's slots for `kind`, or says
-    /// why not (RESOURCE_EXHAUSTED: OVERLOADED or TOO_MANY_STREAMS).
-    /// The stream keeps the permit its call was admitted with (`call`), so
-    /// it counts as exactly one call in flight for its whole life.
-    pub fn open(
-        self: &Arc<Self>,
-        kind: StreamKind,
-        caller: &Caller,
-        call: Option<&CallPermit>,
-    ) -> Result<StreamSlot, DomainError> {
-        let permit = match call.and_then(CallPermit::take) {
-            Some(p) => p,
-            None => self.in_flight.clone().try_acquire_owned().map_err(|_| {
-                DomainError::exhausted(
-                    reason::OVERLOADED,
-                    "the server is at its concurrency limit; retry with backoff",
-                )
-            })?,
-        };
-        let max = match kind {
-            StreamKind::Revocations => self.max_watches,
-            StreamKind::AuditExport => self.max_exports,
-        };
-        let key = (kind, caller.user_id.clone());
-        let mut open = self
-            .open
-            .lock()
-            .map_err(|_| DomainError::internal("stream limits poisoned"))?;
-        let n = open.entry(key.clone()).or_insert(0);
-        if *n >= max {
-            return Err(DomainError::exhausted(
-                reason::TOO_MANY_STREAMS,
-                format!("at most {max} streams of this kind per caller are open at once"),
-            ));
-        }
-        *n += 1;
-        Ok(StreamSlot {
-            limits: self.clone(),
-            key,
-            _permit: permit,
-        })
-    }
-}
-
-/// Held by a stream's task; gives its slot and permit back when dropped.
-#[derive(Debug)]
-pub struct StreamSlot {
-    limits: Arc<StreamLimits>,
-    key: (StreamKind, String),
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.limits.open.lock() {
-            if let Some(n) = open.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    open.remove(&self.key);
-                }
-            }
-        }
-    }
-}
 
 /// The right a stream was opened with, asked again while it runs.
 #[derive(Debug, Clone)]
@@ -161,22 +67,16 @@ impl StreamGuard {
             ));
         }
         let caller = super::context::caller_of(&self.app, self.claims.clone()).await?;
-        self.app.authorize_stream(&caller, &self.right).await
+        authorize(&self.app, &caller, &self.right).await
     }
 }
 
-impl App {
-    /// The check every stream makes when it opens and again while it runs.
-    pub async fn authorize_stream(
-        &self,
-        caller: &Caller,
-        right: &StreamRight,
-    ) -> Result<(), DomainError> {
-        match right {
-            StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
-            StreamRight::Audit { organization } => {
-                self.authorize_audit(caller, organization.as_deref()).await
-            }
+/// The check every stream makes when it opens and again while it runs.
+pub async fn authorize(app: &App, caller: &Caller, right: &StreamRight) -> Result<(), DomainError> {
+    match right {
+        StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
+        StreamRight::Audit { organization } => {
+            app.authorize_audit(caller, organization.as_deref()).await
         }
     }
 }

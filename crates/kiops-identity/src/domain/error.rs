@@ -30,6 +30,9 @@ impl FieldViolation {
     }
 }
 
+/// `ErrorInfo.domain` of every error the service sends.
+pub const ERROR_DOMAIN: &str = "identity.kiops.io";
+
 /// Stable `ErrorInfo.reason` values that clients may match on.
 pub mod reason {
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";

@@ -4,20 +4,34 @@
 //! can drop the rare duplicate after a crash between sending and recording.
 
 use super::MailSettings;
-use crate::app::App;
+use crate::clock::Clock;
 use crate::domain::DomainError;
+use crate::metrics::Metrics;
 use crate::store::outbox::{self, OutboxEmail};
+use crate::store::Store;
 use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// How long a claimed message is reserved for one delivery attempt.
 const LEASE_MS: i64 = 60_000;
 const BATCH: u64 = 20;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+/// What the sender uses of the running service.
+pub struct Sender {
+    pub store: Store,
+    pub clock: Clock,
+    pub settings: MailSettings,
+    pub transport: Transport,
+    /// Notified after a commit that queued a message.
+    pub wakeup: Arc<Notify>,
+    pub metrics: Metrics,
+}
 
 pub enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -93,9 +107,9 @@ async fn deliver(
 
 /// One pass over the due messages; returns how many were delivered, and
 /// whether a token was erased (then `Store::scrub_wal` should run).
-pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool), DomainError> {
-    let conn = app.store.writer();
-    let now = app.clock.now_ms();
+pub async fn drain_once(s: &Sender) -> Result<(usize, bool), DomainError> {
+    let conn = s.store.writer();
+    let now = s.clock.now_ms();
     let mut delivered = 0;
     let abandoned = outbox::abandon_expired(conn, now).await?;
     let mut erased = abandoned > 0;
@@ -114,7 +128,7 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
         let text = match m
             .secret
             .as_deref()
-            .map(|s| app.mail.seal.open(s, &m.to_address))
+            .map(|secret| s.settings.seal.open(secret, &m.to_address))
             .transpose()
             .and_then(|secret| crate::mail::messages::render(&m.body_text, secret.as_deref()))
         {
@@ -126,15 +140,15 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
                 continue;
             }
         };
-        match deliver(&app.mail, transport, &m, &text).await {
+        match deliver(&s.settings, &s.transport, &m, &text).await {
             Ok(()) => {
-                let legacy = outbox::mark_sent(conn, &m.id, app.clock.now_ms()).await?;
+                let legacy = outbox::mark_sent(conn, &m.id, s.clock.now_ms()).await?;
                 delivered += 1;
                 erased |= legacy || m.secret.is_some();
             }
             Err(e) => {
                 let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);
-                outbox::mark_failed(conn, &m.id, app.clock.now_ms() + backoff, &e).await?;
+                outbox::mark_failed(conn, &m.id, s.clock.now_ms() + backoff, &e).await?;
                 // Logged after the failure is recorded, so the line means the
                 // retry is scheduled (operators and tests rely on that).
                 tracing::warn!(email_id = %m.id, attempts = m.attempts + 1, error = %e, "email delivery failed; will retry");
@@ -144,28 +158,28 @@ pub async fn drain_once(app: &App, transport: &Transport) -> Result<(usize, bool
     Ok((delivered, erased))
 }
 
-/// Runs until `shutdown` turns true. Woken at once by `App::mail_wakeup`
-/// after a commit that queued a message, and every second otherwise (for
-/// retries and messages queued by other replicas).
-pub async fn run(app: App, transport: Transport, mut shutdown: watch::Receiver<bool>) {
+/// The outbox sender: runs until `shutdown` turns true. Woken at once by
+/// `Sender::wakeup` after a commit that queued a message, and every second
+/// otherwise (for retries and messages queued by other replicas).
+pub async fn run(s: Sender, mut shutdown: watch::Receiver<bool>) {
     // A token was erased but an older copy may still be in SQLite's WAL.
     let mut scrub = false;
     loop {
-        match drain_once(&app, &transport).await {
+        match drain_once(&s).await {
             Ok((_, erased)) => scrub |= erased,
             Err(e) => tracing::warn!(error = %e, "outbox pass failed"),
         }
         if scrub {
-            match app.store.scrub_wal().await {
+            match s.store.scrub_wal().await {
                 Ok(done) => scrub = !done,
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
             }
         }
-        if let Ok(n) = outbox::backlog(app.store.conn()).await {
-            app.metrics.outbox_backlog.set(n as i64);
+        if let Ok(n) = outbox::backlog(s.store.conn()).await {
+            s.metrics.outbox_backlog.set(n as i64);
         }
         tokio::select! {
-            _ = app.mail_wakeup.notified() => {}
+            _ = s.wakeup.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
