@@ -2,7 +2,7 @@
 //! normalised for good (parsing the output again gives the same output).
 #![no_main]
 
-use kiops_identity::api::{parse, users};
+use kiops_identity::service::{parse, users};
 use kiops_identity::domain::validate;
 use libfuzzer_sys::fuzz_target;
 

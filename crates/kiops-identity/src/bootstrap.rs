@@ -35,7 +35,7 @@ pub async fn create_first_admin(
     {
         return Ok(false);
     }
-    app.create_user(&meta(), Actor::System, email, name, password, true)
+    crate::service::users::create_account(app, &meta(), Actor::System, email, name, password, true)
         .await
         .map_err(|e| match e {
             crate::domain::DomainError::InvalidArgument(v) => anyhow::anyhow!(

@@ -341,7 +341,7 @@ impl App {
         };
         let user = users::find_by_id(&tx, &session.user_id)
             .await?
-            .filter(|u| u.status != StoredStatus::Inactive.as_str());
+            .filter(|u| u.status != StoredStatus::Inactive);
         let Some(user) = user else {
             return Err(DomainError::unauthenticated(
                 reason::INVALID_REFRESH_TOKEN,
@@ -373,7 +373,8 @@ impl App {
         let Some(mut candidate) = self.store.refresh_candidate(presented, org, now).await? else {
             return Ok(None);
         };
-        if candidate.user.status == StoredStatus::Inactive.as_str() {
+        let user = User::try_from(candidate.user.clone())?;
+        if user.status == StoredStatus::Inactive {
             return Err(DomainError::unauthenticated(
                 reason::INVALID_REFRESH_TOKEN,
                 "invalid or expired refresh token",
@@ -382,7 +383,7 @@ impl App {
         // Minted before the token is used: an organization the user is not
         // in refuses the call without consuming the refresh token.
         let (access_token, expires_in) = self.mint_with_orgs(
-            &candidate.user,
+            &user,
             std::mem::take(&mut candidate.orgs),
             org,
             &candidate.session_id,
@@ -518,7 +519,7 @@ impl App {
                 let Some(user) = users::find_by_email(app.store.conn(), &email).await? else {
                     return Ok(());
                 };
-                if user.status == StoredStatus::Inactive.as_str() {
+                if user.status == StoredStatus::Inactive {
                     return Ok(());
                 }
                 let now = app.clock.now_ms();
@@ -719,7 +720,7 @@ impl App {
                 let Some(found) = users::find_by_email(app.store.conn(), &email).await? else {
                     return Ok(());
                 };
-                if found.email_verified || found.status == StoredStatus::Inactive.as_str() {
+                if found.email_verified || found.status == StoredStatus::Inactive {
                     return Ok(());
                 }
                 let now = app.clock.now_ms();

@@ -1,7 +1,7 @@
 //! Store rows → proto messages.
 
 use crate::domain::model::{StoredStatus, UserStatus};
-use crate::store::users::User;
+use crate::domain::user::User;
 use kiops_proto::v1;
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -12,14 +12,13 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
 }
 
 pub fn user(u: &User, now_ms: i64) -> v1::User {
-    let status = UserStatus::derive(StoredStatus::parse(&u.status), u.locked_until, now_ms);
     v1::User {
         user_id: u.id.clone(),
         email: u.email.clone(),
         name: u.name.clone(),
         phone: u.phone.clone().unwrap_or_default(),
         avatar_url: u.avatar_url.clone().unwrap_or_default(),
-        status: status.proto_number(),
+        status: u.status_at(now_ms).proto_number(),
         platform_admin: u.platform_admin,
         create_time: Some(timestamp(u.created_at)),
         email_verified: u.email_verified,

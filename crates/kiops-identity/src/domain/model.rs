@@ -1,5 +1,6 @@
 //! Plain domain types shared by the layers.
 
+pub use crate::domain::user::{StoredStatus, UserStatus};
 pub use kiops_token::{Permission, Role};
 
 /// An authenticated caller, as loaded from current state (not from token
@@ -48,60 +49,6 @@ impl SessionState {
     }
 }
 
-/// Account status as stored. LOCKED is derived from `locked_until`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoredStatus {
-    Active,
-    Inactive,
-}
-
-impl StoredStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoredStatus::Active => "active",
-            StoredStatus::Inactive => "inactive",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        if s == "inactive" {
-            StoredStatus::Inactive
-        } else {
-            StoredStatus::Active
-        }
-    }
-}
-
-/// Status as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserStatus {
-    Active,
-    Inactive,
-    Locked,
-}
-
-impl UserStatus {
-    /// INACTIVE wins over LOCKED: a deactivated account stays deactivated
-    /// whatever its lockout window says.
-    pub fn derive(stored: StoredStatus, locked_until_ms: Option<i64>, now_ms: i64) -> Self {
-        match stored {
-            StoredStatus::Inactive => UserStatus::Inactive,
-            StoredStatus::Active if locked_until_ms.is_some_and(|t| t > now_ms) => {
-                UserStatus::Locked
-            }
-            StoredStatus::Active => UserStatus::Active,
-        }
-    }
-
-    pub fn proto_number(self) -> i32 {
-        match self {
-            UserStatus::Active => 1,
-            UserStatus::Inactive => 2,
-            UserStatus::Locked => 3,
-        }
-    }
-}
-
 /// Effective permissions in an organization (docs/rules.md, Model): everything for a
 /// PlatformAdmin or a Manager, the granted set for a Member, nothing without a
 /// membership.
@@ -136,26 +83,6 @@ mod tests {
         }
         .is_live(10));
         assert!(!SessionState::MISSING.is_live(0));
-    }
-
-    #[test]
-    fn status_derivation() {
-        assert_eq!(
-            UserStatus::derive(StoredStatus::Active, None, 10),
-            UserStatus::Active
-        );
-        assert_eq!(
-            UserStatus::derive(StoredStatus::Active, Some(11), 10),
-            UserStatus::Locked
-        );
-        assert_eq!(
-            UserStatus::derive(StoredStatus::Active, Some(10), 10),
-            UserStatus::Active
-        );
-        assert_eq!(
-            UserStatus::derive(StoredStatus::Inactive, Some(11), 10),
-            UserStatus::Inactive
-        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub async fn record_failed_login(
     let details = match &user {
         Some(u) if !evaluated => json!({
             "email": email,
-            "reason": if u.status == StoredStatus::Inactive.as_str() { "inactive" } else { "locked" },
+            "reason": if u.status == StoredStatus::Inactive { "inactive" } else { "locked" },
         }),
         _ => json!({"email": email}),
     };

@@ -14,6 +14,7 @@
 pub mod credentials;
 pub mod organizations;
 pub mod parse;
+pub mod users;
 
 use crate::domain::DomainError;
 use std::future::Future;

@@ -1,30 +1,61 @@
-//! Accounts.
+//! Accounts (R11, R12, R14): rows converted to [`User`] here, and every
+//! change written together with its audit event (R19) and, where it ends
+//! access, its sessions' revocation (R21) and a revocation event (R16).
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, user};
-use super::{db_err, is_unique_violation};
+use super::revocations::{self, Scope};
+use super::{db_err, is_unique_violation, memberships, sessions};
 use crate::domain::error::reason;
-use crate::domain::model::StoredStatus;
-use crate::domain::DomainError;
+use crate::domain::user::StoredStatus;
+use crate::domain::{Caller, DomainError};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
-    PaginatorTrait, QueryFilter, Set, Statement,
+    PaginatorTrait, QueryFilter, Set, Statement, Unchanged, UpdateMany,
 };
 use serde_json::json;
 
-pub use user::Model as User;
+pub use crate::domain::user::{NewUser, ProfileChanges, User};
 
-/// A validated account to create; `email` already lower-case.
-#[derive(Debug, Clone)]
-pub struct NewUser {
-    pub email: String,
-    pub name: String,
-    pub password_hash: String,
-    pub platform_admin: bool,
-    /// False only for self-service sign-up: the address is unproven until
-    /// its verification link is used (issue 20 item 8).
-    pub email_verified: bool,
+/// A row whose status is no known text is refused, not read as active.
+impl TryFrom<user::Model> for User {
+    type Error = DomainError;
+
+    fn try_from(m: user::Model) -> Result<Self, DomainError> {
+        let status = StoredStatus::from_stored(&m.status).ok_or_else(|| {
+            DomainError::internal(format!("user {} has unknown status {:?}", m.id, m.status))
+        })?;
+        Ok(User {
+            id: m.id,
+            email: m.email,
+            name: m.name,
+            name_lower: m.name_lower,
+            phone: m.phone,
+            avatar_url: m.avatar_url,
+            password_hash: m.password_hash,
+            status,
+            platform_admin: m.platform_admin,
+            failed_login_count: m.failed_login_count,
+            locked_until: m.locked_until,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            email_verified: m.email_verified,
+        })
+    }
+}
+
+fn one(row: Result<Option<user::Model>, sea_orm::DbErr>) -> Result<Option<User>, DomainError> {
+    row.map_err(db_err)?.map(User::try_from).transpose()
+}
+
+/// The revocation scope of everything a user holds.
+fn user_scope(user_id: &str) -> Scope<'_> {
+    Scope {
+        user_id,
+        organization_id: None,
+        session_id: None,
+    }
 }
 
 pub async fn create<C: ConnectionTrait>(
@@ -63,6 +94,7 @@ pub async fn create<C: ConnectionTrait>(
             db_err(e)
         }
     })?;
+    let user = User::try_from(model)?;
     audit::record(
         conn,
         meta,
@@ -72,28 +104,24 @@ pub async fn create<C: ConnectionTrait>(
         now,
     )
     .await?;
-    Ok(model)
+    Ok(user)
 }
 
 pub async fn find_by_email<C: ConnectionTrait>(
     conn: &C,
     email: &str,
 ) -> Result<Option<User>, DomainError> {
-    user::Entity::find()
+    one(user::Entity::find()
         .filter(user::Column::Email.eq(email))
         .one(conn)
-        .await
-        .map_err(db_err)
+        .await)
 }
 
 pub async fn find_by_id<C: ConnectionTrait>(
     conn: &C,
     id: &str,
 ) -> Result<Option<User>, DomainError> {
-    user::Entity::find_by_id(id.to_string())
-        .one(conn)
-        .await
-        .map_err(db_err)
+    one(user::Entity::find_by_id(id.to_string()).one(conn).await)
 }
 
 /// The user row, locked until the end of the transaction on PostgreSQL
@@ -103,7 +131,7 @@ pub async fn lock<C: ConnectionTrait>(conn: &C, id: &str) -> Result<Option<User>
     if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         q = sea_orm::QuerySelect::lock_exclusive(q);
     }
-    q.one(conn).await.map_err(db_err)
+    one(q.one(conn).await)
 }
 
 /// Marks the address proven; true if this call changed it.
@@ -214,9 +242,9 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
         ],
     );
     let row = conn.query_one_raw(stmt).await.map_err(db_err)?;
-    row.map(|r| User::from_query_result(&r, ""))
-        .transpose()
-        .map_err(db_err)
+    one(row
+        .map(|r| user::Model::from_query_result(&r, ""))
+        .transpose())
 }
 
 /// How a failed attempt ended.
@@ -340,32 +368,36 @@ pub async fn release_attempt<C: ConnectionTrait>(
     Ok(())
 }
 
-pub async fn reset_failed_logins<C: ConnectionTrait>(
+/// UnlockUser (R12): clears the failures, the lock and any slots held by
+/// attempts that never finished, and audits the lockout as it was.
+pub async fn unlock<C: ConnectionTrait>(
     conn: &C,
-    user_id: &str,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &User,
+    now: i64,
 ) -> Result<(), DomainError> {
     user::Entity::update_many()
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
         .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
-        // Also frees slots held by attempts that never finished.
         .col_expr(pending(), Expr::value(0))
-        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::Id.eq(&before.id))
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(())
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.unlocked", "user", &before.id).details(json!({
+            "before": {"failed_login_count": before.failed_login_count, "locked_until": before.locked_until}
+        })),
+        now,
+    )
+    .await
 }
 
 fn profile(u: &User) -> serde_json::Value {
     json!({"name": u.name, "phone": u.phone, "avatar_url": u.avatar_url})
-}
-
-/// Profile fields to change (None: keep; Some(None): clear).
-#[derive(Debug, Default)]
-pub struct ProfileChanges {
-    pub name: Option<String>,
-    pub phone: Option<Option<String>>,
-    pub avatar_url: Option<Option<String>>,
 }
 
 pub async fn update_profile<C: ConnectionTrait>(
@@ -376,7 +408,10 @@ pub async fn update_profile<C: ConnectionTrait>(
     changes: ProfileChanges,
     now: i64,
 ) -> Result<User, DomainError> {
-    let mut am: user::ActiveModel = before.clone().into();
+    let mut am = user::ActiveModel {
+        id: Unchanged(before.id.clone()),
+        ..Default::default()
+    };
     if let Some(n) = changes.name {
         am.name_lower = Set(n.to_lowercase());
         am.name = Set(n);
@@ -388,7 +423,7 @@ pub async fn update_profile<C: ConnectionTrait>(
         am.avatar_url = Set(a);
     }
     am.updated_at = Set(now);
-    let after = am.update(conn).await.map_err(db_err)?;
+    let after = User::try_from(am.update(conn).await.map_err(db_err)?)?;
     if after.name_lower != before.name_lower {
         // Keep member search's copy in step (same transaction).
         membership::Entity::update_many()
@@ -412,13 +447,9 @@ pub async fn update_profile<C: ConnectionTrait>(
     Ok(after)
 }
 
-/// Sets a new password hash and clears any lockout.
-pub async fn set_password<C: ConnectionTrait>(
-    conn: &C,
-    user_id: &str,
-    password_hash: String,
-    now: i64,
-) -> Result<(), DomainError> {
+/// A new password hash for the account, clearing any lockout (R12: a
+/// password reset also unlocks).
+fn new_password(user_id: &str, password_hash: String, now: i64) -> UpdateMany<user::Entity> {
     user::Entity::update_many()
         .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
         .col_expr(user::Column::FailedLoginCount, Expr::value(0))
@@ -426,33 +457,56 @@ pub async fn set_password<C: ConnectionTrait>(
         .col_expr(pending(), Expr::value(0))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
+}
+
+/// Sets a new password hash and clears any lockout.
+pub async fn set_password<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    password_hash: String,
+    now: i64,
+) -> Result<(), DomainError> {
+    new_password(user_id, password_hash, now)
         .exec(conn)
         .await
         .map_err(db_err)?;
     Ok(())
 }
 
-/// `set_password`, only while the stored hash is still `expected` (the one
-/// the caller verified); whether it was.
-pub async fn replace_password<C: ConnectionTrait>(
+/// ChangePassword (R14): the new hash, only while the stored one is still
+/// `verified` (the one the caller checked); then every session but the
+/// caller's ends (R21) and the change is audited. False, with nothing written, when
+/// the password changed meanwhile.
+pub async fn change_password<C: ConnectionTrait>(
     conn: &C,
+    meta: &RequestMeta,
+    caller: &Caller,
     user_id: &str,
-    expected: &str,
+    verified: &str,
     password_hash: String,
     now: i64,
 ) -> Result<bool, DomainError> {
-    let res = user::Entity::update_many()
-        .col_expr(user::Column::PasswordHash, Expr::value(password_hash))
-        .col_expr(user::Column::FailedLoginCount, Expr::value(0))
-        .col_expr(user::Column::LockedUntil, Expr::value(Option::<i64>::None))
-        .col_expr(pending(), Expr::value(0))
-        .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user_id))
-        .filter(user::Column::PasswordHash.eq(expected))
+    let res = new_password(user_id, password_hash, now)
+        .filter(user::Column::PasswordHash.eq(verified))
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(res.rows_affected == 1)
+    if res.rows_affected != 1 {
+        return Ok(false);
+    }
+    let keep = caller.session_id.as_deref();
+    let revoked =
+        sessions::revoke_all_for_user(conn, user_id, keep, "password_changed", now).await?;
+    revocations::record(conn, user_scope(user_id), "password_changed", now).await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(caller.actor(), "user.password_changed", "user", user_id)
+            .details(json!({"other_sessions_revoked": revoked})),
+        now,
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Whether the account's password hash is still `expected`, holding the row
@@ -479,7 +533,7 @@ pub async fn holds_password<C: ConnectionTrait>(
         .is_some())
 }
 
-pub async fn set_status<C: ConnectionTrait>(
+async fn set_status<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
     status: StoredStatus,
@@ -495,32 +549,102 @@ pub async fn set_status<C: ConnectionTrait>(
     Ok(())
 }
 
+/// ReactivateUser (R11).
+pub async fn reactivate<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user_id: &str,
+    now: i64,
+) -> Result<(), DomainError> {
+    set_status(conn, user_id, StoredStatus::Active, now).await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.reactivated", "user", user_id),
+        now,
+    )
+    .await
+}
+
+/// DeactivateUser (R11): the account's sessions end at once (R21).
+pub async fn deactivate<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user_id: &str,
+    now: i64,
+) -> Result<(), DomainError> {
+    set_status(conn, user_id, StoredStatus::Inactive, now).await?;
+    let revoked = sessions::revoke_all_for_user(conn, user_id, None, "deactivated", now).await?;
+    revocations::record(conn, user_scope(user_id), "deactivated", now).await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.deactivated", "user", user_id)
+            .details(json!({"sessions_revoked": revoked})),
+        now,
+    )
+    .await
+}
+
+/// SetPlatformAdmin (R3): revoking the flag is a revocation event (R16).
 pub async fn set_platform_admin<C: ConnectionTrait>(
     conn: &C,
-    user_id: &str,
+    meta: &RequestMeta,
+    actor: Actor,
+    before: &User,
     platform_admin: bool,
     now: i64,
 ) -> Result<(), DomainError> {
     user::Entity::update_many()
         .col_expr(user::Column::PlatformAdmin, Expr::value(platform_admin))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user_id))
+        .filter(user::Column::Id.eq(&before.id))
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(())
+    if !platform_admin {
+        revocations::record(conn, user_scope(&before.id), "platform_admin_revoked", now).await?;
+    }
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.platform_admin_changed", "user", &before.id).details(json!({
+            "before": {"platform_admin": before.platform_admin},
+            "after": {"platform_admin": platform_admin}
+        })),
+        now,
+    )
+    .await
 }
 
-/// Deletes the account for good; sessions, join requests and reset tokens go
-/// with it (ON DELETE CASCADE), memberships too, though callers remove those
-/// first with `memberships::remove_all_for_deleted_account` so each removal
-/// is audited and revoked. Audit events stay, with the email as it was.
-pub async fn delete<C: ConnectionTrait>(conn: &C, user_id: &str) -> Result<(), DomainError> {
-    user::Entity::delete_by_id(user_id.to_string())
+/// Deletes the account for good (R11, R14): first each of its memberships,
+/// audited and revoked one by one; then the row, whose sessions, join
+/// requests and reset tokens go with it (ON DELETE CASCADE); then a
+/// revocation event. Audit events stay, with the email as it was.
+pub async fn delete<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user: &User,
+    now: i64,
+) -> Result<(), DomainError> {
+    memberships::remove_all_for_deleted_account(conn, meta, actor.clone(), &user.id, now).await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "user.deleted", "user", &user.id).details(json!({
+            "before": {"email": user.email, "name": user.name, "platform_admin": user.platform_admin}
+        })),
+        now,
+    )
+    .await?;
+    user::Entity::delete_by_id(user.id.clone())
         .exec(conn)
         .await
         .map_err(db_err)?;
-    Ok(())
+    revocations::record(conn, user_scope(&user.id), "deleted", now).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -596,5 +720,9 @@ pub async fn list<C: ConnectionTrait>(
         select.order_by_asc(key_col).order_by_asc(user::Column::Id)
     };
     let rows = select.limit(q.limit).all(conn).await.map_err(db_err)?;
+    let rows = rows
+        .into_iter()
+        .map(User::try_from)
+        .collect::<Result<_, _>>()?;
     Ok((rows, total))
 }
