@@ -175,7 +175,7 @@ impl App {
         match right {
             StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
             StreamRight::Audit { organization } => {
-                self.authorize_audit(caller, organization.as_deref()).await
+                crate::service::audit::authorize(self, caller, organization.as_deref()).await
             }
         }
     }
