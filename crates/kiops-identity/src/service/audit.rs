@@ -14,6 +14,22 @@ use crate::store::memberships::{self, parse_role};
 use kiops_proto::v1::{self, ExportAuditEventsRequest, ListAuditEventsRequest};
 use serde_json::json;
 
+/// The filter of a list or an export request (they carry the same fields),
+/// validated into `AuditFilter`.
+macro_rules! request_filter {
+    ($v:expr, $r:expr) => {
+        filter(
+            $v,
+            $r.organization_id.as_deref(),
+            $r.start_time.as_ref(),
+            $r.end_time.as_ref(),
+            &$r.actor_id,
+            &$r.action,
+            &$r.target_id,
+        )
+    };
+}
+
 /// Rows read per database round trip during an export.
 const EXPORT_BATCH: u64 = 500;
 
@@ -54,15 +70,7 @@ pub async fn list(
     r: ListAuditEventsRequest,
 ) -> Result<Page<AuditEvent>, DomainError> {
     let mut v = Violations::new();
-    let f = filter(
-        &mut v,
-        r.organization_id.as_deref(),
-        r.start_time.as_ref(),
-        r.end_time.as_ref(),
-        &r.actor_id,
-        &r.action,
-        &r.target_id,
-    );
+    let f = request_filter!(&mut v, r);
     let size = v.take(validate::page_size("page_size", r.page_size));
     let fp = page_token::fingerprint(&["audit", &caller.user_id, &format!("{f:?}")]);
     let key = app.tokens.page_key();
@@ -97,15 +105,7 @@ pub async fn export(
     r: ExportAuditEventsRequest,
 ) -> Result<Export, DomainError> {
     let mut v = Violations::new();
-    let f = filter(
-        &mut v,
-        r.organization_id.as_deref(),
-        r.start_time.as_ref(),
-        r.end_time.as_ref(),
-        &r.actor_id,
-        &r.action,
-        &r.target_id,
-    );
+    let f = request_filter!(&mut v, r);
     let format = match v1::ExportFormat::try_from(r.format) {
         Ok(v1::ExportFormat::JsonLines) => ExportFormat::JsonLines,
         Ok(v1::ExportFormat::Csv) => ExportFormat::Csv,
@@ -159,7 +159,6 @@ fn opt_id(v: &mut Violations, field: &str, raw: &str) -> Option<String> {
     }
 }
 
-/// The filter of a list or export request, validated.
 #[allow(clippy::too_many_arguments)]
 fn filter(
     v: &mut Violations,
