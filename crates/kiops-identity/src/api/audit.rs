@@ -1,18 +1,14 @@
-//! `AuditService` (R19): reading the append-only trail. PlatformAdmins read
-//! everything; holders of the `audit` permission read their organization's
-//! events. No RPC edits or deletes an event.
+//! `AuditService` over gRPC (R19): decode, call `service::audit`, encode.
+//! ExportAuditEvents streams: its task reads batches through the service
+//! and writes them as JSON lines or CSV.
 
 use super::context;
 use super::convert::timestamp;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
-use crate::domain::error::{reason, Violations};
-use crate::domain::model::effective_permissions;
-use crate::domain::page_token;
-use crate::domain::{access, validate, Caller, DomainError, FieldViolation, Permission};
+use crate::domain::audit::AuditEvent as Row;
 use crate::overload::CallPermit;
-use crate::store::audit::{self as audit_store, AuditEvent as Row, AuditFilter};
-use crate::store::memberships::{self, parse_role};
+use crate::service::audit::{self, Export, ExportFormat};
 use kiops_proto::v1::audit_service_server::AuditService;
 use kiops_proto::v1::*;
 use serde_json::json;
@@ -20,8 +16,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-/// Rows read per database round trip during an export.
-const EXPORT_BATCH: u64 = 500;
 /// Bytes per streamed chunk (roughly).
 const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -35,132 +29,10 @@ impl AuditApi {
     }
 }
 
-fn ms(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Option<i64>, FieldViolation> {
-    match t {
-        None => Ok(None),
-        Some(t)
-            if t.seconds < 0
-                || t.seconds > 253_402_300_799
-                || !(0..1_000_000_000).contains(&t.nanos) =>
-        {
-            Err(FieldViolation::new(
-                field,
-                "must be a valid timestamp between 1970 and 9999",
-            ))
-        }
-        Some(t) => Ok(Some(t.seconds * 1000 + (t.nanos / 1_000_000) as i64)),
-    }
-}
-
-fn opt_id(v: &mut Violations, field: &str, raw: &str) -> Option<String> {
-    if raw.is_empty() {
-        None
-    } else {
-        Some(v.take(validate::id(field, raw)))
-    }
-}
-
-/// The filter of a list or export request, validated.
-#[allow(clippy::too_many_arguments)]
-fn filter(
-    v: &mut Violations,
-    org: Option<&str>,
-    start: Option<&prost_types::Timestamp>,
-    end: Option<&prost_types::Timestamp>,
-    actor: &str,
-    action: &str,
-    target: &str,
-) -> AuditFilter {
-    let organization_id = match org {
-        Some(o) if !o.is_empty() => Some(v.take(validate::id("organization_id", o))),
-        _ => None,
-    };
-    let start_ms = v.take(ms("start_time", start));
-    let end_ms = v.take(ms("end_time", end));
-    if let (Some(s), Some(e)) = (start_ms, end_ms) {
-        if s > e {
-            v.push(FieldViolation::new(
-                "end_time",
-                "must not be before start_time",
-            ));
-        }
-    }
-    let action_prefix = if action.is_empty() {
-        None
-    } else if action.len() > 100
-        || !action
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
-    {
-        v.push(FieldViolation::new(
-            "action",
-            "must be a dotted action name or prefix, e.g. membership.",
-        ));
-        None
-    } else {
-        Some(action.to_string())
-    };
-    let target_id = if target.is_empty() {
-        None
-    } else if target.len() > 200 {
-        v.push(FieldViolation::new(
-            "target_id",
-            "must be at most 200 characters",
-        ));
-        None
-    } else {
-        Some(target.to_string())
-    };
-    AuditFilter {
-        organization_id,
-        start_ms,
-        end_ms,
-        actor_id: opt_id(v, "actor_id", actor),
-        action_prefix,
-        target_id,
-    }
-}
-
-impl App {
-    /// R19 visibility: everything for a PlatformAdmin; one organization for a
-    /// holder of its `audit` permission (Managers have it); NOT_FOUND outside
-    /// one's organizations (R4).
-    pub(crate) async fn authorize_audit(
-        &self,
-        caller: &Caller,
-        org: Option<&str>,
-    ) -> Result<(), DomainError> {
-        if caller.platform_admin {
-            return Ok(());
-        }
-        let Some(org) = org else {
-            return Err(DomainError::denied(
-                reason::PLATFORM_ADMIN_REQUIRED,
-                "only a PlatformAdmin reads every organization's events; set organization_id",
-            ));
-        };
-        let role = memberships::role_of(self.store.conn(), org, &caller.user_id).await?;
-        access::require_org_visible(caller, role)?;
-        let bits = memberships::find(self.store.conn(), org, &caller.user_id)
-            .await?
-            .map(|m| m.permissions as u8)
-            .unwrap_or(0);
-        let role = role.map(|r| parse_role(r.as_str()));
-        if effective_permissions(false, role, bits).contains(&Permission::Audit) {
-            Ok(())
-        } else {
-            Err(DomainError::denied(
-                reason::AUDIT_PERMISSION_REQUIRED,
-                "audit permission required",
-            ))
-        }
-    }
-}
-
 fn to_proto(e: &Row) -> AuditEvent {
     AuditEvent {
         event_id: e.id.clone(),
-        event_time: Some(timestamp(e.occurred_at)),
+        event_time: Some(timestamp(e.occurred_at_ms)),
         actor_id: e.actor_id.clone().unwrap_or_default(),
         actor_email: e.actor_email.clone().unwrap_or_default(),
         actor_type: e.actor_type.clone(),
@@ -198,7 +70,7 @@ fn csv_field(out: &mut String, s: &str) {
 }
 
 fn write_csv(out: &mut String, e: &Row) {
-    let time = rfc3339(e.occurred_at);
+    let time = rfc3339(e.occurred_at_ms);
     let fields = [
         e.id.as_str(),
         time.as_str(),
@@ -227,7 +99,7 @@ fn write_json_line(out: &mut String, e: &Row) {
         serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null);
     let line = json!({
         "event_id": e.id,
-        "event_time": rfc3339(e.occurred_at),
+        "event_time": rfc3339(e.occurred_at_ms),
         "actor_type": e.actor_type,
         "actor_id": e.actor_id,
         "actor_email": e.actor_email,
@@ -250,44 +122,11 @@ impl AuditService for AuditApi {
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let (_, caller, r) = context::start(&self.app, request).await?;
-        let mut v = Violations::new();
-        let f = filter(
-            &mut v,
-            r.organization_id.as_deref(),
-            r.start_time.as_ref(),
-            r.end_time.as_ref(),
-            &r.actor_id,
-            &r.action,
-            &r.target_id,
-        );
-        let size = v.take(validate::page_size("page_size", r.page_size));
-        let fp = page_token::fingerprint(&["audit", &caller.user_id, &format!("{f:?}")]);
-        let key = self.app.tokens.page_key();
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-        };
-        v.into_result()?;
-        self.app
-            .authorize_audit(&caller, f.organization_id.as_deref())
-            .await?;
-        let after =
-            after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
-        let (rows, total) =
-            audit_store::list(self.app.store.conn(), &f, after, size + 1, true).await?;
-        let more = rows.len() as u64 > size;
-        let rows: Vec<_> = rows.into_iter().take(size as usize).collect();
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(l)) => {
-                page_token::encode(&key, &fp, vec![json!(l.occurred_at), json!(l.id)])
-            }
-            _ => String::new(),
-        };
+        let page = audit::list(&self.app, &caller, r).await?;
         Ok(Response::new(ListAuditEventsResponse {
-            audit_events: rows.iter().map(to_proto).collect(),
-            next_page_token,
-            total_size: total as i64,
+            audit_events: page.items.iter().map(to_proto).collect(),
+            next_page_token: page.next_page_token,
+            total_size: page.total_size as i64,
         }))
     }
 
@@ -301,44 +140,20 @@ impl AuditService for AuditApi {
         let claims = context::verify_bearer(&self.app, &request)?;
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let f = filter(
-            &mut v,
-            r.organization_id.as_deref(),
-            r.start_time.as_ref(),
-            r.end_time.as_ref(),
-            &r.actor_id,
-            &r.action,
-            &r.target_id,
-        );
-        let csv = match r.format {
-            1 => false,
-            2 => true,
-            _ => {
-                v.push(FieldViolation::new(
-                    "format",
-                    "must be EXPORT_FORMAT_JSON_LINES or EXPORT_FORMAT_CSV",
-                ));
-                false
-            }
-        };
-        v.into_result()?;
+        let export = audit::export(&self.app, &caller, request.into_inner()).await?;
         let right = StreamRight::Audit {
-            organization: f.organization_id.clone(),
+            organization: export.filter.organization_id.clone(),
         };
-        super::streams::authorize(&self.app, &caller, &right).await?;
         let slot = self
             .app
             .streams
             .open(StreamKind::AuditExport, &caller, call.as_ref())?;
         let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportAuditEventsResponse, Status>>(4);
-        tokio::spawn(export(
+        tokio::spawn(stream_export(
             self.app.clone(),
             GuardedSender::new(tx, guard),
-            f,
-            csv,
+            export,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -346,26 +161,23 @@ impl AuditService for AuditApi {
 
 /// An export's task: reads the selection in keyset batches and sends it in
 /// chunks, re-checking the caller's right as it goes.
-async fn export(
+async fn stream_export(
     app: App,
     mut out: GuardedSender<ExportAuditEventsResponse>,
-    f: AuditFilter,
-    csv: bool,
+    export: Export,
 ) {
+    let csv = export.format == ExportFormat::Csv;
     let mut buf = String::with_capacity(CHUNK_BYTES + 4096);
     if csv {
         buf.push_str(CSV_HEADER);
     }
     let mut after: Option<(i64, String)> = None;
     loop {
-        let batch =
-            match audit_store::list(app.store.conn(), &f, after.clone(), EXPORT_BATCH, false).await
-            {
-                Ok((rows, _)) => rows,
-                Err(e) => return out.fail(e).await,
-            };
-        let done = (batch.len() as u64) < EXPORT_BATCH;
-        after = batch.last().map(|l| (l.occurred_at, l.id.clone()));
+        let (batch, done) = match audit::export_batch(&app, &export.filter, after.clone()).await {
+            Ok(b) => b,
+            Err(e) => return out.fail(e).await,
+        };
+        after = batch.last().map(|l| (l.occurred_at_ms, l.id.clone()));
         for e in &batch {
             if csv {
                 write_csv(&mut buf, e);

@@ -95,36 +95,51 @@ pub fn template(t: &Template) -> v1::PermissionTemplate {
     }
 }
 
-use crate::store::invitations::{self, Invitation};
-use crate::store::join_requests::JoinRequestRow;
+use crate::domain::invitation::{Invitation, InvitationStatus};
+use crate::domain::join_request::{JoinRequestStatus, JoinRequestView};
 
-pub fn invitation(i: &Invitation, now_ms: i64) -> v1::Invitation {
+fn invitation_status(s: InvitationStatus) -> v1::InvitationStatus {
+    match s {
+        InvitationStatus::Pending => v1::InvitationStatus::Pending,
+        InvitationStatus::Accepted => v1::InvitationStatus::Accepted,
+        InvitationStatus::Expired => v1::InvitationStatus::Expired,
+        InvitationStatus::Rejected => v1::InvitationStatus::Rejected,
+        InvitationStatus::Revoked => v1::InvitationStatus::Revoked,
+    }
+}
+
+/// An invitation as the service read it (`Invitation::seen_at`).
+pub fn invitation(i: &Invitation) -> v1::Invitation {
     v1::Invitation {
         invitation_id: i.id.clone(),
         organization_id: i.organization_id.clone(),
         email: i.email.clone(),
-        role: parse_role(&i.role).proto_number(),
-        status: invitations::status_of(i, now_ms).proto_number(),
+        role: role_number(i.role),
+        status: invitation_status(i.status) as i32,
         inviter_id: i.inviter_id.clone(),
-        create_time: Some(timestamp(i.created_at)),
-        expire_time: Some(timestamp(i.expires_at)),
+        create_time: Some(timestamp(i.created_at_ms)),
+        expire_time: Some(timestamp(i.expires_at_ms)),
     }
 }
 
-pub fn join_request(r: &JoinRequestRow) -> v1::JoinRequest {
+fn join_request_status(s: JoinRequestStatus) -> v1::JoinRequestStatus {
+    match s {
+        JoinRequestStatus::Pending => v1::JoinRequestStatus::Pending,
+        JoinRequestStatus::Approved => v1::JoinRequestStatus::Approved,
+        JoinRequestStatus::Rejected => v1::JoinRequestStatus::Rejected,
+    }
+}
+
+pub fn join_request(r: &JoinRequestView) -> v1::JoinRequest {
     v1::JoinRequest {
         join_request_id: r.id.clone(),
         user_id: r.user_id.clone(),
         email: r.email.clone(),
         name: r.name.clone(),
         organization_id: r.organization_id.clone(),
-        status: match r.status.as_str() {
-            "pending" => 1,
-            "approved" => 2,
-            _ => 3,
-        },
-        request_time: Some(timestamp(r.requested_at)),
-        decide_time: r.decided_at.map(timestamp),
+        status: join_request_status(r.status) as i32,
+        request_time: Some(timestamp(r.requested_at_ms)),
+        decide_time: r.decided_at_ms.map(timestamp),
         decided_by: r.decided_by.clone().unwrap_or_default(),
         reason: r.reason.clone().unwrap_or_default(),
         email_verified: r.email_verified,

@@ -76,7 +76,7 @@ pub async fn authorize(app: &App, caller: &Caller, right: &StreamRight) -> Resul
     match right {
         StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
         StreamRight::Audit { organization } => {
-            app.authorize_audit(caller, organization.as_deref()).await
+            crate::service::audit::authorize(app, caller, organization.as_deref()).await
         }
     }
 }

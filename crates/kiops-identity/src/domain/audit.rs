@@ -1,6 +1,10 @@
 //! What an audit event says (R19): who did what to which target, from where.
-//! The store writes it in the transaction of the change it describes.
+//! The store writes it in the transaction of the change it describes. Who
+//! reads the trail: every event for a PlatformAdmin, one organization's for
+//! a holder of its `audit` permission.
 
+use super::error::{reason, DomainError};
+use super::model::{effective_permissions, Caller, Permission, Role};
 use serde_json::Value;
 
 /// Where a request came from, stored on every event it causes.
@@ -61,5 +65,97 @@ impl AuditEntry {
     pub fn details(mut self, details: Value) -> Self {
         self.details = details;
         self
+    }
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: String,
+    pub occurred_at_ms: i64,
+    /// `user`, `anonymous` or `system`.
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub actor_email: Option<String>,
+    pub organization_id: Option<String>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    /// JSON text.
+    pub details: String,
+    pub request_id: String,
+    pub peer_address: String,
+}
+
+/// R19, the part that needs no membership: a PlatformAdmin reads everything
+/// (`Ok(None)`); anyone else names one organization, whose membership then
+/// decides (`require_audit_permission`).
+pub fn reader_scope<'a>(
+    caller: &Caller,
+    organization: Option<&'a str>,
+) -> Result<Option<&'a str>, DomainError> {
+    if caller.platform_admin {
+        return Ok(None);
+    }
+    match organization {
+        Some(org) => Ok(Some(org)),
+        None => Err(DomainError::denied(
+            reason::PLATFORM_ADMIN_REQUIRED,
+            "only a PlatformAdmin reads every organization's events; set organization_id",
+        )),
+    }
+}
+
+/// R19 inside an organization: its `audit` permission (Managers hold it);
+/// NOT_FOUND outside one's organizations (R4).
+pub fn require_audit_permission(
+    caller: &Caller,
+    role: Option<Role>,
+    granted_bits: u8,
+) -> Result<(), DomainError> {
+    super::access::require_org_visible(caller, role)?;
+    if effective_permissions(caller.platform_admin, role, granted_bits).contains(&Permission::Audit)
+    {
+        Ok(())
+    } else {
+        Err(DomainError::denied(
+            reason::AUDIT_PERMISSION_REQUIRED,
+            "audit permission required",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(pa: bool) -> Caller {
+        Caller {
+            user_id: "me".into(),
+            email: "me@x.io".into(),
+            platform_admin: pa,
+            session_id: None,
+        }
+    }
+
+    #[test]
+    fn r19_readers() {
+        assert_eq!(reader_scope(&caller(true), None).ok(), Some(None));
+        assert_eq!(
+            reader_scope(&caller(false), Some("o")).ok(),
+            Some(Some("o"))
+        );
+        assert!(reader_scope(&caller(false), None).is_err());
+        let c = caller(false);
+        assert!(require_audit_permission(&c, Some(Role::Manager), 0).is_ok());
+        assert!(require_audit_permission(&c, Some(Role::Member), Permission::Audit.bit()).is_ok());
+        assert!(matches!(
+            require_audit_permission(&c, Some(Role::Member), 0),
+            Err(DomainError::PermissionDenied { reason, .. }) if reason == reason::AUDIT_PERMISSION_REQUIRED
+        ));
+        assert!(matches!(
+            require_audit_permission(&c, None, 0x7f),
+            Err(DomainError::NotFound { .. })
+        ));
     }
 }

@@ -7,6 +7,8 @@
 pub mod access;
 pub mod audit;
 pub mod error;
+pub mod invitation;
+pub mod join_request;
 pub mod model;
 pub mod organization;
 pub mod page_token;

@@ -11,7 +11,10 @@
 //! a transaction off half-way (the connection would go back to the pool
 //! inside an open transaction).
 
+pub mod approvals;
+pub mod audit;
 pub mod credentials;
+pub mod invitations;
 pub mod organizations;
 pub mod parse;
 pub mod users;

@@ -1,11 +1,12 @@
-//! Writing audit events (R19): always inside the transaction of the change.
+//! Audit events (R19): written always inside the transaction of the change
+//! they describe (by the store function that applies it), read newest first.
 
 use super::db_err;
 use super::entity::audit_event;
 use crate::domain::DomainError;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
 
-pub use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
+pub use crate::domain::audit::{Actor, AuditEntry, AuditEvent, RequestMeta};
 
 pub async fn record<C: ConnectionTrait>(
     conn: &C,
@@ -38,7 +39,24 @@ pub async fn record<C: ConnectionTrait>(
     Ok(())
 }
 
-pub use super::entity::audit_event::Model as AuditEvent;
+impl From<audit_event::Model> for AuditEvent {
+    fn from(m: audit_event::Model) -> Self {
+        AuditEvent {
+            id: m.id,
+            occurred_at_ms: m.occurred_at,
+            actor_type: m.actor_type,
+            actor_id: m.actor_id,
+            actor_email: m.actor_email,
+            organization_id: m.organization_id,
+            action: m.action,
+            target_type: m.target_type,
+            target_id: m.target_id,
+            details: m.details,
+            request_id: m.request_id,
+            peer_address: m.peer_address,
+        }
+    }
+}
 
 /// Which events to read (R19). All fields optional; `organization_id` None
 /// means every organization (PlatformAdmin only, decided by the caller).
@@ -122,5 +140,5 @@ pub async fn list<C: ConnectionTrait>(
         .all(conn)
         .await
         .map_err(db_err)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(Into::into).collect(), total))
 }

@@ -1,12 +1,16 @@
 //! Invitations (R9). A token is consumed by one conditional UPDATE on
 //! `id AND token_hash AND status = 'pending' AND expires_at > now`, so two
 //! racing accepts cannot both win and a resend that committed first kills
-//! the old token; expiry is computed from the clock at read time.
+//! the old token; expiry is computed from the clock at read time. The
+//! lifecycle itself is `domain::invitation`; this module applies it.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::db_err;
 use super::entity::invitation as inv;
 use super::keyset::keyset_after;
+use super::memberships::{self, parse_role};
+use super::users::{self, NewUser};
+use crate::domain::invitation::{Decision, InvitationStatus};
 use crate::domain::model::Role;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Cond, Expr};
@@ -16,64 +20,29 @@ use sea_orm::{
 };
 use serde_json::{json, Value};
 
-pub use inv::Model as Invitation;
+pub use crate::domain::invitation::Invitation;
 
-/// Status as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Accepted,
-    Expired,
-    Rejected,
-    Revoked,
-}
+const PENDING: &str = "pending";
 
-impl Status {
-    pub fn proto_number(self) -> i32 {
-        match self {
-            Status::Pending => 1,
-            Status::Accepted => 2,
-            Status::Expired => 3,
-            Status::Rejected => 4,
-            Status::Revoked => 5,
+impl From<inv::Model> for Invitation {
+    fn from(m: inv::Model) -> Self {
+        Invitation {
+            role: parse_role(&m.role),
+            status: InvitationStatus::from_stored(&m.status),
+            id: m.id,
+            organization_id: m.organization_id,
+            email: m.email,
+            inviter_id: m.inviter_id,
+            token_hash: m.token_hash,
+            created_at_ms: m.created_at,
+            expires_at_ms: m.expires_at,
+            decided_at_ms: m.decided_at,
         }
-    }
-
-    pub fn from_proto_number(n: i32) -> Option<Self> {
-        [
-            Status::Pending,
-            Status::Accepted,
-            Status::Expired,
-            Status::Rejected,
-            Status::Revoked,
-        ]
-        .into_iter()
-        .find(|s| s.proto_number() == n)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Accepted => "accepted",
-            Status::Expired => "expired",
-            Status::Rejected => "rejected",
-            Status::Revoked => "revoked",
-        }
-    }
-}
-
-pub fn status_of(i: &Invitation, now: i64) -> Status {
-    match i.status.as_str() {
-        "pending" if i.expires_at <= now => Status::Expired,
-        "pending" => Status::Pending,
-        "accepted" => Status::Accepted,
-        "rejected" => Status::Rejected,
-        _ => Status::Revoked,
     }
 }
 
 fn snapshot(i: &Invitation, now: i64) -> Value {
-    json!({"email": i.email, "role": i.role, "status": status_of(i, now).name(), "expires_at": i.expires_at})
+    json!({"email": i.email, "role": i.role.as_str(), "status": i.status_at(now).as_str(), "expires_at": i.expires_at_ms})
 }
 
 pub struct NewInvitation {
@@ -93,13 +62,13 @@ pub async fn create<C: ConnectionTrait>(
     now: i64,
 ) -> Result<Invitation, DomainError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let i = inv::ActiveModel {
+    let i: Invitation = inv::ActiveModel {
         id: Set(id.clone()),
         organization_id: Set(n.organization_id.clone()),
         email: Set(n.email),
         role: Set(n.role.as_str().to_string()),
         inviter_id: Set(n.inviter_id),
-        status: Set("pending".into()),
+        status: Set(PENDING.into()),
         token_hash: Set(n.token_hash),
         created_at: Set(now),
         expires_at: Set(now + n.ttl_ms),
@@ -107,7 +76,8 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(db_err)?;
+    .map_err(db_err)?
+    .into();
     audit::record(
         conn,
         meta,
@@ -124,45 +94,48 @@ pub async fn find<C: ConnectionTrait>(
     conn: &C,
     id: &str,
 ) -> Result<Option<Invitation>, DomainError> {
-    inv::Entity::find_by_id(id.to_string())
+    Ok(inv::Entity::find_by_id(id.to_string())
         .one(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .map(Into::into))
 }
 
 pub async fn find_by_token_hash<C: ConnectionTrait>(
     conn: &C,
     hash: &str,
 ) -> Result<Option<Invitation>, DomainError> {
-    inv::Entity::find()
+    Ok(inv::Entity::find()
         .filter(inv::Column::TokenHash.eq(hash))
         .one(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .map(Into::into))
 }
 
-/// A live (pending, unexpired) invitation of `email` into `org`.
-pub async fn find_live<C: ConnectionTrait>(
+/// Whether a live (pending, unexpired) invitation of `email` into `org` exists.
+pub async fn live_exists<C: ConnectionTrait>(
     conn: &C,
     org: &str,
     email: &str,
     now: i64,
-) -> Result<Option<Invitation>, DomainError> {
-    inv::Entity::find()
+) -> Result<bool, DomainError> {
+    Ok(inv::Entity::find()
         .filter(inv::Column::OrganizationId.eq(org))
         .filter(inv::Column::Email.eq(email))
-        .filter(inv::Column::Status.eq("pending"))
+        .filter(inv::Column::Status.eq(PENDING))
         .filter(inv::Column::ExpiresAt.gt(now))
         .one(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .is_some())
 }
 
 /// Newest first; keyset on (created_at, id).
 pub async fn list<C: ConnectionTrait>(
     conn: &C,
     org: &str,
-    status: Option<Status>,
+    status: Option<InvitationStatus>,
     after: Option<(i64, String)>,
     limit: u64,
     now: i64,
@@ -170,13 +143,13 @@ pub async fn list<C: ConnectionTrait>(
     let mut cond = Cond::all().add(inv::Column::OrganizationId.eq(org));
     cond = match status {
         None => cond,
-        Some(Status::Pending) => cond
-            .add(inv::Column::Status.eq("pending"))
+        Some(InvitationStatus::Pending) => cond
+            .add(inv::Column::Status.eq(PENDING))
             .add(inv::Column::ExpiresAt.gt(now)),
-        Some(Status::Expired) => cond
-            .add(inv::Column::Status.eq("pending"))
+        Some(InvitationStatus::Expired) => cond
+            .add(inv::Column::Status.eq(PENDING))
             .add(inv::Column::ExpiresAt.lte(now)),
-        Some(s) => cond.add(inv::Column::Status.eq(s.name())),
+        Some(s) => cond.add(inv::Column::Status.eq(s.as_str())),
     };
     let total = inv::Entity::find()
         .filter(cond.clone())
@@ -200,7 +173,7 @@ pub async fn list<C: ConnectionTrait>(
         .all(conn)
         .await
         .map_err(db_err)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(Into::into).collect(), total))
 }
 
 /// Resend: a new token and a new window; the old token stops working because
@@ -221,7 +194,7 @@ pub async fn renew<C: ConnectionTrait>(
         .col_expr(inv::Column::TokenHash, Expr::value(token_hash))
         .col_expr(inv::Column::ExpiresAt, Expr::value(now + ttl_ms))
         .filter(inv::Column::Id.eq(&before.id))
-        .filter(inv::Column::Status.eq("pending"))
+        .filter(inv::Column::Status.eq(PENDING))
         .filter(inv::Column::TokenHash.eq(&before.token_hash))
         .exec(conn)
         .await
@@ -245,49 +218,152 @@ pub async fn renew<C: ConnectionTrait>(
     Ok(Some(after))
 }
 
-/// Moves a pending invitation to `to`; `unexpired_only` also requires it not
-/// to have expired, and `token_hash` (accept, decline) that the presented
-/// token is still the current one, so a resend that committed first kills
-/// it. Returns whether this call made the change.
-pub async fn transition<C: ConnectionTrait>(
-    conn: &C,
-    id: &str,
-    to: Status,
-    unexpired_only: bool,
-    token_hash: Option<&str>,
-    now: i64,
-) -> Result<bool, DomainError> {
-    let mut q = inv::Entity::update_many()
-        .col_expr(inv::Column::Status, Expr::value(to.name()))
-        .col_expr(inv::Column::DecidedAt, Expr::value(now))
-        .filter(inv::Column::Id.eq(id))
-        .filter(inv::Column::Status.eq("pending"));
-    if unexpired_only {
-        q = q.filter(inv::Column::ExpiresAt.gt(now));
-    }
-    if let Some(h) = token_hash {
-        q = q.filter(inv::Column::TokenHash.eq(h));
-    }
-    Ok(q.exec(conn).await.map_err(db_err)?.rows_affected == 1)
-}
-
-pub async fn audit_transition<C: ConnectionTrait>(
+/// Revokes a pending invitation (expired or not); false if it was decided
+/// already.
+pub async fn revoke<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
     actor: Actor,
     i: &Invitation,
-    action: &'static str,
-    to: Status,
+    now: i64,
+) -> Result<bool, DomainError> {
+    decide(conn, meta, actor, i, Decision::Revoke, now).await
+}
+
+/// Declines with the token `i` was found by; false if it was not consumed.
+pub async fn decline<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    i: &Invitation,
+    now: i64,
+) -> Result<bool, DomainError> {
+    decide(conn, meta, Actor::Anonymous, i, Decision::Decline, now).await
+}
+
+/// The account that accepts.
+pub enum Acceptor {
+    /// The invited email's account, logged in.
+    Account { id: String, email: String },
+    /// An account to create for the invited email.
+    NewAccount { name: String, password_hash: String },
+}
+
+/// Accepts with the token `i` was found by, and applies what accepting
+/// means: the account is created (or its address marked proven: the link
+/// reached it, issue 20 item 8) and joins the organization in the
+/// invitation's role. Returns the member's user id, or None if the token was
+/// not consumed.
+pub async fn accept<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    i: &Invitation,
+    acceptor: Acceptor,
+    now: i64,
+) -> Result<Option<String>, DomainError> {
+    if !transition(conn, i, Decision::Accept, now).await? {
+        return Ok(None);
+    }
+    let (user_id, actor) = match acceptor {
+        Acceptor::NewAccount {
+            name,
+            password_hash,
+        } => {
+            let u = users::create(
+                conn,
+                meta,
+                Actor::Anonymous,
+                NewUser {
+                    email: i.email.clone(),
+                    name,
+                    password_hash,
+                    platform_admin: false,
+                    email_verified: true,
+                },
+                now,
+            )
+            .await?;
+            let actor = Actor::User {
+                id: u.id.clone(),
+                email: u.email.clone(),
+            };
+            (u.id, actor)
+        }
+        Acceptor::Account { id, email } => {
+            let actor = Actor::User {
+                id: id.clone(),
+                email,
+            };
+            if users::mark_email_verified(conn, &id, now).await? {
+                audit::record(
+                    conn,
+                    meta,
+                    AuditEntry::new(actor.clone(), "user.email_verified", "user", &id)
+                        .details(json!({"by": "invitation", "invitation_id": i.id})),
+                    now,
+                )
+                .await?;
+            }
+            (id, actor)
+        }
+    };
+    audit_decision(conn, meta, actor.clone(), i, Decision::Accept, now).await?;
+    memberships::add(conn, meta, actor, &i.organization_id, &user_id, i.role, now).await?;
+    Ok(Some(user_id))
+}
+
+async fn decide<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    i: &Invitation,
+    d: Decision,
+    now: i64,
+) -> Result<bool, DomainError> {
+    if !transition(conn, i, d, now).await? {
+        return Ok(false);
+    }
+    audit_decision(conn, meta, actor, i, d, now).await?;
+    Ok(true)
+}
+
+/// Moves a pending invitation to the decision's status, under the
+/// decision's conditions (`Decision::by_token`). Returns whether this call
+/// made the change.
+async fn transition<C: ConnectionTrait>(
+    conn: &C,
+    i: &Invitation,
+    d: Decision,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let mut q = inv::Entity::update_many()
+        .col_expr(inv::Column::Status, Expr::value(d.to().as_str()))
+        .col_expr(inv::Column::DecidedAt, Expr::value(now))
+        .filter(inv::Column::Id.eq(&i.id))
+        .filter(inv::Column::Status.eq(PENDING));
+    if d.by_token() {
+        q = q
+            .filter(inv::Column::ExpiresAt.gt(now))
+            .filter(inv::Column::TokenHash.eq(&i.token_hash));
+    }
+    Ok(q.exec(conn).await.map_err(db_err)?.rows_affected == 1)
+}
+
+async fn audit_decision<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    i: &Invitation,
+    d: Decision,
     now: i64,
 ) -> Result<(), DomainError> {
     audit::record(
         conn,
         meta,
-        AuditEntry::new(actor, action, "invitation", &i.id)
+        AuditEntry::new(actor, d.action(), "invitation", &i.id)
             .org(&i.organization_id)
             .details(json!({
-                "before": {"status": status_of(i, now).name()},
-                "after": {"status": to.name()},
+                "before": {"status": i.status_at(now).as_str()},
+                "after": {"status": d.to().as_str()},
                 "email": i.email,
             })),
         now,

@@ -1,12 +1,15 @@
 //! Join requests (R7, R8). One PENDING request per (user, organization) is a
 //! partial unique index; a decision is one conditional UPDATE on
-//! `status = 'pending'`, so two racing approvals cannot both win.
+//! `status = 'pending'`, so two racing approvals cannot both win. The
+//! statuses and the approval rule are `domain::join_request`.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{join_request as jr, user};
 use super::keyset::{keyset_after, Count};
 use super::{db_err, is_unique_violation};
 use crate::domain::error::reason;
+use crate::domain::join_request::{JoinRequestStatus, JoinRequestView};
+use crate::domain::model::Role;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, Order, Query};
 use sea_orm::{
@@ -14,7 +17,24 @@ use sea_orm::{
 };
 use serde_json::json;
 
-pub use jr::Model as JoinRequestModel;
+pub use crate::domain::join_request::JoinRequest;
+
+const PENDING: JoinRequestStatus = JoinRequestStatus::Pending;
+
+impl From<jr::Model> for JoinRequest {
+    fn from(m: jr::Model) -> Self {
+        JoinRequest {
+            status: JoinRequestStatus::from_stored(&m.status),
+            id: m.id,
+            user_id: m.user_id,
+            organization_id: m.organization_id,
+            requested_at_ms: m.requested_at,
+            decided_at_ms: m.decided_at,
+            decided_by: m.decided_by,
+            reason: m.reason,
+        }
+    }
+}
 
 pub async fn create<C: ConnectionTrait>(
     conn: &C,
@@ -23,13 +43,13 @@ pub async fn create<C: ConnectionTrait>(
     user_id: &str,
     org: &str,
     now: i64,
-) -> Result<JoinRequestModel, DomainError> {
+) -> Result<JoinRequest, DomainError> {
     let id = uuid::Uuid::now_v7().to_string();
     let m = jr::ActiveModel {
         id: Set(id.clone()),
         user_id: Set(user_id.to_string()),
         organization_id: Set(org.to_string()),
-        status: Set("pending".into()),
+        status: Set(PENDING.as_str().into()),
         requested_at: Set(now),
         decided_at: Set(None),
         decided_by: Set(None),
@@ -54,17 +74,18 @@ pub async fn create<C: ConnectionTrait>(
         now,
     )
     .await?;
-    Ok(m)
+    Ok(m.into())
 }
 
 pub async fn find<C: ConnectionTrait>(
     conn: &C,
     id: &str,
-) -> Result<Option<JoinRequestModel>, DomainError> {
-    jr::Entity::find_by_id(id.to_string())
+) -> Result<Option<JoinRequest>, DomainError> {
+    Ok(jr::Entity::find_by_id(id.to_string())
         .one(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .map(Into::into))
 }
 
 /// Approves or rejects a pending request; false if it was not pending any more.
@@ -73,20 +94,20 @@ pub async fn decide<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
     actor: Actor,
-    req: &JoinRequestModel,
+    req: &JoinRequest,
     approve: bool,
     decided_by: &str,
     why: Option<String>,
     now: i64,
 ) -> Result<bool, DomainError> {
-    let to = if approve { "approved" } else { "rejected" };
+    let to = JoinRequestStatus::decided(approve);
     let n = jr::Entity::update_many()
-        .col_expr(jr::Column::Status, Expr::value(to))
+        .col_expr(jr::Column::Status, Expr::value(to.as_str()))
         .col_expr(jr::Column::DecidedAt, Expr::value(now))
         .col_expr(jr::Column::DecidedBy, Expr::value(decided_by))
         .col_expr(jr::Column::Reason, Expr::value(why.clone()))
         .filter(jr::Column::Id.eq(&req.id))
-        .filter(jr::Column::Status.eq("pending"))
+        .filter(jr::Column::Status.eq(PENDING.as_str()))
         .exec(conn)
         .await
         .map_err(db_err)?
@@ -97,31 +118,22 @@ pub async fn decide<C: ConnectionTrait>(
     audit::record(
         conn,
         meta,
-        AuditEntry::new(
-            actor,
-            if approve {
-                "join_request.approved"
-            } else {
-                "join_request.rejected"
-            },
-            "join_request",
-            &req.id,
-        )
-        .org(&req.organization_id)
-        .details(json!({
-            "before": {"status": "pending"},
-            "after": {"status": to, "reason": why},
-            "user_id": req.user_id,
-        })),
+        AuditEntry::new(actor, to.decision_action(), "join_request", &req.id)
+            .org(&req.organization_id)
+            .details(json!({
+                    "before": {"status": PENDING.as_str()},
+                    "after": {"status": to.as_str(), "reason": why},
+                "user_id": req.user_id,
+            })),
         now,
     )
     .await?;
     Ok(true)
 }
 
-/// A request with the requester's email and name (R8).
+/// A request joined with its requester, as read.
 #[derive(Debug, Clone, FromQueryResult)]
-pub struct JoinRequestRow {
+struct Row {
     pub id: String,
     pub user_id: String,
     pub email: String,
@@ -132,14 +144,31 @@ pub struct JoinRequestRow {
     pub decided_at: Option<i64>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
-    /// The requester's `users.email_verified`.
     pub email_verified: bool,
+}
+
+impl From<Row> for JoinRequestView {
+    fn from(r: Row) -> Self {
+        JoinRequestView {
+            status: JoinRequestStatus::from_stored(&r.status),
+            id: r.id,
+            user_id: r.user_id,
+            email: r.email,
+            name: r.name,
+            organization_id: r.organization_id,
+            requested_at_ms: r.requested_at,
+            decided_at_ms: r.decided_at,
+            decided_by: r.decided_by,
+            reason: r.reason,
+            email_verified: r.email_verified,
+        }
+    }
 }
 
 pub struct JoinRequestQuery {
     /// None: every organization (PlatformAdmin); Some(list): only those.
     pub organizations: Option<Vec<String>>,
-    pub status: &'static str,
+    pub status: JoinRequestStatus,
     pub since: Option<i64>,
     pub after: Option<(i64, String)>,
     pub limit: u64,
@@ -153,8 +182,8 @@ fn jcol(c: jr::Column) -> Expr {
 pub async fn list<C: ConnectionTrait>(
     conn: &C,
     q: JoinRequestQuery,
-) -> Result<(Vec<JoinRequestRow>, u64), DomainError> {
-    let mut cond = Cond::all().add(jcol(jr::Column::Status).eq(q.status));
+) -> Result<(Vec<JoinRequestView>, u64), DomainError> {
+    let mut cond = Cond::all().add(jcol(jr::Column::Status).eq(q.status.as_str()));
     if let Some(orgs) = &q.organizations {
         if orgs.is_empty() {
             return Ok((Vec::new(), 0));
@@ -218,17 +247,18 @@ pub async fn list<C: ConnectionTrait>(
         .order_by_expr(jcol(jr::Column::Id), Order::Desc)
         .limit(q.limit)
         .to_owned();
-    let rows = JoinRequestRow::find_by_statement(backend.build(&stmt))
+    let rows = Row::find_by_statement(backend.build(&stmt))
         .all(conn)
         .await
         .map_err(db_err)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(Into::into).collect(), total))
 }
 
+/// The request `id` with its requester (None if either is gone).
 pub async fn row<C: ConnectionTrait>(
     conn: &C,
     id: &str,
-) -> Result<Option<JoinRequestRow>, DomainError> {
+) -> Result<Option<JoinRequestView>, DomainError> {
     let Some(m) = find(conn, id).await? else {
         return Ok(None);
     };
@@ -236,15 +266,15 @@ pub async fn row<C: ConnectionTrait>(
         .one(conn)
         .await
         .map_err(db_err)?;
-    Ok(u.map(|u| JoinRequestRow {
+    Ok(u.map(|u| JoinRequestView {
         id: m.id,
         user_id: m.user_id,
         email: u.email,
         name: u.name,
         organization_id: m.organization_id,
         status: m.status,
-        requested_at: m.requested_at,
-        decided_at: m.decided_at,
+        requested_at_ms: m.requested_at_ms,
+        decided_at_ms: m.decided_at_ms,
         decided_by: m.decided_by,
         reason: m.reason,
         email_verified: u.email_verified,
@@ -259,7 +289,7 @@ pub async fn managed_orgs<C: ConnectionTrait>(
     use super::entity::membership;
     Ok(membership::Entity::find()
         .filter(membership::Column::UserId.eq(user_id))
-        .filter(membership::Column::Role.eq("manager"))
+        .filter(membership::Column::Role.eq(Role::Manager.as_str()))
         .all(conn)
         .await
         .map_err(db_err)?

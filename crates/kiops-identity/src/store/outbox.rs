@@ -21,7 +21,45 @@ use sea_orm::{
     QueryOrder, QuerySelect, Set,
 };
 
-pub use outbox::Model as OutboxEmail;
+/// A queued message, as the sender reads it.
+#[derive(Clone)]
+pub struct OutboxEmail {
+    pub id: String,
+    pub to_address: String,
+    pub subject: String,
+    /// The text, with a placeholder where `secret` goes.
+    pub body_text: String,
+    pub kind: String,
+    pub attempts: i32,
+    /// The token, sealed (`mail::seal`).
+    pub secret: Option<String>,
+}
+
+/// The text and the token may hold a single-use link: never printed.
+impl std::fmt::Debug for OutboxEmail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxEmail")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("attempts", &self.attempts)
+            .field("has_secret", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<outbox::Model> for OutboxEmail {
+    fn from(m: outbox::Model) -> Self {
+        OutboxEmail {
+            id: m.id,
+            to_address: m.to_address,
+            subject: m.subject,
+            body_text: m.body_text,
+            kind: m.kind,
+            attempts: m.attempts,
+            secret: m.secret,
+        }
+    }
+}
 
 pub struct NewEmail {
     pub to: String,
@@ -75,7 +113,7 @@ pub async fn due<C: ConnectionTrait>(
     now: i64,
     limit: u64,
 ) -> Result<Vec<OutboxEmail>, DomainError> {
-    outbox::Entity::find()
+    Ok(outbox::Entity::find()
         .filter(outbox::Column::SentAt.is_null())
         .filter(outbox::Column::NextAttemptAt.lte(now))
         .order_by_asc(outbox::Column::NextAttemptAt)
@@ -83,7 +121,10 @@ pub async fn due<C: ConnectionTrait>(
         .limit(limit)
         .all(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }
 
 /// Takes a lease on one message; false if another sender has it.

@@ -1,0 +1,273 @@
+//! Invitations (R9): the status lifecycle and who may accept.
+//!
+//! An invitation is born PENDING and leaves it once, by one decision:
+//! accepted or declined with its current token before it expires, or revoked
+//! by a Manager (expired or not). EXPIRED is never stored: it is a pending
+//! invitation read after `expires_at`. A resend renews a pending or expired
+//! invitation with a new token and window.
+
+use super::error::{reason, DomainError};
+use super::model::Role;
+
+/// Status as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvitationStatus {
+    Pending,
+    Accepted,
+    Expired,
+    Rejected,
+    Revoked,
+}
+
+impl InvitationStatus {
+    /// The stored name (also the name in audit details and messages).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitationStatus::Pending => "pending",
+            InvitationStatus::Accepted => "accepted",
+            InvitationStatus::Expired => "expired",
+            InvitationStatus::Rejected => "rejected",
+            InvitationStatus::Revoked => "revoked",
+        }
+    }
+
+    /// From the stored name. Only the four stored statuses occur; anything
+    /// else reads as revoked (unusable).
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "pending" => InvitationStatus::Pending,
+            "accepted" => InvitationStatus::Accepted,
+            "rejected" => InvitationStatus::Rejected,
+            _ => InvitationStatus::Revoked,
+        }
+    }
+}
+
+/// An invitation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: String,
+    pub organization_id: String,
+    pub email: String,
+    pub role: Role,
+    pub inviter_id: String,
+    /// As stored; `status_at` derives EXPIRED.
+    pub status: InvitationStatus,
+    pub token_hash: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
+}
+
+impl Invitation {
+    /// The status shown at `now_ms`.
+    pub fn status_at(&self, now_ms: i64) -> InvitationStatus {
+        match self.status {
+            InvitationStatus::Pending if self.expires_at_ms <= now_ms => InvitationStatus::Expired,
+            s => s,
+        }
+    }
+
+    /// The invitation as shown at `now_ms` (EXPIRED made explicit).
+    pub fn seen_at(mut self, now_ms: i64) -> Self {
+        self.status = self.status_at(now_ms);
+        self
+    }
+
+    /// Accept and decline need a pending, unexpired invitation.
+    pub fn require_usable(&self, now_ms: i64) -> Result<(), DomainError> {
+        match self.status_at(now_ms) {
+            InvitationStatus::Pending => Ok(()),
+            s => Err(unusable(s)),
+        }
+    }
+
+    /// A resend renews a pending or an expired invitation, never a decided one.
+    pub fn require_renewable(&self, now_ms: i64) -> Result<(), DomainError> {
+        match self.status_at(now_ms) {
+            InvitationStatus::Pending | InvitationStatus::Expired => Ok(()),
+            s => Err(unusable(s)),
+        }
+    }
+}
+
+/// Why an invitation in status `s` cannot be used now.
+pub fn unusable(s: InvitationStatus) -> DomainError {
+    match s {
+        InvitationStatus::Expired => {
+            DomainError::precondition(reason::INVITATION_EXPIRED, "the invitation has expired")
+        }
+        s => {
+            let mut e = DomainError::precondition(
+                reason::NOT_PENDING,
+                format!("the invitation is {}", s.as_str()),
+            );
+            if let DomainError::FailedPrecondition { metadata, .. } = &mut e {
+                metadata.insert("status".into(), s.as_str().to_uppercase());
+            }
+            e
+        }
+    }
+}
+
+/// The decisions that end a pending invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Accept,
+    Decline,
+    Revoke,
+}
+
+impl Decision {
+    pub fn to(self) -> InvitationStatus {
+        match self {
+            Decision::Accept => InvitationStatus::Accepted,
+            Decision::Decline => InvitationStatus::Rejected,
+            Decision::Revoke => InvitationStatus::Revoked,
+        }
+    }
+
+    /// Accept and decline present the token: it must be the current one and
+    /// the invitation unexpired. A Manager revokes by id, expired or not.
+    pub fn by_token(self) -> bool {
+        !matches!(self, Decision::Revoke)
+    }
+
+    /// The audit action it records.
+    pub fn action(self) -> &'static str {
+        match self {
+            Decision::Accept => "invitation.accepted",
+            Decision::Decline => "invitation.declined",
+            Decision::Revoke => "invitation.revoked",
+        }
+    }
+}
+
+/// Who accepts an invitation (R9), from the account that holds the invited
+/// email (if any) and the authenticated caller (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The logged-in owner of the invited email.
+    AccountOwner,
+    /// No account holds the email: an anonymous caller creates it.
+    NewAccount,
+    /// An account holds the email but nobody is logged in: log in as it.
+    LoginRequired,
+}
+
+pub fn who_accepts(
+    invited_account: Option<&str>,
+    caller: Option<&str>,
+) -> Result<Acceptance, DomainError> {
+    match (invited_account, caller) {
+        (Some(owner), Some(c)) if owner == c => Ok(Acceptance::AccountOwner),
+        (_, Some(_)) => Err(DomainError::denied(
+            reason::INVITATION_EMAIL_MISMATCH,
+            "this invitation is for another email address",
+        )),
+        (Some(_), None) => Ok(Acceptance::LoginRequired),
+        (None, None) => Ok(Acceptance::NewAccount),
+    }
+}
+
+/// The refusal of `Acceptance::LoginRequired`.
+pub fn login_required() -> DomainError {
+    DomainError::unauthenticated(
+        reason::LOGIN_REQUIRED,
+        "an account with the invited email exists: log in as it to accept",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(status: InvitationStatus, expires_at_ms: i64) -> Invitation {
+        Invitation {
+            id: "i".into(),
+            organization_id: "o".into(),
+            email: "a@x.io".into(),
+            role: Role::Member,
+            inviter_id: "m".into(),
+            status,
+            token_hash: "h".into(),
+            created_at_ms: 0,
+            expires_at_ms,
+            decided_at_ms: None,
+        }
+    }
+
+    fn reason_of(r: Result<(), DomainError>) -> &'static str {
+        match r {
+            Ok(()) => "OK",
+            Err(DomainError::FailedPrecondition { reason, .. }) => reason,
+            Err(_) => "OTHER",
+        }
+    }
+
+    #[test]
+    fn expiry_is_derived_from_pending() {
+        let p = inv(InvitationStatus::Pending, 10);
+        assert_eq!(p.status_at(9), InvitationStatus::Pending);
+        assert_eq!(p.status_at(10), InvitationStatus::Expired);
+        assert_eq!(
+            inv(InvitationStatus::Accepted, 10).status_at(11),
+            InvitationStatus::Accepted
+        );
+        assert_eq!(p.seen_at(10).status, InvitationStatus::Expired);
+    }
+
+    #[test]
+    fn stored_names_round_trip() {
+        for s in [
+            InvitationStatus::Pending,
+            InvitationStatus::Accepted,
+            InvitationStatus::Rejected,
+            InvitationStatus::Revoked,
+        ] {
+            assert_eq!(InvitationStatus::from_stored(s.as_str()), s);
+        }
+    }
+
+    #[test]
+    fn only_pending_is_usable_and_decided_is_not_renewable() {
+        let p = inv(InvitationStatus::Pending, 10);
+        assert_eq!(reason_of(p.require_usable(5)), "OK");
+        assert_eq!(reason_of(p.require_usable(10)), reason::INVITATION_EXPIRED);
+        assert_eq!(reason_of(p.require_renewable(10)), "OK");
+        let r = inv(InvitationStatus::Revoked, 10);
+        assert_eq!(reason_of(r.require_renewable(5)), reason::NOT_PENDING);
+        match unusable(InvitationStatus::Accepted) {
+            DomainError::FailedPrecondition { metadata, .. } => {
+                assert_eq!(metadata.get("status").map(String::as_str), Some("ACCEPTED"))
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(Decision::Decline.to(), InvitationStatus::Rejected);
+        assert!(Decision::Accept.by_token());
+        assert!(!Decision::Revoke.by_token());
+        assert_eq!(Decision::Revoke.action(), "invitation.revoked");
+    }
+
+    #[test]
+    fn who_may_accept() {
+        assert_eq!(
+            who_accepts(Some("u"), Some("u")).ok(),
+            Some(Acceptance::AccountOwner)
+        );
+        assert!(matches!(
+            who_accepts(Some("u"), Some("v")),
+            Err(DomainError::PermissionDenied { reason, .. }) if reason == reason::INVITATION_EMAIL_MISMATCH
+        ));
+        assert!(who_accepts(None, Some("v")).is_err());
+        assert_eq!(
+            who_accepts(Some("u"), None).ok(),
+            Some(Acceptance::LoginRequired)
+        );
+        assert_eq!(who_accepts(None, None).ok(), Some(Acceptance::NewAccount));
+    }
+}

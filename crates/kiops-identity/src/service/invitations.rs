@@ -1,0 +1,350 @@
+//! `InvitationService` use cases (R9): Managers invite by email, the
+//! invited person accepts or declines with the emailed token. The lifecycle
+//! and who may accept are `domain::invitation`.
+
+use super::{parse, Page};
+use crate::app::App;
+use crate::auth::secrets::{hash_token, random_token};
+use crate::domain::audit::RequestMeta;
+use crate::domain::error::{reason, Violations};
+use crate::domain::invitation::{self, unusable, Acceptance, Invitation, InvitationStatus};
+use crate::domain::model::Role;
+use crate::domain::page_token;
+use crate::domain::{access, password_policy, validate, Caller, DomainError, FieldViolation};
+use crate::mail::messages::{self, INVITATION_TTL_DAYS};
+use crate::store::invitations::{self, Acceptor, NewInvitation};
+use crate::store::memberships::{self, MemberRow};
+use crate::store::{organizations, outbox, users, WriteTx};
+use kiops_proto::v1::{
+    self, AcceptInvitationRequest, CreateInvitationRequest, ListInvitationsRequest,
+};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub const INVITATION_TOKEN_PREFIX: &str = "ki";
+const TTL_MS: i64 = INVITATION_TTL_DAYS * 24 * 3600 * 1000;
+
+/// An accepted invitation: the new membership, read in its transaction.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub organization_id: String,
+    pub member: MemberRow,
+    /// The moment the member was read (its shown status depends on it).
+    pub now_ms: i64,
+}
+
+pub async fn create(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: CreateInvitationRequest,
+) -> Result<Invitation, DomainError> {
+    let mut v = Violations::new();
+    let org = v.take(validate::id("organization_id", &r.organization_id));
+    let email = v.take(validate::email("email", &r.email));
+    let role = v.take(parse::role("role", r.role).map(Some));
+    v.into_result()?;
+    let role = role.unwrap_or(Role::Member);
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let o = organizations::lock(&tx, &org).await?;
+    let caller_role = memberships::role_of(&tx, &org, &caller.user_id).await?;
+    access::require_manager(&caller, caller_role)?;
+    access::require_may_grant(&caller, role)?;
+    let o = o.ok_or_else(|| DomainError::not_found("organization"))?;
+    if let Some(existing) = users::find_by_email(&tx, &email).await? {
+        if memberships::find(&tx, &org, &existing.id).await?.is_some() {
+            return Err(DomainError::exists(
+                reason::ALREADY_MEMBER,
+                "this person is already a member",
+            ));
+        }
+    }
+    if invitations::live_exists(&tx, &org, &email, now).await? {
+        return Err(DomainError::exists(
+            reason::INVITATION_PENDING,
+            "a pending invitation for this email exists; resend it instead",
+        ));
+    }
+    let token = random_token(INVITATION_TOKEN_PREFIX);
+    let inv = invitations::create(
+        &tx,
+        &meta,
+        caller.actor(),
+        NewInvitation {
+            organization_id: org,
+            email,
+            role,
+            inviter_id: caller.user_id.clone(),
+            token_hash: hash_token(&token),
+            ttl_ms: TTL_MS,
+        },
+        now,
+    )
+    .await?;
+    send(&app, tx, &inv, &o.name, &caller, &token, now).await?;
+    Ok(inv.seen_at(now))
+}
+
+pub async fn list(
+    app: &App,
+    caller: &Caller,
+    r: ListInvitationsRequest,
+) -> Result<Page<Invitation>, DomainError> {
+    let mut v = Violations::new();
+    let org = v.take(validate::id("organization_id", &r.organization_id));
+    let size = v.take(validate::page_size("page_size", r.page_size));
+    let status = v.take(status_filter("status", r.status));
+    let fp = page_token::fingerprint(&["invitations", &org, &r.status.to_string()]);
+    let key = app.tokens.page_key();
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
+    };
+    v.into_result()?;
+    let conn = app.store.conn();
+    let role = memberships::role_of(conn, &org, &caller.user_id).await?;
+    access::require_manager(caller, role)?;
+    let after = after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
+    let now = app.clock.now_ms();
+    let (rows, total) = invitations::list(conn, &org, status, after, size + 1, now).await?;
+    let more = rows.len() as u64 > size;
+    let items: Vec<_> = rows
+        .into_iter()
+        .take(size as usize)
+        .map(|i| i.seen_at(now))
+        .collect();
+    let next_page_token = match (more, items.last()) {
+        (true, Some(l)) => page_token::encode(&key, &fp, vec![json!(l.created_at_ms), json!(l.id)]),
+        _ => String::new(),
+    };
+    Ok(Page {
+        items,
+        next_page_token,
+        total_size: total,
+    })
+}
+
+pub async fn resend(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    id: String,
+) -> Result<Invitation, DomainError> {
+    let id =
+        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let inv = for_manager(&tx, &caller, &id).await?;
+    access::require_may_grant(&caller, inv.role)?;
+    inv.require_renewable(now)?;
+    let org = organizations::find(&tx, &inv.organization_id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("invitation"))?;
+    let token = random_token(INVITATION_TOKEN_PREFIX);
+    let Some(after) = invitations::renew(
+        &tx,
+        &meta,
+        caller.actor(),
+        &inv,
+        hash_token(&token),
+        TTL_MS,
+        now,
+    )
+    .await?
+    else {
+        // An accept or decline committed since the read: it won.
+        let current = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
+        return Err(unusable(current.status_at(now)));
+    };
+    send(&app, tx, &after, &org.name, &caller, &token, now).await?;
+    Ok(after.seen_at(now))
+}
+
+pub async fn revoke(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    id: String,
+) -> Result<Invitation, DomainError> {
+    let id =
+        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let inv = for_manager(&tx, &caller, &id).await?;
+    if !invitations::revoke(&tx, &meta, caller.actor(), &inv, now).await? {
+        return Err(unusable(inv.status_at(now)));
+    }
+    let after = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
+    tx.commit().await?;
+    Ok(after.seen_at(now))
+}
+
+/// Accepting, by the invited email's account or by whoever creates it
+/// (`domain::invitation::who_accepts`).
+pub async fn accept(
+    app: App,
+    meta: RequestMeta,
+    caller: Option<Caller>,
+    r: AcceptInvitationRequest,
+) -> Result<Accepted, DomainError> {
+    app.throttle.check(&meta.peer, None)?;
+    let inv = by_token(&app, &r.token).await?;
+    let now = app.clock.now_ms();
+    inv.require_usable(now)?;
+    let existing = users::find_by_email(app.store.conn(), &inv.email).await?;
+    let acceptor = match invitation::who_accepts(
+        existing.as_ref().map(|u| u.id.as_str()),
+        caller.as_ref().map(|c| c.user_id.as_str()),
+    )? {
+        Acceptance::AccountOwner => {
+            let u = existing.ok_or_else(|| DomainError::internal("accept without account"))?;
+            Acceptor::Account {
+                id: u.id,
+                email: u.email,
+            }
+        }
+        Acceptance::LoginRequired => {
+            // The account may be the one a concurrent accept of this same
+            // invitation has just created (in the transaction that used the
+            // invitation): then the invitation is what is no longer usable,
+            // as the loser of that race must hear.
+            if let Some(current) = invitations::find(app.store.conn(), &inv.id).await? {
+                current.require_usable(now)?;
+            }
+            return Err(invitation::login_required());
+        }
+        Acceptance::NewAccount => {
+            let mut v = Violations::new();
+            let name = v.take(validate::name("name", r.name.as_deref().unwrap_or("")));
+            let password = r.password.unwrap_or_default();
+            v.check(password_policy::check("password", &password, &inv.email));
+            v.into_result()?;
+            let password_hash = app.hasher.hash(password).await?;
+            Acceptor::NewAccount {
+                name,
+                password_hash,
+            }
+        }
+    };
+    let tx = app.store.begin_write().await?;
+    // The organization row first, as resend and revoke take it: the
+    // membership insert needs a key-share lock on it, and taking the
+    // invitation row before it deadlocked against a resend.
+    organizations::lock(&tx, &inv.organization_id).await?;
+    let Some(user_id) = invitations::accept(&tx, &meta, &inv, acceptor, now).await? else {
+        return Err(not_consumed(&tx, inv, now).await);
+    };
+    // Read inside the transaction, as for every change's reply.
+    let member = memberships::get_member(&tx, &inv.organization_id, &user_id)
+        .await?
+        .ok_or_else(|| DomainError::internal("membership just created"))?;
+    tx.commit().await?;
+    Ok(Accepted {
+        organization_id: inv.organization_id,
+        member,
+        now_ms: now,
+    })
+}
+
+pub async fn decline(app: App, meta: RequestMeta, token: String) -> Result<(), DomainError> {
+    let inv = by_token(&app, &token).await?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    if !invitations::decline(&tx, &meta, &inv, now).await? {
+        return Err(not_consumed(&tx, inv, now).await);
+    }
+    tx.commit().await
+}
+
+/// ListInvitations' status filter; UNSPECIFIED means any.
+fn status_filter(field: &str, n: i32) -> Result<Option<InvitationStatus>, FieldViolation> {
+    use v1::InvitationStatus as P;
+    match P::try_from(n) {
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::Pending) => Ok(Some(InvitationStatus::Pending)),
+        Ok(P::Accepted) => Ok(Some(InvitationStatus::Accepted)),
+        Ok(P::Expired) => Ok(Some(InvitationStatus::Expired)),
+        Ok(P::Rejected) => Ok(Some(InvitationStatus::Rejected)),
+        Ok(P::Revoked) => Ok(Some(InvitationStatus::Revoked)),
+        Err(_) => Err(FieldViolation::new(field, "unknown invitation status")),
+    }
+}
+
+/// Queues the invitation email with its token, commits, and wakes the sender.
+async fn send(
+    app: &App,
+    tx: WriteTx,
+    inv: &Invitation,
+    org_name: &str,
+    inviter: &Caller,
+    token: &str,
+    now: i64,
+) -> Result<(), DomainError> {
+    outbox::enqueue(
+        &tx,
+        messages::invitation(
+            &app.mail,
+            &inv.email,
+            org_name,
+            &inviter.email,
+            inv.role.as_str(),
+            token,
+            inv.expires_at_ms,
+        ),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    app.mail_wakeup.notify_one();
+    Ok(())
+}
+
+/// The invitation of a secret token. The database finds the row by hash;
+/// the stored hash is then compared in constant time as well.
+async fn by_token(app: &App, token: &str) -> Result<Invitation, DomainError> {
+    validate::opaque_token("token", token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let hash = hash_token(token);
+    let inv = invitations::find_by_token_hash(app.store.conn(), &hash)
+        .await?
+        .ok_or_else(|| DomainError::not_found("invitation"))?;
+    if !bool::from(inv.token_hash.as_bytes().ct_eq(hash.as_bytes())) {
+        return Err(DomainError::not_found("invitation"));
+    }
+    Ok(inv)
+}
+
+/// The invitation `id` for a Manager of its organization; NOT_FOUND for
+/// anyone who cannot see that organization (R4).
+async fn for_manager(tx: &WriteTx, caller: &Caller, id: &str) -> Result<Invitation, DomainError> {
+    let inv = invitations::find(tx, id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("invitation"))?;
+    organizations::lock(tx, &inv.organization_id).await?;
+    // Read again under the lock: a resend that committed while we waited
+    // for it has changed the token.
+    let inv = invitations::find(tx, id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("invitation"))?;
+    let role = memberships::role_of(tx, &inv.organization_id, &caller.user_id).await?;
+    if !caller.platform_admin && role.is_none() {
+        return Err(DomainError::not_found("invitation"));
+    }
+    access::require_manager(caller, role)?;
+    Ok(inv)
+}
+
+/// Why the conditional UPDATE on (id, token hash) changed nothing: the
+/// invitation was decided or expired meanwhile, or a resend replaced the
+/// presented token (then it is unknown, as any dead token is).
+async fn not_consumed(tx: &WriteTx, inv: Invitation, now: i64) -> DomainError {
+    match invitations::find(tx, &inv.id).await {
+        Ok(Some(current)) if current.token_hash != inv.token_hash => {
+            DomainError::not_found("invitation")
+        }
+        Ok(Some(current)) => unusable(current.status_at(now)),
+        Ok(None) => DomainError::not_found("invitation"),
+        Err(e) => e,
+    }
+}
