@@ -918,7 +918,7 @@ async fn secrets_never_reach_the_log(backend: Backend) {
     })
     .await
     .expect("reset");
-    s.invitations_client()
+    s.invitations()
         .await
         .create_invitation(authed(
             CreateInvitationRequest {
@@ -936,7 +936,7 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         .token("ki")
         .expect("token");
     let new_user_pw = "new user secret passphrase";
-    s.invitations_client()
+    s.invitations()
         .await
         .accept_invitation(AcceptInvitationRequest {
             token: invite.clone(),
@@ -981,16 +981,4 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         "a password hash appears in the server log"
     );
     assert!(logs.contains("ready:"), "the log was captured");
-}
-
-impl TestServer {
-    async fn invitations_client(
-        &self,
-    ) -> kiops_proto::v1::invitation_service_client::InvitationServiceClient<
-        tonic::transport::Channel,
-    > {
-        kiops_proto::v1::invitation_service_client::InvitationServiceClient::new(
-            self.channel().await,
-        )
-    }
 }

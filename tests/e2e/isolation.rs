@@ -71,152 +71,107 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
         .access_token;
     let bm = |u: &str| (b.clone(), u.to_string());
     let (org, mem) = bm(&b_mem_id);
-    let mut outcomes: Vec<(&str, Result<(), tonic::Status>)> = vec![];
-    macro_rules! call {
-        ($name:literal, $e:expr) => {
-            outcomes.push(($name, $e.await.map(|_| ())));
-        };
-    }
-    call!(
-        "GetOrganization",
-        o.get_organization(authed(
-            GetOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "UpdateOrganization",
-        o.update_organization(authed(
-            UpdateOrganizationRequest {
+    let calls = [
+        (
+            "GetOrganization",
+            Rpc::GetOrganization(GetOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "UpdateOrganization",
+            Rpc::UpdateOrganization(UpdateOrganizationRequest {
                 organization: Some(Organization {
                     organization_id: org.clone(),
                     name: "pwned".into(),
                     ..Default::default()
                 }),
                 update_mask: None,
-            },
-            &t
-        ))
-    );
-    call!(
-        "DeleteOrganization",
-        o.delete_organization(authed(
-            DeleteOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "ListMembers",
-        m.list_members(authed(
-            ListMembersRequest {
+            }),
+        ),
+        (
+            "DeleteOrganization",
+            Rpc::DeleteOrganization(DeleteOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "ListMembers",
+            Rpc::ListMembers(ListMembersRequest {
                 organization_id: org.clone(),
                 ..Default::default()
-            },
-            &t
-        ))
-    );
-    call!(
-        "GetMember",
-        m.get_member(authed(
-            GetMemberRequest {
+            }),
+        ),
+        (
+            "GetMember",
+            Rpc::GetMember(GetMemberRequest {
                 organization_id: org.clone(),
-                user_id: mem.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "AddMember",
-        m.add_member(authed(
-            AddMemberRequest {
+                user_id: mem.clone(),
+            }),
+        ),
+        (
+            "AddMember",
+            Rpc::AddMember(AddMemberRequest {
                 organization_id: org.clone(),
                 user_id: a_mgr_id.clone(),
-                role: 2
-            },
-            &t
-        ))
-    );
-    call!(
-        "ChangeRole",
-        m.change_role(authed(
-            ChangeRoleRequest {
+                role: 2,
+            }),
+        ),
+        (
+            "ChangeRole",
+            Rpc::ChangeRole(ChangeRoleRequest {
                 organization_id: org.clone(),
                 user_id: b_mgr_id.clone(),
-                role: 1
-            },
-            &t
-        ))
-    );
-    call!(
-        "SetPermissions",
-        m.set_permissions(authed(
-            SetPermissionsRequest {
+                role: 1,
+            }),
+        ),
+        (
+            "SetPermissions",
+            Rpc::SetPermissions(SetPermissionsRequest {
                 organization_id: org.clone(),
                 user_id: mem.clone(),
-                permissions: vec![1, 2, 3]
-            },
-            &t
-        ))
-    );
-    call!(
-        "RemoveMember",
-        m.remove_member(authed(
-            RemoveMemberRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "LeaveOrganization",
-        m.leave_organization(authed(
-            LeaveOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "CheckPermission",
-        m.check_permission(authed(
-            CheckPermissionRequest {
+                permissions: vec![1, 2, 3],
+            }),
+        ),
+        (
+            "RemoveMember",
+            Rpc::RemoveMember(RemoveMemberRequest {
                 organization_id: org.clone(),
                 user_id: mem.clone(),
-                permission: 4
-            },
-            &t
-        ))
-    );
-    call!(
-        "CreatePermissionTemplate",
-        m.create_permission_template(authed(
-            CreatePermissionTemplateRequest {
+            }),
+        ),
+        (
+            "LeaveOrganization",
+            Rpc::LeaveOrganization(LeaveOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "CheckPermission",
+            Rpc::CheckPermission(CheckPermissionRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                permission: 4,
+            }),
+        ),
+        (
+            "CreatePermissionTemplate",
+            Rpc::CreatePermissionTemplate(CreatePermissionTemplateRequest {
                 organization_id: org.clone(),
                 name: "x".into(),
-                permissions: vec![]
-            },
-            &t
-        ))
-    );
-    call!(
-        "ListPermissionTemplates",
-        m.list_permission_templates(authed(
-            ListPermissionTemplatesRequest {
+                permissions: vec![],
+            }),
+        ),
+        (
+            "ListPermissionTemplates",
+            Rpc::ListPermissionTemplates(ListPermissionTemplatesRequest {
                 organization_id: org.clone(),
                 ..Default::default()
-            },
-            &t
-        ))
-    );
-    call!(
-        "UpdatePermissionTemplate",
-        m.update_permission_template(authed(
-            UpdatePermissionTemplateRequest {
+            }),
+        ),
+        (
+            "UpdatePermissionTemplate",
+            Rpc::UpdatePermissionTemplate(UpdatePermissionTemplateRequest {
                 template: Some(PermissionTemplate {
                     template_id: tpl.clone(),
                     organization_id: org.clone(),
@@ -224,43 +179,38 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
                     ..Default::default()
                 }),
                 update_mask: None,
-            },
-            &t
-        ))
-    );
-    call!(
-        "DeletePermissionTemplate",
-        m.delete_permission_template(authed(
-            DeletePermissionTemplateRequest {
+            }),
+        ),
+        (
+            "DeletePermissionTemplate",
+            Rpc::DeletePermissionTemplate(DeletePermissionTemplateRequest {
                 organization_id: org.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "ApplyPermissionTemplate",
-        m.apply_permission_template(authed(
-            ApplyPermissionTemplateRequest {
+                template_id: tpl.clone(),
+            }),
+        ),
+        (
+            "ApplyPermissionTemplate",
+            Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
                 organization_id: org.clone(),
                 user_id: mem.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
-    // The template id of B used through A's organization is not found either.
-    call!(
-        "ApplyPermissionTemplate via A",
-        m.apply_permission_template(authed(
-            ApplyPermissionTemplateRequest {
+                template_id: tpl.clone(),
+            }),
+        ),
+        // The template id of B used through A's organization is not found either.
+        (
+            "ApplyPermissionTemplate via A",
+            Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
                 organization_id: a.clone(),
                 user_id: a_mem_id.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
+                template_id: tpl.clone(),
+            }),
+        ),
+    ];
+    let clients = s.clients().await;
+    let mut outcomes = vec![];
+    for (rpc, call) in calls {
+        outcomes.push((rpc, call.send(&clients, Some(&t), None).await));
+    }
 
     for (rpc, outcome) in outcomes {
         let status = outcome.expect_err(rpc);

@@ -9,7 +9,6 @@ use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
 use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::*;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 both_backends!(
@@ -39,15 +38,6 @@ async fn start(backend: Backend) -> (TestServer, SmtpSink) {
     )
     .await;
     (s, sink)
-}
-
-impl TestServer {
-    async fn approvals(&self) -> ApprovalServiceClient<Channel> {
-        ApprovalServiceClient::new(self.channel().await)
-    }
-    async fn invitations(&self) -> InvitationServiceClient<Channel> {
-        InvitationServiceClient::new(self.channel().await)
-    }
 }
 
 async fn manager_org(s: &TestServer, code: &str) -> (String, String, String) {
