@@ -12,11 +12,14 @@ use std::time::Duration;
 use tonic::Code;
 
 both_backends!(
-    signup_request_approve_and_reject,
+    signup_request_then_approval,
+    rejected_users_may_ask_again,
+    bad_sign_ups_change_nothing,
     join_requests_list_by_period_and_visibility,
     invitation_new_account,
     invitation_existing_account,
-    resend_expiry_decline_revoke,
+    resend_and_expiry,
+    decline_and_revoke,
     invitation_rules_and_bad_tokens,
     double_approval_and_double_accept_race,
     outbox_retries_and_survives_restart,
@@ -72,8 +75,7 @@ async fn verify_address(s: &TestServer, sink: &SmtpSink, email: &str, n: usize) 
         .await
         .expect("verify email");
 }
-
-async fn signup_request_approve_and_reject(backend: Backend) {
+async fn signup_request_then_approval(backend: Backend) {
     let (s, sink) = start(backend).await;
     let (_, org, mgr) = manager_org(&s, "acme").await;
     let mut auth = s.auth().await;
@@ -178,6 +180,45 @@ async fn signup_request_approve_and_reject(backend: Backend) {
         Code::AlreadyExists,
         "ALREADY_MEMBER",
     );
+}
+
+/// New@Example.com signed up to `org`, proved the address and was approved
+/// by `mgr` (messages 1 and 2); returns their token.
+async fn approved_newcomer(s: &TestServer, sink: &SmtpSink, org: &str, mgr: &str) -> String {
+    let jr = s
+        .auth()
+        .await
+        .sign_up(signup("New@Example.com", Some(org)))
+        .await
+        .expect("sign up")
+        .into_inner()
+        .join_request
+        .expect("join request");
+    let token = s
+        .login("new@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    verify_address(s, sink, "new@example.com", 1).await;
+    s.approvals()
+        .await
+        .approve_join_request(authed(
+            ApproveJoinRequestRequest {
+                join_request_id: jr.join_request_id,
+            },
+            mgr,
+        ))
+        .await
+        .expect("approve");
+    sink.wait_for("new@example.com", 2).await;
+    token
+}
+
+async fn rejected_users_may_ask_again(backend: Backend) {
+    let (s, sink) = start(backend).await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let token = approved_newcomer(&s, &sink, &org, &mgr).await;
+    let mut ap = s.approvals().await;
 
     // Reject, then the user may ask again.
     let (_, org2, mgr2) = manager_org(&s, "beta").await;
@@ -218,6 +259,15 @@ async fn signup_request_approve_and_reject(backend: Backend) {
     ))
     .await
     .expect("may request again after a rejection");
+}
+
+async fn bad_sign_ups_change_nothing(backend: Backend) {
+    let (s, _sink) = start(backend).await;
+    let mut auth = s.auth().await;
+    // New@Example.com has an account.
+    auth.sign_up(signup("New@Example.com", None))
+        .await
+        .expect("sign up");
 
     // Bad input changes nothing.
     assert_status(
@@ -551,8 +601,7 @@ async fn invitation_existing_account(backend: Backend) {
         "INVITATION_EMAIL_MISMATCH",
     );
 }
-
-async fn resend_expiry_decline_revoke(backend: Backend) {
+async fn resend_and_expiry(backend: Backend) {
     let (s, sink) = start(backend).await;
     let (_, org, mgr) = manager_org(&s, "acme").await;
     let mut c = s.invitations().await;
@@ -641,6 +690,24 @@ async fn resend_expiry_decline_revoke(backend: Backend) {
         Code::FailedPrecondition,
         "NOT_PENDING",
     );
+}
+
+async fn decline_and_revoke(backend: Backend) {
+    let (s, sink) = start(backend).await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let mut c = s.invitations().await;
+    // An accepted invitation before them.
+    invite(&s, &org, "a@example.com", Role::Member, &mgr)
+        .await
+        .expect("invite");
+    let ta = sink
+        .wait_for("a@example.com", 1)
+        .await
+        .token("ki")
+        .expect("token");
+    c.accept_invitation(accept(&ta, Some("A"), Some(PASSWORD)))
+        .await
+        .expect("accept");
 
     // Decline sets REJECTED.
     invite(&s, &org, "b@example.com", Role::Member, &mgr)
