@@ -16,7 +16,8 @@ both_backends!(
     list_members_search_and_sort,
     list_members_pages_every_member_once,
     list_members_page_tokens_and_filters,
-    permission_templates,
+    permission_template_creation_rules,
+    permission_templates_apply_update_list_delete,
     add_member_rules,
 );
 
@@ -793,22 +794,27 @@ async fn list_members_page_tokens_and_filters(backend: Backend) {
         .await
         .expect("500 is fine");
 }
+fn create(
+    org: &str,
+    name: &str,
+    perms: &[Permission],
+    t: &str,
+) -> tonic::Request<CreatePermissionTemplateRequest> {
+    authed(
+        CreatePermissionTemplateRequest {
+            organization_id: org.into(),
+            name: name.into(),
+            permissions: perms.iter().map(|p| *p as i32).collect(),
+        },
+        t,
+    )
+}
 
-async fn permission_templates(backend: Backend) {
+async fn permission_template_creation_rules(backend: Backend) {
     let s = TestServer::start(backend).await;
     let o = setup(&s, "acme").await;
     let b = setup(&s, "beta").await;
     let mut m = s.members().await;
-    let create = |org: &str, name: &str, perms: &[Permission], t: &str| {
-        authed(
-            CreatePermissionTemplateRequest {
-                organization_id: org.into(),
-                name: name.into(),
-                permissions: perms.iter().map(|p| *p as i32).collect(),
-            },
-            t,
-        )
-    };
     let tpl = m
         .create_permission_template(create(
             &o.id,
@@ -845,6 +851,26 @@ async fn permission_templates(backend: Backend) {
             .await,
         "name",
     );
+}
+
+async fn permission_templates_apply_update_list_delete(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let o = setup(&s, "acme").await;
+    let b = setup(&s, "beta").await;
+    let mut m = s.members().await;
+    // Acme's "operator" template.
+    let tpl = m
+        .create_permission_template(create(
+            &o.id,
+            "operator",
+            &[Permission::Infra, Permission::Backup, Permission::Database],
+            &o.mgr,
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .template
+        .expect("template");
 
     let applied = m
         .apply_permission_template(authed(
