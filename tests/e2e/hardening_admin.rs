@@ -78,6 +78,48 @@ async fn my_id(s: &TestServer, token: &str) -> String {
 /// A Manager grants themselves every category, directly and through a
 /// template: both refused, nothing stored, nothing audited; once a
 /// PlatformAdmin demotes them to Member they hold none of those categories.
+/// SetPermissions of `who` in `org` to `perms`, as `token`.
+async fn set_all(
+    s: &TestServer,
+    org: &str,
+    who: String,
+    token: String,
+    perms: Vec<i32>,
+) -> Result<tonic::Response<SetPermissionsResponse>, tonic::Status> {
+    s.members()
+        .await
+        .set_permissions(authed(
+            SetPermissionsRequest {
+                organization_id: org.into(),
+                user_id: who,
+                permissions: perms,
+            },
+            &token,
+        ))
+        .await
+}
+
+/// ApplyPermissionTemplate `tid` to `who` in `org`, as `token`.
+async fn apply(
+    s: &TestServer,
+    org: &str,
+    who: String,
+    token: String,
+    tid: &str,
+) -> Result<tonic::Response<ApplyPermissionTemplateResponse>, tonic::Status> {
+    s.members()
+        .await
+        .apply_permission_template(authed(
+            ApplyPermissionTemplateRequest {
+                organization_id: org.into(),
+                user_id: who,
+                template_id: tid.into(),
+            },
+            &token,
+        ))
+        .await
+}
+
 async fn nobody_changes_their_own_permissions(backend: Backend) {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
@@ -106,45 +148,9 @@ async fn nobody_changes_their_own_permissions(backend: Backend) {
         .expect("template");
     let (_, events_before) = audit_events(&s, &admin, None, "", "").await;
 
-    let set_own = |who: &str, token: &str| {
-        let (org, who, token, all) = (org.clone(), who.to_string(), token.to_string(), all.clone());
-        let s = &s;
-        async move {
-            s.members()
-                .await
-                .set_permissions(authed(
-                    SetPermissionsRequest {
-                        organization_id: org,
-                        user_id: who,
-                        permissions: all,
-                    },
-                    &token,
-                ))
-                .await
-        }
-    };
-    let apply_own = |who: &str, token: &str| {
-        let (org, who, token, tid) = (
-            org.clone(),
-            who.to_string(),
-            token.to_string(),
-            tpl.template_id.clone(),
-        );
-        let s = &s;
-        async move {
-            s.members()
-                .await
-                .apply_permission_template(authed(
-                    ApplyPermissionTemplateRequest {
-                        organization_id: org,
-                        user_id: who,
-                        template_id: tid,
-                    },
-                    &token,
-                ))
-                .await
-        }
-    };
+    let set_own = |who: &str, token: &str| set_all(&s, &org, who.into(), token.into(), all.clone());
+    let apply_own =
+        |who: &str, token: &str| apply(&s, &org, who.into(), token.into(), &tpl.template_id);
     assert_status(
         set_own(&mgr_id, &mgr).await,
         Code::PermissionDenied,
