@@ -14,10 +14,12 @@ use tonic::Code;
 
 both_backends!(
     user_and_organization_changes_write_one_event_each,
-    membership_and_template_changes_write_one_event_each,
+    membership_changes_write_one_event_each,
+    template_changes_write_one_event_each,
     invitations_write_one_event_each,
     sign_up_and_approvals_write_one_event_each,
-    session_and_account_changes_write_one_event_each,
+    self_service_and_sessions_write_one_event_each,
+    account_administration_writes_one_event_each,
     refused_calls_write_no_event,
     audit_holders_see_their_organization_with_request_ids,
     platform_admins_filter_and_page_the_whole_trail,
@@ -223,7 +225,7 @@ async fn user_and_organization_changes_write_one_event_each(backend: Backend) {
     );
 }
 
-async fn membership_and_template_changes_write_one_event_each(backend: Backend) {
+async fn membership_changes_write_one_event_each(backend: Backend) {
     let Trail {
         sink: _sink,
         s,
@@ -288,6 +290,59 @@ async fn membership_and_template_changes_write_one_event_each(backend: Backend) 
         )
         .await;
     assert_eq!(d["after"]["permissions"], serde_json::json!(["device"]));
+    m.remove_member(authed(
+        RemoveMemberRequest {
+            organization_id: org.clone(),
+            user_id: lee.clone(),
+        },
+        &kim_t,
+    ))
+    .await
+    .expect("remove");
+    a.one("membership.removed", &lee, "kim@example.com", Some(&org))
+        .await;
+    s.add_member(&admin, &org, &lee, Role::Member).await;
+    let lee_t = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    m.leave_organization(authed(
+        LeaveOrganizationRequest {
+            organization_id: org.clone(),
+        },
+        &lee_t,
+    ))
+    .await
+    .expect("leave");
+    a.one("membership.left", &lee, "lee@example.com", Some(&org))
+        .await;
+    m.send_password_reset(authed(
+        SendPasswordResetRequest {
+            organization_id: org.clone(),
+            user_id: kim.clone(),
+        },
+        &admin,
+    ))
+    .await
+    .expect("send reset");
+    a.one("user.password_reset_requested", &kim, ADMIN_EMAIL, None)
+        .await;
+}
+
+async fn template_changes_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients { members: mut m, .. } = c;
+    // Kim manages Acme; Lee is a Member.
+    let (org, _, kim_t) = acme_managed_by_kim(&s, &admin).await;
+    let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
+    s.add_member(&admin, &org, &lee, Role::Member).await;
     let tpl = m
         .create_permission_template(authed(
             CreatePermissionTemplateRequest {
@@ -349,44 +404,6 @@ async fn membership_and_template_changes_write_one_event_each(backend: Backend) 
     .await
     .expect("delete template");
     a.one("template.deleted", &tpl, "kim@example.com", Some(&org))
-        .await;
-    m.remove_member(authed(
-        RemoveMemberRequest {
-            organization_id: org.clone(),
-            user_id: lee.clone(),
-        },
-        &kim_t,
-    ))
-    .await
-    .expect("remove");
-    a.one("membership.removed", &lee, "kim@example.com", Some(&org))
-        .await;
-    s.add_member(&admin, &org, &lee, Role::Member).await;
-    let lee_t = s
-        .login("lee@example.com", PASSWORD)
-        .await
-        .expect("login")
-        .access_token;
-    m.leave_organization(authed(
-        LeaveOrganizationRequest {
-            organization_id: org.clone(),
-        },
-        &lee_t,
-    ))
-    .await
-    .expect("leave");
-    a.one("membership.left", &lee, "lee@example.com", Some(&org))
-        .await;
-    m.send_password_reset(authed(
-        SendPasswordResetRequest {
-            organization_id: org.clone(),
-            user_id: kim.clone(),
-        },
-        &admin,
-    ))
-    .await
-    .expect("send reset");
-    a.one("user.password_reset_requested", &kim, ADMIN_EMAIL, None)
         .await;
 }
 
@@ -591,32 +608,25 @@ async fn sign_up_and_approvals_write_one_event_each(backend: Backend) {
         .await;
 }
 
-async fn session_and_account_changes_write_one_event_each(backend: Backend) {
+async fn self_service_and_sessions_write_one_event_each(backend: Backend) {
     let Trail {
         sink,
         s,
-        admin,
+        admin: _,
         mut a,
         c,
     } = trail(backend).await;
     let Clients {
         mut auth,
         mut users,
-        mut orgs,
         ..
     } = c;
-    // Lee, and C a Member of Acme, as the other areas leave them; Beta to
-    // delete.
     let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
     let lee_t = s
         .login("lee@example.com", PASSWORD)
         .await
         .expect("login")
         .access_token;
-    let org = s.create_org(&admin, "Acme", "acme").await;
-    let c = s.create_user("c@example.com", "C", PASSWORD).await;
-    s.add_member(&admin, &org, &c, Role::Member).await;
-    let org2 = s.create_org(&admin, "Beta", "beta").await;
     let sess = s.login("lee@example.com", PASSWORD).await.expect("login");
     auth.logout(authed(
         LogoutRequest {
@@ -674,6 +684,47 @@ async fn session_and_account_changes_write_one_event_each(backend: Backend) {
     .expect("reset");
     a.one("user.password_reset", &lee, "lee@example.com", None)
         .await;
+}
+
+async fn account_administration_writes_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients {
+        mut users,
+        mut orgs,
+        ..
+    } = c;
+    // Lee, and C a Member of Acme, as the other areas leave them; Beta to
+    // delete.
+    let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
+    let lee_t = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    let org = s.create_org(&admin, "Acme", "acme").await;
+    let c = s.create_user("c@example.com", "C", PASSWORD).await;
+    s.add_member(&admin, &org, &c, Role::Member).await;
+    let org2 = s.create_org(&admin, "Beta", "beta").await;
+    // Lee renamed themselves before (see the self-service test).
+    users
+        .update_me(authed(
+            UpdateMeRequest {
+                name: "Lee Park".into(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+                ..Default::default()
+            },
+            &lee_t,
+        ))
+        .await
+        .expect("update me");
     for (action, f) in [("user.deactivated", 0), ("user.reactivated", 1)] {
         if f == 0 {
             users
