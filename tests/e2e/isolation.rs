@@ -69,9 +69,75 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
         .await
         .expect("login")
         .access_token;
+    let calls = calls_on_b(&a, &b, &a_mgr_id, &a_mem_id, &b_mgr_id, &b_mem_id, &tpl);
+    let clients = s.clients().await;
+    let mut outcomes = vec![];
+    for (rpc, call) in calls {
+        outcomes.push((rpc, call.send(&clients, Some(&t), None).await));
+    }
+
+    for (rpc, outcome) in outcomes {
+        let status = outcome.expect_err(rpc);
+        let platform_admin_only = matches!(rpc, "DeleteOrganization" | "AddMember");
+        if platform_admin_only {
+            assert_eq!(status.code(), Code::PermissionDenied, "{rpc}: {status:?}");
+            assert_eq!(reason(&status), "PLATFORM_ADMIN_REQUIRED", "{rpc}");
+        } else {
+            // R4: B does not exist for A's Manager; never a hint it does.
+            assert_eq!(status.code(), Code::NotFound, "{rpc}: {status:?}");
+        }
+    }
+    assert_eq!(before, snapshot(&mut m).await, "B is unchanged");
+    let name = o
+        .get_organization(authed(
+            GetOrganizationRequest {
+                organization_id: b.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .organization
+        .expect("org")
+        .name;
+    assert_eq!(name, "Beta");
+    let templates = m
+        .list_permission_templates(authed(
+            ListPermissionTemplatesRequest {
+                organization_id: b.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("templates")
+        .into_inner();
+    assert_eq!(templates.templates[0].name, "ops");
+}
+
+/// What A's Manager tries on B: every OrganizationService and
+/// MembershipService RPC that names B, one of its members or its template.
+fn calls_on_b(
+    a: &str,
+    b: &str,
+    a_mgr_id: &str,
+    a_mem_id: &str,
+    b_mgr_id: &str,
+    b_mem_id: &str,
+    tpl: &str,
+) -> Vec<(&'static str, Rpc)> {
+    let (a, b, a_mgr_id, a_mem_id, b_mgr_id, tpl) = (
+        a.to_string(),
+        b.to_string(),
+        a_mgr_id.to_string(),
+        a_mem_id.to_string(),
+        b_mgr_id.to_string(),
+        tpl.to_string(),
+    );
     let bm = |u: &str| (b.clone(), u.to_string());
     let (org, mem) = bm(&b_mem_id);
-    let calls = [
+    vec![
         (
             "GetOrganization",
             Rpc::GetOrganization(GetOrganizationRequest {
@@ -205,49 +271,5 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
                 template_id: tpl.clone(),
             }),
         ),
-    ];
-    let clients = s.clients().await;
-    let mut outcomes = vec![];
-    for (rpc, call) in calls {
-        outcomes.push((rpc, call.send(&clients, Some(&t), None).await));
-    }
-
-    for (rpc, outcome) in outcomes {
-        let status = outcome.expect_err(rpc);
-        let platform_admin_only = matches!(rpc, "DeleteOrganization" | "AddMember");
-        if platform_admin_only {
-            assert_eq!(status.code(), Code::PermissionDenied, "{rpc}: {status:?}");
-            assert_eq!(reason(&status), "PLATFORM_ADMIN_REQUIRED", "{rpc}");
-        } else {
-            // R4: B does not exist for A's Manager; never a hint it does.
-            assert_eq!(status.code(), Code::NotFound, "{rpc}: {status:?}");
-        }
-    }
-    assert_eq!(before, snapshot(&mut m).await, "B is unchanged");
-    let name = o
-        .get_organization(authed(
-            GetOrganizationRequest {
-                organization_id: b.clone(),
-            },
-            &admin,
-        ))
-        .await
-        .expect("get")
-        .into_inner()
-        .organization
-        .expect("org")
-        .name;
-    assert_eq!(name, "Beta");
-    let templates = m
-        .list_permission_templates(authed(
-            ListPermissionTemplatesRequest {
-                organization_id: b.clone(),
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await
-        .expect("templates")
-        .into_inner();
-    assert_eq!(templates.templates[0].name, "ops");
+    ]
 }
