@@ -1329,7 +1329,7 @@ async fn export_streams_100k_events_in_constant_memory(backend: Backend) {
     let pid = s.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(pid);
-    let mut c = AuditServiceClient::new(s.channel().await);
+    let mut c = s.audit().await;
     let mut stream = c
         .export_audit_events(authed(
             ExportAuditEventsRequest {

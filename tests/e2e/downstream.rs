@@ -413,7 +413,7 @@ async fn revocation_stream_resumes_after_disconnect(backend: Backend) {
         let s = &s;
         let admin = x.admin.clone();
         async move {
-            let mut c = AuthServiceClient::new(s.channel().await);
+            let mut c = s.auth().await;
             c.watch_revocations(authed(
                 WatchRevocationsRequest {
                     after_event_id: after,
@@ -511,7 +511,7 @@ async fn revocation_stream_resumes_after_disconnect(backend: Backend) {
     );
     assert!(e2.event_id.parse::<i64>().expect("id") > first.event_id.parse::<i64>().expect("id"));
     // Only PlatformAdmins (and, later, service accounts) may watch.
-    let mut c = AuthServiceClient::new(s.channel().await);
+    let mut c = s.auth().await;
     let dev_token = s
         .login("dev@acme.io", PASSWORD)
         .await

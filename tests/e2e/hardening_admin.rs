@@ -6,9 +6,6 @@
 
 use crate::both_backends;
 use crate::support::*;
-use kiops_proto::v1::audit_service_client::AuditServiceClient;
-use kiops_proto::v1::auth_service_client::AuthServiceClient;
-use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,7 +41,9 @@ async fn audit_events(
     action: &str,
     target: &str,
 ) -> (Vec<AuditEvent>, i64) {
-    let r = AuditServiceClient::new(s.channel().await)
+    let r = s
+        .audit()
+        .await
         .list_audit_events(authed(
             ListAuditEventsRequest {
                 organization_id: org.map(str::to_string),
@@ -253,7 +252,7 @@ enum Removal {
 }
 
 async fn remove(s: &TestServer, how: Removal, target: &str, token: &str) -> Result<(), Status> {
-    let mut u = UserServiceClient::new(s.channel().await);
+    let mut u = s.users().await;
     let user_id = target.to_string();
     match how {
         Removal::Unflag => u
@@ -356,7 +355,7 @@ async fn race(backend: Backend, how_a: Removal, how_b: Removal) {
         let go = |how, target: String, token: String| {
             let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
-                let mut u = UserServiceClient::new(s.channel().await);
+                let mut u = s.users().await;
                 // Warm the connection, then fire together.
                 let _ = u.get_me(authed(GetMeRequest {}, &token)).await;
                 barrier.wait().await;
@@ -514,7 +513,9 @@ async fn csv_export_neutralises_formulas(backend: Backend) {
     let export = |format: ExportFormat| {
         let (s, admin) = (&s, admin.clone());
         async move {
-            let mut st = AuditServiceClient::new(s.channel().await)
+            let mut st = s
+                .audit()
+                .await
                 .export_audit_events(authed(
                     ExportAuditEventsRequest {
                         format: format as i32,
@@ -584,7 +585,9 @@ async fn csv_export_neutralises_formulas(backend: Backend) {
 async fn deleting_a_user_audits_each_membership_removal(backend: Backend) {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
-    let mut watch = AuthServiceClient::new(s.channel().await)
+    let mut watch = s
+        .auth()
+        .await
         .watch_revocations(authed(WatchRevocationsRequest::default(), &admin))
         .await
         .expect("watch")
@@ -733,7 +736,7 @@ async fn adding_a_member_while_deleting_the_account_is_never_internal(backend: B
             let (s, barrier, admin, user) =
                 (s.clone(), barrier.clone(), admin.clone(), user.clone());
             tokio::spawn(async move {
-                let mut u = UserServiceClient::new(s.channel().await);
+                let mut u = s.users().await;
                 barrier.wait().await;
                 u.delete_user(authed(DeleteUserRequest { user_id: user }, &admin))
                     .await

@@ -100,7 +100,9 @@ async fn random_concurrent_operations_keep_every_invariant(backend: Backend) {
         let mut join_requests = Vec::new();
         for j in 0..JOINERS {
             let (_, token) = s.user(&format!("j{j}@stress-{o}.io")).await;
-            let jr = ApprovalServiceClient::new(s.channel().await)
+            let jr = s
+                .approvals()
+                .await
                 .request_to_join(authed(
                     RequestToJoinRequest {
                         organization_id: id.clone(),

@@ -5,8 +5,6 @@
 use crate::both_backends;
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
-use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::*;
 use std::time::Duration;
 use tonic::Code;
@@ -907,8 +905,8 @@ async fn double_approval_and_double_accept_race(backend: Backend) {
             .expect("jr")
             .join_request_id;
         verify_address(&s, &sink, &email, 1).await;
-        let mut a = ApprovalServiceClient::new(s.channel().await);
-        let mut b = ApprovalServiceClient::new(s.channel().await);
+        let mut a = s.approvals().await;
+        let mut b = s.approvals().await;
         let (ra, rb) = tokio::join!(
             a.approve_join_request(authed(
                 ApproveJoinRequestRequest {
@@ -959,8 +957,8 @@ async fn double_approval_and_double_accept_race(backend: Backend) {
             .await
             .expect("invite");
         let token = sink.wait_for(&email, 1).await.token("ki").expect("token");
-        let mut a = InvitationServiceClient::new(s.channel().await);
-        let mut b = InvitationServiceClient::new(s.channel().await);
+        let mut a = s.invitations().await;
+        let mut b = s.invitations().await;
         let (ra, rb) = tokio::join!(
             a.accept_invitation(accept(&token, Some("A"), Some(PASSWORD))),
             b.accept_invitation(accept(&token, Some("B"), Some(PASSWORD))),
