@@ -121,11 +121,16 @@ impl Env {
         let s = TestServer::start_with(
             backend,
             ServerOptions {
+                // The callers' tokens are issued once, here: a run slowed
+                // by a loaded machine must not outlive them (the `expired`
+                // caller has a token of its own, an hour old).
                 extra_args: vec![
                     "--smtp-url".into(),
                     sink.url(),
                     "--signing-key-file".into(),
                     pem.display().to_string(),
+                    "--access-token-ttl".into(),
+                    "3600".into(),
                 ],
                 ..Default::default()
             },
@@ -316,43 +321,7 @@ impl Env {
             org: org.clone(),
             ..Default::default()
         };
-        // The target: a Member. Rows that change the account itself get a
-        // new one each time.
-        let account_rows = [
-            "UserService/DeactivateUser",
-            "UserService/ReactivateUser",
-            "UserService/DeleteUser",
-            "UserService/SetPlatformAdmin",
-            "UserService/UnlockUser",
-            "AuthService/Logout",
-            "AuthService/ResetPassword",
-        ];
-        w.target = if account_rows.contains(&rpc) {
-            let t = self.new_user("target", false).await;
-            if rpc == "AuthService/Logout" {
-                w.refresh_token = self
-                    .s
-                    .login(&t.email, PASSWORD)
-                    .await
-                    .expect("login")
-                    .refresh_token;
-            }
-            if rpc == "AuthService/ResetPassword" {
-                self.s
-                    .auth()
-                    .await
-                    .request_password_reset(RequestPasswordResetRequest {
-                        email: t.email.clone(),
-                    })
-                    .await
-                    .expect("reset request");
-                let mail = self.sink.wait_for(&t.email, 1).await;
-                w.reset_token = mail.token("kp").expect("reset token");
-            }
-            t.id
-        } else {
-            self.target.id.clone()
-        };
+        w.target = self.target_for(rpc, &mut w).await;
         self.add(&org, &w.target, Role::Member).await;
         if rpc == "UserService/ReactivateUser" {
             self.s
@@ -464,25 +433,74 @@ impl Env {
             w.verify_token = mail.token("kv").expect("verification token");
         }
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
-            for kind in CALLERS.iter().skip(3) {
-                let u = self
-                    .new_user(&kind.replace(':', "-"), *kind == "admin")
-                    .await;
-                match *kind {
-                    "manager" => self.add(&org, &u.id, Role::Manager).await,
-                    "other-mgr" => self.add(&self.other_org, &u.id, Role::Manager).await,
-                    "admin" => {}
-                    "member" => self.add(&org, &u.id, Role::Member).await,
-                    m => {
-                        self.add(&org, &u.id, Role::Member).await;
-                        let perm = PERMS.iter().find(|(k, _)| *k == m).expect("perm").1;
-                        self.grant(&org, &u.id, vec![perm as i32]).await;
-                    }
-                }
-                w.fresh.insert(kind, u.token);
-            }
+            w.fresh = self.fresh_callers(&org).await;
         }
         w
+    }
+
+    /// The target of row `rpc`: a Member. Rows that change the account
+    /// itself get a new one each time, with the session or reset token the
+    /// row needs in `w`.
+    async fn target_for(&self, rpc: &str, w: &mut World) -> String {
+        let account_rows = [
+            "UserService/DeactivateUser",
+            "UserService/ReactivateUser",
+            "UserService/DeleteUser",
+            "UserService/SetPlatformAdmin",
+            "UserService/UnlockUser",
+            "AuthService/Logout",
+            "AuthService/ResetPassword",
+        ];
+        if account_rows.contains(&rpc) {
+            let t = self.new_user("target", false).await;
+            if rpc == "AuthService/Logout" {
+                w.refresh_token = self
+                    .s
+                    .login(&t.email, PASSWORD)
+                    .await
+                    .expect("login")
+                    .refresh_token;
+            }
+            if rpc == "AuthService/ResetPassword" {
+                self.s
+                    .auth()
+                    .await
+                    .request_password_reset(RequestPasswordResetRequest {
+                        email: t.email.clone(),
+                    })
+                    .await
+                    .expect("reset request");
+                let mail = self.sink.wait_for(&t.email, 1).await;
+                w.reset_token = mail.token("kp").expect("reset token");
+            }
+            t.id
+        } else {
+            self.target.id.clone()
+        }
+    }
+
+    /// A new caller of each kind with a user behind it, placed in `org` as
+    /// that kind is: for rows whose call consumes the caller.
+    async fn fresh_callers(&self, org: &str) -> BTreeMap<&'static str, String> {
+        let mut fresh = BTreeMap::new();
+        for kind in CALLERS.iter().skip(3) {
+            let u = self
+                .new_user(&kind.replace(':', "-"), *kind == "admin")
+                .await;
+            match *kind {
+                "manager" => self.add(org, &u.id, Role::Manager).await,
+                "other-mgr" => self.add(&self.other_org, &u.id, Role::Manager).await,
+                "admin" => {}
+                "member" => self.add(org, &u.id, Role::Member).await,
+                m => {
+                    self.add(org, &u.id, Role::Member).await;
+                    let perm = PERMS.iter().find(|(k, _)| *k == m).expect("perm").1;
+                    self.grant(org, &u.id, vec![perm as i32]).await;
+                }
+            }
+            fresh.insert(*kind, u.token);
+        }
+        fresh
     }
 
     fn token<'a>(&'a self, w: &'a World, caller: &str) -> Option<&'a str> {
