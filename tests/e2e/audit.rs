@@ -822,7 +822,7 @@ async fn account_administration_writes_one_event_each(backend: Backend) {
 
 async fn refused_calls_write_no_event(backend: Backend) {
     let t = trail(backend).await;
-    let (s, admin) = (&t.s, &t.admin);
+    let (s, admin) = (&t.s, t.admin.clone());
     let mut a = Audit {
         client: t.c.audit.clone(),
         admin: admin.clone(),
@@ -837,7 +837,7 @@ async fn refused_calls_write_no_event(backend: Backend) {
     } = t.c.clone();
     let me = |t: &str| authed(GetMeRequest {}, t);
     let admin_id = users
-        .get_me(me(admin))
+        .get_me(me(&admin))
         .await
         .expect("me")
         .into_inner()
@@ -845,7 +845,7 @@ async fn refused_calls_write_no_event(backend: Backend) {
         .expect("u")
         .user_id;
     // Kim the only Manager of Acme; S1 a Member by an approved join request.
-    let (org, kim, kim_t) = acme_managed_by_kim(s, admin).await;
+    let (org, kim, kim_t) = acme_managed_by_kim(s, &admin).await;
     let (_, jr1, s1_t) = s1_approved_into(&t, &org, &kim_t).await;
     let before = a.total().await;
     let refused: Vec<Result<(), tonic::Status>> = vec![

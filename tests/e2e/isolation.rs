@@ -127,12 +127,13 @@ fn calls_on_b(
     b_mem_id: &str,
     tpl: &str,
 ) -> Vec<(&'static str, Rpc)> {
-    let (a, b, a_mgr_id, a_mem_id, b_mgr_id, tpl) = (
+    let (a, b, a_mgr_id, a_mem_id, b_mgr_id, b_mem_id, tpl) = (
         a.to_string(),
         b.to_string(),
         a_mgr_id.to_string(),
         a_mem_id.to_string(),
         b_mgr_id.to_string(),
+        b_mem_id.to_string(),
         tpl.to_string(),
     );
     let bm = |u: &str| (b.clone(), u.to_string());
