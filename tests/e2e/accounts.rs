@@ -17,7 +17,9 @@ both_backends!(
     manager_sends_password_reset,
     lockout_with_injected_clock_and_unlock,
     concurrent_failed_logins_all_count,
-    platform_admin_account_actions,
+    account_actions_need_a_platform_admin_and_spare_the_last_manager,
+    deactivation_ends_sessions_at_once,
+    set_platform_admin_rules,
     list_users_search_filter_paginate,
     login_throttle_refuses_floods,
     secrets_never_reach_the_log,
@@ -511,8 +513,21 @@ async fn concurrent_failed_logins_all_count(backend: Backend) {
         "all 10 failures counted"
     );
 }
+/// Acme with Kim its only Manager, and Lee; Kim has a session.
+struct Accounts {
+    s: TestServer,
+    admin: String,
+    admin_id: String,
+    org: String,
+    kim_id: String,
+    kim: String,
+    lee_id: String,
+    lee: String,
+    kim_session: LoginResponse,
+    u: kiops_proto::v1::user_service_client::UserServiceClient<tonic::transport::Channel>,
+}
 
-async fn platform_admin_account_actions(backend: Backend) {
+async fn accounts(backend: Backend) -> Accounts {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
     let admin_id = s
@@ -530,9 +545,36 @@ async fn platform_admin_account_actions(backend: Backend) {
     let (lee_id, lee) = s.user("lee@example.com").await;
     s.add_member(&admin, &org, &kim_id, Role::Manager).await;
     let kim_session = s.login("kim@example.com", PASSWORD).await.expect("login");
-    let mut u = s.users().await;
-    let deact = |id: &str, t: &str| authed(DeactivateUserRequest { user_id: id.into() }, t);
+    let u = s.users().await;
+    Accounts {
+        s,
+        admin,
+        admin_id,
+        org,
+        kim_id,
+        kim,
+        lee_id,
+        lee,
+        kim_session,
+        u,
+    }
+}
 
+fn deact(id: &str, t: &str) -> tonic::Request<DeactivateUserRequest> {
+    authed(DeactivateUserRequest { user_id: id.into() }, t)
+}
+
+async fn account_actions_need_a_platform_admin_and_spare_the_last_manager(backend: Backend) {
+    let Accounts {
+        s: _server,
+        admin,
+        admin_id,
+        kim_id,
+        kim,
+        lee_id,
+        mut u,
+        ..
+    } = accounts(backend).await;
     // R11: PlatformAdmin only; R2-like: not on oneself.
     assert_status(
         u.deactivate_user(deact(&lee_id, &kim)).await,
@@ -564,7 +606,20 @@ async fn platform_admin_account_actions(backend: Backend) {
         Code::FailedPrecondition,
         "LAST_MANAGER",
     );
+}
 
+async fn deactivation_ends_sessions_at_once(backend: Backend) {
+    let Accounts {
+        s,
+        admin,
+        org,
+        kim_id,
+        lee_id,
+        lee,
+        kim_session,
+        mut u,
+        ..
+    } = accounts(backend).await;
     // Deactivation: sessions and tokens stop working at once; data kept.
     let deactivated = u
         .deactivate_user(deact(&lee_id, &admin))
@@ -592,8 +647,7 @@ async fn platform_admin_account_actions(backend: Backend) {
     ))
     .await
     .expect("reactivate");
-    let lee2 = s
-        .login("lee@example.com", PASSWORD)
+    s.login("lee@example.com", PASSWORD)
         .await
         .expect("login again");
 
@@ -648,7 +702,24 @@ async fn platform_admin_account_actions(backend: Backend) {
         Code::NotFound,
         "NOT_FOUND",
     );
+}
 
+async fn set_platform_admin_rules(backend: Backend) {
+    let Accounts {
+        s,
+        admin,
+        admin_id,
+        org,
+        lee_id,
+        mut u,
+        ..
+    } = accounts(backend).await;
+    // Lee a Manager of Acme, with a session, as after the deactivation test.
+    s.add_member(&admin, &org, &lee_id, Role::Manager).await;
+    let lee2 = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login again");
     // SetPlatformAdmin: R3 and R2.
     let set = |id: &str, pa: bool, t: &str| {
         authed(
@@ -918,7 +989,7 @@ async fn secrets_never_reach_the_log(backend: Backend) {
     })
     .await
     .expect("reset");
-    s.invitations_client()
+    s.invitations()
         .await
         .create_invitation(authed(
             CreateInvitationRequest {
@@ -936,7 +1007,7 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         .token("ki")
         .expect("token");
     let new_user_pw = "new user secret passphrase";
-    s.invitations_client()
+    s.invitations()
         .await
         .accept_invitation(AcceptInvitationRequest {
             token: invite.clone(),
@@ -981,16 +1052,4 @@ async fn secrets_never_reach_the_log(backend: Backend) {
         "a password hash appears in the server log"
     );
     assert!(logs.contains("ready:"), "the log was captured");
-}
-
-impl TestServer {
-    async fn invitations_client(
-        &self,
-    ) -> kiops_proto::v1::invitation_service_client::InvitationServiceClient<
-        tonic::transport::Channel,
-    > {
-        kiops_proto::v1::invitation_service_client::InvitationServiceClient::new(
-            self.channel().await,
-        )
-    }
 }

@@ -5,9 +5,7 @@
 use crate::both_backends;
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
 use kiops_proto::v1::audit_service_client::AuditServiceClient;
-use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database};
 use std::time::Duration;
@@ -15,8 +13,17 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 both_backends!(
-    every_mutation_writes_exactly_one_event,
-    visibility_filters_and_request_ids,
+    user_and_organization_changes_write_one_event_each,
+    membership_changes_write_one_event_each,
+    template_changes_write_one_event_each,
+    invitations_write_one_event_each,
+    sign_up_and_approvals_write_one_event_each,
+    self_service_and_sessions_write_one_event_each,
+    account_administration_writes_one_event_each,
+    refused_calls_write_no_event,
+    audit_holders_see_their_organization_with_request_ids,
+    platform_admins_filter_and_page_the_whole_trail,
+    exports_agree_with_the_list,
     export_streams_100k_events_in_constant_memory,
 );
 
@@ -85,8 +92,16 @@ impl Audit {
             .total_size
     }
 }
+/// A server that mails to a sink, its admin's token and the audit reader.
+struct Trail {
+    sink: SmtpSink,
+    s: TestServer,
+    admin: String,
+    a: Audit,
+    c: Clients,
+}
 
-async fn every_mutation_writes_exactly_one_event(backend: Backend) {
+async fn trail(backend: Backend) -> Trail {
     let sink = SmtpSink::start().await;
     let s = TestServer::start_with(
         backend,
@@ -97,27 +112,88 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     )
     .await;
     let admin = s.admin_token().await;
-    let mut a = Audit {
-        client: AuditServiceClient::new(s.channel().await),
+    let a = Audit {
+        client: s.audit().await,
         admin: admin.clone(),
     };
-    let mut users = s.users().await;
-    let mut orgs = s.orgs().await;
-    let mut m = s.members().await;
-    let mut inv = InvitationServiceClient::new(s.channel().await);
-    let mut ap = ApprovalServiceClient::new(s.channel().await);
-    let mut auth = s.auth().await;
-    let me = |t: &str| authed(GetMeRequest {}, t);
-    let admin_id = users
-        .get_me(me(&admin))
-        .await
-        .expect("me")
-        .into_inner()
-        .user
-        .expect("u")
-        .user_id;
+    let c = s.clients().await;
+    Trail {
+        sink,
+        s,
+        admin,
+        a,
+        c,
+    }
+}
 
-    // Users and organizations.
+/// Acme with Kim as its only Manager: (org, Kim's id, Kim's token).
+async fn acme_managed_by_kim(s: &TestServer, admin: &str) -> (String, String, String) {
+    let kim = s.create_user("kim@example.com", "Kim", PASSWORD).await;
+    let org = s.create_org(admin, "Acme", "acme").await;
+    s.add_member(admin, &org, &kim, Role::Manager).await;
+    let kim_t = s
+        .login("kim@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    (org, kim, kim_t)
+}
+
+/// S1 signed up to `org`, proved the address and was approved by `manager`:
+/// (S1's id, the approved join request, S1's token).
+async fn s1_approved_into(t: &Trail, org: &str, manager: &str) -> (String, String, String) {
+    let mut c = t.c.clone();
+    let r = c
+        .auth
+        .sign_up(SignUpRequest {
+            email: "s1@example.com".into(),
+            name: "S".into(),
+            password: PASSWORD.into(),
+            organization_id: Some(org.into()),
+        })
+        .await
+        .expect("sign up")
+        .into_inner();
+    let (s1, jr1) = (
+        r.user.expect("u").user_id,
+        r.join_request.expect("jr").join_request_id,
+    );
+    let kv = t
+        .sink
+        .wait_for("s1@example.com", 1)
+        .await
+        .token("kv")
+        .expect("verification token");
+    c.auth
+        .verify_email(VerifyEmailRequest { token: kv })
+        .await
+        .expect("verify email");
+    c.approvals
+        .approve_join_request(authed(
+            ApproveJoinRequestRequest {
+                join_request_id: jr1.clone(),
+            },
+            manager,
+        ))
+        .await
+        .expect("approve");
+    let s1_t =
+        t.s.login("s1@example.com", PASSWORD)
+            .await
+            .expect("login")
+            .access_token;
+    (s1, jr1, s1_t)
+}
+
+async fn user_and_organization_changes_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients { mut orgs, .. } = c;
     let kim = s.create_user("kim@example.com", "Kim", PASSWORD).await;
     let d = a.one("user.created", &kim, ADMIN_EMAIL, None).await;
     assert_eq!(d["after"]["email"], "kim@example.com");
@@ -147,8 +223,19 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
         (d["before"]["name"].as_str(), d["after"]["name"].as_str()),
         (Some("Acme"), Some("Acme Inc"))
     );
+}
 
-    // Memberships, roles, permissions, templates.
+async fn membership_changes_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients { members: mut m, .. } = c;
+    let kim = s.create_user("kim@example.com", "Kim", PASSWORD).await;
+    let org = s.create_org(&admin, "Acme", "acme").await;
     s.add_member(&admin, &org, &kim, Role::Member).await;
     a.one("membership.added", &kim, ADMIN_EMAIL, Some(&org))
         .await;
@@ -203,6 +290,59 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
         )
         .await;
     assert_eq!(d["after"]["permissions"], serde_json::json!(["device"]));
+    m.remove_member(authed(
+        RemoveMemberRequest {
+            organization_id: org.clone(),
+            user_id: lee.clone(),
+        },
+        &kim_t,
+    ))
+    .await
+    .expect("remove");
+    a.one("membership.removed", &lee, "kim@example.com", Some(&org))
+        .await;
+    s.add_member(&admin, &org, &lee, Role::Member).await;
+    let lee_t = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    m.leave_organization(authed(
+        LeaveOrganizationRequest {
+            organization_id: org.clone(),
+        },
+        &lee_t,
+    ))
+    .await
+    .expect("leave");
+    a.one("membership.left", &lee, "lee@example.com", Some(&org))
+        .await;
+    m.send_password_reset(authed(
+        SendPasswordResetRequest {
+            organization_id: org.clone(),
+            user_id: kim.clone(),
+        },
+        &admin,
+    ))
+    .await
+    .expect("send reset");
+    a.one("user.password_reset_requested", &kim, ADMIN_EMAIL, None)
+        .await;
+}
+
+async fn template_changes_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients { members: mut m, .. } = c;
+    // Kim manages Acme; Lee is a Member.
+    let (org, _, kim_t) = acme_managed_by_kim(&s, &admin).await;
+    let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
+    s.add_member(&admin, &org, &lee, Role::Member).await;
     let tpl = m
         .create_permission_template(authed(
             CreatePermissionTemplateRequest {
@@ -265,46 +405,21 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     .expect("delete template");
     a.one("template.deleted", &tpl, "kim@example.com", Some(&org))
         .await;
-    m.remove_member(authed(
-        RemoveMemberRequest {
-            organization_id: org.clone(),
-            user_id: lee.clone(),
-        },
-        &kim_t,
-    ))
-    .await
-    .expect("remove");
-    a.one("membership.removed", &lee, "kim@example.com", Some(&org))
-        .await;
-    s.add_member(&admin, &org, &lee, Role::Member).await;
-    let lee_t = s
-        .login("lee@example.com", PASSWORD)
-        .await
-        .expect("login")
-        .access_token;
-    m.leave_organization(authed(
-        LeaveOrganizationRequest {
-            organization_id: org.clone(),
-        },
-        &lee_t,
-    ))
-    .await
-    .expect("leave");
-    a.one("membership.left", &lee, "lee@example.com", Some(&org))
-        .await;
-    m.send_password_reset(authed(
-        SendPasswordResetRequest {
-            organization_id: org.clone(),
-            user_id: kim.clone(),
-        },
-        &admin,
-    ))
-    .await
-    .expect("send reset");
-    a.one("user.password_reset_requested", &kim, ADMIN_EMAIL, None)
-        .await;
+}
 
-    // Invitations.
+async fn invitations_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients {
+        invitations: mut inv,
+        ..
+    } = c;
+    let (org, _, kim_t) = acme_managed_by_kim(&s, &admin).await;
     let create = |email: &str| {
         authed(
             CreateInvitationRequest {
@@ -392,8 +507,22 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     a.one("user.created", &c, "", None).await;
     a.one("membership.added", &c, "c@example.com", Some(&org))
         .await;
+}
 
-    // Sign-up and approvals.
+async fn sign_up_and_approvals_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients {
+        mut auth,
+        approvals: mut ap,
+        ..
+    } = c;
+    let (org, _, kim_t) = acme_managed_by_kim(&s, &admin).await;
     let signup = |email: &str| SignUpRequest {
         email: email.into(),
         name: "S".into(),
@@ -477,8 +606,27 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
         .join_request_id;
     a.one("join_request.created", &jr3, "s1@example.com", Some(&org2))
         .await;
+}
 
-    // Sessions, self-service, accounts.
+async fn self_service_and_sessions_write_one_event_each(backend: Backend) {
+    let Trail {
+        sink,
+        s,
+        admin: _,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients {
+        mut auth,
+        mut users,
+        ..
+    } = c;
+    let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
+    let lee_t = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
     let sess = s.login("lee@example.com", PASSWORD).await.expect("login");
     auth.logout(authed(
         LogoutRequest {
@@ -536,6 +684,47 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     .expect("reset");
     a.one("user.password_reset", &lee, "lee@example.com", None)
         .await;
+}
+
+async fn account_administration_writes_one_event_each(backend: Backend) {
+    let Trail {
+        sink: _sink,
+        s,
+        admin,
+        mut a,
+        c,
+    } = trail(backend).await;
+    let Clients {
+        mut users,
+        mut orgs,
+        ..
+    } = c;
+    // Lee, and C a Member of Acme, as the other areas leave them; Beta to
+    // delete.
+    let lee = s.create_user("lee@example.com", "Lee", PASSWORD).await;
+    let lee_t = s
+        .login("lee@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    let org = s.create_org(&admin, "Acme", "acme").await;
+    let c = s.create_user("c@example.com", "C", PASSWORD).await;
+    s.add_member(&admin, &org, &c, Role::Member).await;
+    let org2 = s.create_org(&admin, "Beta", "beta").await;
+    // Lee renamed themselves before (see the self-service test).
+    users
+        .update_me(authed(
+            UpdateMeRequest {
+                name: "Lee Park".into(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+                ..Default::default()
+            },
+            &lee_t,
+        ))
+        .await
+        .expect("update me");
     for (action, f) in [("user.deactivated", 0), ("user.reactivated", 1)] {
         if f == 0 {
             users
@@ -629,8 +818,35 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     .expect("delete org");
     a.one("organization.deleted", &org2, ADMIN_EMAIL, Some(&org2))
         .await;
+}
 
-    // Refused or failed calls leave no event.
+async fn refused_calls_write_no_event(backend: Backend) {
+    let t = trail(backend).await;
+    let (s, admin) = (&t.s, t.admin.clone());
+    let mut a = Audit {
+        client: t.c.audit.clone(),
+        admin: admin.clone(),
+    };
+    let Clients {
+        mut users,
+        mut orgs,
+        members: mut m,
+        invitations: mut inv,
+        approvals: mut ap,
+        ..
+    } = t.c.clone();
+    let me = |t: &str| authed(GetMeRequest {}, t);
+    let admin_id = users
+        .get_me(me(&admin))
+        .await
+        .expect("me")
+        .into_inner()
+        .user
+        .expect("u")
+        .user_id;
+    // Kim the only Manager of Acme; S1 a Member by an approved join request.
+    let (org, kim, kim_t) = acme_managed_by_kim(s, &admin).await;
+    let (_, jr1, s1_t) = s1_approved_into(&t, &org, &kim_t).await;
     let before = a.total().await;
     let refused: Vec<Result<(), tonic::Status>> = vec![
         m.set_permissions(authed(
@@ -717,8 +933,23 @@ async fn every_mutation_writes_exactly_one_event(backend: Backend) {
     assert!(refused.iter().all(|r| r.is_err()), "{refused:?}");
     assert_eq!(a.total().await, before, "refused calls wrote events");
 }
+/// Acme with an audit holder and a Member, Beta with a Manager; the audit
+/// permission granted with a request id of the caller's.
+struct Visibility {
+    s: TestServer,
+    admin: String,
+    org: String,
+    other: String,
+    aud_id: String,
+    mem: String,
+    omgr: String,
+    aud: String,
+    c: AuditServiceClient<Channel>,
+    /// What the grant's answer echoed as `x-request-id`.
+    echoed: Option<String>,
+}
 
-async fn visibility_filters_and_request_ids(backend: Backend) {
+async fn visibility(backend: Backend) -> Visibility {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
     let org = s.create_org(&admin, "Acme", "acme").await;
@@ -742,30 +973,56 @@ async fn visibility_filters_and_request_ids(backend: Backend) {
     req.metadata_mut()
         .insert("x-request-id", "req-audit-42".parse().expect("hdr"));
     let resp = m.set_permissions(req).await.expect("grant audit");
-    assert_eq!(
-        resp.metadata()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
-        Some("req-audit-42")
-    );
+    let echoed = resp
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let aud = s
         .login("auditor@acme.io", PASSWORD)
         .await
         .expect("login")
         .access_token;
+    let c = s.audit().await;
+    Visibility {
+        s,
+        admin,
+        org,
+        other,
+        aud_id,
+        mem,
+        omgr,
+        aud,
+        c,
+        echoed,
+    }
+}
 
-    let mut c = AuditServiceClient::new(s.channel().await);
-    let list = |org: Option<&str>, action: &str, t: &str| {
-        authed(
-            ListAuditEventsRequest {
-                organization_id: org.map(str::to_string),
-                action: action.into(),
-                page_size: 100,
-                ..Default::default()
-            },
-            t,
-        )
-    };
+fn list(org: Option<&str>, action: &str, t: &str) -> tonic::Request<ListAuditEventsRequest> {
+    authed(
+        ListAuditEventsRequest {
+            organization_id: org.map(str::to_string),
+            action: action.into(),
+            page_size: 100,
+            ..Default::default()
+        },
+        t,
+    )
+}
+
+async fn audit_holders_see_their_organization_with_request_ids(backend: Backend) {
+    let Visibility {
+        s: _server,
+        org,
+        other,
+        mem,
+        omgr,
+        aud,
+        mut c,
+        echoed,
+        ..
+    } = visibility(backend).await;
+    assert_eq!(echoed.as_deref(), Some("req-audit-42"));
     // The audit holder sees their organization's events only.
     let mine = c
         .list_audit_events(list(Some(&org), "", &aud))
@@ -808,6 +1065,17 @@ async fn visibility_filters_and_request_ids(backend: Backend) {
     c.list_audit_events(list(Some(&other), "", &omgr))
         .await
         .expect("manager reads own org");
+}
+
+async fn platform_admins_filter_and_page_the_whole_trail(backend: Backend) {
+    let Visibility {
+        s,
+        admin,
+        other,
+        aud_id,
+        mut c,
+        ..
+    } = visibility(backend).await;
     // PlatformAdmin: everything; filters.
     let all = c
         .list_audit_events(list(None, "", &admin))
@@ -942,6 +1210,22 @@ async fn visibility_filters_and_request_ids(backend: Backend) {
         .await,
         "actor_id",
     );
+}
+
+async fn exports_agree_with_the_list(backend: Backend) {
+    let Visibility {
+        s: _server,
+        org,
+        mem,
+        aud,
+        mut c,
+        ..
+    } = visibility(backend).await;
+    let mine = c
+        .list_audit_events(list(Some(&org), "", &aud))
+        .await
+        .expect("auditor lists")
+        .into_inner();
     // Exports agree with the list, in both formats.
     let export = |format: ExportFormat| {
         authed(
@@ -1045,7 +1329,7 @@ async fn export_streams_100k_events_in_constant_memory(backend: Backend) {
     let pid = s.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(pid);
-    let mut c = AuditServiceClient::new(s.channel().await);
+    let mut c = s.audit().await;
     let mut stream = c
         .export_audit_events(authed(
             ExportAuditEventsRequest {

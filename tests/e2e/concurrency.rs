@@ -3,7 +3,6 @@
 
 use crate::both_backends;
 use crate::support::*;
-use kiops_proto::v1::membership_service_client::MembershipServiceClient;
 use kiops_proto::v1::*;
 
 both_backends!(two_managers_demote_or_remove_each_other, many_managers_race);
@@ -21,8 +20,8 @@ async fn two_managers_demote_or_remove_each_other(backend: Backend) {
         s.add_member(&admin, &org, &a_id, Role::Manager).await;
         s.add_member(&admin, &org, &b_id, Role::Manager).await;
         // Separate connections, so the two requests really run in parallel.
-        let mut ma = MembershipServiceClient::new(s.channel().await);
-        let mut mb = MembershipServiceClient::new(s.channel().await);
+        let mut ma = s.members().await;
+        let mut mb = s.members().await;
         let remove = round % 2 == 1;
         let (ra, rb) = if remove {
             tokio::join!(
@@ -117,7 +116,7 @@ async fn many_managers_race(backend: Backend) {
             if i == j {
                 continue;
             }
-            let mut client = MembershipServiceClient::new(s.channel().await);
+            let mut client = s.members().await;
             let (org, target, token) = (org.clone(), target.clone(), token.clone());
             calls.push(tokio::spawn(async move {
                 if (i + j) % 2 == 0 {

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tonic::transport::Channel;
 use tonic::Request;
 
 crate::both_backends!(kill_9_under_write_load_loses_nothing_acknowledged);
@@ -55,58 +56,14 @@ async fn kill_9_under_write_load_loses_nothing_acknowledged(backend: Backend) {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for _ in 0..WRITERS {
-            let ch = s.channel().await;
-            let (admin, acked, seq, stop, people) = (
+            writers.push(tokio::spawn(write_until_stopped(
+                s.channel().await,
                 admin.clone(),
                 acked.clone(),
                 seq.clone(),
                 stop.clone(),
                 people.clone(),
-            );
-            writers.push(tokio::spawn(async move {
-                let mut tries = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    tries += 1;
-                    let n = seq.fetch_add(1, Ordering::Relaxed);
-                    let id = uuid::Uuid::now_v7().to_string();
-                    let created = OrganizationServiceClient::new(ch.clone())
-                        .create_organization(with_id(
-                            CreateOrganizationRequest {
-                                name: "Crash".into(),
-                                code: format!("crash-{n}"),
-                                description: String::new(),
-                            },
-                            &admin,
-                            &id,
-                        ))
-                        .await;
-                    let Ok(created) = created else { break };
-                    let org = created
-                        .into_inner()
-                        .organization
-                        .expect("organization")
-                        .organization_id;
-                    acked.lock().expect("acked").push((id, org.clone(), None));
-                    let user = people[n % people.len()].clone();
-                    let id = uuid::Uuid::now_v7().to_string();
-                    let added = MembershipServiceClient::new(ch.clone())
-                        .add_member(with_id(
-                            AddMemberRequest {
-                                organization_id: org.clone(),
-                                user_id: user.clone(),
-                                role: Role::Manager as i32,
-                            },
-                            &admin,
-                            &id,
-                        ))
-                        .await;
-                    if added.is_err() {
-                        break;
-                    }
-                    acked.lock().expect("acked").push((id, org, Some(user)));
-                }
-                tries
-            }));
+            )));
         }
         // Let the load run, then pull the plug mid-flight.
         tokio::time::sleep(Duration::from_millis(300 + 150 * (round as u64 % 4))).await;
@@ -235,4 +192,59 @@ async fn kill_9_under_write_load_loses_nothing_acknowledged(backend: Backend) {
         members.iter().filter(|(o, _)| orgs.contains(o)).count()
     );
     assert!(acked.len() >= rounds, "too little load to mean anything");
+}
+
+/// One writer of the load: creates organizations and adds a Manager to each,
+/// recording what was acknowledged, until stopped or refused; returns how
+/// many it tried.
+async fn write_until_stopped(
+    ch: Channel,
+    admin: String,
+    acked: Acked,
+    seq: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    people: Arc<Vec<String>>,
+) -> usize {
+    let mut tries = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        tries += 1;
+        let n = seq.fetch_add(1, Ordering::Relaxed);
+        let id = uuid::Uuid::now_v7().to_string();
+        let created = OrganizationServiceClient::new(ch.clone())
+            .create_organization(with_id(
+                CreateOrganizationRequest {
+                    name: "Crash".into(),
+                    code: format!("crash-{n}"),
+                    description: String::new(),
+                },
+                &admin,
+                &id,
+            ))
+            .await;
+        let Ok(created) = created else { break };
+        let org = created
+            .into_inner()
+            .organization
+            .expect("organization")
+            .organization_id;
+        acked.lock().expect("acked").push((id, org.clone(), None));
+        let user = people[n % people.len()].clone();
+        let id = uuid::Uuid::now_v7().to_string();
+        let added = MembershipServiceClient::new(ch.clone())
+            .add_member(with_id(
+                AddMemberRequest {
+                    organization_id: org.clone(),
+                    user_id: user.clone(),
+                    role: Role::Manager as i32,
+                },
+                &admin,
+                &id,
+            ))
+            .await;
+        if added.is_err() {
+            break;
+        }
+        acked.lock().expect("acked").push((id, org, Some(user)));
+    }
+    tries
 }

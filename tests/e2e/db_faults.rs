@@ -184,6 +184,23 @@ async fn postgres_stall_fails_checks_in_seconds_and_recovers() {
     drop(db);
 }
 
+/// ListMembers of `org` as `admin`.
+async fn list_members(
+    ch: &tonic::transport::Channel,
+    admin: &str,
+    org: &str,
+) -> Result<tonic::Response<ListMembersResponse>, tonic::Status> {
+    membership_service_client::MembershipServiceClient::new(ch.clone())
+        .list_members(authed(
+            ListMembersRequest {
+                organization_id: org.into(),
+                ..Default::default()
+            },
+            admin,
+        ))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_fast_and_recovers() {
     let (db, proxy, s) = behind_proxy().await;
@@ -205,18 +222,9 @@ async fn postgres_outage_fails_fast_and_recovers() {
             org.clone(),
         );
         load.push(tokio::spawn(async move {
-            let mut m = membership_service_client::MembershipServiceClient::new(ch);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = m
-                    .list_members(authed(
-                        ListMembersRequest {
-                            organization_id: org.clone(),
-                            ..Default::default()
-                        },
-                        &admin,
-                    ))
-                    .await;
+                let r = list_members(&ch, &admin, &org).await;
                 let code = r.map(|_| Code::Ok).unwrap_or_else(|s| s.code());
                 log.lock().expect("log").push((t, code, t.elapsed()));
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -255,15 +263,7 @@ async fn postgres_outage_fails_fast_and_recovers() {
         "liveness stays SERVING"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let direct = membership_service_client::MembershipServiceClient::new(ch.clone())
-        .list_members(authed(
-            ListMembersRequest {
-                organization_id: org.clone(),
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await;
+    let direct = list_members(&ch, &admin, &org).await;
     let status = direct.expect_err("no database, no answer");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
@@ -279,16 +279,7 @@ async fn postgres_outage_fails_fast_and_recovers() {
     let restored_at = Instant::now();
     let mut recovered_after = None;
     while restored_at.elapsed() < Duration::from_secs(30) {
-        let ok = membership_service_client::MembershipServiceClient::new(ch.clone())
-            .list_members(authed(
-                ListMembersRequest {
-                    organization_id: org.clone(),
-                    ..Default::default()
-                },
-                &admin,
-            ))
-            .await
-            .is_ok();
+        let ok = list_members(&ch, &admin, &org).await.is_ok();
         let checks = check_permission(&ch, &admin, &org, &admin_id).await.is_ok();
         if ok && checks && s.http("GET", "/readyz").0 == 200 && health("").await == 1 {
             recovered_after = Some(restored_at.elapsed());

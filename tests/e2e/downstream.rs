@@ -20,7 +20,8 @@ use tonic::Code;
 
 both_backends!(
     device_service_follows_key_rotation,
-    device_service_admits_and_refuses,
+    device_service_admits_by_membership_and_permission,
+    device_service_refuses_forged_and_stale_tokens,
     revocation_reaches_downstream_from_another_replica,
     revocation_stream_resumes_after_disconnect,
 );
@@ -112,8 +113,9 @@ async fn setup(s: &TestServer) -> Setup {
 fn b64(v: serde_json::Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).expect("json"))
 }
-
-async fn device_service_admits_and_refuses(backend: Backend) {
+/// A device service trusting the identity service's JWKS plus a test key:
+/// (server, its users, the test key, the device service's address).
+async fn device_world(backend: Backend) -> (TestServer, Setup, SigningKey, SocketAddr) {
     let s = TestServer::start(backend).await;
     let x = setup(&s).await;
     // The downstream service trusts the identity service's JWKS (fetched over
@@ -124,7 +126,11 @@ async fn device_service_admits_and_refuses(backend: Backend) {
     set.keys.push(test_key.public_jwk());
     let authority = Authority::new(set, "kiops-identity", "kiops").expect("authority");
     let addr = start_device(authority).await;
+    (s, x, test_key, addr)
+}
 
+async fn device_service_admits_by_membership_and_permission(backend: Backend) {
+    let (_server, x, _, addr) = device_world(backend).await;
     let ok = devices(addr, Some(&x.with), Some(&x.org))
         .await
         .expect("member with device is admitted");
@@ -159,7 +165,10 @@ async fn device_service_admits_and_refuses(backend: Backend) {
             .code(),
         Code::InvalidArgument
     );
+}
 
+async fn device_service_refuses_forged_and_stale_tokens(backend: Backend) {
+    let (_server, x, test_key, addr) = device_world(backend).await;
     // Forged and stale tokens of every kind are refused.
     let parts: Vec<&str> = x.with.split('.').collect();
     let kid = {
@@ -404,7 +413,7 @@ async fn revocation_stream_resumes_after_disconnect(backend: Backend) {
         let s = &s;
         let admin = x.admin.clone();
         async move {
-            let mut c = AuthServiceClient::new(s.channel().await);
+            let mut c = s.auth().await;
             c.watch_revocations(authed(
                 WatchRevocationsRequest {
                     after_event_id: after,
@@ -502,7 +511,7 @@ async fn revocation_stream_resumes_after_disconnect(backend: Backend) {
     );
     assert!(e2.event_id.parse::<i64>().expect("id") > first.event_id.parse::<i64>().expect("id"));
     // Only PlatformAdmins (and, later, service accounts) may watch.
-    let mut c = AuthServiceClient::new(s.channel().await);
+    let mut c = s.auth().await;
     let dev_token = s
         .login("dev@acme.io", PASSWORD)
         .await

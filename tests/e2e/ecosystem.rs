@@ -275,7 +275,9 @@ async fn metrics_show_rpc_login_outbox_and_pool_series(backend: Backend) {
     }
     let org = server.create_org(&admin, "Acme", "acme").await;
     // An invitation puts an email in the outbox.
-    invitation_service_client::InvitationServiceClient::new(server.channel().await)
+    server
+        .invitations()
+        .await
         .create_invitation(authed(
             CreateInvitationRequest {
                 organization_id: org,

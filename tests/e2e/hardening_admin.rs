@@ -6,9 +6,6 @@
 
 use crate::both_backends;
 use crate::support::*;
-use kiops_proto::v1::audit_service_client::AuditServiceClient;
-use kiops_proto::v1::auth_service_client::AuthServiceClient;
-use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -44,7 +41,9 @@ async fn audit_events(
     action: &str,
     target: &str,
 ) -> (Vec<AuditEvent>, i64) {
-    let r = AuditServiceClient::new(s.channel().await)
+    let r = s
+        .audit()
+        .await
         .list_audit_events(authed(
             ListAuditEventsRequest {
                 organization_id: org.map(str::to_string),
@@ -78,6 +77,48 @@ async fn my_id(s: &TestServer, token: &str) -> String {
 /// A Manager grants themselves every category, directly and through a
 /// template: both refused, nothing stored, nothing audited; once a
 /// PlatformAdmin demotes them to Member they hold none of those categories.
+/// SetPermissions of `who` in `org` to `perms`, as `token`.
+async fn set_all(
+    s: &TestServer,
+    org: &str,
+    who: String,
+    token: String,
+    perms: Vec<i32>,
+) -> Result<tonic::Response<SetPermissionsResponse>, tonic::Status> {
+    s.members()
+        .await
+        .set_permissions(authed(
+            SetPermissionsRequest {
+                organization_id: org.into(),
+                user_id: who,
+                permissions: perms,
+            },
+            &token,
+        ))
+        .await
+}
+
+/// ApplyPermissionTemplate `tid` to `who` in `org`, as `token`.
+async fn apply(
+    s: &TestServer,
+    org: &str,
+    who: String,
+    token: String,
+    tid: &str,
+) -> Result<tonic::Response<ApplyPermissionTemplateResponse>, tonic::Status> {
+    s.members()
+        .await
+        .apply_permission_template(authed(
+            ApplyPermissionTemplateRequest {
+                organization_id: org.into(),
+                user_id: who,
+                template_id: tid.into(),
+            },
+            &token,
+        ))
+        .await
+}
+
 async fn nobody_changes_their_own_permissions(backend: Backend) {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
@@ -106,45 +147,9 @@ async fn nobody_changes_their_own_permissions(backend: Backend) {
         .expect("template");
     let (_, events_before) = audit_events(&s, &admin, None, "", "").await;
 
-    let set_own = |who: &str, token: &str| {
-        let (org, who, token, all) = (org.clone(), who.to_string(), token.to_string(), all.clone());
-        let s = &s;
-        async move {
-            s.members()
-                .await
-                .set_permissions(authed(
-                    SetPermissionsRequest {
-                        organization_id: org,
-                        user_id: who,
-                        permissions: all,
-                    },
-                    &token,
-                ))
-                .await
-        }
-    };
-    let apply_own = |who: &str, token: &str| {
-        let (org, who, token, tid) = (
-            org.clone(),
-            who.to_string(),
-            token.to_string(),
-            tpl.template_id.clone(),
-        );
-        let s = &s;
-        async move {
-            s.members()
-                .await
-                .apply_permission_template(authed(
-                    ApplyPermissionTemplateRequest {
-                        organization_id: org,
-                        user_id: who,
-                        template_id: tid,
-                    },
-                    &token,
-                ))
-                .await
-        }
-    };
+    let set_own = |who: &str, token: &str| set_all(&s, &org, who.into(), token.into(), all.clone());
+    let apply_own =
+        |who: &str, token: &str| apply(&s, &org, who.into(), token.into(), &tpl.template_id);
     assert_status(
         set_own(&mgr_id, &mgr).await,
         Code::PermissionDenied,
@@ -247,7 +252,7 @@ enum Removal {
 }
 
 async fn remove(s: &TestServer, how: Removal, target: &str, token: &str) -> Result<(), Status> {
-    let mut u = UserServiceClient::new(s.channel().await);
+    let mut u = s.users().await;
     let user_id = target.to_string();
     match how {
         Removal::Unflag => u
@@ -350,7 +355,7 @@ async fn race(backend: Backend, how_a: Removal, how_b: Removal) {
         let go = |how, target: String, token: String| {
             let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
-                let mut u = UserServiceClient::new(s.channel().await);
+                let mut u = s.users().await;
                 // Warm the connection, then fire together.
                 let _ = u.get_me(authed(GetMeRequest {}, &token)).await;
                 barrier.wait().await;
@@ -508,7 +513,9 @@ async fn csv_export_neutralises_formulas(backend: Backend) {
     let export = |format: ExportFormat| {
         let (s, admin) = (&s, admin.clone());
         async move {
-            let mut st = AuditServiceClient::new(s.channel().await)
+            let mut st = s
+                .audit()
+                .await
                 .export_audit_events(authed(
                     ExportAuditEventsRequest {
                         format: format as i32,
@@ -578,7 +585,9 @@ async fn csv_export_neutralises_formulas(backend: Backend) {
 async fn deleting_a_user_audits_each_membership_removal(backend: Backend) {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
-    let mut watch = AuthServiceClient::new(s.channel().await)
+    let mut watch = s
+        .auth()
+        .await
         .watch_revocations(authed(WatchRevocationsRequest::default(), &admin))
         .await
         .expect("watch")
@@ -727,7 +736,7 @@ async fn adding_a_member_while_deleting_the_account_is_never_internal(backend: B
             let (s, barrier, admin, user) =
                 (s.clone(), barrier.clone(), admin.clone(), user.clone());
             tokio::spawn(async move {
-                let mut u = UserServiceClient::new(s.channel().await);
+                let mut u = s.users().await;
                 barrier.wait().await;
                 u.delete_user(authed(DeleteUserRequest { user_id: user }, &admin))
                     .await

@@ -4,7 +4,6 @@
 
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
 use kiops_proto::v1::*;
 use std::time::Duration;
 use tonic::Code;
@@ -71,7 +70,7 @@ async fn calls(
 ) -> Vec<(&'static str, Result<(), tonic::Status>)> {
     let mut users = s.users().await;
     let mut members = s.members().await;
-    let mut approvals = ApprovalServiceClient::new(s.channel().await);
+    let mut approvals = s.approvals().await;
     vec![
         (
             "GetMe",
@@ -452,7 +451,8 @@ async fn export(
     token: &str,
     org: &str,
 ) -> Result<tonic::Streaming<ExportAuditEventsResponse>, tonic::Status> {
-    kiops_proto::v1::audit_service_client::AuditServiceClient::new(s.channel().await)
+    s.audit()
+        .await
         .export_audit_events(authed(
             ExportAuditEventsRequest {
                 organization_id: Some(org.into()),

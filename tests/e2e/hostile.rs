@@ -12,18 +12,13 @@
 //! `KIOPS_PROPTEST_CASES` (default 200) sets the cases per backend.
 
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
-use kiops_proto::v1::audit_service_client::AuditServiceClient;
-use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
-use kiops_proto::v1::membership_service_client::MembershipServiceClient;
-use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
 use kiops_proto::v1::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use std::collections::BTreeMap;
-use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::metadata::MetadataMap;
+use tonic::Code;
 
 crate::both_backends!(random_hostile_requests_get_deliberate_answers);
 
@@ -119,33 +114,35 @@ fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
         })
 }
 
-fn with<T>(msg: T, token: Option<&str>, rid: &str) -> Request<T> {
-    let mut r = match token {
-        Some(t) => authed(msg, t),
-        None => Request::new(msg),
-    };
-    r.metadata_mut()
-        .insert("x-request-id", rid.parse().expect("rid"));
-    r
-}
-
 fn mask(p: &str) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
         paths: vec![p.to_string()],
     })
 }
 
-async fn send(ch: &Channel, c: &Case, admin: &str, rid: &str) -> Result<(), tonic::Status> {
+/// Sends case `c` with request id `rid`, as `admin` unless the case is
+/// anonymous or the RPC is public.
+async fn send(clients: &Clients, c: &Case, admin: &str, rid: &str) -> Result<(), tonic::Status> {
+    let (call, token) = request(c, admin);
+    let md = if c.rpc == 16 {
+        // A hostile bearer token, when it is valid header text at all.
+        let mut md = MetadataMap::new();
+        if let Ok(v) = format!("Bearer {}", c.s[0]).parse() {
+            md.insert("authorization", v);
+        }
+        md
+    } else {
+        rpc::metadata(token, Some(rid))
+    };
+    call.send_with(clients, md).await
+}
+
+/// The RPC case `c` calls, with its hostile request, and the token it
+/// sends (none for the public RPCs).
+fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
     let t = if c.anon { None } else { Some(admin) };
     let [a, b, d, e] = c.s.clone();
     let [org, user] = c.ids.clone();
-    let mut auth = auth_service_client::AuthServiceClient::new(ch.clone());
-    let mut users = user_service_client::UserServiceClient::new(ch.clone());
-    let mut orgs = OrganizationServiceClient::new(ch.clone());
-    let mut m = MembershipServiceClient::new(ch.clone());
-    let mut inv = InvitationServiceClient::new(ch.clone());
-    let mut ap = ApprovalServiceClient::new(ch.clone());
-    let mut au = AuditServiceClient::new(ch.clone());
     let ts = |secs: i32, nanos: i32| {
         Some(prost_types::Timestamp {
             seconds: i64::from(secs) * 1_000_003,
@@ -153,545 +150,366 @@ async fn send(ch: &Channel, c: &Case, admin: &str, rid: &str) -> Result<(), toni
         })
     };
     match c.rpc {
-        0 => auth
-            .login(with(
-                LoginRequest {
-                    email: a,
-                    password: b,
-                    organization_id: Some(org),
-                },
-                None,
-                rid,
-            ))
-            .await
-            .map(drop),
-        1 => auth
-            .sign_up(with(
-                SignUpRequest {
-                    email: a,
-                    name: b,
-                    password: d,
-                    organization_id: Some(org),
-                },
-                None,
-                rid,
-            ))
-            .await
-            .map(drop),
-        2 => users
-            .create_user(with(
-                CreateUserRequest {
-                    email: a,
-                    name: b,
-                    password: d,
-                    platform_admin: c.n[0] % 2 == 0,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        3 => users
-            .update_me(with(
-                UpdateMeRequest {
-                    name: a,
-                    phone: b,
-                    avatar_url: d,
-                    update_mask: mask(&e),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        4 => orgs
-            .create_organization(with(
-                CreateOrganizationRequest {
+        0 => (
+            Rpc::Login(LoginRequest {
+                email: a,
+                password: b,
+                organization_id: Some(org),
+            }),
+            None,
+        ),
+        1 => (
+            Rpc::SignUp(SignUpRequest {
+                email: a,
+                name: b,
+                password: d,
+                organization_id: Some(org),
+            }),
+            None,
+        ),
+        2 => (
+            Rpc::CreateUser(CreateUserRequest {
+                email: a,
+                name: b,
+                password: d,
+                platform_admin: c.n[0] % 2 == 0,
+            }),
+            t,
+        ),
+        3 => (
+            Rpc::UpdateMe(UpdateMeRequest {
+                name: a,
+                phone: b,
+                avatar_url: d,
+                update_mask: mask(&e),
+            }),
+            t,
+        ),
+        4 => (
+            Rpc::CreateOrganization(CreateOrganizationRequest {
+                name: a,
+                code: b,
+                description: d,
+            }),
+            t,
+        ),
+        5 => (
+            Rpc::UpdateOrganization(UpdateOrganizationRequest {
+                organization: Some(Organization {
+                    organization_id: org,
                     name: a,
                     code: b,
                     description: d,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        5 => orgs
-            .update_organization(with(
-                UpdateOrganizationRequest {
-                    organization: Some(Organization {
-                        organization_id: org,
-                        name: a,
-                        code: b,
-                        description: d,
-                        create_time: None,
-                    }),
-                    update_mask: mask(&e),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        6 => m
-            .list_members(with(
-                ListMembersRequest {
-                    organization_id: org,
-                    query: a,
-                    order_by: b,
-                    role: c.n[1],
-                    status: c.n[1],
-                    page_size: c.n[0],
-                    page_token: d,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        7 => users
-            .list_users(with(
-                ListUsersRequest {
-                    query: a,
-                    order_by: b,
-                    filter: d,
-                    page_size: c.n[0],
-                    page_token: e,
-                    status: c.n[1],
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        8 => au
-            .list_audit_events(with(
-                ListAuditEventsRequest {
-                    organization_id: Some(org),
-                    start_time: ts(c.n[0], c.n[2]),
-                    end_time: ts(c.n[2], c.n[0]),
-                    actor_id: user,
-                    action: a,
-                    target_id: b,
-                    page_size: c.n[0],
-                    page_token: d,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        9 => m
-            .change_role(with(
-                ChangeRoleRequest {
-                    organization_id: org,
-                    user_id: user,
-                    role: c.n[1],
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        10 => m
-            .set_permissions(with(
-                SetPermissionsRequest {
-                    organization_id: org,
-                    user_id: user,
-                    permissions: c.perms.clone(),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        11 => m
-            .check_permission(with(
-                CheckPermissionRequest {
-                    user_id: user,
-                    organization_id: org,
-                    permission: c.n[1],
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        12 => inv
-            .create_invitation(with(
-                CreateInvitationRequest {
-                    organization_id: org,
-                    email: a,
-                    role: c.n[1],
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        13 => inv
-            .accept_invitation(with(
-                AcceptInvitationRequest {
-                    token: a,
-                    name: Some(b),
-                    password: Some(d),
-                },
-                None,
-                rid,
-            ))
-            .await
-            .map(drop),
-        14 => auth
-            .refresh(with(
-                RefreshRequest {
-                    refresh_token: a,
-                    organization_id: Some(org),
-                },
-                None,
-                rid,
-            ))
-            .await
-            .map(drop),
-        15 => auth
-            .reset_password(with(
-                ResetPasswordRequest {
-                    token: a,
-                    new_password: b,
-                },
-                None,
-                rid,
-            ))
-            .await
-            .map(drop),
-        16 => {
-            // A hostile bearer token, when it is valid header text at all.
-            let mut r = Request::new(GetMeRequest {});
-            if let Ok(v) = format!("Bearer {a}").parse() {
-                r.metadata_mut().insert("authorization", v);
-            }
-            users.get_me(r).await.map(drop)
-        }
-        17 => m
-            .create_permission_template(with(
-                CreatePermissionTemplateRequest {
-                    organization_id: org,
-                    name: a,
-                    permissions: c.perms.clone(),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        18 => ap
-            .list_join_requests(with(
-                ListJoinRequestsRequest {
-                    organization_id: Some(org),
-                    period: c.n[1],
-                    status: c.n[1],
-                    page_size: c.n[0],
-                    page_token: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        20 => ap
-            .request_to_join(with(
-                RequestToJoinRequest {
-                    organization_id: org,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        21 => ap
-            .approve_join_request(with(
-                ApproveJoinRequestRequest { join_request_id: a },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        22 => ap
-            .reject_join_request(with(
-                RejectJoinRequestRequest {
-                    join_request_id: a,
-                    reason: Some(b),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        23 => {
-            let r = au
-                .export_audit_events(with(
-                    ExportAuditEventsRequest {
-                        organization_id: Some(org),
-                        start_time: ts(c.n[0], c.n[2]),
-                        end_time: ts(c.n[2], c.n[0]),
-                        actor_id: user,
-                        action: a,
-                        target_id: b,
-                        format: c.n[1],
-                    },
-                    t,
-                    rid,
-                ))
-                .await?;
-            r.into_inner().message().await.map(drop)
-        }
-        24 => auth
-            .logout(with(LogoutRequest { refresh_token: a }, t, rid))
-            .await
-            .map(drop),
-        25 => auth
-            .watch_revocations(with(WatchRevocationsRequest { after_event_id: a }, t, rid))
-            .await
-            .map(drop),
-        26 => inv
-            .list_invitations(with(
-                ListInvitationsRequest {
-                    organization_id: org,
-                    status: c.n[1],
-                    page_size: c.n[0],
-                    page_token: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        27 => inv
-            .resend_invitation(with(ResendInvitationRequest { invitation_id: a }, t, rid))
-            .await
-            .map(drop),
-        28 => inv
-            .revoke_invitation(with(RevokeInvitationRequest { invitation_id: a }, t, rid))
-            .await
-            .map(drop),
-        29 => inv
-            .decline_invitation(with(DeclineInvitationRequest { token: a }, None, rid))
-            .await
-            .map(drop),
-        30 => m
-            .add_member(with(
-                AddMemberRequest {
-                    organization_id: org,
-                    user_id: user,
-                    role: c.n[1],
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        31 => m
-            .get_member(with(
-                GetMemberRequest {
-                    organization_id: org,
-                    user_id: user,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        32 => m
-            .remove_member(with(
-                RemoveMemberRequest {
-                    organization_id: org,
-                    user_id: user,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        33 => m
-            .leave_organization(with(
-                LeaveOrganizationRequest {
-                    organization_id: org,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        34 => m
-            .list_my_memberships(with(
-                ListMyMembershipsRequest {
-                    page_size: c.n[0],
-                    page_token: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        35 => m
-            .list_permission_templates(with(
-                ListPermissionTemplatesRequest {
-                    organization_id: org,
-                    page_size: c.n[0],
-                    page_token: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        36 => m
-            .update_permission_template(with(
-                UpdatePermissionTemplateRequest {
-                    template: Some(PermissionTemplate {
-                        template_id: a,
-                        organization_id: org,
-                        name: b,
-                        permissions: c.perms.clone(),
-                        create_time: None,
-                        update_time: None,
-                    }),
-                    update_mask: mask(&d),
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        37 => m
-            .delete_permission_template(with(
-                DeletePermissionTemplateRequest {
-                    organization_id: org,
+                    create_time: None,
+                }),
+                update_mask: mask(&e),
+            }),
+            t,
+        ),
+        6 => (
+            Rpc::ListMembers(ListMembersRequest {
+                organization_id: org,
+                query: a,
+                order_by: b,
+                role: c.n[1],
+                status: c.n[1],
+                page_size: c.n[0],
+                page_token: d,
+            }),
+            t,
+        ),
+        7 => (
+            Rpc::ListUsers(ListUsersRequest {
+                query: a,
+                order_by: b,
+                filter: d,
+                page_size: c.n[0],
+                page_token: e,
+                status: c.n[1],
+            }),
+            t,
+        ),
+        8 => (
+            Rpc::ListAuditEvents(ListAuditEventsRequest {
+                organization_id: Some(org),
+                start_time: ts(c.n[0], c.n[2]),
+                end_time: ts(c.n[2], c.n[0]),
+                actor_id: user,
+                action: a,
+                target_id: b,
+                page_size: c.n[0],
+                page_token: d,
+            }),
+            t,
+        ),
+        9 => (
+            Rpc::ChangeRole(ChangeRoleRequest {
+                organization_id: org,
+                user_id: user,
+                role: c.n[1],
+            }),
+            t,
+        ),
+        10 => (
+            Rpc::SetPermissions(SetPermissionsRequest {
+                organization_id: org,
+                user_id: user,
+                permissions: c.perms.clone(),
+            }),
+            t,
+        ),
+        11 => (
+            Rpc::CheckPermission(CheckPermissionRequest {
+                user_id: user,
+                organization_id: org,
+                permission: c.n[1],
+            }),
+            t,
+        ),
+        12 => (
+            Rpc::CreateInvitation(CreateInvitationRequest {
+                organization_id: org,
+                email: a,
+                role: c.n[1],
+            }),
+            t,
+        ),
+        13 => (
+            Rpc::AcceptInvitation(AcceptInvitationRequest {
+                token: a,
+                name: Some(b),
+                password: Some(d),
+            }),
+            None,
+        ),
+        14 => (
+            Rpc::Refresh(RefreshRequest {
+                refresh_token: a,
+                organization_id: Some(org),
+            }),
+            None,
+        ),
+        15 => (
+            Rpc::ResetPassword(ResetPasswordRequest {
+                token: a,
+                new_password: b,
+            }),
+            None,
+        ),
+        // Its token is the hostile string (see `send`).
+        16 => (Rpc::GetMe(GetMeRequest {}), None),
+        17 => (
+            Rpc::CreatePermissionTemplate(CreatePermissionTemplateRequest {
+                organization_id: org,
+                name: a,
+                permissions: c.perms.clone(),
+            }),
+            t,
+        ),
+        18 => (
+            Rpc::ListJoinRequests(ListJoinRequestsRequest {
+                organization_id: Some(org),
+                period: c.n[1],
+                status: c.n[1],
+                page_size: c.n[0],
+                page_token: a,
+            }),
+            t,
+        ),
+        20 => (
+            Rpc::RequestToJoin(RequestToJoinRequest {
+                organization_id: org,
+            }),
+            t,
+        ),
+        21 => (
+            Rpc::ApproveJoinRequest(ApproveJoinRequestRequest { join_request_id: a }),
+            t,
+        ),
+        22 => (
+            Rpc::RejectJoinRequest(RejectJoinRequestRequest {
+                join_request_id: a,
+                reason: Some(b),
+            }),
+            t,
+        ),
+        23 => (
+            Rpc::ExportAuditEvents(ExportAuditEventsRequest {
+                organization_id: Some(org),
+                start_time: ts(c.n[0], c.n[2]),
+                end_time: ts(c.n[2], c.n[0]),
+                actor_id: user,
+                action: a,
+                target_id: b,
+                format: c.n[1],
+            }),
+            t,
+        ),
+        24 => (Rpc::Logout(LogoutRequest { refresh_token: a }), t),
+        25 => (
+            Rpc::WatchRevocations(WatchRevocationsRequest { after_event_id: a }),
+            t,
+        ),
+        26 => (
+            Rpc::ListInvitations(ListInvitationsRequest {
+                organization_id: org,
+                status: c.n[1],
+                page_size: c.n[0],
+                page_token: a,
+            }),
+            t,
+        ),
+        27 => (
+            Rpc::ResendInvitation(ResendInvitationRequest { invitation_id: a }),
+            t,
+        ),
+        28 => (
+            Rpc::RevokeInvitation(RevokeInvitationRequest { invitation_id: a }),
+            t,
+        ),
+        29 => (
+            Rpc::DeclineInvitation(DeclineInvitationRequest { token: a }),
+            None,
+        ),
+        30 => (
+            Rpc::AddMember(AddMemberRequest {
+                organization_id: org,
+                user_id: user,
+                role: c.n[1],
+            }),
+            t,
+        ),
+        31 => (
+            Rpc::GetMember(GetMemberRequest {
+                organization_id: org,
+                user_id: user,
+            }),
+            t,
+        ),
+        32 => (
+            Rpc::RemoveMember(RemoveMemberRequest {
+                organization_id: org,
+                user_id: user,
+            }),
+            t,
+        ),
+        33 => (
+            Rpc::LeaveOrganization(LeaveOrganizationRequest {
+                organization_id: org,
+            }),
+            t,
+        ),
+        34 => (
+            Rpc::ListMyMemberships(ListMyMembershipsRequest {
+                page_size: c.n[0],
+                page_token: a,
+            }),
+            t,
+        ),
+        35 => (
+            Rpc::ListPermissionTemplates(ListPermissionTemplatesRequest {
+                organization_id: org,
+                page_size: c.n[0],
+                page_token: a,
+            }),
+            t,
+        ),
+        36 => (
+            Rpc::UpdatePermissionTemplate(UpdatePermissionTemplateRequest {
+                template: Some(PermissionTemplate {
                     template_id: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        38 => m
-            .apply_permission_template(with(
-                ApplyPermissionTemplateRequest {
                     organization_id: org,
-                    user_id: user,
-                    template_id: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        39 => m
-            .send_password_reset(with(
-                SendPasswordResetRequest {
-                    organization_id: org,
-                    user_id: user,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        40 => orgs
-            .get_organization(with(
-                GetOrganizationRequest {
-                    organization_id: org,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        41 => orgs
-            .list_organizations(with(
-                ListOrganizationsRequest {
-                    page_size: c.n[0],
-                    page_token: a,
-                    query: b,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        42 => orgs
-            .delete_organization(with(
-                DeleteOrganizationRequest {
-                    organization_id: org,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        43 => users
-            .change_password(with(
-                ChangePasswordRequest {
-                    current_password: a,
-                    new_password: b,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        44 => users
-            .delete_me(with(
-                DeleteMeRequest {
-                    current_password: a,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        45 => users
-            .get_user(with(GetUserRequest { user_id: user }, t, rid))
-            .await
-            .map(drop),
-        46 => users
-            .deactivate_user(with(DeactivateUserRequest { user_id: user }, t, rid))
-            .await
-            .map(drop),
-        47 => users
-            .reactivate_user(with(ReactivateUserRequest { user_id: user }, t, rid))
-            .await
-            .map(drop),
-        48 => users
-            .unlock_user(with(UnlockUserRequest { user_id: user }, t, rid))
-            .await
-            .map(drop),
-        49 => users
-            .delete_user(with(DeleteUserRequest { user_id: user }, t, rid))
-            .await
-            .map(drop),
-        50 => users
-            .set_platform_admin(with(
-                SetPlatformAdminRequest {
-                    user_id: user,
-                    platform_admin: c.n[2] % 2 == 0,
-                },
-                t,
-                rid,
-            ))
-            .await
-            .map(drop),
-        52 => auth
-            .verify_email(with(VerifyEmailRequest { token: a }, None, rid))
-            .await
-            .map(drop),
-        53 => auth
-            .resend_verification_email(with(ResendVerificationEmailRequest { email: a }, None, rid))
-            .await
-            .map(drop),
-        _ => auth
-            .request_password_reset(with(RequestPasswordResetRequest { email: a }, None, rid))
-            .await
-            .map(drop),
+                    name: b,
+                    permissions: c.perms.clone(),
+                    create_time: None,
+                    update_time: None,
+                }),
+                update_mask: mask(&d),
+            }),
+            t,
+        ),
+        37 => (
+            Rpc::DeletePermissionTemplate(DeletePermissionTemplateRequest {
+                organization_id: org,
+                template_id: a,
+            }),
+            t,
+        ),
+        38 => (
+            Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
+                organization_id: org,
+                user_id: user,
+                template_id: a,
+            }),
+            t,
+        ),
+        39 => (
+            Rpc::SendPasswordReset(SendPasswordResetRequest {
+                organization_id: org,
+                user_id: user,
+            }),
+            t,
+        ),
+        40 => (
+            Rpc::GetOrganization(GetOrganizationRequest {
+                organization_id: org,
+            }),
+            t,
+        ),
+        41 => (
+            Rpc::ListOrganizations(ListOrganizationsRequest {
+                page_size: c.n[0],
+                page_token: a,
+                query: b,
+            }),
+            t,
+        ),
+        42 => (
+            Rpc::DeleteOrganization(DeleteOrganizationRequest {
+                organization_id: org,
+            }),
+            t,
+        ),
+        43 => (
+            Rpc::ChangePassword(ChangePasswordRequest {
+                current_password: a,
+                new_password: b,
+            }),
+            t,
+        ),
+        44 => (
+            Rpc::DeleteMe(DeleteMeRequest {
+                current_password: a,
+            }),
+            t,
+        ),
+        45 => (Rpc::GetUser(GetUserRequest { user_id: user }), t),
+        46 => (
+            Rpc::DeactivateUser(DeactivateUserRequest { user_id: user }),
+            t,
+        ),
+        47 => (
+            Rpc::ReactivateUser(ReactivateUserRequest { user_id: user }),
+            t,
+        ),
+        48 => (Rpc::UnlockUser(UnlockUserRequest { user_id: user }), t),
+        49 => (Rpc::DeleteUser(DeleteUserRequest { user_id: user }), t),
+        50 => (
+            Rpc::SetPlatformAdmin(SetPlatformAdminRequest {
+                user_id: user,
+                platform_admin: c.n[2] % 2 == 0,
+            }),
+            t,
+        ),
+        52 => (Rpc::VerifyEmail(VerifyEmailRequest { token: a }), None),
+        53 => (
+            Rpc::ResendVerificationEmail(ResendVerificationEmailRequest { email: a }),
+            None,
+        ),
+        _ => (
+            Rpc::RequestPasswordReset(RequestPasswordResetRequest { email: a }),
+            None,
+        ),
     }
 }
 
@@ -753,7 +571,7 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
     let org = s.create_org(&admin, "Hostile", "hostile").await;
     let (uid, _) = s.user("member@hostile.io").await;
     s.add_member(&admin, &org, &uid, Role::Member).await;
-    let ch = s.channel().await;
+    let clients = s.clients().await;
     let db = Database::connect(&s.db.url).await.expect("db");
     let rt = tokio::runtime::Handle::current();
     let by_code: std::sync::Mutex<BTreeMap<String, usize>> = Default::default();
@@ -779,7 +597,7 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
                     c.s.iter().chain(c.ids.iter()).map(String::len).sum::<usize>()
                         > kiops_identity::api::MAX_MESSAGE_BYTES - 1024
                 };
-                let conn = if oversized { s.channel().await } else { ch.clone() };
+                let conn = if oversized { s.clients().await } else { clients.clone() };
                 let before = snapshot(&db).await;
                 let res = send(&conn, &c, &admin, &rid).await;
                 let code = match &res {
@@ -795,7 +613,9 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
                 };
                 *by_code.lock().expect("codes").entry(label).or_default() += 1;
                 if oversized && (code == Code::ResourceExhausted || transport_refusal) {
-                    let alive = user_service_client::UserServiceClient::new(ch.clone())
+                    let alive = clients
+                        .users
+                        .clone()
                         .get_me(authed(GetMeRequest {}, &admin))
                         .await;
                     if alive.is_err() {

@@ -69,198 +69,12 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
         .await
         .expect("login")
         .access_token;
-    let bm = |u: &str| (b.clone(), u.to_string());
-    let (org, mem) = bm(&b_mem_id);
-    let mut outcomes: Vec<(&str, Result<(), tonic::Status>)> = vec![];
-    macro_rules! call {
-        ($name:literal, $e:expr) => {
-            outcomes.push(($name, $e.await.map(|_| ())));
-        };
+    let calls = calls_on_b(&a, &b, &a_mgr_id, &a_mem_id, &b_mgr_id, &b_mem_id, &tpl);
+    let clients = s.clients().await;
+    let mut outcomes = vec![];
+    for (rpc, call) in calls {
+        outcomes.push((rpc, call.send(&clients, Some(&t), None).await));
     }
-    call!(
-        "GetOrganization",
-        o.get_organization(authed(
-            GetOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "UpdateOrganization",
-        o.update_organization(authed(
-            UpdateOrganizationRequest {
-                organization: Some(Organization {
-                    organization_id: org.clone(),
-                    name: "pwned".into(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-            &t
-        ))
-    );
-    call!(
-        "DeleteOrganization",
-        o.delete_organization(authed(
-            DeleteOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "ListMembers",
-        m.list_members(authed(
-            ListMembersRequest {
-                organization_id: org.clone(),
-                ..Default::default()
-            },
-            &t
-        ))
-    );
-    call!(
-        "GetMember",
-        m.get_member(authed(
-            GetMemberRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "AddMember",
-        m.add_member(authed(
-            AddMemberRequest {
-                organization_id: org.clone(),
-                user_id: a_mgr_id.clone(),
-                role: 2
-            },
-            &t
-        ))
-    );
-    call!(
-        "ChangeRole",
-        m.change_role(authed(
-            ChangeRoleRequest {
-                organization_id: org.clone(),
-                user_id: b_mgr_id.clone(),
-                role: 1
-            },
-            &t
-        ))
-    );
-    call!(
-        "SetPermissions",
-        m.set_permissions(authed(
-            SetPermissionsRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone(),
-                permissions: vec![1, 2, 3]
-            },
-            &t
-        ))
-    );
-    call!(
-        "RemoveMember",
-        m.remove_member(authed(
-            RemoveMemberRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "LeaveOrganization",
-        m.leave_organization(authed(
-            LeaveOrganizationRequest {
-                organization_id: org.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "CheckPermission",
-        m.check_permission(authed(
-            CheckPermissionRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone(),
-                permission: 4
-            },
-            &t
-        ))
-    );
-    call!(
-        "CreatePermissionTemplate",
-        m.create_permission_template(authed(
-            CreatePermissionTemplateRequest {
-                organization_id: org.clone(),
-                name: "x".into(),
-                permissions: vec![]
-            },
-            &t
-        ))
-    );
-    call!(
-        "ListPermissionTemplates",
-        m.list_permission_templates(authed(
-            ListPermissionTemplatesRequest {
-                organization_id: org.clone(),
-                ..Default::default()
-            },
-            &t
-        ))
-    );
-    call!(
-        "UpdatePermissionTemplate",
-        m.update_permission_template(authed(
-            UpdatePermissionTemplateRequest {
-                template: Some(PermissionTemplate {
-                    template_id: tpl.clone(),
-                    organization_id: org.clone(),
-                    name: "x".into(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-            &t
-        ))
-    );
-    call!(
-        "DeletePermissionTemplate",
-        m.delete_permission_template(authed(
-            DeletePermissionTemplateRequest {
-                organization_id: org.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
-    call!(
-        "ApplyPermissionTemplate",
-        m.apply_permission_template(authed(
-            ApplyPermissionTemplateRequest {
-                organization_id: org.clone(),
-                user_id: mem.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
-    // The template id of B used through A's organization is not found either.
-    call!(
-        "ApplyPermissionTemplate via A",
-        m.apply_permission_template(authed(
-            ApplyPermissionTemplateRequest {
-                organization_id: a.clone(),
-                user_id: a_mem_id.clone(),
-                template_id: tpl.clone()
-            },
-            &t
-        ))
-    );
 
     for (rpc, outcome) in outcomes {
         let status = outcome.expect_err(rpc);
@@ -300,4 +114,163 @@ async fn manager_of_a_cannot_touch_b(backend: Backend) {
         .expect("templates")
         .into_inner();
     assert_eq!(templates.templates[0].name, "ops");
+}
+
+/// What A's Manager tries on B: every OrganizationService and
+/// MembershipService RPC that names B, one of its members or its template.
+fn calls_on_b(
+    a: &str,
+    b: &str,
+    a_mgr_id: &str,
+    a_mem_id: &str,
+    b_mgr_id: &str,
+    b_mem_id: &str,
+    tpl: &str,
+) -> Vec<(&'static str, Rpc)> {
+    let (a, b, a_mgr_id, a_mem_id, b_mgr_id, b_mem_id, tpl) = (
+        a.to_string(),
+        b.to_string(),
+        a_mgr_id.to_string(),
+        a_mem_id.to_string(),
+        b_mgr_id.to_string(),
+        b_mem_id.to_string(),
+        tpl.to_string(),
+    );
+    let bm = |u: &str| (b.clone(), u.to_string());
+    let (org, mem) = bm(&b_mem_id);
+    vec![
+        (
+            "GetOrganization",
+            Rpc::GetOrganization(GetOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "UpdateOrganization",
+            Rpc::UpdateOrganization(UpdateOrganizationRequest {
+                organization: Some(Organization {
+                    organization_id: org.clone(),
+                    name: "pwned".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            }),
+        ),
+        (
+            "DeleteOrganization",
+            Rpc::DeleteOrganization(DeleteOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "ListMembers",
+            Rpc::ListMembers(ListMembersRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "GetMember",
+            Rpc::GetMember(GetMemberRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+            }),
+        ),
+        (
+            "AddMember",
+            Rpc::AddMember(AddMemberRequest {
+                organization_id: org.clone(),
+                user_id: a_mgr_id.clone(),
+                role: 2,
+            }),
+        ),
+        (
+            "ChangeRole",
+            Rpc::ChangeRole(ChangeRoleRequest {
+                organization_id: org.clone(),
+                user_id: b_mgr_id.clone(),
+                role: 1,
+            }),
+        ),
+        (
+            "SetPermissions",
+            Rpc::SetPermissions(SetPermissionsRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                permissions: vec![1, 2, 3],
+            }),
+        ),
+        (
+            "RemoveMember",
+            Rpc::RemoveMember(RemoveMemberRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+            }),
+        ),
+        (
+            "LeaveOrganization",
+            Rpc::LeaveOrganization(LeaveOrganizationRequest {
+                organization_id: org.clone(),
+            }),
+        ),
+        (
+            "CheckPermission",
+            Rpc::CheckPermission(CheckPermissionRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                permission: 4,
+            }),
+        ),
+        (
+            "CreatePermissionTemplate",
+            Rpc::CreatePermissionTemplate(CreatePermissionTemplateRequest {
+                organization_id: org.clone(),
+                name: "x".into(),
+                permissions: vec![],
+            }),
+        ),
+        (
+            "ListPermissionTemplates",
+            Rpc::ListPermissionTemplates(ListPermissionTemplatesRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "UpdatePermissionTemplate",
+            Rpc::UpdatePermissionTemplate(UpdatePermissionTemplateRequest {
+                template: Some(PermissionTemplate {
+                    template_id: tpl.clone(),
+                    organization_id: org.clone(),
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            }),
+        ),
+        (
+            "DeletePermissionTemplate",
+            Rpc::DeletePermissionTemplate(DeletePermissionTemplateRequest {
+                organization_id: org.clone(),
+                template_id: tpl.clone(),
+            }),
+        ),
+        (
+            "ApplyPermissionTemplate",
+            Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
+                organization_id: org.clone(),
+                user_id: mem.clone(),
+                template_id: tpl.clone(),
+            }),
+        ),
+        // The template id of B used through A's organization is not found either.
+        (
+            "ApplyPermissionTemplate via A",
+            Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
+                organization_id: a.clone(),
+                user_id: a_mem_id.clone(),
+                template_id: tpl.clone(),
+            }),
+        ),
+    ]
 }

@@ -10,16 +10,12 @@
 
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
-use kiops_proto::v1::audit_service_client::AuditServiceClient;
-use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::membership_service_client::MembershipServiceClient;
-use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
 use kiops_proto::v1::*;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
 crate::both_backends!(every_rpc_for_every_caller_matches_the_table);
 
@@ -76,7 +72,7 @@ struct User {
 struct Env {
     s: TestServer,
     sink: SmtpSink,
-    ch: Channel,
+    c: Clients,
     admin: String,
     expired: String,
     /// A PlatformAdmin's unexpired token whose session was logged out.
@@ -109,13 +105,6 @@ struct World {
     fresh: BTreeMap<&'static str, String>,
 }
 
-fn req<T>(msg: T, token: Option<&str>) -> Request<T> {
-    match token {
-        Some(t) => authed(msg, t),
-        None => Request::new(msg),
-    }
-}
-
 fn field_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
         paths: paths.iter().map(|p| p.to_string()).collect(),
@@ -132,11 +121,16 @@ impl Env {
         let s = TestServer::start_with(
             backend,
             ServerOptions {
+                // The callers' tokens are issued once, here: a run slowed
+                // by a loaded machine must not outlive them (the `expired`
+                // caller has a token of its own, an hour old).
                 extra_args: vec![
                     "--smtp-url".into(),
                     sink.url(),
                     "--signing-key-file".into(),
                     pem.display().to_string(),
+                    "--access-token-ttl".into(),
+                    "3600".into(),
                 ],
                 ..Default::default()
             },
@@ -178,7 +172,7 @@ impl Env {
                 .expect("logout");
             pair.access_token
         };
-        let ch = s.channel().await;
+        let c = s.clients().await;
         let mut users = BTreeMap::new();
         for kind in CALLERS.iter().skip(3) {
             if *kind == "admin" {
@@ -227,7 +221,7 @@ impl Env {
         Env {
             s,
             sink,
-            ch,
+            c,
             admin,
             expired,
             revoked,
@@ -245,7 +239,7 @@ impl Env {
     }
 
     fn members(&self) -> MembershipServiceClient<Channel> {
-        MembershipServiceClient::new(self.ch.clone())
+        self.c.members.clone()
     }
 
     async fn add(&self, org: &str, user: &str, role: Role) {
@@ -327,43 +321,7 @@ impl Env {
             org: org.clone(),
             ..Default::default()
         };
-        // The target: a Member. Rows that change the account itself get a
-        // new one each time.
-        let account_rows = [
-            "UserService/DeactivateUser",
-            "UserService/ReactivateUser",
-            "UserService/DeleteUser",
-            "UserService/SetPlatformAdmin",
-            "UserService/UnlockUser",
-            "AuthService/Logout",
-            "AuthService/ResetPassword",
-        ];
-        w.target = if account_rows.contains(&rpc) {
-            let t = self.new_user("target", false).await;
-            if rpc == "AuthService/Logout" {
-                w.refresh_token = self
-                    .s
-                    .login(&t.email, PASSWORD)
-                    .await
-                    .expect("login")
-                    .refresh_token;
-            }
-            if rpc == "AuthService/ResetPassword" {
-                self.s
-                    .auth()
-                    .await
-                    .request_password_reset(RequestPasswordResetRequest {
-                        email: t.email.clone(),
-                    })
-                    .await
-                    .expect("reset request");
-                let mail = self.sink.wait_for(&t.email, 1).await;
-                w.reset_token = mail.token("kp").expect("reset token");
-            }
-            t.id
-        } else {
-            self.target.id.clone()
-        };
+        w.target = self.target_for(rpc, &mut w).await;
         self.add(&org, &w.target, Role::Member).await;
         if rpc == "UserService/ReactivateUser" {
             self.s
@@ -406,7 +364,10 @@ impl Env {
         }
         if rpc.starts_with("InvitationService/") && rpc != "InvitationService/CreateInvitation" {
             let email = format!("invitee-{n}@matrix.io");
-            w.invitation = InvitationServiceClient::new(self.ch.clone())
+            w.invitation = self
+                .c
+                .invitations
+                .clone()
                 .create_invitation(authed(
                     CreateInvitationRequest {
                         organization_id: org.clone(),
@@ -472,25 +433,74 @@ impl Env {
             w.verify_token = mail.token("kv").expect("verification token");
         }
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
-            for kind in CALLERS.iter().skip(3) {
-                let u = self
-                    .new_user(&kind.replace(':', "-"), *kind == "admin")
-                    .await;
-                match *kind {
-                    "manager" => self.add(&org, &u.id, Role::Manager).await,
-                    "other-mgr" => self.add(&self.other_org, &u.id, Role::Manager).await,
-                    "admin" => {}
-                    "member" => self.add(&org, &u.id, Role::Member).await,
-                    m => {
-                        self.add(&org, &u.id, Role::Member).await;
-                        let perm = PERMS.iter().find(|(k, _)| *k == m).expect("perm").1;
-                        self.grant(&org, &u.id, vec![perm as i32]).await;
-                    }
-                }
-                w.fresh.insert(kind, u.token);
-            }
+            w.fresh = self.fresh_callers(&org).await;
         }
         w
+    }
+
+    /// The target of row `rpc`: a Member. Rows that change the account
+    /// itself get a new one each time, with the session or reset token the
+    /// row needs in `w`.
+    async fn target_for(&self, rpc: &str, w: &mut World) -> String {
+        let account_rows = [
+            "UserService/DeactivateUser",
+            "UserService/ReactivateUser",
+            "UserService/DeleteUser",
+            "UserService/SetPlatformAdmin",
+            "UserService/UnlockUser",
+            "AuthService/Logout",
+            "AuthService/ResetPassword",
+        ];
+        if account_rows.contains(&rpc) {
+            let t = self.new_user("target", false).await;
+            if rpc == "AuthService/Logout" {
+                w.refresh_token = self
+                    .s
+                    .login(&t.email, PASSWORD)
+                    .await
+                    .expect("login")
+                    .refresh_token;
+            }
+            if rpc == "AuthService/ResetPassword" {
+                self.s
+                    .auth()
+                    .await
+                    .request_password_reset(RequestPasswordResetRequest {
+                        email: t.email.clone(),
+                    })
+                    .await
+                    .expect("reset request");
+                let mail = self.sink.wait_for(&t.email, 1).await;
+                w.reset_token = mail.token("kp").expect("reset token");
+            }
+            t.id
+        } else {
+            self.target.id.clone()
+        }
+    }
+
+    /// A new caller of each kind with a user behind it, placed in `org` as
+    /// that kind is: for rows whose call consumes the caller.
+    async fn fresh_callers(&self, org: &str) -> BTreeMap<&'static str, String> {
+        let mut fresh = BTreeMap::new();
+        for kind in CALLERS.iter().skip(3) {
+            let u = self
+                .new_user(&kind.replace(':', "-"), *kind == "admin")
+                .await;
+            match *kind {
+                "manager" => self.add(org, &u.id, Role::Manager).await,
+                "other-mgr" => self.add(&self.other_org, &u.id, Role::Manager).await,
+                "admin" => {}
+                "member" => self.add(org, &u.id, Role::Member).await,
+                m => {
+                    self.add(org, &u.id, Role::Member).await;
+                    let perm = PERMS.iter().find(|(k, _)| *k == m).expect("perm").1;
+                    self.grant(org, &u.id, vec![perm as i32]).await;
+                }
+            }
+            fresh.insert(*kind, u.token);
+        }
+        fresh
     }
 
     fn token<'a>(&'a self, w: &'a World, caller: &str) -> Option<&'a str> {
@@ -507,537 +517,270 @@ impl Env {
         }
     }
 
+    /// Calls row `rpc` in world `w` with bearer token `t`.
     async fn call(&self, rpc: &str, w: &World, t: Option<&str>) -> Result<(), Status> {
-        let ch = self.ch.clone();
+        self.request(rpc, w).send(&self.c, t, None).await
+    }
+
+    /// What row `rpc` sends in world `w`.
+    fn request(&self, rpc: &str, w: &World) -> Rpc {
         let org = w.org.clone();
         let fresh_email = || format!("new-{}@matrix.io", self.next());
-        let mut auth = auth_service_client::AuthServiceClient::new(ch.clone());
-        let mut users = user_service_client::UserServiceClient::new(ch.clone());
-        let mut orgs = OrganizationServiceClient::new(ch.clone());
-        let mut m = MembershipServiceClient::new(ch.clone());
-        let mut inv = InvitationServiceClient::new(ch.clone());
-        let mut ap = ApprovalServiceClient::new(ch.clone());
-        let mut au = AuditServiceClient::new(ch.clone());
         match rpc {
-            "ApprovalService/RequestToJoin" => ap
-                .request_to_join(req(
-                    RequestToJoinRequest {
-                        organization_id: org,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "ApprovalService/ListJoinRequests" => ap
-                .list_join_requests(req(
-                    ListJoinRequestsRequest {
-                        organization_id: Some(org),
-                        ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "ApprovalService/ApproveJoinRequest" => ap
-                .approve_join_request(req(
-                    ApproveJoinRequestRequest {
-                        join_request_id: w.join_request.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "ApprovalService/RejectJoinRequest" => ap
-                .reject_join_request(req(
-                    RejectJoinRequestRequest {
-                        join_request_id: w.join_request.clone(),
-                        reason: None,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuditService/ListAuditEvents" => au
-                .list_audit_events(req(
-                    ListAuditEventsRequest {
-                        organization_id: Some(org),
-                        ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuditService/ExportAuditEvents" => {
-                let mut stream = au
-                    .export_audit_events(req(
-                        ExportAuditEventsRequest {
-                            organization_id: Some(org),
-                            format: ExportFormat::JsonLines as i32,
-                            ..Default::default()
-                        },
-                        t,
-                    ))
-                    .await?
-                    .into_inner();
-                stream.message().await.map(drop)
+            "ApprovalService/RequestToJoin" => Rpc::RequestToJoin(RequestToJoinRequest {
+                organization_id: org,
+            }),
+            "ApprovalService/ListJoinRequests" => Rpc::ListJoinRequests(ListJoinRequestsRequest {
+                organization_id: Some(org),
+                ..Default::default()
+            }),
+            "ApprovalService/ApproveJoinRequest" => {
+                Rpc::ApproveJoinRequest(ApproveJoinRequestRequest {
+                    join_request_id: w.join_request.clone(),
+                })
             }
-            "AuthService/Login" => auth
-                .login(req(
-                    LoginRequest {
-                        email: self.target.email.clone(),
-                        password: PASSWORD.into(),
-                        organization_id: None,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/Refresh" => auth
-                .refresh(req(
-                    RefreshRequest {
-                        refresh_token: w.refresh_token.clone(),
-                        organization_id: None,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/Logout" => auth
-                .logout(req(
-                    LogoutRequest {
-                        refresh_token: w.refresh_token.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/SignUp" => auth
-                .sign_up(req(
-                    SignUpRequest {
-                        email: fresh_email(),
-                        name: "New".into(),
-                        password: PASSWORD.into(),
-                        organization_id: Some(org),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/RequestPasswordReset" => auth
-                .request_password_reset(req(
-                    RequestPasswordResetRequest {
-                        email: self.target.email.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/ResetPassword" => auth
-                .reset_password(req(
-                    ResetPasswordRequest {
-                        token: w.reset_token.clone(),
-                        new_password: "a brand new long password".into(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/VerifyEmail" => auth
-                .verify_email(req(
-                    VerifyEmailRequest {
-                        token: w.verify_token.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/ResendVerificationEmail" => auth
-                .resend_verification_email(req(
-                    ResendVerificationEmailRequest {
-                        email: self.target.email.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "AuthService/GetJwks" => auth.get_jwks(req(GetJwksRequest {}, t)).await.map(drop),
-            "AuthService/WatchRevocations" => auth
-                .watch_revocations(req(WatchRevocationsRequest::default(), t))
-                .await
-                .map(drop),
-            "InvitationService/CreateInvitation" => inv
-                .create_invitation(req(
-                    CreateInvitationRequest {
-                        organization_id: org,
-                        email: fresh_email(),
-                        role: Role::Member as i32,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "InvitationService/ListInvitations" => inv
-                .list_invitations(req(
-                    ListInvitationsRequest {
-                        organization_id: org,
-                        ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "InvitationService/ResendInvitation" => inv
-                .resend_invitation(req(
-                    ResendInvitationRequest {
-                        invitation_id: w.invitation.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "InvitationService/RevokeInvitation" => inv
-                .revoke_invitation(req(
-                    RevokeInvitationRequest {
-                        invitation_id: w.invitation.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "InvitationService/AcceptInvitation" => inv
-                .accept_invitation(req(
-                    AcceptInvitationRequest {
-                        token: w.invite_token.clone(),
-                        name: Some("Invitee".into()),
-                        password: Some(PASSWORD.into()),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "InvitationService/DeclineInvitation" => inv
-                .decline_invitation(req(
-                    DeclineInvitationRequest {
-                        token: w.invite_token.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/AddMember" => m
-                .add_member(req(
-                    AddMemberRequest {
-                        organization_id: org,
-                        user_id: self.outsider.id.clone(),
-                        role: Role::Member as i32,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ListMembers" => m
-                .list_members(req(
-                    ListMembersRequest {
-                        organization_id: org,
-                        ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/GetMember" => m
-                .get_member(req(
-                    GetMemberRequest {
-                        organization_id: org,
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ChangeRole (promote)" => m
-                .change_role(req(
-                    ChangeRoleRequest {
-                        organization_id: org,
-                        user_id: w.target.clone(),
-                        role: Role::Manager as i32,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ChangeRole (demote)" => m
-                .change_role(req(
-                    ChangeRoleRequest {
-                        organization_id: org,
-                        user_id: self.manager2.id.clone(),
-                        role: Role::Member as i32,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/SetPermissions" => m
-                .set_permissions(req(
-                    SetPermissionsRequest {
-                        organization_id: org,
-                        user_id: w.target.clone(),
-                        permissions: vec![Permission::Device as i32],
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/RemoveMember" => m
-                .remove_member(req(
-                    RemoveMemberRequest {
-                        organization_id: org,
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/LeaveOrganization" => m
-                .leave_organization(req(
-                    LeaveOrganizationRequest {
-                        organization_id: org,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ListMyMemberships" => m
-                .list_my_memberships(req(ListMyMembershipsRequest::default(), t))
-                .await
-                .map(drop),
-            "MembershipService/CheckPermission" => m
-                .check_permission(req(
-                    CheckPermissionRequest {
-                        user_id: w.target.clone(),
-                        organization_id: org,
-                        permission: Permission::Device as i32,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/CreatePermissionTemplate" => m
-                .create_permission_template(req(
-                    CreatePermissionTemplateRequest {
-                        organization_id: org,
-                        name: format!("new-{}", self.next()),
-                        permissions: vec![Permission::Vpn as i32],
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ListPermissionTemplates" => m
-                .list_permission_templates(req(
-                    ListPermissionTemplatesRequest {
-                        organization_id: org,
-                        ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/UpdatePermissionTemplate" => m
-                .update_permission_template(req(
-                    UpdatePermissionTemplateRequest {
-                        template: Some(PermissionTemplate {
-                            template_id: w.template.clone(),
-                            organization_id: org,
-                            name: format!("renamed-{}", self.next()),
-                            ..Default::default()
-                        }),
-                        update_mask: field_mask(&["name"]),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/DeletePermissionTemplate" => m
-                .delete_permission_template(req(
-                    DeletePermissionTemplateRequest {
-                        organization_id: org,
+            "ApprovalService/RejectJoinRequest" => {
+                Rpc::RejectJoinRequest(RejectJoinRequestRequest {
+                    join_request_id: w.join_request.clone(),
+                    reason: None,
+                })
+            }
+            "AuditService/ListAuditEvents" => Rpc::ListAuditEvents(ListAuditEventsRequest {
+                organization_id: Some(org),
+                ..Default::default()
+            }),
+            "AuditService/ExportAuditEvents" => Rpc::ExportAuditEvents(ExportAuditEventsRequest {
+                organization_id: Some(org),
+                format: ExportFormat::JsonLines as i32,
+                ..Default::default()
+            }),
+            "AuthService/Login" => Rpc::Login(LoginRequest {
+                email: self.target.email.clone(),
+                password: PASSWORD.into(),
+                organization_id: None,
+            }),
+            "AuthService/Refresh" => Rpc::Refresh(RefreshRequest {
+                refresh_token: w.refresh_token.clone(),
+                organization_id: None,
+            }),
+            "AuthService/Logout" => Rpc::Logout(LogoutRequest {
+                refresh_token: w.refresh_token.clone(),
+            }),
+            "AuthService/SignUp" => Rpc::SignUp(SignUpRequest {
+                email: fresh_email(),
+                name: "New".into(),
+                password: PASSWORD.into(),
+                organization_id: Some(org),
+            }),
+            "AuthService/RequestPasswordReset" => {
+                Rpc::RequestPasswordReset(RequestPasswordResetRequest {
+                    email: self.target.email.clone(),
+                })
+            }
+            "AuthService/ResetPassword" => Rpc::ResetPassword(ResetPasswordRequest {
+                token: w.reset_token.clone(),
+                new_password: "a brand new long password".into(),
+            }),
+            "AuthService/VerifyEmail" => Rpc::VerifyEmail(VerifyEmailRequest {
+                token: w.verify_token.clone(),
+            }),
+            "AuthService/ResendVerificationEmail" => {
+                Rpc::ResendVerificationEmail(ResendVerificationEmailRequest {
+                    email: self.target.email.clone(),
+                })
+            }
+            "AuthService/GetJwks" => Rpc::GetJwks(GetJwksRequest {}),
+            "AuthService/WatchRevocations" => {
+                Rpc::WatchRevocations(WatchRevocationsRequest::default())
+            }
+            "InvitationService/CreateInvitation" => {
+                Rpc::CreateInvitation(CreateInvitationRequest {
+                    organization_id: org,
+                    email: fresh_email(),
+                    role: Role::Member as i32,
+                })
+            }
+            "InvitationService/ListInvitations" => Rpc::ListInvitations(ListInvitationsRequest {
+                organization_id: org,
+                ..Default::default()
+            }),
+            "InvitationService/ResendInvitation" => {
+                Rpc::ResendInvitation(ResendInvitationRequest {
+                    invitation_id: w.invitation.clone(),
+                })
+            }
+            "InvitationService/RevokeInvitation" => {
+                Rpc::RevokeInvitation(RevokeInvitationRequest {
+                    invitation_id: w.invitation.clone(),
+                })
+            }
+            "InvitationService/AcceptInvitation" => {
+                Rpc::AcceptInvitation(AcceptInvitationRequest {
+                    token: w.invite_token.clone(),
+                    name: Some("Invitee".into()),
+                    password: Some(PASSWORD.into()),
+                })
+            }
+            "InvitationService/DeclineInvitation" => {
+                Rpc::DeclineInvitation(DeclineInvitationRequest {
+                    token: w.invite_token.clone(),
+                })
+            }
+            "MembershipService/AddMember" => Rpc::AddMember(AddMemberRequest {
+                organization_id: org,
+                user_id: self.outsider.id.clone(),
+                role: Role::Member as i32,
+            }),
+            "MembershipService/ListMembers" => Rpc::ListMembers(ListMembersRequest {
+                organization_id: org,
+                ..Default::default()
+            }),
+            "MembershipService/GetMember" => Rpc::GetMember(GetMemberRequest {
+                organization_id: org,
+                user_id: w.target.clone(),
+            }),
+            "MembershipService/ChangeRole (promote)" => Rpc::ChangeRole(ChangeRoleRequest {
+                organization_id: org,
+                user_id: w.target.clone(),
+                role: Role::Manager as i32,
+            }),
+            "MembershipService/ChangeRole (demote)" => Rpc::ChangeRole(ChangeRoleRequest {
+                organization_id: org,
+                user_id: self.manager2.id.clone(),
+                role: Role::Member as i32,
+            }),
+            "MembershipService/SetPermissions" => Rpc::SetPermissions(SetPermissionsRequest {
+                organization_id: org,
+                user_id: w.target.clone(),
+                permissions: vec![Permission::Device as i32],
+            }),
+            "MembershipService/RemoveMember" => Rpc::RemoveMember(RemoveMemberRequest {
+                organization_id: org,
+                user_id: w.target.clone(),
+            }),
+            "MembershipService/LeaveOrganization" => {
+                Rpc::LeaveOrganization(LeaveOrganizationRequest {
+                    organization_id: org,
+                })
+            }
+            "MembershipService/ListMyMemberships" => {
+                Rpc::ListMyMemberships(ListMyMembershipsRequest::default())
+            }
+            "MembershipService/CheckPermission" => Rpc::CheckPermission(CheckPermissionRequest {
+                user_id: w.target.clone(),
+                organization_id: org,
+                permission: Permission::Device as i32,
+            }),
+            "MembershipService/CreatePermissionTemplate" => {
+                Rpc::CreatePermissionTemplate(CreatePermissionTemplateRequest {
+                    organization_id: org,
+                    name: format!("new-{}", self.next()),
+                    permissions: vec![Permission::Vpn as i32],
+                })
+            }
+            "MembershipService/ListPermissionTemplates" => {
+                Rpc::ListPermissionTemplates(ListPermissionTemplatesRequest {
+                    organization_id: org,
+                    ..Default::default()
+                })
+            }
+            "MembershipService/UpdatePermissionTemplate" => {
+                Rpc::UpdatePermissionTemplate(UpdatePermissionTemplateRequest {
+                    template: Some(PermissionTemplate {
                         template_id: w.template.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/ApplyPermissionTemplate" => m
-                .apply_permission_template(req(
-                    ApplyPermissionTemplateRequest {
                         organization_id: org,
-                        user_id: w.target.clone(),
-                        template_id: w.template.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "MembershipService/SendPasswordReset" => m
-                .send_password_reset(req(
-                    SendPasswordResetRequest {
+                        name: format!("renamed-{}", self.next()),
+                        ..Default::default()
+                    }),
+                    update_mask: field_mask(&["name"]),
+                })
+            }
+            "MembershipService/DeletePermissionTemplate" => {
+                Rpc::DeletePermissionTemplate(DeletePermissionTemplateRequest {
+                    organization_id: org,
+                    template_id: w.template.clone(),
+                })
+            }
+            "MembershipService/ApplyPermissionTemplate" => {
+                Rpc::ApplyPermissionTemplate(ApplyPermissionTemplateRequest {
+                    organization_id: org,
+                    user_id: w.target.clone(),
+                    template_id: w.template.clone(),
+                })
+            }
+            "MembershipService/SendPasswordReset" => {
+                Rpc::SendPasswordReset(SendPasswordResetRequest {
+                    organization_id: org,
+                    user_id: w.target.clone(),
+                })
+            }
+            "OrganizationService/CreateOrganization" => {
+                Rpc::CreateOrganization(CreateOrganizationRequest {
+                    name: "New".into(),
+                    code: format!("new-{}", self.next()),
+                    description: String::new(),
+                })
+            }
+            "OrganizationService/GetOrganization" => Rpc::GetOrganization(GetOrganizationRequest {
+                organization_id: org,
+            }),
+            "OrganizationService/ListOrganizations" => {
+                Rpc::ListOrganizations(ListOrganizationsRequest::default())
+            }
+            "OrganizationService/UpdateOrganization" => {
+                Rpc::UpdateOrganization(UpdateOrganizationRequest {
+                    organization: Some(Organization {
                         organization_id: org,
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "OrganizationService/CreateOrganization" => orgs
-                .create_organization(req(
-                    CreateOrganizationRequest {
-                        name: "New".into(),
-                        code: format!("new-{}", self.next()),
-                        description: String::new(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "OrganizationService/GetOrganization" => orgs
-                .get_organization(req(
-                    GetOrganizationRequest {
-                        organization_id: org,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "OrganizationService/ListOrganizations" => orgs
-                .list_organizations(req(ListOrganizationsRequest::default(), t))
-                .await
-                .map(drop),
-            "OrganizationService/UpdateOrganization" => orgs
-                .update_organization(req(
-                    UpdateOrganizationRequest {
-                        organization: Some(Organization {
-                            organization_id: org,
-                            name: "Renamed".into(),
-                            ..Default::default()
-                        }),
-                        update_mask: field_mask(&["name"]),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "OrganizationService/DeleteOrganization" => orgs
-                .delete_organization(req(
-                    DeleteOrganizationRequest {
-                        organization_id: org,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/GetMe" => users.get_me(req(GetMeRequest {}, t)).await.map(drop),
-            "UserService/UpdateMe" => users
-                .update_me(req(
-                    UpdateMeRequest {
                         name: "Renamed".into(),
-                        update_mask: field_mask(&["name"]),
                         ..Default::default()
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/ChangePassword" => users
-                .change_password(req(
-                    ChangePasswordRequest {
-                        current_password: PASSWORD.into(),
-                        new_password: "a brand new long password".into(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/DeleteMe" => users
-                .delete_me(req(
-                    DeleteMeRequest {
-                        current_password: PASSWORD.into(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/ListUsers" => users
-                .list_users(req(ListUsersRequest::default(), t))
-                .await
-                .map(drop),
-            "UserService/GetUser" => users
-                .get_user(req(
-                    GetUserRequest {
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/CreateUser" => users
-                .create_user(req(
-                    CreateUserRequest {
-                        email: fresh_email(),
-                        name: "New".into(),
-                        password: PASSWORD.into(),
-                        platform_admin: false,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/DeactivateUser" => users
-                .deactivate_user(req(
-                    DeactivateUserRequest {
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/ReactivateUser" => users
-                .reactivate_user(req(
-                    ReactivateUserRequest {
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/UnlockUser" => users
-                .unlock_user(req(
-                    UnlockUserRequest {
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/DeleteUser" => users
-                .delete_user(req(
-                    DeleteUserRequest {
-                        user_id: w.target.clone(),
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
-            "UserService/SetPlatformAdmin" => users
-                .set_platform_admin(req(
-                    SetPlatformAdminRequest {
-                        user_id: w.target.clone(),
-                        platform_admin: true,
-                    },
-                    t,
-                ))
-                .await
-                .map(drop),
+                    }),
+                    update_mask: field_mask(&["name"]),
+                })
+            }
+            "OrganizationService/DeleteOrganization" => {
+                Rpc::DeleteOrganization(DeleteOrganizationRequest {
+                    organization_id: org,
+                })
+            }
+            "UserService/GetMe" => Rpc::GetMe(GetMeRequest {}),
+            "UserService/UpdateMe" => Rpc::UpdateMe(UpdateMeRequest {
+                name: "Renamed".into(),
+                update_mask: field_mask(&["name"]),
+                ..Default::default()
+            }),
+            "UserService/ChangePassword" => Rpc::ChangePassword(ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: "a brand new long password".into(),
+            }),
+            "UserService/DeleteMe" => Rpc::DeleteMe(DeleteMeRequest {
+                current_password: PASSWORD.into(),
+            }),
+            "UserService/ListUsers" => Rpc::ListUsers(ListUsersRequest::default()),
+            "UserService/GetUser" => Rpc::GetUser(GetUserRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/CreateUser" => Rpc::CreateUser(CreateUserRequest {
+                email: fresh_email(),
+                name: "New".into(),
+                password: PASSWORD.into(),
+                platform_admin: false,
+            }),
+            "UserService/DeactivateUser" => Rpc::DeactivateUser(DeactivateUserRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/ReactivateUser" => Rpc::ReactivateUser(ReactivateUserRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/UnlockUser" => Rpc::UnlockUser(UnlockUserRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/DeleteUser" => Rpc::DeleteUser(DeleteUserRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/SetPlatformAdmin" => Rpc::SetPlatformAdmin(SetPlatformAdminRequest {
+                user_id: w.target.clone(),
+                platform_admin: true,
+            }),
             other => panic!("the matrix has a row for {other} but no call for it"),
         }
     }
@@ -1114,6 +857,10 @@ async fn every_rpc_for_every_caller_matches_the_table(backend: Backend) {
         assert!(
             covered.contains(&rpc),
             "{rpc} has no row in tests/isolation-matrix.md"
+        );
+        assert!(
+            Rpc::ALL.contains(&rpc.as_str()),
+            "{rpc} is missing from the RPC table (tests/e2e/support/rpc.rs)"
         );
     }
     let env = Env::new(backend).await;

@@ -13,8 +13,11 @@ both_backends!(
     r6_permissions_apply_at_once_and_r10_removal,
     check_permission_rules,
     concurrent_checks_each_get_their_own_answer,
-    list_members_search_sort_filter_paginate,
-    permission_templates,
+    list_members_search_and_sort,
+    list_members_pages_every_member_once,
+    list_members_page_tokens_and_filters,
+    permission_template_creation_rules,
+    permission_templates_apply_update_list_delete,
     add_member_rules,
 );
 
@@ -570,8 +573,9 @@ async fn concurrent_checks_each_get_their_own_answer(backend: Backend) {
         assert!(statements < reads, "statements {statements}, reads {reads}");
     }
 }
-
-async fn list_members_search_sort_filter_paginate(backend: Backend) {
+/// Company with eleven members (one Manager, one address elsewhere):
+/// (server, admin token, org, member ids in join order).
+async fn company(backend: Backend) -> (TestServer, String, String, Vec<String>) {
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
     let org = s.create_org(&admin, "Company", "company").await;
@@ -600,11 +604,18 @@ async fn list_members_search_sort_filter_paginate(backend: Backend) {
         .await;
         ids.push(id);
     }
-    let mut m = s.members().await;
-    let list = |q: &str, order: &str, role: Role, size: i32, page: &str| {
+    (s, admin, org, ids)
+}
+
+/// ListMembers of `org` as `admin`: (query, order, role, page size, token).
+fn lister<'a>(
+    org: &'a str,
+    admin: &'a str,
+) -> impl Fn(&str, &str, Role, i32, &str) -> tonic::Request<ListMembersRequest> + 'a {
+    move |q, order, role, size, page| {
         authed(
             ListMembersRequest {
-                organization_id: org.clone(),
+                organization_id: org.into(),
                 query: q.into(),
                 order_by: order.into(),
                 role: role as i32,
@@ -612,12 +623,19 @@ async fn list_members_search_sort_filter_paginate(backend: Backend) {
                 page_size: size,
                 page_token: page.into(),
             },
-            &admin,
+            admin,
         )
-    };
-    let emails_of =
-        |r: ListMembersResponse| r.members.into_iter().map(|m| m.email).collect::<Vec<_>>();
+    }
+}
 
+fn emails_of(r: ListMembersResponse) -> Vec<String> {
+    r.members.into_iter().map(|m| m.email).collect()
+}
+
+async fn list_members_search_and_sort(backend: Backend) {
+    let (s, admin, org, _) = company(backend).await;
+    let mut m = s.members().await;
+    let list = lister(&org, &admin);
     // % and _ are literal characters, not wildcards.
     let r = m
         .list_members(list("kim_", "", Role::Unspecified, 0, ""))
@@ -674,7 +692,12 @@ async fn list_members_search_sort_filter_paginate(backend: Backend) {
         .expect("list")
         .into_inner();
     assert_eq!(r.members[0].email, "grace@company.com");
+}
 
+async fn list_members_pages_every_member_once(backend: Backend) {
+    let (s, admin, org, mut ids) = company(backend).await;
+    let mut m = s.members().await;
+    let list = lister(&org, &admin);
     // Pages of 3 by join time: every member exactly once, in order, even when
     // someone joins between pages.
     let mut seen = vec![];
@@ -700,7 +723,15 @@ async fn list_members_search_sort_filter_paginate(backend: Backend) {
         token = r.next_page_token;
     }
     assert_eq!(seen, ids, "join order, no duplicates, none skipped");
+}
 
+async fn list_members_page_tokens_and_filters(backend: Backend) {
+    let (s, admin, org, _) = company(backend).await;
+    // A twelfth member, as in the paging test.
+    let late = s.create_user("late@company.com", "Late", PASSWORD).await;
+    s.add_member(&admin, &org, &late, Role::Member).await;
+    let mut m = s.members().await;
+    let list = lister(&org, &admin);
     // Tokens are bound to their query and cannot be edited.
     let first = m
         .list_members(list("", "email", Role::Unspecified, 2, ""))
@@ -763,22 +794,27 @@ async fn list_members_search_sort_filter_paginate(backend: Backend) {
         .await
         .expect("500 is fine");
 }
+fn create(
+    org: &str,
+    name: &str,
+    perms: &[Permission],
+    t: &str,
+) -> tonic::Request<CreatePermissionTemplateRequest> {
+    authed(
+        CreatePermissionTemplateRequest {
+            organization_id: org.into(),
+            name: name.into(),
+            permissions: perms.iter().map(|p| *p as i32).collect(),
+        },
+        t,
+    )
+}
 
-async fn permission_templates(backend: Backend) {
+async fn permission_template_creation_rules(backend: Backend) {
     let s = TestServer::start(backend).await;
     let o = setup(&s, "acme").await;
     let b = setup(&s, "beta").await;
     let mut m = s.members().await;
-    let create = |org: &str, name: &str, perms: &[Permission], t: &str| {
-        authed(
-            CreatePermissionTemplateRequest {
-                organization_id: org.into(),
-                name: name.into(),
-                permissions: perms.iter().map(|p| *p as i32).collect(),
-            },
-            t,
-        )
-    };
     let tpl = m
         .create_permission_template(create(
             &o.id,
@@ -815,6 +851,26 @@ async fn permission_templates(backend: Backend) {
             .await,
         "name",
     );
+}
+
+async fn permission_templates_apply_update_list_delete(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let o = setup(&s, "acme").await;
+    let b = setup(&s, "beta").await;
+    let mut m = s.members().await;
+    // Acme's "operator" template.
+    let tpl = m
+        .create_permission_template(create(
+            &o.id,
+            "operator",
+            &[Permission::Infra, Permission::Backup, Permission::Database],
+            &o.mgr,
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .template
+        .expect("template");
 
     let applied = m
         .apply_permission_template(authed(

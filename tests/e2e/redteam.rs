@@ -3,7 +3,6 @@
 //! comment on each for what it attacks.
 
 use crate::support::*;
-use kiops_proto::v1::audit_service_client::AuditServiceClient;
 use kiops_proto::v1::*;
 use std::time::Duration;
 use tonic::Code;
@@ -235,7 +234,9 @@ async fn csv_cells_cannot_smuggle_a_formula_behind_a_semicolon(backend: Backend)
             .insert("x-request-id", rid.parse().expect("request id"));
         s.users().await.update_me(req).await.expect("update me");
     }
-    let mut st = AuditServiceClient::new(s.channel().await)
+    let mut st = s
+        .audit()
+        .await
         .export_audit_events(authed(
             ExportAuditEventsRequest {
                 format: ExportFormat::Csv as i32,
@@ -534,7 +535,9 @@ async fn stalled_exports_do_not_hold_the_load_limit_forever(backend: Backend) {
     bulk_audit(&s, &org, 20_000).await;
     let mut held = Vec::new();
     for t in [&t1, &t1, &t2, &t2] {
-        let st = AuditServiceClient::new(s.channel().await)
+        let st = s
+            .audit()
+            .await
             .export_audit_events(authed(
                 ExportAuditEventsRequest {
                     organization_id: Some(org.clone()),

@@ -83,74 +83,11 @@ async fn random_concurrent_operations_keep_every_invariant(backend: Backend) {
     )
     .await;
     let admin = s.admin_token().await;
-    let mut orgs = Vec::new();
-    for o in 0..ORGS {
-        let id = s.create_org(&admin, "Stress", &format!("stress-{o}")).await;
-        let mut people = Vec::new();
-        for p in 0..MANAGERS + MEMBERS {
-            let (uid, token) = s.user(&format!("p{p}@stress-{o}.io")).await;
-            let role = if p < MANAGERS {
-                Role::Manager
-            } else {
-                Role::Member
-            };
-            s.add_member(&admin, &id, &uid, role).await;
-            people.push((uid, token));
-        }
-        let mut join_requests = Vec::new();
-        for j in 0..JOINERS {
-            let (_, token) = s.user(&format!("j{j}@stress-{o}.io")).await;
-            let jr = ApprovalServiceClient::new(s.channel().await)
-                .request_to_join(authed(
-                    RequestToJoinRequest {
-                        organization_id: id.clone(),
-                    },
-                    &token,
-                ))
-                .await
-                .expect("request to join")
-                .into_inner()
-                .join_request
-                .expect("join request")
-                .join_request_id;
-            join_requests.push(jr);
-        }
-        orgs.push(Org {
-            id,
-            people,
-            join_requests,
-        });
-    }
-    for v in 0..VICTIMS {
-        s.create_user(&format!("victim{v}@stress.io"), "Victim", PASSWORD)
-            .await;
-    }
+    let orgs = stress_world(&s, &admin).await;
     let orgs = Arc::new(orgs);
     let outcomes: Arc<Mutex<HashMap<String, Outcome>>> = Arc::default();
     let wrong: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = std::time::Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let ch = s.channel().await;
-        let (orgs, outcomes, wrong, next, admin) = (
-            orgs.clone(),
-            outcomes.clone(),
-            wrong.clone(),
-            next.clone(),
-            admin.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ops {
-                worker_op(&ch, &mut rng, &orgs, &admin, &outcomes, &wrong).await;
-            }
-        }));
-    }
-    for w in workers {
-        w.await.expect("worker");
-    }
-    let elapsed = started.elapsed();
+    let elapsed = run_load(&s, ops, &orgs, &admin, &outcomes, &wrong).await;
     let outcomes = outcomes.lock().expect("outcomes").clone();
     for o in outcomes.values() {
         assert_ne!(o.code, Code::Internal, "{o:?}");
@@ -404,4 +341,89 @@ async fn worker_op(
             record(id, Kind::WrongPassword, code, None);
         }
     }
+}
+
+/// ORGS organizations, each with its Managers, Members and pending join
+/// requests; and VICTIMS users outside them.
+async fn stress_world(s: &TestServer, admin: &str) -> Vec<Org> {
+    let mut orgs = Vec::new();
+    for o in 0..ORGS {
+        let id = s.create_org(admin, "Stress", &format!("stress-{o}")).await;
+        let mut people = Vec::new();
+        for p in 0..MANAGERS + MEMBERS {
+            let (uid, token) = s.user(&format!("p{p}@stress-{o}.io")).await;
+            let role = if p < MANAGERS {
+                Role::Manager
+            } else {
+                Role::Member
+            };
+            s.add_member(admin, &id, &uid, role).await;
+            people.push((uid, token));
+        }
+        let mut join_requests = Vec::new();
+        for j in 0..JOINERS {
+            let (_, token) = s.user(&format!("j{j}@stress-{o}.io")).await;
+            let jr = s
+                .approvals()
+                .await
+                .request_to_join(authed(
+                    RequestToJoinRequest {
+                        organization_id: id.clone(),
+                    },
+                    &token,
+                ))
+                .await
+                .expect("request to join")
+                .into_inner()
+                .join_request
+                .expect("join request")
+                .join_request_id;
+            join_requests.push(jr);
+        }
+        orgs.push(Org {
+            id,
+            people,
+            join_requests,
+        });
+    }
+    for v in 0..VICTIMS {
+        s.create_user(&format!("victim{v}@stress.io"), "Victim", PASSWORD)
+            .await;
+    }
+    orgs
+}
+
+/// `ops` random operations spread over WORKERS concurrent workers, each on
+/// its own connection; returns how long they took.
+async fn run_load(
+    s: &TestServer,
+    ops: usize,
+    orgs: &Arc<Vec<Org>>,
+    admin: &str,
+    outcomes: &Arc<Mutex<HashMap<String, Outcome>>>,
+    wrong: &Arc<Mutex<HashMap<String, usize>>>,
+) -> std::time::Duration {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let ch = s.channel().await;
+        let (orgs, outcomes, wrong, next, admin) = (
+            orgs.clone(),
+            outcomes.clone(),
+            wrong.clone(),
+            next.clone(),
+            admin.to_string(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ops {
+                worker_op(&ch, &mut rng, &orgs, &admin, &outcomes, &wrong).await;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    started.elapsed()
 }

@@ -5,19 +5,19 @@
 use crate::both_backends;
 use crate::support::smtp::SmtpSink;
 use crate::support::*;
-use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
-use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::*;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 both_backends!(
-    signup_request_approve_and_reject,
+    signup_request_then_approval,
+    rejected_users_may_ask_again,
+    bad_sign_ups_change_nothing,
     join_requests_list_by_period_and_visibility,
     invitation_new_account,
     invitation_existing_account,
-    resend_expiry_decline_revoke,
+    resend_and_expiry,
+    decline_and_revoke,
     invitation_rules_and_bad_tokens,
     double_approval_and_double_accept_race,
     outbox_retries_and_survives_restart,
@@ -39,15 +39,6 @@ async fn start(backend: Backend) -> (TestServer, SmtpSink) {
     )
     .await;
     (s, sink)
-}
-
-impl TestServer {
-    async fn approvals(&self) -> ApprovalServiceClient<Channel> {
-        ApprovalServiceClient::new(self.channel().await)
-    }
-    async fn invitations(&self) -> InvitationServiceClient<Channel> {
-        InvitationServiceClient::new(self.channel().await)
-    }
 }
 
 async fn manager_org(s: &TestServer, code: &str) -> (String, String, String) {
@@ -82,8 +73,7 @@ async fn verify_address(s: &TestServer, sink: &SmtpSink, email: &str, n: usize) 
         .await
         .expect("verify email");
 }
-
-async fn signup_request_approve_and_reject(backend: Backend) {
+async fn signup_request_then_approval(backend: Backend) {
     let (s, sink) = start(backend).await;
     let (_, org, mgr) = manager_org(&s, "acme").await;
     let mut auth = s.auth().await;
@@ -188,6 +178,45 @@ async fn signup_request_approve_and_reject(backend: Backend) {
         Code::AlreadyExists,
         "ALREADY_MEMBER",
     );
+}
+
+/// New@Example.com signed up to `org`, proved the address and was approved
+/// by `mgr` (messages 1 and 2); returns their token.
+async fn approved_newcomer(s: &TestServer, sink: &SmtpSink, org: &str, mgr: &str) -> String {
+    let jr = s
+        .auth()
+        .await
+        .sign_up(signup("New@Example.com", Some(org)))
+        .await
+        .expect("sign up")
+        .into_inner()
+        .join_request
+        .expect("join request");
+    let token = s
+        .login("new@example.com", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    verify_address(s, sink, "new@example.com", 1).await;
+    s.approvals()
+        .await
+        .approve_join_request(authed(
+            ApproveJoinRequestRequest {
+                join_request_id: jr.join_request_id,
+            },
+            mgr,
+        ))
+        .await
+        .expect("approve");
+    sink.wait_for("new@example.com", 2).await;
+    token
+}
+
+async fn rejected_users_may_ask_again(backend: Backend) {
+    let (s, sink) = start(backend).await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let token = approved_newcomer(&s, &sink, &org, &mgr).await;
+    let mut ap = s.approvals().await;
 
     // Reject, then the user may ask again.
     let (_, org2, mgr2) = manager_org(&s, "beta").await;
@@ -228,6 +257,15 @@ async fn signup_request_approve_and_reject(backend: Backend) {
     ))
     .await
     .expect("may request again after a rejection");
+}
+
+async fn bad_sign_ups_change_nothing(backend: Backend) {
+    let (s, _sink) = start(backend).await;
+    let mut auth = s.auth().await;
+    // New@Example.com has an account.
+    auth.sign_up(signup("New@Example.com", None))
+        .await
+        .expect("sign up");
 
     // Bad input changes nothing.
     assert_status(
@@ -561,8 +599,7 @@ async fn invitation_existing_account(backend: Backend) {
         "INVITATION_EMAIL_MISMATCH",
     );
 }
-
-async fn resend_expiry_decline_revoke(backend: Backend) {
+async fn resend_and_expiry(backend: Backend) {
     let (s, sink) = start(backend).await;
     let (_, org, mgr) = manager_org(&s, "acme").await;
     let mut c = s.invitations().await;
@@ -651,6 +688,24 @@ async fn resend_expiry_decline_revoke(backend: Backend) {
         Code::FailedPrecondition,
         "NOT_PENDING",
     );
+}
+
+async fn decline_and_revoke(backend: Backend) {
+    let (s, sink) = start(backend).await;
+    let (_, org, mgr) = manager_org(&s, "acme").await;
+    let mut c = s.invitations().await;
+    // An accepted invitation before them.
+    invite(&s, &org, "a@example.com", Role::Member, &mgr)
+        .await
+        .expect("invite");
+    let ta = sink
+        .wait_for("a@example.com", 1)
+        .await
+        .token("ki")
+        .expect("token");
+    c.accept_invitation(accept(&ta, Some("A"), Some(PASSWORD)))
+        .await
+        .expect("accept");
 
     // Decline sets REJECTED.
     invite(&s, &org, "b@example.com", Role::Member, &mgr)
@@ -850,8 +905,8 @@ async fn double_approval_and_double_accept_race(backend: Backend) {
             .expect("jr")
             .join_request_id;
         verify_address(&s, &sink, &email, 1).await;
-        let mut a = ApprovalServiceClient::new(s.channel().await);
-        let mut b = ApprovalServiceClient::new(s.channel().await);
+        let mut a = s.approvals().await;
+        let mut b = s.approvals().await;
         let (ra, rb) = tokio::join!(
             a.approve_join_request(authed(
                 ApproveJoinRequestRequest {
@@ -902,8 +957,8 @@ async fn double_approval_and_double_accept_race(backend: Backend) {
             .await
             .expect("invite");
         let token = sink.wait_for(&email, 1).await.token("ki").expect("token");
-        let mut a = InvitationServiceClient::new(s.channel().await);
-        let mut b = InvitationServiceClient::new(s.channel().await);
+        let mut a = s.invitations().await;
+        let mut b = s.invitations().await;
         let (ra, rb) = tokio::join!(
             a.accept_invitation(accept(&token, Some("A"), Some(PASSWORD))),
             b.accept_invitation(accept(&token, Some("B"), Some(PASSWORD))),

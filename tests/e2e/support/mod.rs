@@ -8,9 +8,17 @@
 
 #![allow(dead_code)]
 
+pub mod rpc;
 pub mod smtp;
 
+pub use rpc::Rpc;
+
+use kiops_proto::v1::approval_service_client::ApprovalServiceClient;
+use kiops_proto::v1::audit_service_client::AuditServiceClient;
 use kiops_proto::v1::auth_service_client::AuthServiceClient;
+use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
+use kiops_proto::v1::membership_service_client::MembershipServiceClient;
+use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
 use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database};
@@ -268,12 +276,39 @@ impl TestServer {
             .expect("connect to server")
     }
 
+    /// Clients of all seven services on one new connection.
+    pub async fn clients(&self) -> Clients {
+        Clients::new(self.channel().await)
+    }
+
+    // One client on a new connection each.
+
     pub async fn auth(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.channel().await)
     }
 
     pub async fn users(&self) -> UserServiceClient<Channel> {
         UserServiceClient::new(self.channel().await)
+    }
+
+    pub async fn orgs(&self) -> OrganizationServiceClient<Channel> {
+        OrganizationServiceClient::new(self.channel().await)
+    }
+
+    pub async fn members(&self) -> MembershipServiceClient<Channel> {
+        MembershipServiceClient::new(self.channel().await)
+    }
+
+    pub async fn invitations(&self) -> InvitationServiceClient<Channel> {
+        InvitationServiceClient::new(self.channel().await)
+    }
+
+    pub async fn approvals(&self) -> ApprovalServiceClient<Channel> {
+        ApprovalServiceClient::new(self.channel().await)
+    }
+
+    pub async fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel().await)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
@@ -392,6 +427,32 @@ impl TestServer {
     }
 }
 
+/// Typed clients of the seven gRPC services, sharing one connection.
+#[derive(Clone)]
+pub struct Clients {
+    pub auth: AuthServiceClient<Channel>,
+    pub users: UserServiceClient<Channel>,
+    pub orgs: OrganizationServiceClient<Channel>,
+    pub members: MembershipServiceClient<Channel>,
+    pub invitations: InvitationServiceClient<Channel>,
+    pub approvals: ApprovalServiceClient<Channel>,
+    pub audit: AuditServiceClient<Channel>,
+}
+
+impl Clients {
+    pub fn new(ch: Channel) -> Clients {
+        Clients {
+            auth: AuthServiceClient::new(ch.clone()),
+            users: UserServiceClient::new(ch.clone()),
+            orgs: OrganizationServiceClient::new(ch.clone()),
+            members: MembershipServiceClient::new(ch.clone()),
+            invitations: InvitationServiceClient::new(ch.clone()),
+            approvals: ApprovalServiceClient::new(ch.clone()),
+            audit: AuditServiceClient::new(ch),
+        }
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -471,20 +532,9 @@ pub fn assert_invalid<T: std::fmt::Debug>(res: Result<T, Status>, field: &str) {
     );
 }
 
-use kiops_proto::v1::membership_service_client::MembershipServiceClient;
-use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
-
 pub const PASSWORD: &str = "correct horse battery staple";
 
 impl TestServer {
-    pub async fn orgs(&self) -> OrganizationServiceClient<Channel> {
-        OrganizationServiceClient::new(self.channel().await)
-    }
-
-    pub async fn members(&self) -> MembershipServiceClient<Channel> {
-        MembershipServiceClient::new(self.channel().await)
-    }
-
     /// Creates an organization as the bootstrap admin; returns its id.
     pub async fn create_org(&self, admin: &str, name: &str, code: &str) -> String {
         self.orgs()
