@@ -143,7 +143,7 @@ impl App {
         access::require_org_visible(caller, role)?;
         let bits = memberships::find(self.store.conn(), org, &caller.user_id)
             .await?
-            .map(|m| m.permissions as u8)
+            .map(|m| m.permissions)
             .unwrap_or(0);
         let role = role.map(|r| parse_role(r.as_str()));
         if effective_permissions(false, role, bits).contains(&Permission::Audit) {

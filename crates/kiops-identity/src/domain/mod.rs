@@ -7,6 +7,7 @@
 pub mod access;
 pub mod audit;
 pub mod error;
+pub mod membership;
 pub mod model;
 pub mod organization;
 pub mod page_token;

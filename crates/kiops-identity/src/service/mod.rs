@@ -12,8 +12,10 @@
 //! inside an open transaction).
 
 pub mod credentials;
+pub mod memberships;
 pub mod organizations;
 pub mod parse;
+pub mod templates;
 
 use crate::domain::DomainError;
 use std::future::Future;
