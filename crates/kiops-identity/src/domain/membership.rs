@@ -1,5 +1,6 @@
-//! Memberships, members and permission templates (R1–R6, R10, R16, R17),
-//! and the rules that decide when a change to them revokes issued tokens.
+//! Memberships, members and permission templates (R1–R6, R10, R16, R17,
+//! R22), the rules that decide when a change to them revokes issued tokens
+//! (R16), and who the caller of a token is from current state (R11, R21).
 
 use super::model::{effective_permissions, Role, SessionState, StoredStatus};
 use super::{Caller, DomainError};
@@ -61,7 +62,7 @@ pub fn narrowing_revokes(before_bits: u8, after_bits: u8) -> bool {
     before_bits & !after_bits != 0
 }
 
-/// R3: a direct grant that changes nothing is not a change (no event); a
+/// R6, R19: a direct grant that changes nothing is not a change (no event); a
 /// template application is recorded even when the member already had
 /// exactly its categories, so the trail shows the template was applied.
 pub fn grant_is_a_change(before_bits: u8, after_bits: u8, from_template: bool) -> bool {
@@ -77,7 +78,7 @@ pub struct CallerState {
     pub session: SessionState,
 }
 
-/// The caller whose verified token names `user_id` and `session_id`, from
+/// R11, R21: the caller whose verified token names `user_id` and `session_id`, from
 /// current state (`None`: the account does not exist). A deleted account's token is invalid, a deactivated one
 /// is refused, a token of an ended session is refused, and the PlatformAdmin
 /// flag is the current one, not the one in the token.

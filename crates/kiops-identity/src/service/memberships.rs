@@ -1,5 +1,6 @@
 //! `MembershipService` use cases: members, roles, permissions (R1–R6, R10,
-//! R16's CheckPermission, R17) and the Manager-sent password reset.
+//! R16's CheckPermission, R17, R22) and the Manager-sent password reset
+//! (R20: the mail goes to the outbox in the same transaction).
 //!
 //! Every change runs in one write transaction that first locks the
 //! organization row (`organizations::lock`), then reads the caller's and the
@@ -134,7 +135,7 @@ pub enum Grant {
     Template(String),
 }
 
-/// SetPermissions and ApplyPermissionTemplate (R3), on ids already
+/// SetPermissions and ApplyPermissionTemplate (R6, R22), on ids already
 /// validated by the caller's decoding.
 pub async fn set_grants(
     app: App,
@@ -255,18 +256,11 @@ pub async fn list(
     )
     .await?;
     snapshot.close().await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(last)) => page_token::encode(&key, &fp, memberships::sort_key(last, order)),
-        _ => String::new(),
-    };
+    let page = Page::from_probe(rows, size, total, |last| {
+        page_token::encode(&key, &fp, memberships::sort_key(last, order))
+    });
     Ok(AsOf {
-        value: Page {
-            items,
-            next_page_token,
-            total_size: total,
-        },
+        value: page,
         now_ms: now,
     })
 }
@@ -317,17 +311,9 @@ pub async fn list_mine(
         size + 1,
     )
     .await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some((_, org))) => page_token::encode(&key, &fp, vec![json!(org.code)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(Page::from_probe(rows, size, total, |(_, org)| {
+        page_token::encode(&key, &fp, vec![json!(org.code)])
+    }))
 }
 
 /// Answers from current state (R16), authenticating and answering in one

@@ -1,4 +1,4 @@
-//! Permission template use cases of `MembershipService` (R3): a Manager's
+//! Permission template use cases of `MembershipService` (R6): a Manager's
 //! named bundles of categories. Applying one is `memberships::set_grants`.
 
 use super::memberships::lock_org;
@@ -69,17 +69,9 @@ pub async fn list(
         .and_then(|k| k.first())
         .and_then(|c| c.as_str().map(str::to_string));
     let (rows, total) = templates::list(conn, &org, after_name.as_deref(), size + 1).await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(last)) => page_token::encode(&key, &fp, vec![json!(last.name)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(Page::from_probe(rows, size, total, |last| {
+        page_token::encode(&key, &fp, vec![json!(last.name)])
+    }))
 }
 
 pub async fn update(

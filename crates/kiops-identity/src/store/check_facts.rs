@@ -105,7 +105,7 @@ static INLINE_SQL: LazyLock<String> = LazyLock::new(|| single_sql(true, true));
 
 /// The single statement's row, as read; decoded once by `From`.
 #[derive(Debug, Clone, FromQueryResult)]
-struct Row12 {
+struct FactsRow {
     caller_email: String,
     caller_status: String,
     caller_platform_admin: bool,
@@ -120,8 +120,8 @@ struct Row12 {
     caller_session_expires_at: Option<i64>,
 }
 
-impl From<Row12> for CheckFacts {
-    fn from(r: Row12) -> Self {
+impl From<FactsRow> for CheckFacts {
+    fn from(r: FactsRow) -> Self {
         let subject = match (r.subject_exists, r.subject_status) {
             (Some(_), Some(status)) => Some(SubjectState {
                 status: StoredStatus::parse(&status),
@@ -167,7 +167,7 @@ async fn read_pooled<C: ConnectionTrait>(
             key.caller_session.as_str().into(),
         ],
     );
-    Ok(Row12::find_by_statement(stmt)
+    Ok(FactsRow::find_by_statement(stmt)
         .one(conn)
         .await
         .map_err(db_err)?
@@ -190,7 +190,7 @@ fn read_inline(direct: &DirectReader, key: &CheckKey) -> Option<Option<CheckFact
         };
         // By position (`COLUMNS`, pinned by a test): a lookup by name scans
         // the column names on every get, 12 per check.
-        Ok(Some(CheckFacts::from(Row12 {
+        Ok(Some(CheckFacts::from(FactsRow {
             caller_email: row.get(0)?,
             caller_status: row.get(1)?,
             caller_platform_admin: row.get(2)?,
@@ -333,7 +333,7 @@ fn assemble(
 ) -> Option<CheckFacts> {
     let caller = caller?;
     let session = session.filter(|s| s.user_id == key.caller_id);
-    Some(CheckFacts::from(Row12 {
+    Some(CheckFacts::from(FactsRow {
         caller_email: caller.email.clone(),
         caller_status: caller.status.clone(),
         caller_platform_admin: caller.platform_admin,

@@ -1,6 +1,6 @@
 //! Memberships: who belongs to which organization, with which role and
 //! granted permissions (R1–R6, R10, R17). Every write records its audit
-//! event and, where the change revokes (R16, `domain::membership`), its
+//! event (R19) and, where the change revokes (R16, `domain::membership`), its
 //! revocation in the caller's transaction. Roles and statuses are read
 //! into their domain enums here, once.
 
@@ -266,7 +266,7 @@ pub async fn set_role<C: ConnectionTrait>(
     .await
 }
 
-/// Replaces the granted set, directly or from `template` (R3); revokes when
+/// Replaces the granted set, directly or from `template` (R6); revokes when
 /// a category is taken away (R16).
 pub async fn set_permissions<C: ConnectionTrait>(
     conn: &C,

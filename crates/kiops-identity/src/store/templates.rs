@@ -1,4 +1,4 @@
-//! Permission templates (R3): named bundles of categories per organization.
+//! Permission templates (R6): named bundles of categories per organization.
 //! Applying one sets a member's granted permissions; it is not a role.
 //! Every write records its own audit event.
 
