@@ -2,10 +2,10 @@
 
 use crate::app::App;
 use crate::domain::error::reason;
-use crate::domain::model::StoredStatus;
+use crate::domain::membership::{caller_from_state, invalid_token};
 use crate::domain::{Caller, DomainError};
 use crate::store::audit::RequestMeta;
-use crate::store::callers::{self, CallerRow};
+use crate::store::callers;
 use tonic::Request;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -44,10 +44,6 @@ fn bearer<T>(req: &Request<T>) -> Result<&str, DomainError> {
     Ok(token.trim())
 }
 
-fn invalid_token() -> DomainError {
-    DomainError::unauthenticated(reason::INVALID_TOKEN, "invalid or expired access token")
-}
-
 /// What every authenticated handler starts with: request metadata, the
 /// authenticated caller, and the message.
 pub async fn start<T>(app: &App, req: Request<T>) -> Result<(RequestMeta, Caller, T), DomainError> {
@@ -78,53 +74,25 @@ pub async fn authenticate<T>(app: &App, req: &Request<T>) -> Result<Caller, Doma
 }
 
 /// The second half of `authenticate`: the caller of verified `claims`
-/// from current state (account and session, one read).
+/// from current state (account and session, one read; the rule is
+/// `caller_from_state`, the same CheckPermission applies to its own read).
 pub async fn caller_of(app: &App, claims: kiops_token::Claims) -> Result<Caller, DomainError> {
-    let row = callers::caller_row(
+    let state = callers::caller_state(
         app.store.conn(),
         &claims.sub,
         claims.sid.as_deref().unwrap_or_default(),
     )
     .await?;
-    current_caller(claims, row, app.clock.now_ms())
+    caller_from_state(claims.sub, claims.sid, state, app.clock.now_ms())
 }
 
 /// The first half of `authenticate` (no database): the token's claims.
-/// Hot paths that read the caller's row together with other rows in one
-/// query finish with `caller_of`.
+/// CheckPermission, which reads the caller's state together with other
+/// rows in one query, goes on from here itself.
 pub fn verify_bearer<T>(app: &App, req: &Request<T>) -> Result<kiops_token::Claims, DomainError> {
     let token = bearer(req)?;
     app.tokens.verify(token, app.clock.now_secs()).map_err(|e| {
         tracing::debug!(error = %e, "access token refused");
         invalid_token()
-    })
-}
-
-/// The second half of `authenticate`: a deleted account's token is invalid,
-/// a deactivated one is refused, a token of an ended session is refused, and
-/// the PlatformAdmin flag is the current one, not the one in the token.
-pub fn current_caller(
-    claims: kiops_token::Claims,
-    row: Option<CallerRow>,
-    now_ms: i64,
-) -> Result<Caller, DomainError> {
-    let row = row.ok_or_else(invalid_token)?;
-    if StoredStatus::parse(&row.status) == StoredStatus::Inactive {
-        return Err(DomainError::unauthenticated(
-            reason::ACCOUNT_DISABLED,
-            "this account is deactivated",
-        ));
-    }
-    if !row.session.is_live(now_ms) {
-        return Err(DomainError::unauthenticated(
-            reason::SESSION_REVOKED,
-            "the session of this access token has ended; sign in again",
-        ));
-    }
-    Ok(Caller {
-        user_id: claims.sub,
-        email: row.email,
-        platform_admin: row.platform_admin,
-        session_id: claims.sid,
     })
 }

@@ -25,10 +25,10 @@ pub fn user(u: &User, now_ms: i64) -> v1::User {
     }
 }
 
+use crate::domain::membership::{Member, Membership, Template};
 use crate::domain::model::{effective_permissions, Role};
-use crate::store::memberships::{parse_role, MemberRow, Membership};
+use crate::store::memberships::parse_role;
 use crate::store::organizations::Organization;
-use crate::store::templates::Template;
 use kiops_token::Permission;
 
 pub fn organization(o: &Organization) -> v1::Organization {
@@ -49,38 +49,32 @@ fn role_number(r: Role) -> i32 {
     r.proto_number()
 }
 
-pub fn member(m: &MemberRow, now_ms: i64) -> v1::Member {
-    let role = parse_role(&m.role);
-    let status = UserStatus::derive(StoredStatus::parse(&m.status), m.locked_until, now_ms);
+pub fn member(m: &Member, now_ms: i64) -> v1::Member {
+    let status = UserStatus::derive(m.status, m.locked_until_ms, now_ms);
     v1::Member {
         user_id: m.user_id.clone(),
         email: m.email.clone(),
         name: m.name.clone(),
-        role: role_number(role),
+        role: role_number(m.role),
         platform_admin: m.platform_admin,
         status: status.proto_number(),
         permissions: perm_numbers(&effective_permissions(
             m.platform_admin,
-            Some(role),
-            m.permissions as u8,
+            Some(m.role),
+            m.permissions,
         )),
-        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions as u8)),
-        join_time: Some(timestamp(m.joined_at)),
+        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions)),
+        join_time: Some(timestamp(m.joined_at_ms)),
     }
 }
 
 pub fn membership(m: &Membership, org: &Organization, platform_admin: bool) -> v1::Membership {
-    let role = parse_role(&m.role);
     v1::Membership {
         organization: Some(organization(org)),
-        role: role_number(role),
-        permissions: perm_numbers(&effective_permissions(
-            platform_admin,
-            Some(role),
-            m.permissions as u8,
-        )),
-        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions as u8)),
-        join_time: Some(timestamp(m.joined_at)),
+        role: role_number(m.role),
+        permissions: perm_numbers(&m.effective(platform_admin)),
+        granted_permissions: perm_numbers(&Permission::from_bits(m.permissions)),
+        join_time: Some(timestamp(m.joined_at_ms)),
     }
 }
 
@@ -89,9 +83,9 @@ pub fn template(t: &Template) -> v1::PermissionTemplate {
         template_id: t.id.clone(),
         organization_id: t.organization_id.clone(),
         name: t.name.clone(),
-        permissions: perm_numbers(&Permission::from_bits(t.permissions as u8)),
-        create_time: Some(timestamp(t.created_at)),
-        update_time: Some(timestamp(t.updated_at)),
+        permissions: perm_numbers(&Permission::from_bits(t.permissions)),
+        create_time: Some(timestamp(t.created_at_ms)),
+        update_time: Some(timestamp(t.updated_at_ms)),
     }
 }
 

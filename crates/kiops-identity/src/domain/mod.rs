@@ -9,6 +9,7 @@ pub mod audit;
 pub mod error;
 pub mod invitation;
 pub mod join_request;
+pub mod membership;
 pub mod model;
 pub mod organization;
 pub mod page_token;

@@ -60,7 +60,7 @@ pub async fn authorize(
     };
     let m = memberships::find(app.store.conn(), org, &caller.user_id).await?;
     let role = m.as_ref().map(|m| parse_role(&m.role));
-    let bits = m.map(|m| m.permissions as u8).unwrap_or(0);
+    let bits = m.map(|m| m.permissions).unwrap_or(0);
     audit::require_audit_permission(caller, role, bits)
 }
 

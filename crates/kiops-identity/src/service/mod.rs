@@ -15,8 +15,10 @@ pub mod approvals;
 pub mod audit;
 pub mod credentials;
 pub mod invitations;
+pub mod memberships;
 pub mod organizations;
 pub mod parse;
+pub mod templates;
 pub mod users;
 
 use crate::domain::DomainError;
@@ -41,4 +43,28 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next_page_token: String,
     pub total_size: u64,
+}
+
+impl<T> Page<T> {
+    /// A page from `rows` read with one more than `size` (the extra row
+    /// only tells that a next page exists); `token` makes the next page's
+    /// token from the page's last item.
+    pub fn from_probe(
+        mut rows: Vec<T>,
+        size: u64,
+        total_size: u64,
+        token: impl FnOnce(&T) -> String,
+    ) -> Self {
+        let more = rows.len() as u64 > size;
+        rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => token(last),
+            _ => String::new(),
+        };
+        Page {
+            items: rows,
+            next_page_token,
+            total_size,
+        }
+    }
 }

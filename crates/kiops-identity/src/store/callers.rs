@@ -1,19 +1,11 @@
-//! The authenticated caller's current state: account and session, one read.
+//! The authenticated caller's current state: account and session, one read
+//! (the rule that decides on it is `domain::membership::caller_from_state`).
 
 use super::db_err;
-use crate::domain::model::SessionState;
+use crate::domain::membership::CallerState;
+use crate::domain::model::{SessionState, StoredStatus};
 use crate::domain::DomainError;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
-
-/// The caller's current account and the state of the session their token
-/// names, however it was read.
-#[derive(Debug, Clone)]
-pub struct CallerRow {
-    pub email: String,
-    pub status: String,
-    pub platform_admin: bool,
-    pub session: SessionState,
-}
 
 /// One statement for both, so every authenticated call costs one round trip
 /// as before the session was checked. The session must belong to the user: a
@@ -24,11 +16,11 @@ const CALLER_SQL: &str = "SELECT u.email, u.status, u.platform_admin, \
      WHERE u.id = $1";
 
 /// `None` when the account does not exist.
-pub async fn caller_row<C: ConnectionTrait>(
+pub async fn caller_state<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
     session_id: &str,
-) -> Result<Option<CallerRow>, DomainError> {
+) -> Result<Option<CallerState>, DomainError> {
     static SQLITE: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| CALLER_SQL.replace('$', "?"));
     let backend = conn.get_database_backend();
@@ -41,9 +33,10 @@ pub async fn caller_row<C: ConnectionTrait>(
         return Ok(None);
     };
     let found: Option<String> = row.try_get("", "session_id").map_err(db_err)?;
-    Ok(Some(CallerRow {
+    let status: String = row.try_get("", "status").map_err(db_err)?;
+    Ok(Some(CallerState {
         email: row.try_get("", "email").map_err(db_err)?,
-        status: row.try_get("", "status").map_err(db_err)?,
+        status: StoredStatus::parse(&status),
         platform_admin: row.try_get("", "platform_admin").map_err(db_err)?,
         session: SessionState {
             found: found.is_some(),

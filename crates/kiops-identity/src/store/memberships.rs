@@ -1,24 +1,42 @@
 //! Memberships: who belongs to which organization, with which role and
-//! granted permissions (R1–R6, R10, R17).
+//! granted permissions (R1–R6, R10, R17). Every write records its audit
+//! event (R19) and, where the change revokes (R16, `domain::membership`), its
+//! revocation in the caller's transaction. Roles and statuses are read
+//! into their domain enums here, once.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, organization, user};
 use super::keyset::{keyset_after, Count};
 use super::{db_err, is_unique_violation, like_contains};
 use crate::domain::error::reason;
-use crate::domain::model::{effective_permissions, Role};
+use crate::domain::membership::{demotion_revokes, narrowing_revokes};
+use crate::domain::model::{effective_permissions, Role, StoredStatus};
 use crate::domain::DomainError;
 use kiops_token::{OrgClaims, Permission};
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult,
-    PaginatorTrait, QueryFilter, Set, Statement,
+    PaginatorTrait, QueryFilter, Set,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-pub use membership::Model as Membership;
+use crate::domain::membership::Template;
+pub use crate::domain::membership::{Member, Membership};
 
+impl From<membership::Model> for Membership {
+    fn from(m: membership::Model) -> Self {
+        Membership {
+            role: parse_role(&m.role),
+            permissions: m.permissions as u8,
+            organization_id: m.organization_id,
+            user_id: m.user_id,
+            joined_at_ms: m.joined_at,
+        }
+    }
+}
+
+/// A role as stored. The one place its text is read.
 pub fn parse_role(s: &str) -> Role {
     if s == "manager" {
         Role::Manager
@@ -74,10 +92,13 @@ pub async fn find<C: ConnectionTrait>(
     org: &str,
     user_id: &str,
 ) -> Result<Option<Membership>, DomainError> {
-    membership::Entity::find_by_id((org.to_string(), user_id.to_string()))
-        .one(conn)
-        .await
-        .map_err(db_err)
+    Ok(
+        membership::Entity::find_by_id((org.to_string(), user_id.to_string()))
+            .one(conn)
+            .await
+            .map_err(db_err)?
+            .map(Membership::from),
+    )
 }
 
 /// The role of `user_id` in `org`, if a member.
@@ -86,7 +107,7 @@ pub async fn role_of<C: ConnectionTrait>(
     org: &str,
     user_id: &str,
 ) -> Result<Option<Role>, DomainError> {
-    Ok(find(conn, org, user_id).await?.map(|m| parse_role(&m.role)))
+    Ok(find(conn, org, user_id).await?.map(|m| m.role))
 }
 
 /// Active Managers of `org` (a deactivated Manager does not count: they
@@ -218,7 +239,7 @@ pub async fn set_role<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    if parse_role(&before.role) == Role::Manager && role == Role::Member {
+    if demotion_revokes(before.role, role) {
         super::revocations::record(
             conn,
             super::revocations::Scope {
@@ -236,23 +257,24 @@ pub async fn set_role<C: ConnectionTrait>(
         meta,
         AuditEntry::new(actor, "membership.role_changed", "user", &before.user_id)
             .org(&before.organization_id)
-            .details(json!({"before": {"role": before.role}, "after": {"role": role.as_str()}})),
+            .details(json!({
+                "before": {"role": before.role.as_str()},
+                "after": {"role": role.as_str()},
+            })),
         now,
     )
     .await
 }
 
-/// Replaces the granted set. `action` names why (a direct grant or a
-/// template), `extra` adds context to the event.
-#[allow(clippy::too_many_arguments)]
+/// Replaces the granted set, directly or from `template` (R6); revokes when
+/// a category is taken away (R16).
 pub async fn set_permissions<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
     actor: Actor,
     before: &Membership,
     bits: u8,
-    action: &'static str,
-    extra: Value,
+    template: Option<&Template>,
     now: i64,
 ) -> Result<(), DomainError> {
     membership::Entity::update_many()
@@ -262,7 +284,7 @@ pub async fn set_permissions<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    if (before.permissions as u8) & !bits != 0 {
+    if narrowing_revokes(before.permissions, bits) {
         super::revocations::record(
             conn,
             super::revocations::Scope {
@@ -276,12 +298,17 @@ pub async fn set_permissions<C: ConnectionTrait>(
         .await?;
     }
     let mut details = json!({
-        "before": {"permissions": perm_names(before.permissions as u8)},
+        "before": {"permissions": perm_names(before.permissions)},
         "after": {"permissions": perm_names(bits)},
     });
-    if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
-        d.extend(e);
-    }
+    let action = match (template, details.as_object_mut()) {
+        (Some(t), Some(d)) => {
+            d.insert("template_id".into(), json!(t.id));
+            d.insert("template_name".into(), json!(t.name));
+            "membership.template_applied"
+        }
+        _ => "membership.permissions_changed",
+    };
     audit::record(
         conn,
         meta,
@@ -328,12 +355,15 @@ pub async fn remove_all_for_deleted_account<C: ConnectionTrait>(
             .await
             .map_err(db_err)?;
     }
-    let rows = membership::Entity::find()
+    let rows: Vec<Membership> = membership::Entity::find()
         .filter(membership::Column::UserId.eq(user_id))
         .order_by_asc(membership::Column::OrganizationId)
         .all(conn)
         .await
-        .map_err(db_err)?;
+        .map_err(db_err)?
+        .into_iter()
+        .map(Membership::from)
+        .collect();
     for m in &rows {
         remove_with(
             conn,
@@ -374,8 +404,8 @@ async fn remove_with<C: ConnectionTrait>(
     )
     .await?;
     let mut details = json!({"before": {
-        "role": before.role,
-        "permissions": perm_names(before.permissions as u8),
+        "role": before.role.as_str(),
+        "permissions": perm_names(before.permissions),
     }});
     if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
         d.extend(e);
@@ -391,9 +421,9 @@ async fn remove_with<C: ConnectionTrait>(
     .await
 }
 
-/// A member as the "Organization Users" tab shows them.
+/// A `Member` as read, before its role and status are decoded.
 #[derive(Debug, Clone, FromQueryResult)]
-pub struct MemberRow {
+struct MemberRow {
     pub user_id: String,
     pub email: String,
     pub name: String,
@@ -508,23 +538,38 @@ pub fn user_search_conditions(query: &str, status: Option<StatusFilter>, now: i6
     cond
 }
 
-impl MemberRow {
-    /// The sort key of this row for `order`, as stored in a page token.
-    pub fn sort_key(&self, order: MemberOrder) -> Vec<Value> {
-        let k = match order {
-            MemberOrder::Email => json!(self.email),
-            MemberOrder::Role => json!(self.role),
-            MemberOrder::JoinTime => json!(self.joined_at),
-        };
-        vec![k, json!(self.user_id)]
+impl From<MemberRow> for Member {
+    fn from(r: MemberRow) -> Self {
+        Member {
+            role: parse_role(&r.role),
+            status: StoredStatus::parse(&r.status),
+            permissions: r.permissions as u8,
+            user_id: r.user_id,
+            email: r.email,
+            name: r.name,
+            platform_admin: r.platform_admin,
+            locked_until_ms: r.locked_until,
+            joined_at_ms: r.joined_at,
+        }
     }
+}
+
+/// The sort key of `m` for `order`, as a page token stores it (the
+/// columns' stored values, which the next page's keyset compares with).
+pub fn sort_key(m: &Member, order: MemberOrder) -> Vec<Value> {
+    let k = match order {
+        MemberOrder::Email => json!(m.email),
+        MemberOrder::Role => json!(m.role.as_str()),
+        MemberOrder::JoinTime => json!(m.joined_at_ms),
+    };
+    vec![k, json!(m.user_id)]
 }
 
 /// One page of members and the total matching the filters.
 pub async fn list_members<C: ConnectionTrait>(
     conn: &C,
     q: MemberQuery<'_>,
-) -> Result<(Vec<MemberRow>, u64), DomainError> {
+) -> Result<(Vec<Member>, u64), DomainError> {
     // Search and email order use the membership's copies of email and name
     // (see migration 3), so both queries stay inside one organization's
     // slice of `memberships_org_search_idx`; only a status filter needs users.
@@ -593,22 +638,25 @@ pub async fn list_members<C: ConnectionTrait>(
         .all(conn)
         .await
         .map_err(db_err)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(Member::from).collect(), total))
 }
 
 pub async fn get_member<C: ConnectionTrait>(
     conn: &C,
     org: &str,
     user_id: &str,
-) -> Result<Option<MemberRow>, DomainError> {
+) -> Result<Option<Member>, DomainError> {
     let stmt = member_select()
         .and_where(mcol(membership::Column::OrganizationId).eq(org))
         .and_where(mcol(membership::Column::UserId).eq(user_id))
         .to_owned();
-    MemberRow::find_by_statement(conn.get_database_backend().build(&stmt))
-        .one(conn)
-        .await
-        .map_err(db_err)
+    Ok(
+        MemberRow::find_by_statement(conn.get_database_backend().build(&stmt))
+            .one(conn)
+            .await
+            .map_err(db_err)?
+            .map(Member::from),
+    )
 }
 
 /// The caller's own memberships with their organizations, ordered by code.
@@ -646,7 +694,7 @@ pub async fn list_for_user<C: ConnectionTrait>(
         .await
         .map_err(db_err)?
         .into_iter()
-        .map(|m| (m.organization_id.clone(), m))
+        .map(|m| (m.organization_id.clone(), Membership::from(m)))
         .collect();
     Ok((
         orgs.into_iter()
@@ -654,83 +702,4 @@ pub async fn list_for_user<C: ConnectionTrait>(
             .collect(),
         total,
     ))
-}
-
-/// Everything CheckPermission needs, in one round trip: the caller's current
-/// account and role in the organization (to authenticate and authorize) and
-/// the subject's facts. `None` when the caller's account does not exist.
-/// CheckPermission sits on other services' request paths, so it is one
-/// prepared statement rather than the two or three reads the general path
-/// (authenticate, then caller role, then facts) would take.
-#[derive(Debug, Clone, FromQueryResult)]
-pub struct CheckFacts {
-    pub caller_email: String,
-    pub caller_status: String,
-    pub caller_platform_admin: bool,
-    pub caller_role: Option<String>,
-    pub subject_exists: Option<String>,
-    pub subject_status: Option<String>,
-    pub subject_platform_admin: Option<bool>,
-    pub subject_role: Option<String>,
-    pub subject_permissions: Option<i32>,
-    /// The caller's session (the token's `sid`), if it is theirs.
-    pub caller_session_id: Option<String>,
-    pub caller_session_revoked_at: Option<i64>,
-    pub caller_session_expires_at: Option<i64>,
-}
-
-impl CheckFacts {
-    pub fn caller_session(&self) -> crate::domain::model::SessionState {
-        crate::domain::model::SessionState {
-            found: self.caller_session_id.is_some(),
-            revoked_at_ms: self.caller_session_revoked_at,
-            expires_at_ms: self.caller_session_expires_at,
-        }
-    }
-}
-
-pub(super) const CHECK_FACTS_SQL: &str =
-    "SELECT c.email AS caller_email, c.status AS caller_status, \
-     c.platform_admin AS caller_platform_admin, cm.role AS caller_role, \
-     s.id AS subject_exists, s.status AS subject_status, \
-     s.platform_admin AS subject_platform_admin, sm.role AS subject_role, \
-     sm.permissions AS subject_permissions, \
-     cs.id AS caller_session_id, cs.revoked_at AS caller_session_revoked_at, \
-     cs.expires_at AS caller_session_expires_at \
-     FROM users c \
-     LEFT JOIN memberships cm ON cm.organization_id = $3 AND cm.user_id = c.id \
-     LEFT JOIN sessions cs ON cs.id = $4 AND cs.user_id = c.id \
-     LEFT JOIN users s ON s.id = $2 \
-     LEFT JOIN memberships sm ON sm.organization_id = $3 AND sm.user_id = s.id \
-     WHERE c.id = $1";
-
-pub async fn check_facts<C: ConnectionTrait>(
-    conn: &C,
-    caller_id: &str,
-    caller_session: &str,
-    subject_id: &str,
-    org: &str,
-) -> Result<Option<CheckFacts>, DomainError> {
-    let backend = conn.get_database_backend();
-    // SQLite numbers its parameters ?NNN.
-    static SQLITE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| CHECK_FACTS_SQL.replace('$', "?"));
-    let sql = match backend {
-        DatabaseBackend::Sqlite => SQLITE.clone(),
-        _ => CHECK_FACTS_SQL.to_string(),
-    };
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql,
-        [
-            caller_id.into(),
-            subject_id.into(),
-            org.into(),
-            caller_session.into(),
-        ],
-    );
-    CheckFacts::find_by_statement(stmt)
-        .one(conn)
-        .await
-        .map_err(db_err)
 }

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod callers;
 mod check_batch;
+pub mod check_facts;
 mod claim_batch;
 pub mod email_verifications;
 pub mod entity;
@@ -193,27 +194,12 @@ impl Store {
         self.checks.as_ref().map(check_batch::CheckBatcher::totals)
     }
 
-    /// CheckPermission's one read (`memberships::check_facts`): inline on
-    /// SQLite when it can be (`sqlite_direct`), batched with concurrent
-    /// checks on PostgreSQL (`check_batch`), else through the pool.
+    /// CheckPermission's one read (`check_facts`), on this backend's path.
     pub async fn check_facts(
         &self,
-        caller_id: &str,
-        caller_session: &str,
-        subject_id: &str,
-        org: &str,
-    ) -> Result<Option<memberships::CheckFacts>, DomainError> {
-        if let Some(direct) = &self.direct {
-            if let Some(facts) = direct.check_facts(caller_id, caller_session, subject_id, org) {
-                return Ok(facts);
-            }
-        }
-        if let Some(checks) = &self.checks {
-            return checks
-                .check_facts(caller_id, caller_session, subject_id, org)
-                .await;
-        }
-        memberships::check_facts(&self.db, caller_id, caller_session, subject_id, org).await
+        key: check_facts::CheckKey,
+    ) -> Result<Option<crate::domain::membership::CheckFacts>, DomainError> {
+        check_facts::read(&self.db, self.direct.as_deref(), self.checks.as_ref(), key).await
     }
 
     /// Refresh's read (`sessions::refresh_candidate`), inline on SQLite

@@ -1,5 +1,6 @@
-//! Permission templates: named bundles of categories per organization.
+//! Permission templates (R6): named bundles of categories per organization.
 //! Applying one sets a member's granted permissions; it is not a role.
+//! Every write records its own audit event.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::permission_template as tpl;
@@ -9,11 +10,24 @@ use crate::domain::DomainError;
 use kiops_token::Permission;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    QueryOrder, QuerySelect, Set, Unchanged,
 };
 use serde_json::json;
 
-pub use tpl::Model as Template;
+pub use crate::domain::membership::Template;
+
+impl From<tpl::Model> for Template {
+    fn from(t: tpl::Model) -> Self {
+        Template {
+            permissions: t.permissions as u8,
+            id: t.id,
+            organization_id: t.organization_id,
+            name: t.name,
+            created_at_ms: t.created_at,
+            updated_at_ms: t.updated_at,
+        }
+    }
+}
 
 fn name_taken(e: sea_orm::DbErr) -> DomainError {
     if is_unique_violation(&e) {
@@ -29,7 +43,7 @@ fn name_taken(e: sea_orm::DbErr) -> DomainError {
 fn snapshot(t: &Template) -> serde_json::Value {
     json!({
         "name": t.name,
-        "permissions": Permission::from_bits(t.permissions as u8)
+        "permissions": Permission::from_bits(t.permissions)
             .into_iter()
             .map(Permission::as_str)
             .collect::<Vec<_>>(),
@@ -46,7 +60,7 @@ pub async fn create<C: ConnectionTrait>(
     now: i64,
 ) -> Result<Template, DomainError> {
     let id = uuid::Uuid::now_v7().to_string();
-    let t = tpl::ActiveModel {
+    let t: Template = tpl::ActiveModel {
         id: Set(id.clone()),
         organization_id: Set(org.to_string()),
         name: Set(name),
@@ -56,7 +70,8 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(name_taken)?;
+    .map_err(name_taken)?
+    .into();
     audit::record(
         conn,
         meta,
@@ -75,11 +90,12 @@ pub async fn find<C: ConnectionTrait>(
     org: &str,
     id: &str,
 ) -> Result<Option<Template>, DomainError> {
-    tpl::Entity::find_by_id(id.to_string())
+    Ok(tpl::Entity::find_by_id(id.to_string())
         .filter(tpl::Column::OrganizationId.eq(org))
         .one(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .map(Template::from))
 }
 
 pub async fn list<C: ConnectionTrait>(
@@ -100,7 +116,7 @@ pub async fn list<C: ConnectionTrait>(
         q = q.filter(tpl::Column::Name.gt(after));
     }
     let rows = q.limit(limit).all(conn).await.map_err(db_err)?;
-    Ok((rows, total))
+    Ok((rows.into_iter().map(Template::from).collect(), total))
 }
 
 pub async fn update<C: ConnectionTrait>(
@@ -112,7 +128,14 @@ pub async fn update<C: ConnectionTrait>(
     bits: Option<u8>,
     now: i64,
 ) -> Result<Template, DomainError> {
-    let mut am: tpl::ActiveModel = before.clone().into();
+    let mut am = tpl::ActiveModel {
+        id: Unchanged(before.id.clone()),
+        organization_id: Unchanged(before.organization_id.clone()),
+        name: Unchanged(before.name.clone()),
+        permissions: Unchanged(before.permissions as i32),
+        created_at: Unchanged(before.created_at_ms),
+        updated_at: Unchanged(before.updated_at_ms),
+    };
     if let Some(n) = name {
         am.name = Set(n);
     }
@@ -120,7 +143,7 @@ pub async fn update<C: ConnectionTrait>(
         am.permissions = Set(b as i32);
     }
     am.updated_at = Set(now);
-    let after = am.update(conn).await.map_err(name_taken)?;
+    let after: Template = am.update(conn).await.map_err(name_taken)?.into();
     audit::record(
         conn,
         meta,
