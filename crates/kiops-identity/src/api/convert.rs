@@ -1,6 +1,6 @@
 //! Store rows → proto messages.
 
-use crate::domain::model::{StoredStatus, UserStatus};
+use crate::domain::model::UserStatus;
 use crate::domain::user::User;
 use kiops_proto::v1;
 
@@ -27,7 +27,6 @@ pub fn user(u: &User, now_ms: i64) -> v1::User {
 
 use crate::domain::membership::{Member, Membership, Template};
 use crate::domain::model::{effective_permissions, Role};
-use crate::store::memberships::parse_role;
 use crate::store::organizations::Organization;
 use kiops_token::Permission;
 

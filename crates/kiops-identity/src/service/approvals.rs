@@ -12,7 +12,8 @@ use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError, FieldViolation};
 use crate::mail::messages;
 use crate::store::join_requests::{self, JoinRequestQuery};
-use crate::store::memberships::{self, MemberRow};
+use crate::domain::membership::Member;
+use crate::store::memberships;
 use crate::store::{organizations, outbox, users};
 use kiops_proto::v1::{self, ListJoinRequestsRequest};
 use serde_json::json;
@@ -22,7 +23,7 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Decided {
     pub join_request: JoinRequestView,
-    pub member: Option<MemberRow>,
+    pub member: Option<Member>,
     /// The moment they were read (a member's shown status depends on it).
     pub now_ms: i64,
 }

@@ -10,7 +10,7 @@ use crate::domain::error::Violations;
 use crate::domain::page_token;
 use crate::domain::{validate, Caller, DomainError, FieldViolation};
 use crate::store::audit::{self as audit_store, AuditFilter};
-use crate::store::memberships::{self, parse_role};
+use crate::store::memberships;
 use kiops_proto::v1::{self, ExportAuditEventsRequest, ListAuditEventsRequest};
 use serde_json::json;
 
@@ -59,7 +59,7 @@ pub async fn authorize(
         return Ok(());
     };
     let m = memberships::find(app.store.conn(), org, &caller.user_id).await?;
-    let role = m.as_ref().map(|m| parse_role(&m.role));
+    let role = m.as_ref().map(|m| m.role);
     let bits = m.map(|m| m.permissions).unwrap_or(0);
     audit::require_audit_permission(caller, role, bits)
 }

@@ -13,7 +13,8 @@ use crate::domain::page_token;
 use crate::domain::{access, password_policy, validate, Caller, DomainError, FieldViolation};
 use crate::mail::messages::{self, INVITATION_TTL_DAYS};
 use crate::store::invitations::{self, Acceptor, NewInvitation};
-use crate::store::memberships::{self, MemberRow};
+use crate::domain::membership::Member;
+use crate::store::memberships;
 use crate::store::{organizations, outbox, users, WriteTx};
 use kiops_proto::v1::{
     self, AcceptInvitationRequest, CreateInvitationRequest, ListInvitationsRequest,
@@ -28,7 +29,7 @@ const TTL_MS: i64 = INVITATION_TTL_DAYS * 24 * 3600 * 1000;
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub organization_id: String,
-    pub member: MemberRow,
+    pub member: Member,
     /// The moment the member was read (its shown status depends on it).
     pub now_ms: i64,
 }
