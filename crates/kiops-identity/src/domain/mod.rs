@@ -11,6 +11,7 @@ pub mod model;
 pub mod organization;
 pub mod page_token;
 pub mod password_policy;
+pub mod session;
 pub mod validate;
 
 pub use error::{DomainError, FieldViolation};

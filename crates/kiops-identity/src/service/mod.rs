@@ -11,6 +11,7 @@
 //! a transaction off half-way (the connection would go back to the pool
 //! inside an open transaction).
 
+pub mod auth;
 pub mod credentials;
 pub mod organizations;
 pub mod parse;
