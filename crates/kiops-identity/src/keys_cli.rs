@@ -3,8 +3,9 @@
 use crate::clock::Clock;
 use crate::config::KeysCommand;
 use crate::domain::audit::{Actor, RequestMeta};
+use crate::domain::DomainError;
 use crate::server::open_store;
-use crate::store::keys;
+use crate::store::{keys, Store};
 use kiops_token::SigningKey;
 
 fn fmt_ms(ms: Option<i64>) -> String {
@@ -41,21 +42,9 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let key = SigningKey::generate();
             let pem = key.to_pkcs8_pem().map_err(|e| anyhow::anyhow!("{e}"))?;
             let retire_at = now + args.retire_after.max(0) * 1000;
-            let tx = store
-                .begin_write()
+            let previous = rotate(&store, key.kid(), pem, retire_at, now)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            keys::lock_for_creation(&tx)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let meta = RequestMeta {
-                request_id: "keys-rotate".into(),
-                peer: String::new(),
-            };
-            let previous = keys::rotate(&tx, &meta, Actor::System, key.kid(), pem, retire_at, now)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tx.commit().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "new active key {}; previous {:?} published until {}",
                 key.kid(),
@@ -65,4 +54,24 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Makes `kid` the active key in one transaction, serialized against
+/// replicas creating theirs; the previous active keys.
+async fn rotate(
+    store: &Store,
+    kid: &str,
+    pem: String,
+    retire_at: i64,
+    now: i64,
+) -> Result<Vec<String>, DomainError> {
+    let tx = store.begin_write().await?;
+    keys::lock_for_creation(&tx).await?;
+    let meta = RequestMeta {
+        request_id: "keys-rotate".into(),
+        peer: String::new(),
+    };
+    let previous = keys::rotate(&tx, &meta, Actor::System, kid, pem, retire_at, now).await?;
+    tx.commit().await?;
+    Ok(previous)
 }

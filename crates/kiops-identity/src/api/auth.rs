@@ -38,12 +38,8 @@ impl AuthService for AuthApi {
         request: Request<ResetPasswordRequest>,
     ) -> Result<Response<ResetPasswordResponse>, Status> {
         let meta = request_meta(&request);
-        to_completion(auth::reset_password(
-            self.app.clone(),
-            meta,
-            request.into_inner(),
-        ))
-        .await?;
+        // Not detached: an abandoned request's hash is not run.
+        auth::reset_password(self.app.clone(), meta, request.into_inner()).await?;
         Ok(Response::new(ResetPasswordResponse {}))
     }
 
@@ -52,7 +48,8 @@ impl AuthService for AuthApi {
         request: Request<SignUpRequest>,
     ) -> Result<Response<SignUpResponse>, Status> {
         let meta = request_meta(&request);
-        let s = to_completion(auth::sign_up(self.app.clone(), meta, request.into_inner())).await?;
+        // Not detached: an abandoned request's hash is not run.
+        let s = auth::sign_up(self.app.clone(), meta, request.into_inner()).await?;
         Ok(Response::new(SignUpResponse {
             user: Some(convert::user(&s.user, s.now)),
             join_request: s.join_request.as_ref().map(convert::join_request),
@@ -87,7 +84,9 @@ impl AuthService for AuthApi {
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         let meta = request_meta(&request);
-        let p = to_completion(auth::login(self.app.clone(), meta, request.into_inner())).await?;
+        // Not detached: an abandoned attempt keeps its slot (fail closed)
+        // and its hash is not run.
+        let p = auth::login(self.app.clone(), meta, request.into_inner()).await?;
         Ok(Response::new(LoginResponse {
             access_token: p.access_token,
             refresh_token: p.refresh_token,

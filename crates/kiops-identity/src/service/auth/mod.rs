@@ -1,6 +1,12 @@
 //! `AuthService` use cases: login and logout (R11, R12, R15), refresh
 //! rotation and reuse detection (R15), sign-up (R7), email verification,
 //! password reset (R14), the revocation feed (R16) and the JWKS.
+//!
+//! Login, SignUp and ResetPassword hash a password, and their handlers run
+//! them in the request's own future rather than detached: an abandoned
+//! request's hash is not run, and an abandoned login keeps its attempt's
+//! slot (fail closed, R11). Refresh detaches only its classifying
+//! transaction (`store::rotation`).
 
 mod login;
 mod password_reset;
