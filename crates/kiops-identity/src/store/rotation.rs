@@ -19,6 +19,7 @@
 //! it half-way and hand its connection back to the pool inside it.
 
 use super::entity::{refresh_token, session, user};
+use super::logins::actor_of;
 use super::sessions::{insert_refresh, revoke};
 use super::users::{self, User};
 use super::{audit, claim_batch, db_err, memberships, revocations, Store, WriteTx};
@@ -271,10 +272,9 @@ async fn reused<T>(
     sess: &session::Model,
     now: i64,
 ) -> Result<Refreshed<T>, DomainError> {
-    let conn = &tx;
-    revoke(conn, &sess.id, "refresh_token_reused", now).await?;
+    revoke(&tx, &sess.id, "refresh_token_reused", now).await?;
     revocations::record(
-        conn,
+        &tx,
         revocations::Scope {
             user_id: &sess.user_id,
             organization_id: None,
@@ -284,15 +284,12 @@ async fn reused<T>(
         now,
     )
     .await?;
-    let actor = users::find_by_id(conn, &sess.user_id)
+    let actor = users::find_by_id(&tx, &sess.user_id)
         .await?
-        .map(|u| Actor::User {
-            id: u.id,
-            email: u.email,
-        })
+        .map(|u| actor_of(&u))
         .unwrap_or(Actor::Anonymous);
     audit::record(
-        conn,
+        &tx,
         meta,
         AuditEntry::new(actor, "session.revoked", "session", &sess.id)
             .details(json!({"reason": "refresh_token_reused"})),
