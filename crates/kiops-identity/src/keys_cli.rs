@@ -2,11 +2,11 @@
 
 use crate::clock::Clock;
 use crate::config::KeysCommand;
+use crate::domain::audit::{Actor, RequestMeta};
+use crate::domain::DomainError;
 use crate::server::open_store;
-use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
-use crate::store::keys;
+use crate::store::{keys, Store};
 use kiops_token::SigningKey;
-use serde_json::json;
 
 fn fmt_ms(ms: Option<i64>) -> String {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
@@ -25,10 +25,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
-                let status = match k.retire_at {
-                    Some(t) if k.status != "active" && t <= now => "retired",
-                    _ => k.status.as_str(),
-                };
+                let status = k.status.at(k.retire_at, now).as_str();
                 println!(
                     "{:<45} {:<9} {:<21} {}",
                     k.kid,
@@ -45,29 +42,9 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let key = SigningKey::generate();
             let pem = key.to_pkcs8_pem().map_err(|e| anyhow::anyhow!("{e}"))?;
             let retire_at = now + args.retire_after.max(0) * 1000;
-            let tx = store
-                .begin_write()
+            let previous = rotate(&store, key.kid(), pem, retire_at, now)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            keys::lock_for_creation(&tx)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let previous = keys::rotate(&tx, key.kid(), pem, retire_at, now)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            audit::record(
-                &tx,
-                &RequestMeta {
-                    request_id: "keys-rotate".into(),
-                    peer: String::new(),
-                },
-                AuditEntry::new(Actor::System, "key.rotated", "signing_key", key.kid())
-                    .details(json!({"previous": previous, "previous_retire_at": retire_at})),
-                now,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tx.commit().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "new active key {}; previous {:?} published until {}",
                 key.kid(),
@@ -77,4 +54,24 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Makes `kid` the active key in one transaction, serialized against
+/// replicas creating theirs; the previous active keys.
+async fn rotate(
+    store: &Store,
+    kid: &str,
+    pem: String,
+    retire_at: i64,
+    now: i64,
+) -> Result<Vec<String>, DomainError> {
+    let tx = store.begin_write().await?;
+    keys::lock_for_creation(&tx).await?;
+    let meta = RequestMeta {
+        request_id: "keys-rotate".into(),
+        peer: String::new(),
+    };
+    let previous = keys::rotate(&tx, &meta, Actor::System, kid, pem, retire_at, now).await?;
+    tx.commit().await?;
+    Ok(previous)
 }

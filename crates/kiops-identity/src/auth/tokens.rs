@@ -4,9 +4,10 @@
 //! the very code downstream services use, so both agree on what is valid.
 
 use crate::clock::Clock;
+use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::page_token::PageKey;
+use crate::domain::session::KeyStatus;
 use crate::domain::DomainError;
-use crate::store::audit::{self, Actor, AuditEntry, RequestMeta};
 use crate::store::{keys, Store};
 use kiops_token::{
     Authority, Claims, IssueRequest, IssuedToken, Issuer, JwkSet, SigningKey, VerifyError,
@@ -182,22 +183,16 @@ async fn load_or_create_db_keys(
     let tx = store.begin_write().await?;
     keys::lock_for_creation(&tx).await?;
     let mut stored = keys::published(&tx, now).await?;
-    if !stored.iter().any(|k| k.status == "active") {
+    if !stored.iter().any(|k| k.status == KeyStatus::Active) {
         let key = SigningKey::generate();
         let pem = key
             .to_pkcs8_pem()
             .map_err(|e| DomainError::internal(e.to_string()))?;
-        keys::insert_active(&tx, key.kid(), pem, now).await?;
-        audit::record(
-            &tx,
-            &RequestMeta {
-                request_id: "startup".into(),
-                peer: String::new(),
-            },
-            AuditEntry::new(Actor::System, "key.generated", "signing_key", key.kid()),
-            now,
-        )
-        .await?;
+        let meta = RequestMeta {
+            request_id: "startup".into(),
+            peer: String::new(),
+        };
+        keys::generate(&tx, &meta, Actor::System, key.kid(), pem, now).await?;
         stored = keys::published(&tx, now).await?;
     }
     tx.commit().await?;
@@ -206,7 +201,7 @@ async fn load_or_create_db_keys(
     for k in stored {
         let key = SigningKey::from_pkcs8_pem(&k.private_key_pem)
             .map_err(|e| DomainError::internal(format!("stored key {}: {e}", k.kid)))?;
-        if active.is_none() && k.status == "active" {
+        if active.is_none() && k.status == KeyStatus::Active {
             active = Some(key.clone());
         }
         published.push(key);

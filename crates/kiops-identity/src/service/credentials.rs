@@ -3,12 +3,10 @@
 
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
-use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
-use crate::domain::model::StoredStatus;
+use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::DomainError;
 use crate::store::users::{self, User};
-use crate::store::{audit, WriteTx};
-use serde_json::json;
+use crate::store::{logins, outbox, password_resets, WriteTx};
 
 /// Password-reset tokens.
 pub const RESET_TOKEN_PREFIX: &str = "kp";
@@ -59,12 +57,10 @@ pub async fn check_password(
     }
 }
 
-/// Records a failed attempt and audits it; the wrong password that
-/// reaches the threshold locks the account. The same statements run for
-/// known and unknown emails, evaluated or refused (same work, R12).
-/// Attempts refused because of the account's state are audited with
-/// `"reason": "locked"` (or `"inactive"`): they do not count as wrong
-/// passwords.
+/// Records a failed attempt and audits it (`logins::fail`); the wrong
+/// password that reaches the threshold locks the account. The same
+/// statements run for known and unknown emails, evaluated or refused (same
+/// work, R12).
 pub async fn record_failed_login(
     app: &App,
     meta: &RequestMeta,
@@ -73,56 +69,16 @@ pub async fn record_failed_login(
     now: i64,
 ) -> Result<(), DomainError> {
     let evaluated = failure == users::Failure::WrongPassword;
+    let lockout = logins::Lockout {
+        threshold: app.settings.lockout_threshold,
+        lock_ms: app.settings.lockout_ms,
+    };
     let tx = app.store.begin_write().await?;
-    let locked_now = users::fail_login(
-        &tx,
-        email,
-        failure,
-        app.settings.lockout_threshold,
-        app.settings.lockout_ms,
-        now,
-    )
-    .await?;
-    let user = users::find_by_email(&tx, email).await?;
-    let (actor, target) = match &user {
-        Some(u) => (
-            Actor::User {
-                id: u.id.clone(),
-                email: u.email.clone(),
-            },
-            u.id.clone(),
-        ),
-        None => (Actor::Anonymous, String::new()),
-    };
-    let details = match &user {
-        Some(u) if !evaluated => json!({
-            "email": email,
-            "reason": if u.status == StoredStatus::Inactive { "inactive" } else { "locked" },
-        }),
-        _ => json!({"email": email}),
-    };
-    audit::record(
-        &tx,
-        meta,
-        AuditEntry::new(actor.clone(), "auth.login_failed", "user", &target).details(details),
-        now,
-    )
-    .await?;
-    if locked_now {
-        audit::record(
-            &tx,
-            meta,
-            AuditEntry::new(actor, "user.locked", "user", &target).details(json!({
-                "after": {"locked_until": now + app.settings.lockout_ms}
-            })),
-            now,
-        )
-        .await?;
-    }
+    let failed = logins::fail(&tx, meta, email, failure, lockout, now).await?;
     tx.commit().await?;
-    let result = if locked_now {
+    let result = if failed.locked_now {
         "locked"
-    } else if !evaluated && user.is_some() {
+    } else if !evaluated && failed.known {
         // Refused without evaluating the password (locked, inactive).
         "refused"
     } else {
@@ -144,32 +100,29 @@ pub async fn queue_password_reset(
     now: i64,
 ) -> Result<(), DomainError> {
     let token = random_token(RESET_TOKEN_PREFIX);
-    crate::store::password_resets::create(
+    let ttl_ms = crate::mail::messages::RESET_TTL_MINUTES * 60_000;
+    password_resets::create(
         conn,
+        meta,
+        actor,
         &user.id,
         hash_token(&token),
-        crate::mail::messages::RESET_TTL_MINUTES * 60_000,
+        ttl_ms,
+        by_manager,
         now,
     )
     .await?;
-    crate::store::outbox::enqueue(
+    outbox::enqueue(
         conn,
         crate::mail::messages::password_reset(
             &app.mail,
             &user.email,
             &token,
-            now + crate::mail::messages::RESET_TTL_MINUTES * 60_000,
+            now + ttl_ms,
             by_manager,
         ),
         now,
     )
     .await?;
-    audit::record(
-        conn,
-        meta,
-        AuditEntry::new(actor, "user.password_reset_requested", "user", &user.id)
-            .details(json!({"by_manager": by_manager})),
-        now,
-    )
-    .await
+    Ok(())
 }

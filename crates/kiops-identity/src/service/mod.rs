@@ -13,6 +13,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod auth;
 pub mod credentials;
 pub mod invitations;
 pub mod memberships;

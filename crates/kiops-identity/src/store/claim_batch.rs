@@ -1,4 +1,5 @@
-//! Refresh-token rotations that arrive together commit together.
+//! Refresh-token rotations that arrive together commit together: the
+//! fast path's write behind `rotation::rotate` (R15).
 //!
 //! Every Refresh ends in a small write (use the presented token, touch the
 //! session, insert its successor). On SQLite, which takes one writer at a
@@ -231,7 +232,7 @@ async fn run_sqlite(
     done?
 }
 
-/// PostgreSQL: `sessions::claim_candidate`'s statement over arrays. Each
+/// PostgreSQL: the rotation over arrays. Each
 /// session is locked (`FOR UPDATE`) so a concurrent revocation is ordered
 /// before or after; a rotation applies only if its token is unused and
 /// unexpired and its session live at its own `now`. Two uses of one token
@@ -328,7 +329,7 @@ fn rotate(conn: &mut Connection, claims: &[Claim]) -> rusqlite::Result<Vec<bool>
         let mut insert = tx.prepare_cached(INSERT_SUCCESSOR)?;
         for c in claims {
             // The same steps and outcome as PostgreSQL's one statement
-            // (`sessions::claim_candidate`): a dead session's token is left
+            // (`PG_BATCH_SQL`): a dead session's token is left
             // as it was, for the classifying path to answer.
             let used = use_token.execute(params![c.presented_hash, c.session_id, c.now])? == 1;
             let rotated = used && touch.execute(params![c.session_id, c.now])? == 1;

@@ -18,11 +18,13 @@ pub mod invitations;
 pub mod join_requests;
 pub mod keys;
 pub mod keyset;
+pub mod logins;
 pub mod memberships;
 pub mod organizations;
 pub mod outbox;
 pub mod password_resets;
 pub mod revocations;
+pub mod rotation;
 pub mod sessions;
 mod sqlite_direct;
 pub mod templates;
@@ -56,8 +58,8 @@ pub struct Store {
     direct: Option<std::sync::Arc<sqlite_direct::DirectReader>>,
     /// PostgreSQL only: CheckPermission's reads, batched (`check_batch`).
     checks: Option<check_batch::CheckBatcher>,
-    /// Refresh's rotations, committed together (`claim_batch`); none for an
-    /// in-memory SQLite database.
+    /// Refresh's rotations, committed together (`claim_batch`, behind
+    /// `rotation::rotate`); none for an in-memory SQLite database.
     claims: Option<claim_batch::ClaimBatcher>,
 }
 
@@ -184,11 +186,6 @@ impl Store {
         self.claims.as_ref().map(claim_batch::ClaimBatcher::totals)
     }
 
-    /// The batched rotation path, when this backend has one.
-    pub(crate) fn claims(&self) -> Option<&claim_batch::ClaimBatcher> {
-        self.claims.as_ref()
-    }
-
     /// PostgreSQL: (statements, reads) of CheckPermission's batched reads.
     pub fn check_batch_totals(&self) -> Option<(u64, u64)> {
         self.checks.as_ref().map(check_batch::CheckBatcher::totals)
@@ -200,22 +197,6 @@ impl Store {
         key: check_facts::CheckKey,
     ) -> Result<Option<crate::domain::membership::CheckFacts>, DomainError> {
         check_facts::read(&self.db, self.direct.as_deref(), self.checks.as_ref(), key).await
-    }
-
-    /// Refresh's read (`sessions::refresh_candidate`), inline on SQLite
-    /// when it can be (`sqlite_direct`), else through the pool.
-    pub async fn refresh_candidate(
-        &self,
-        presented_hash: &str,
-        only_org: Option<&str>,
-        now: i64,
-    ) -> Result<Option<sessions::RefreshCandidate>, DomainError> {
-        if let Some(direct) = &self.direct {
-            if let Some(c) = direct.refresh_candidate(presented_hash, only_org, now) {
-                return Ok(c);
-            }
-        }
-        sessions::refresh_candidate(&self.db, presented_hash, only_org, now).await
     }
 
     /// Cheap liveness check for `/readyz`.

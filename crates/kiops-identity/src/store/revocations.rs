@@ -11,13 +11,25 @@
 
 use super::db_err;
 use super::entity::revocation_event as rev;
+use crate::domain::session::RevocationEvent;
 use crate::domain::DomainError;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, NotSet,
     QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 
-pub use rev::Model as RevocationEvent;
+impl From<rev::Model> for RevocationEvent {
+    fn from(e: rev::Model) -> Self {
+        Self {
+            seq: e.seq,
+            user_id: e.user_id,
+            organization_id: e.organization_id,
+            session_id: e.session_id,
+            revoked_at: e.revoked_at,
+            reason: e.reason,
+        }
+    }
+}
 
 /// What a revocation covers.
 #[derive(Debug, Clone, Default)]
@@ -103,13 +115,16 @@ pub async fn after<C: ConnectionTrait>(
     after_seq: i64,
     limit: u64,
 ) -> Result<Vec<RevocationEvent>, DomainError> {
-    rev::Entity::find()
+    Ok(rev::Entity::find()
         .filter(rev::Column::Seq.gt(after_seq))
         .order_by_asc(rev::Column::Seq)
         .limit(limit)
         .all(conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?
+        .into_iter()
+        .map(RevocationEvent::from)
+        .collect())
 }
 
 /// The largest `seq` given so far (0 for none).

@@ -21,7 +21,7 @@
 
 use super::entity::user;
 use super::memberships::org_claims;
-use super::sessions::{RefreshCandidate, REFRESH_CANDIDATE_SQL};
+use super::rotation::{RefreshCandidate, REFRESH_CANDIDATE_SQL};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -109,9 +109,9 @@ impl DirectReader {
 }
 
 impl DirectReader {
-    /// `sessions::refresh_candidate` on the calling thread, same contract:
+    /// Refresh's read (`rotation`) on the calling thread, same contract:
     /// `Some(answer)`, or `None` when the caller must ask the pool instead.
-    /// The write that follows (`sessions::claim_candidate`) re-checks
+    /// The write that follows (`rotation`'s claim) re-checks
     /// everything this read saw, so it may be stale by a commit.
     pub fn refresh_candidate(
         &self,

@@ -1,0 +1,112 @@
+//! Sessions, the tokens a login hands out, the revocation events that end
+//! access (R15, R16), and the signing keys that sign access tokens.
+
+/// A login session (R15): its refresh tokens rotate within `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub expires_at: i64,
+}
+
+/// Access and refresh token pair as every login-like RPC answers it.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+/// One committed revocation event (R16), in the order watchers see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationEvent {
+    /// Commit order; `None` until the sequencer numbers it.
+    pub seq: Option<i64>,
+    /// Empty: every user (of the organization).
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    pub session_id: Option<String>,
+    pub revoked_at: i64,
+    pub reason: String,
+}
+
+/// Where a signing key is in its life: it signs while active, is still
+/// published while retiring (until `retire_at`), and then is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Retiring,
+    Retired,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Retiring => "retiring",
+            KeyStatus::Retired => "retired",
+        }
+    }
+
+    /// Unknown stored values read as retired: never signed with nor published.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "active" => KeyStatus::Active,
+            "retiring" => KeyStatus::Retiring,
+            _ => KeyStatus::Retired,
+        }
+    }
+
+    /// The status a listing shows at `now`: a retiring key past its
+    /// `retire_at` is retired.
+    pub fn at(self, retire_at: Option<i64>, now: i64) -> Self {
+        match retire_at {
+            Some(t) if self != KeyStatus::Active && t <= now => KeyStatus::Retired,
+            _ => self,
+        }
+    }
+
+    /// Published in the JWKS at `now`.
+    pub fn published(self, retire_at: Option<i64>, now: i64) -> bool {
+        self == KeyStatus::Active
+            || (self != KeyStatus::Retired && retire_at.is_none_or(|t| t > now))
+    }
+}
+
+/// A stored signing key. The PEM is a secret: no Debug.
+#[derive(Clone)]
+pub struct StoredKey {
+    pub kid: String,
+    pub private_key_pem: String,
+    pub status: KeyStatus,
+    pub created_at: i64,
+    pub retire_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyStatus;
+
+    #[test]
+    fn a_retiring_key_is_published_until_it_retires() {
+        let k = KeyStatus::Retiring;
+        assert!(k.published(Some(10), 9));
+        assert!(!k.published(Some(10), 10));
+        assert!(k.published(None, 10));
+        assert_eq!(k.at(Some(10), 10), KeyStatus::Retired);
+        assert_eq!(k.at(Some(10), 9), KeyStatus::Retiring);
+        assert!(KeyStatus::Active.published(Some(1), 10));
+        assert_eq!(KeyStatus::Active.at(Some(1), 10), KeyStatus::Active);
+        assert!(!KeyStatus::Retired.published(None, 0));
+        assert_eq!(KeyStatus::parse("retiring").as_str(), "retiring");
+    }
+}

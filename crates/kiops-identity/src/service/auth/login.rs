@@ -1,0 +1,140 @@
+//! Login (R11, R12: the lockout and the equal work of every failure) and
+//! Logout (R15, R16).
+
+use super::{mint_in, REFRESH_TOKEN_PREFIX};
+use crate::app::App;
+use crate::auth::secrets::{hash_token, random_token};
+use crate::domain::audit::RequestMeta;
+use crate::domain::error::Violations;
+use crate::domain::session::TokenPair;
+use crate::domain::{validate, Caller, DomainError};
+use crate::service::credentials;
+use crate::store::logins::{self, actor_of};
+use crate::store::sessions::{self, NewSession};
+use crate::store::users::{self, User};
+use kiops_proto::v1::{LoginRequest, LogoutRequest};
+
+pub async fn login(app: App, meta: RequestMeta, r: LoginRequest) -> Result<TokenPair, DomainError> {
+    let mut v = Violations::new();
+    let email = validate::email("email", &r.email);
+    v.check(email.as_ref().map(|_| ()).map_err(Clone::clone));
+    v.check(validate::password_input("password", &r.password));
+    let org = match r.organization_id.as_deref() {
+        Some(o) => match validate::id("organization_id", o) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                v.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    v.into_result()?;
+    let email = email.map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+
+    app.throttle.check(&meta.peer, Some(&email))?;
+    let now = app.clock.now_ms();
+    let Some(user) = credentials::check_password(&app, &meta, &email, r.password, now).await?
+    else {
+        return Err(DomainError::invalid_credentials());
+    };
+
+    match open_session(&app, &meta, &user, org.as_deref(), now).await {
+        Ok(Some(pair)) => {
+            app.metrics.logins.with_label_values(&["success"]).inc();
+            Ok(pair)
+        }
+        Ok(None) => {
+            credentials::record_failed_login(
+                &app,
+                &meta,
+                &email,
+                users::Failure::RefusedAfterCheck,
+                now,
+            )
+            .await?;
+            Err(DomainError::invalid_credentials())
+        }
+        Err(e) => {
+            // The right password, refused for another reason (e.g. a
+            // scope to a foreign organization): give the slot back, and
+            // leave a trace, since the answer confirms the password. If
+            // this fails too the slot stays held (fail closed).
+            let why = match e {
+                DomainError::NotFound { .. } => "organization_not_found",
+                _ => "error",
+            };
+            let refused = async {
+                let tx = app.store.begin_write().await?;
+                logins::refuse(&tx, &meta, &user, org.as_deref(), why, now).await?;
+                tx.commit().await
+            };
+            if let Err(release) = refused.await {
+                tracing::warn!(error = %release, "login slot not released");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The session of a login whose password was right, in one transaction
+/// that starts with the conditional `finish_login`: None (nothing
+/// written) when the account was locked or deactivated meanwhile.
+async fn open_session(
+    app: &App,
+    meta: &RequestMeta,
+    user: &User,
+    org: Option<&str>,
+    now: i64,
+) -> Result<Option<TokenPair>, DomainError> {
+    let refresh = random_token(REFRESH_TOKEN_PREFIX);
+    let tx = app.store.begin_write().await?;
+    // First statement, so the row stays locked until the session commits:
+    // a parallel wrong password that locked the account first wins.
+    if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
+        return Ok(None);
+    }
+    let session = sessions::create(
+        &tx,
+        meta,
+        actor_of(user),
+        NewSession {
+            user_id: &user.id,
+            refresh_hash: hash_token(&refresh),
+            now,
+            session_ttl_ms: app.settings.session_ttl_ms,
+            refresh_ttl_ms: app.settings.refresh_ttl_ms,
+            organization_id: org,
+        },
+    )
+    .await?;
+    // Mint before commit: a failure here (e.g. scoped to a foreign
+    // organization) must not leave a session behind.
+    let (access_token, expires_in) = mint_in(app, &tx, user, org, &session.id).await?;
+    tx.commit().await?;
+    Ok(Some(TokenPair {
+        access_token,
+        refresh_token: refresh,
+        expires_in,
+    }))
+}
+
+/// Ends the caller's session of `refresh_token`. Someone else's session
+/// answers exactly like an unknown one.
+pub async fn logout(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: LogoutRequest,
+) -> Result<(), DomainError> {
+    validate::opaque_token("refresh_token", &r.refresh_token)
+        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let session = sessions::find_by_refresh(&tx, &hash_token(&r.refresh_token)).await?;
+    let Some(session) = session.filter(|s| s.user_id == caller.user_id) else {
+        return Err(DomainError::not_found("session"));
+    };
+    sessions::logout(&tx, &meta, caller.actor(), &session, now).await?;
+    tx.commit().await
+}

@@ -1,0 +1,98 @@
+//! `AuthService` use cases: login and logout (R11, R12, R15), refresh
+//! rotation and reuse detection (R15), sign-up (R7), email verification,
+//! password reset (R14), the revocation feed (R16) and the JWKS.
+//!
+//! Login, SignUp and ResetPassword hash a password, and their handlers run
+//! them in the request's own future rather than detached: an abandoned
+//! request's hash is not run, and an abandoned login keeps its attempt's
+//! slot (fail closed, R11). Refresh detaches only its classifying
+//! transaction (`store::rotation`).
+
+mod login;
+mod password_reset;
+mod refresh;
+mod revocations;
+mod signup;
+mod verification;
+
+pub use login::{login, logout};
+pub use password_reset::{request_password_reset, reset_password};
+pub use refresh::refresh;
+pub use revocations::{revocation_start, revocations_after};
+pub use signup::{sign_up, SignedUp};
+pub use verification::{resend_verification_email, verify_email};
+
+use crate::app::App;
+use crate::domain::DomainError;
+use crate::store::rotation::Orgs;
+use crate::store::users::User;
+use crate::store::{memberships, WriteTx};
+use kiops_token::{IssueRequest, JwkSet};
+use std::future::Future;
+
+/// Refresh tokens.
+pub const REFRESH_TOKEN_PREFIX: &str = "kr";
+/// Email-verification tokens.
+pub const VERIFICATION_TOKEN_PREFIX: &str = "kv";
+
+/// The published signing keys.
+pub fn jwks(app: &App) -> JwkSet {
+    app.tokens.jwks()
+}
+
+/// Mints an access token for `user`, holding all their organizations or
+/// only `only_org`, reading the memberships through `tx`, the caller's
+/// open transaction: taking a second pooled connection while holding one
+/// deadlocked PostgreSQL once as many refreshes as pool slots ran at once.
+async fn mint_in(
+    app: &App,
+    tx: &WriteTx,
+    user: &User,
+    only_org: Option<&str>,
+    session_id: &str,
+) -> Result<(String, i64), DomainError> {
+    let orgs = memberships::token_orgs(tx, &user.id, user.platform_admin, only_org).await?;
+    mint(app, user, orgs, only_org, session_id)
+}
+
+/// Mints from memberships already read. A scoped token for an organization
+/// the user is not in is NOT_FOUND (R4), unless they are PlatformAdmin.
+fn mint(
+    app: &App,
+    user: &User,
+    orgs: Orgs,
+    only_org: Option<&str>,
+    session_id: &str,
+) -> Result<(String, i64), DomainError> {
+    if let Some(org) = only_org {
+        if !user.platform_admin && !orgs.contains_key(org) {
+            return Err(DomainError::not_found("organization"));
+        }
+    }
+    let issued = app.tokens.mint(
+        IssueRequest {
+            subject: user.id.clone(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+            platform_admin: user.platform_admin,
+            orgs,
+            session_id: Some(session_id.to_string()),
+            email_verified: user.email_verified,
+        },
+        app.clock.now_secs(),
+    )?;
+    Ok((issued.token, issued.expires_in as i64))
+}
+
+/// Runs `work` after the answer has gone (no enumeration by timing): its
+/// failure is only logged, as `what`.
+fn after_answer<F>(what: &'static str, work: F)
+where
+    F: Future<Output = Result<(), DomainError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            tracing::warn!(error = %e, "{what}");
+        }
+    });
+}
