@@ -126,7 +126,7 @@ impl AuthService for AuthApi {
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
         let right = StreamRight::PlatformAdmin;
-        self.app.authorize_stream(&caller, &right).await?;
+        super::streams::authorize(&self.app, &caller, &right).await?;
         let start = auth::revocation_start(&self.app, &request.into_inner().after_event_id).await?;
         let slot = self
             .app

@@ -8,12 +8,12 @@ use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::{reason, Violations};
 use crate::domain::invitation::{self, unusable, Acceptance, Invitation, InvitationStatus};
+use crate::domain::membership::Member;
 use crate::domain::model::Role;
 use crate::domain::page_token;
 use crate::domain::{access, password_policy, validate, Caller, DomainError, FieldViolation};
 use crate::mail::messages::{self, INVITATION_TTL_DAYS};
 use crate::store::invitations::{self, Acceptor, NewInvitation};
-use crate::domain::membership::Member;
 use crate::store::memberships;
 use crate::store::{organizations, outbox, users, WriteTx};
 use kiops_proto::v1::{

@@ -56,7 +56,7 @@ pub async fn fail<C: ConnectionTrait>(
     let details = match &user {
         Some(u) if !evaluated => json!({
             "email": email,
-            "reason": if u.status == StoredStatus::Inactive.as_str() { "inactive" } else { "locked" },
+            "reason": if u.status == StoredStatus::Inactive { "inactive" } else { "locked" },
         }),
         _ => json!({"email": email}),
     };

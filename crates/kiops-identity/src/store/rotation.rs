@@ -151,7 +151,7 @@ async fn pooled_candidate<C: ConnectionTrait>(
     let Some(first) = rows.first() else {
         return Ok(None);
     };
-    let user = user::Model::from_query_result(first, "").map_err(db_err)?;
+    let user = User::try_from(user::Model::from_query_result(first, "").map_err(db_err)?)?;
     let mut memberships = Vec::new();
     for row in &rows {
         let org: Option<String> = row.try_get("", "member_org").map_err(db_err)?;

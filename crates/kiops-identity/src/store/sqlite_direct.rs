@@ -22,6 +22,7 @@
 use super::entity::user;
 use super::memberships::org_claims;
 use super::rotation::{RefreshCandidate, REFRESH_CANDIDATE_SQL};
+use super::users::User;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -157,14 +158,17 @@ impl DirectReader {
                     ));
                 }
             }
-            Ok(
-                first.map(|(session_id, session_expires_at, user)| RefreshCandidate {
-                    session_id,
-                    session_expires_at,
-                    orgs: org_claims(user.platform_admin, memberships),
-                    user,
-                }),
-            )
+            let Some((session_id, session_expires_at, row)) = first else {
+                return Ok(None);
+            };
+            // An unreadable row goes to the pool path, which reports it.
+            let user = User::try_from(row).map_err(|_| rusqlite::Error::InvalidQuery)?;
+            Ok(Some(RefreshCandidate {
+                session_id,
+                session_expires_at,
+                orgs: org_claims(user.platform_admin, memberships),
+                user,
+            }))
         })
     }
 }

@@ -28,7 +28,7 @@ pub async fn request_password_reset(
         let Some(user) = users::find_by_email(app.store.conn(), &email).await? else {
             return Ok(());
         };
-        if user.status == StoredStatus::Inactive.as_str() {
+        if user.status == StoredStatus::Inactive {
             return Ok(());
         }
         let now = app.clock.now_ms();

@@ -52,7 +52,7 @@ pub async fn refresh(
     // Minted before the token is used: an organization the user is not
     // in refuses the call without consuming the refresh token.
     let issue = move |user: &crate::store::users::User, orgs, session_id: &str| {
-        if user.status == StoredStatus::Inactive.as_str() {
+        if user.status == StoredStatus::Inactive {
             return Err(invalid());
         }
         mint(&issuer, user, orgs, org.as_deref(), session_id)

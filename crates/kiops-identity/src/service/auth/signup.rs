@@ -5,8 +5,9 @@ use super::verification::queue_verification_email;
 use crate::app::App;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::Violations;
+use crate::domain::join_request::JoinRequestView;
 use crate::domain::{password_policy, validate, DomainError};
-use crate::store::join_requests::{self, JoinRequestRow};
+use crate::store::join_requests;
 use crate::store::logins::actor_of;
 use crate::store::organizations;
 use crate::store::users::{self, User};
@@ -16,7 +17,7 @@ use kiops_proto::v1::SignUpRequest;
 /// they were made at.
 pub struct SignedUp {
     pub user: User,
-    pub join_request: Option<JoinRequestRow>,
+    pub join_request: Option<JoinRequestView>,
     pub now: i64,
 }
 

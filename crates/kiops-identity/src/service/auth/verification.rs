@@ -83,7 +83,7 @@ pub async fn resend_verification_email(
         let Some(found) = users::find_by_email(app.store.conn(), &email).await? else {
             return Ok(());
         };
-        if found.email_verified || found.status == StoredStatus::Inactive.as_str() {
+        if found.email_verified || found.status == StoredStatus::Inactive {
             return Ok(());
         }
         let now = app.clock.now_ms();
