@@ -5,7 +5,8 @@
 //! statement rather than the two or three reads the general path
 //! (authenticate, then caller role, then facts) would take. This module is
 //! the one definition of that read; the backends differ only in how it is
-//! run ([`read`]):
+//! run (`Store::check_facts` picks the path; the batch worker,
+//! `check_batch`, only queues and calls [`read_batch`]):
 //! - SQLite file: inline on the calling thread (`sqlite_direct`), pinned to
 //!   the covering indexes of migrations 4 and 5;
 //! - PostgreSQL: many concurrent checks to a statement (`check_batch`),
@@ -15,7 +16,6 @@
 //!
 //! Every form answers with [`CheckFacts`] in the same terms (tested below).
 
-use super::check_batch::CheckBatcher;
 use super::memberships::parse_role;
 use super::sqlite_direct::DirectReader;
 use super::{db_err, DomainError};
@@ -23,7 +23,7 @@ use crate::domain::membership::{CallerState, CheckFacts, SubjectState};
 use crate::domain::model::{SessionState, StoredStatus};
 use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, Row};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Statement};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -35,22 +35,6 @@ pub struct CheckKey {
     pub caller_session: String,
     pub subject_id: String,
     pub org: String,
-}
-
-/// The read, on whichever path this store has (see module docs).
-pub(super) async fn read(
-    db: &DatabaseConnection,
-    direct: Option<&DirectReader>,
-    batch: Option<&CheckBatcher>,
-    key: CheckKey,
-) -> Result<Option<CheckFacts>, DomainError> {
-    if let Some(facts) = direct.and_then(|d| read_inline(d, &key)) {
-        return Ok(facts);
-    }
-    if let Some(batch) = batch {
-        return batch.check_facts(key).await;
-    }
-    read_pooled(db, &key).await
 }
 
 /// The single-check statement. `sqlite` numbers parameters `?N` instead of
@@ -148,7 +132,7 @@ impl From<FactsRow> for CheckFacts {
     }
 }
 
-async fn read_pooled<C: ConnectionTrait>(
+pub(super) async fn read_pooled<C: ConnectionTrait>(
     conn: &C,
     key: &CheckKey,
 ) -> Result<Option<CheckFacts>, DomainError> {
@@ -176,7 +160,7 @@ async fn read_pooled<C: ConnectionTrait>(
 
 /// The read on the calling thread: `Some(answer)`, or `None` when the pool
 /// must answer instead.
-fn read_inline(direct: &DirectReader, key: &CheckKey) -> Option<Option<CheckFacts>> {
+pub(super) fn read_inline(direct: &DirectReader, key: &CheckKey) -> Option<Option<CheckFacts>> {
     direct.with_conn(|conn| {
         let mut stmt = conn.prepare_cached(&INLINE_SQL)?;
         let mut rows = stmt.query([

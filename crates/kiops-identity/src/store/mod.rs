@@ -196,7 +196,17 @@ impl Store {
         &self,
         key: check_facts::CheckKey,
     ) -> Result<Option<crate::domain::membership::CheckFacts>, DomainError> {
-        check_facts::read(&self.db, self.direct.as_deref(), self.checks.as_ref(), key).await
+        if let Some(facts) = self
+            .direct
+            .as_deref()
+            .and_then(|d| check_facts::read_inline(d, &key))
+        {
+            return Ok(facts);
+        }
+        if let Some(batch) = &self.checks {
+            return batch.check_facts(key).await;
+        }
+        check_facts::read_pooled(&self.db, &key).await
     }
 
     /// Cheap liveness check for `/readyz`.
