@@ -2,8 +2,8 @@
 //! normalised for good (parsing the output again gives the same output).
 #![no_main]
 
-use kiops_identity::service::{parse, users};
 use kiops_identity::domain::validate;
+use kiops_identity::service::{parse, users};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
