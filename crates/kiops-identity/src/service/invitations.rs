@@ -2,7 +2,7 @@
 //! invited person accepts or declines with the emailed token. The lifecycle
 //! and who may accept are `domain::invitation`.
 
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::RequestMeta;
@@ -97,34 +97,18 @@ pub async fn list(
     let size = v.take(validate::page_size("page_size", r.page_size));
     let status = v.take(status_filter("status", r.status));
     let fp = page_token::fingerprint(&["invitations", &org, &r.status.to_string()]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let role = memberships::role_of(conn, &org, &caller.user_id).await?;
     access::require_manager(caller, role)?;
-    let after = after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
+    let after = cursor.after_ms_and_id();
     let now = app.clock.now_ms();
     let (rows, total) = invitations::list(conn, &org, status, after, size + 1, now).await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows
-        .into_iter()
-        .take(size as usize)
-        .map(|i| i.seen_at(now))
-        .collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => page_token::encode(&key, &fp, vec![json!(l.created_at_ms), json!(l.id)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    let page = cursor.page(rows, size, total, |l| {
+        vec![json!(l.created_at_ms), json!(l.id)]
+    });
+    Ok(page.map(|i| i.seen_at(now)))
 }
 
 pub async fn resend(

@@ -13,7 +13,7 @@
 //! committed (and audited) change into NOT_FOUND for the caller, who would
 //! then retry a change that happened.
 
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
@@ -225,12 +225,7 @@ pub async fn list(
         &query,
         &format!("{order:?}/{descending}/{:?}/{:?}", role, status),
     ]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
@@ -249,16 +244,14 @@ pub async fn list(
             status,
             order,
             descending,
-            after,
+            after: cursor.after.clone(),
             limit: size + 1,
             now,
         },
     )
     .await?;
     snapshot.close().await?;
-    let page = Page::from_probe(rows, size, total, |last| {
-        page_token::encode(&key, &fp, memberships::sort_key(last, order))
-    });
+    let page = cursor.page(rows, size, total, |last| memberships::sort_key(last, order));
     Ok(AsOf {
         value: page,
         now_ms: now,
@@ -293,27 +286,16 @@ pub async fn list_mine(
     let mut v = Violations::new();
     let size = v.take(validate::page_size("page_size", r.page_size));
     let fp = page_token::fingerprint(&["my-memberships", &caller.user_id]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
-    let after_code = after
-        .as_ref()
-        .and_then(|k| k.first())
-        .and_then(|c| c.as_str().map(str::to_string));
     let (rows, total) = memberships::list_for_user(
         app.store.conn(),
         &caller.user_id,
-        after_code.as_deref(),
+        cursor.after_str(),
         size + 1,
     )
     .await?;
-    Ok(Page::from_probe(rows, size, total, |(_, org)| {
-        page_token::encode(&key, &fp, vec![json!(org.code)])
-    }))
+    Ok(cursor.page(rows, size, total, |(_, org)| vec![json!(org.code)]))
 }
 
 /// Answers from current state (R16), authenticating and answering in one

@@ -7,7 +7,7 @@
 //! after the organizations it touches, and decides on what it read under
 //! that lock.
 
-use super::{credentials, parse, Page};
+use super::{credentials, parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, Violations};
@@ -403,12 +403,7 @@ pub async fn list(
         &query,
         &format!("{order:?}/{descending}/{status:?}/{platform_admin:?}"),
     ]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let snapshot = app.store.begin_listing().await?;
     let (rows, total) = users::list(
@@ -419,24 +414,14 @@ pub async fn list(
             platform_admin,
             order,
             descending,
-            after,
+            after: cursor.after.clone(),
             limit: size + 1,
             now,
         },
     )
     .await?;
     snapshot.close().await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => page_token::encode(&key, &fp, vec![order.key(l), json!(l.id)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(cursor.page(rows, size, total, |l| vec![order.key(l), json!(l.id)]))
 }
 
 /// `"email"`, `"name"` or `"create_time"`, optionally with ` desc`.
