@@ -211,11 +211,7 @@ pub async fn delete<C: ConnectionTrait>(
         .map_err(db_err)?;
     super::revocations::record(
         conn,
-        super::revocations::Scope {
-            user_id: "",
-            organization_id: Some(&org.id),
-            session_id: None,
-        },
+        super::revocations::Scope::membership("", &org.id),
         "organization_deleted",
         now,
     )

@@ -63,11 +63,7 @@ pub async fn reset<C: ConnectionTrait>(
         sessions::revoke_all_for_user(conn, &user_id, None, "password_reset", now).await?;
     revocations::record(
         conn,
-        revocations::Scope {
-            user_id: &user_id,
-            organization_id: None,
-            session_id: None,
-        },
+        revocations::Scope::user(&user_id),
         "password_changed",
         now,
     )

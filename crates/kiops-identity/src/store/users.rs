@@ -50,14 +50,6 @@ fn one(row: Result<Option<user::Model>, sea_orm::DbErr>) -> Result<Option<User>,
 }
 
 /// The revocation scope of everything a user holds.
-fn user_scope(user_id: &str) -> Scope<'_> {
-    Scope {
-        user_id,
-        organization_id: None,
-        session_id: None,
-    }
-}
-
 pub async fn create<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
@@ -497,7 +489,7 @@ pub async fn change_password<C: ConnectionTrait>(
     let keep = caller.session_id.as_deref();
     let revoked =
         sessions::revoke_all_for_user(conn, user_id, keep, "password_changed", now).await?;
-    revocations::record(conn, user_scope(user_id), "password_changed", now).await?;
+    revocations::record(conn, Scope::user(user_id), "password_changed", now).await?;
     audit::record(
         conn,
         meta,
@@ -577,7 +569,7 @@ pub async fn deactivate<C: ConnectionTrait>(
 ) -> Result<(), DomainError> {
     set_status(conn, user_id, StoredStatus::Inactive, now).await?;
     let revoked = sessions::revoke_all_for_user(conn, user_id, None, "deactivated", now).await?;
-    revocations::record(conn, user_scope(user_id), "deactivated", now).await?;
+    revocations::record(conn, Scope::user(user_id), "deactivated", now).await?;
     audit::record(
         conn,
         meta,
@@ -605,7 +597,7 @@ pub async fn set_platform_admin<C: ConnectionTrait>(
         .await
         .map_err(db_err)?;
     if !platform_admin {
-        revocations::record(conn, user_scope(&before.id), "platform_admin_revoked", now).await?;
+        revocations::record(conn, Scope::user(&before.id), "platform_admin_revoked", now).await?;
     }
     audit::record(
         conn,
@@ -644,7 +636,7 @@ pub async fn delete<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    revocations::record(conn, user_scope(&user.id), "deleted", now).await
+    revocations::record(conn, Scope::user(&user.id), "deleted", now).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
