@@ -7,7 +7,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, organization, user};
 use super::keyset::{keyset_after, Count};
-use super::{db_err, is_unique_violation, like_contains};
+use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::membership::{demotion_revokes, narrowing_revokes};
 use crate::domain::model::{effective_permissions, Role, StoredStatus};
@@ -206,13 +206,10 @@ pub async fn add<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DomainError::exists(reason::ALREADY_MEMBER, "the user is already a member")
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(taken(
+        reason::ALREADY_MEMBER,
+        "the user is already a member",
+    ))?;
     audit::record(
         conn,
         meta,

@@ -406,6 +406,18 @@ pub fn is_unique_violation(e: &DbErr) -> bool {
     )
 }
 
+/// Maps a unique-constraint violation to ALREADY_EXISTS with `reason` and
+/// `message`, any other error as [`db_err`] does.
+pub fn taken(reason: &'static str, message: &'static str) -> impl Fn(DbErr) -> DomainError {
+    move |e| {
+        if is_unique_violation(&e) {
+            DomainError::exists(reason, message)
+        } else {
+            db_err(e)
+        }
+    }
+}
+
 /// Escapes `%`, `_` and the escape character itself for a `LIKE … ESCAPE '\'`
 /// pattern, so user input is matched literally (R17).
 pub fn like_contains(needle: &str) -> String {

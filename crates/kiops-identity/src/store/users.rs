@@ -5,7 +5,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, user};
 use super::revocations::{self, Scope};
-use super::{db_err, is_unique_violation, memberships, sessions};
+use super::{db_err, memberships, sessions, taken};
 use crate::domain::error::reason;
 use crate::domain::user::StoredStatus;
 use crate::domain::{Caller, DomainError};
@@ -76,16 +76,10 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DomainError::exists(
-                reason::EMAIL_TAKEN,
-                "an account with this email already exists",
-            )
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(taken(
+        reason::EMAIL_TAKEN,
+        "an account with this email already exists",
+    ))?;
     let user = User::try_from(model)?;
     audit::record(
         conn,
