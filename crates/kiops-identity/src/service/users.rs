@@ -426,29 +426,15 @@ pub async fn list(
 
 /// `"email"`, `"name"` or `"create_time"`, optionally with ` desc`.
 pub fn user_order(field: &str, s: &str) -> Result<(UserOrder, bool), FieldViolation> {
-    let bad = || {
-        FieldViolation::new(
-            field,
-            "must be \"email\", \"name\" or \"create_time\", optionally followed by \" desc\"",
-        )
-    };
-    let mut words = s.split_whitespace();
-    let order = match words.next() {
-        None => return Ok((UserOrder::Email, false)),
-        Some("email") => UserOrder::Email,
-        Some("name") => UserOrder::Name,
-        Some("create_time") => UserOrder::CreateTime,
-        Some(_) => return Err(bad()),
-    };
-    let desc = match words.next() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(bad()),
-    };
-    if words.next().is_some() {
-        return Err(bad());
-    }
-    Ok((order, desc))
+    parse::order_by(
+        field,
+        s,
+        &[
+            ("email", UserOrder::Email),
+            ("name", UserOrder::Name),
+            ("create_time", UserOrder::CreateTime),
+        ],
+    )
 }
 
 /// A small AIP-160 subset: `status=ACTIVE|INACTIVE|LOCKED` and
