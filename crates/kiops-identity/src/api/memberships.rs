@@ -81,8 +81,8 @@ impl MembershipService for MembershipApi {
     ) -> Result<Response<SetPermissionsResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
         let (org, user) = memberships::org_and_user(&r.organization_id, &r.user_id)?;
-        let bits = parse::permission_bits("permissions", &r.permissions)
-            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        let bits =
+            parse::permission_bits("permissions", &r.permissions).map_err(DomainError::from)?;
         let m = to_completion(memberships::set_grants(
             self.app.clone(),
             meta,
@@ -118,8 +118,7 @@ impl MembershipService for MembershipApi {
         request: Request<LeaveOrganizationRequest>,
     ) -> Result<Response<LeaveOrganizationResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
-        let org = validate::id("organization_id", &r.organization_id)
-            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+        let org = validate::id("organization_id", &r.organization_id).map_err(DomainError::from)?;
         let me = caller.user_id.clone();
         to_completion(memberships::remove(
             self.app.clone(),

@@ -34,8 +34,7 @@ pub async fn request_to_join(
     caller: Caller,
     org: String,
 ) -> Result<JoinRequestView, DomainError> {
-    let org =
-        validate::id("organization_id", &org).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let org = validate::id("organization_id", &org)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     if organizations::find(&tx, &org).await?.is_none() {

@@ -117,8 +117,7 @@ pub async fn resend(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id =
-        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("invitation_id", &id)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let inv = for_manager(&tx, &caller, &id).await?;
@@ -153,8 +152,7 @@ pub async fn revoke(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id =
-        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("invitation_id", &id)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let inv = for_manager(&tx, &caller, &id).await?;
@@ -289,7 +287,7 @@ async fn send(
 /// The invitation of a secret token. The database finds the row by hash;
 /// the stored hash is then compared in constant time as well.
 async fn by_token(app: &App, token: &str) -> Result<Invitation, DomainError> {
-    validate::opaque_token("token", token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", token)?;
     let hash = hash_token(token);
     let inv = invitations::find_by_token_hash(app.store.conn(), &hash)
         .await?

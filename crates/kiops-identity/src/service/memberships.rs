@@ -96,7 +96,7 @@ pub async fn add(
 ) -> Result<AsOf<Member>, DomainError> {
     access::require_platform_admin(&caller)?;
     let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
-    let role = parse::role("role", r.role).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let role = parse::role("role", r.role)?;
     let now = app.clock.now_ms();
     let (tx, _) = lock_org(&app, &caller, &org).await?;
     if users::find_by_id(&tx, &user).await?.is_none() {
@@ -113,7 +113,7 @@ pub async fn change_role(
     r: ChangeRoleRequest,
 ) -> Result<AsOf<Member>, DomainError> {
     let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
-    let role = parse::role("role", r.role).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let role = parse::role("role", r.role)?;
     let now = app.clock.now_ms();
     let (tx, caller_role) = lock_org(&app, &caller, &org).await?;
     access::check_role_change(&caller, caller_role, &user, role)?;

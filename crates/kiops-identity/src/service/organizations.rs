@@ -50,8 +50,7 @@ pub async fn create(
 }
 
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<Organization, DomainError> {
-    let id =
-        validate::id("organization_id", id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("organization_id", id)?;
     let conn = app.store.conn();
     let role = memberships::role_of(conn, &id, &caller.user_id).await?;
     access::require_org_visible(caller, role)?;
@@ -142,8 +141,7 @@ pub async fn delete(
     id: String,
 ) -> Result<(), DomainError> {
     access::require_platform_admin(&caller)?;
-    let id =
-        validate::id("organization_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("organization_id", &id)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let org = organizations::lock(&tx, &id)

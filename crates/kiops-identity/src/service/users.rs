@@ -146,8 +146,7 @@ async fn verify_current_password(
     user: &User,
     password: &str,
 ) -> Result<String, DomainError> {
-    validate::password_input("current_password", password)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::password_input("current_password", password)?;
     app.throttle.check(&meta.peer, Some(&user.email))?;
     let now = app.clock.now_ms();
     // The same reserved, exact lockout as Login (`check_password`).
@@ -189,8 +188,7 @@ pub async fn change_password(
     r: ChangePasswordRequest,
 ) -> Result<(), DomainError> {
     let user = get_me(&app, &caller).await?;
-    password_policy::check("new_password", &r.new_password, &user.email)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    password_policy::check("new_password", &r.new_password, &user.email)?;
     let verified = verify_current_password(&app, &meta, &user, &r.current_password).await?;
     let hash = app.hasher.hash(r.new_password).await?;
     let now = app.clock.now_ms();
@@ -266,7 +264,7 @@ async fn admin_target(
     not_self: bool,
 ) -> Result<User, DomainError> {
     access::require_platform_admin(caller)?;
-    let id = validate::id("user_id", id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("user_id", id)?;
     if not_self {
         access::require_not_self(caller, &id)?;
     }

@@ -20,8 +20,7 @@ pub async fn request_password_reset(
     meta: &RequestMeta,
     email: &str,
 ) -> Result<(), DomainError> {
-    let email =
-        validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let email = validate::email("email", email)?;
     app.throttle.check(&meta.peer, Some(&email))?;
     let (app, meta) = (app.clone(), meta.clone());
     after_answer("password reset request failed", async move {
@@ -49,9 +48,8 @@ pub async fn reset_password(
     meta: RequestMeta,
     r: ResetPasswordRequest,
 ) -> Result<(), DomainError> {
-    validate::opaque_token("token", &r.token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    validate::password_input("new_password", &r.new_password)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", &r.token)?;
+    validate::password_input("new_password", &r.new_password)?;
     app.throttle.check(&meta.peer, None)?;
     let invalid = || {
         DomainError::precondition(
@@ -68,8 +66,7 @@ pub async fn reset_password(
     let user = users::find_by_id(app.store.conn(), &owner)
         .await?
         .ok_or_else(invalid)?;
-    password_policy::check("new_password", &r.new_password, &user.email)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    password_policy::check("new_password", &r.new_password, &user.email)?;
     let new_hash = app.hasher.hash(r.new_password).await?;
     let tx = app.store.begin_write().await?;
     if !password_resets::reset(&tx, &meta, actor_of(&user), &hash, new_hash, now).await? {

@@ -45,7 +45,7 @@ pub(super) async fn queue_verification_email(
 /// token is used by a conditional UPDATE: a resend that committed first
 /// has killed it.
 pub async fn verify_email(app: App, meta: RequestMeta, token: String) -> Result<(), DomainError> {
-    validate::opaque_token("token", &token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", &token)?;
     app.throttle.check(&meta.peer, None)?;
     let invalid = || {
         DomainError::precondition(
@@ -75,8 +75,7 @@ pub async fn resend_verification_email(
     meta: &RequestMeta,
     email: &str,
 ) -> Result<(), DomainError> {
-    let email =
-        validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let email = validate::email("email", email)?;
     app.throttle.check(&meta.peer, Some(&email))?;
     let (app, meta) = (app.clone(), meta.clone());
     after_answer("verification email resend failed", async move {
