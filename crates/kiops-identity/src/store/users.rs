@@ -176,12 +176,19 @@ fn pending() -> sea_orm::sea_query::Alias {
     sea_orm::sea_query::Alias::new("login_attempts_pending")
 }
 
-/// `$n` placeholders for PostgreSQL, `?n` for SQLite.
-fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
-    match backend {
+/// The statement `pg` for the backend of `conn`: `$n` placeholders for
+/// PostgreSQL, `?n` for SQLite.
+fn statement<C: ConnectionTrait, const N: usize>(
+    conn: &C,
+    pg: &'static str,
+    values: [sea_orm::Value; N],
+) -> Statement {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
         DatabaseBackend::Postgres => pg.to_string(),
         _ => pg.replace('$', "?"),
-    }
+    };
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// Reserves one password attempt for the account, before its password is
@@ -215,10 +222,9 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
          AND (failed_login_count + login_attempts_pending < $3 \
            OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
          RETURNING *";
-    let backend = conn.get_database_backend();
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
+    let stmt = statement(
+        conn,
+        SQL,
         [
             email.into(),
             now.into(),
@@ -274,19 +280,18 @@ pub async fn fail_login<C: ConnectionTrait>(
         Failure::RefusedAfterCheck => (0, 1),
         Failure::Refused => (0, 0),
     };
-    let backend = conn.get_database_backend();
-    conn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, COUNT),
+    conn.execute_raw(statement(
+        conn,
+        COUNT,
         [email.into(), now.into(), counts.into(), held.into()],
     ))
     .await
     .map_err(db_err)?;
     let lock_at = if counts == 1 { threshold } else { i32::MAX };
     let locked = conn
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql_for(backend, LOCK),
+        .execute_raw(statement(
+            conn,
+            LOCK,
             [
                 email.into(),
                 lock_at.into(),
@@ -319,10 +324,9 @@ pub async fn finish_login<C: ConnectionTrait>(
            THEN login_attempts_pending - 1 ELSE 0 END \
          WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2) \
          AND password_hash = $4";
-    let backend = conn.get_database_backend();
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
+    let stmt = statement(
+        conn,
+        SQL,
         [
             user_id.into(),
             now.into(),
@@ -343,14 +347,9 @@ pub async fn release_attempt<C: ConnectionTrait>(
     const SQL: &str = "UPDATE users SET login_attempts_pending = \
          CASE WHEN login_attempts_pending > 0 THEN login_attempts_pending - 1 ELSE 0 END \
          WHERE id = $1";
-    let backend = conn.get_database_backend();
-    conn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
-        [user_id.into()],
-    ))
-    .await
-    .map_err(db_err)?;
+    conn.execute_raw(statement(conn, SQL, [user_id.into()]))
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
