@@ -26,6 +26,7 @@ pub mod password_resets;
 pub mod revocations;
 pub mod rotation;
 pub mod sessions;
+mod single_use;
 mod sqlite_direct;
 pub mod templates;
 mod tx;
