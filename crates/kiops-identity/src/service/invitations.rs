@@ -117,10 +117,7 @@ pub async fn resend(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id = validate::id("invitation_id", &id)?;
-    let now = app.clock.now_ms();
-    let tx = app.store.begin_write().await?;
-    let inv = for_manager(&tx, &caller, &id).await?;
+    let (tx, inv, now) = begin_for_manager(&app, &caller, &id).await?;
     access::require_may_grant(&caller, inv.role)?;
     inv.require_renewable(now)?;
     let org = organizations::find(&tx, &inv.organization_id)
@@ -152,10 +149,7 @@ pub async fn revoke(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id = validate::id("invitation_id", &id)?;
-    let now = app.clock.now_ms();
-    let tx = app.store.begin_write().await?;
-    let inv = for_manager(&tx, &caller, &id).await?;
+    let (tx, inv, now) = begin_for_manager(&app, &caller, &id).await?;
     if !invitations::revoke(&tx, &meta, caller.actor(), &inv, now).await? {
         return Err(unusable(inv.status_at(now)));
     }
@@ -298,24 +292,32 @@ async fn by_token(app: &App, token: &str) -> Result<Invitation, DomainError> {
     Ok(inv)
 }
 
-/// The invitation `id` for a Manager of its organization; NOT_FOUND for
+/// A write transaction and in it the invitation `id`, read under its
+/// organization's lock, for a Manager of that organization; NOT_FOUND for
 /// anyone who cannot see that organization (R4).
-async fn for_manager(tx: &WriteTx, caller: &Caller, id: &str) -> Result<Invitation, DomainError> {
-    let inv = invitations::find(tx, id)
+async fn begin_for_manager(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<(WriteTx, Invitation, i64), DomainError> {
+    let id = validate::id("invitation_id", id)?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    organizations::lock(tx, &inv.organization_id).await?;
+    organizations::lock(&tx, &inv.organization_id).await?;
     // Read again under the lock: a resend that committed while we waited
     // for it has changed the token.
-    let inv = invitations::find(tx, id)
+    let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    let role = memberships::role_of(tx, &inv.organization_id, &caller.user_id).await?;
+    let role = memberships::role_of(&tx, &inv.organization_id, &caller.user_id).await?;
     if !caller.platform_admin && role.is_none() {
         return Err(DomainError::not_found("invitation"));
     }
     access::require_manager(caller, role)?;
-    Ok(inv)
+    Ok((tx, inv, now))
 }
 
 /// Why the conditional UPDATE on (id, token hash) changed nothing: the
