@@ -518,14 +518,16 @@ pub async fn holds_password<C: ConnectionTrait>(
         .is_some())
 }
 
-async fn set_status<C: ConnectionTrait>(
+/// Sets one column of the account `user_id`, and its `updated_at`.
+async fn set_column<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
-    status: StoredStatus,
+    column: user::Column,
+    value: impl Into<sea_orm::Value>,
     now: i64,
 ) -> Result<(), DomainError> {
     user::Entity::update_many()
-        .col_expr(user::Column::Status, Expr::value(status.as_str()))
+        .col_expr(column, Expr::value(value))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
@@ -542,7 +544,14 @@ pub async fn reactivate<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    set_status(conn, user_id, StoredStatus::Active, now).await?;
+    set_column(
+        conn,
+        user_id,
+        user::Column::Status,
+        StoredStatus::Active.as_str(),
+        now,
+    )
+    .await?;
     audit::record(
         conn,
         meta,
@@ -560,7 +569,14 @@ pub async fn deactivate<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    set_status(conn, user_id, StoredStatus::Inactive, now).await?;
+    set_column(
+        conn,
+        user_id,
+        user::Column::Status,
+        StoredStatus::Inactive.as_str(),
+        now,
+    )
+    .await?;
     let revoked = sessions::revoke_all_for_user(conn, user_id, None, "deactivated", now).await?;
     revocations::record(conn, Scope::user(user_id), "deactivated", now).await?;
     audit::record(
@@ -582,13 +598,8 @@ pub async fn set_platform_admin<C: ConnectionTrait>(
     platform_admin: bool,
     now: i64,
 ) -> Result<(), DomainError> {
-    user::Entity::update_many()
-        .col_expr(user::Column::PlatformAdmin, Expr::value(platform_admin))
-        .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(&before.id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
+    let column = user::Column::PlatformAdmin;
+    set_column(conn, &before.id, column, platform_admin, now).await?;
     if !platform_admin {
         revocations::record(conn, Scope::user(&before.id), "platform_admin_revoked", now).await?;
     }
