@@ -536,6 +536,15 @@ async fn set_column<C: ConnectionTrait>(
     Ok(())
 }
 
+async fn set_status<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    status: StoredStatus,
+    now: i64,
+) -> Result<(), DomainError> {
+    set_column(conn, user_id, user::Column::Status, status.as_str(), now).await
+}
+
 /// ReactivateUser (R11).
 pub async fn reactivate<C: ConnectionTrait>(
     conn: &C,
@@ -544,14 +553,7 @@ pub async fn reactivate<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    set_column(
-        conn,
-        user_id,
-        user::Column::Status,
-        StoredStatus::Active.as_str(),
-        now,
-    )
-    .await?;
+    set_status(conn, user_id, StoredStatus::Active, now).await?;
     audit::record(
         conn,
         meta,
@@ -569,14 +571,7 @@ pub async fn deactivate<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    set_column(
-        conn,
-        user_id,
-        user::Column::Status,
-        StoredStatus::Inactive.as_str(),
-        now,
-    )
-    .await?;
+    set_status(conn, user_id, StoredStatus::Inactive, now).await?;
     let revoked = sessions::revoke_all_for_user(conn, user_id, None, "deactivated", now).await?;
     revocations::record(conn, Scope::user(user_id), "deactivated", now).await?;
     audit::record(
