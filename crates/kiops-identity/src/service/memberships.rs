@@ -28,8 +28,9 @@ use crate::store::check_facts::CheckKey;
 use crate::store::memberships::{self, MemberOrder, MemberQuery};
 use crate::store::{organizations, users, WriteTx};
 use kiops_proto::v1::{
-    AddMemberRequest, ChangeRoleRequest, CheckPermissionRequest, ListMembersRequest,
-    ListMyMembershipsRequest,
+    AddMemberRequest, ApplyPermissionTemplateRequest, ChangeRoleRequest, CheckPermissionRequest,
+    LeaveOrganizationRequest, ListMembersRequest, ListMyMembershipsRequest, RemoveMemberRequest,
+    SetPermissionsRequest,
 };
 use serde_json::json;
 
@@ -135,9 +136,35 @@ pub enum Grant {
     Template(String),
 }
 
-/// SetPermissions and ApplyPermissionTemplate (R6, R22), on ids already
-/// validated by the caller's decoding.
-pub async fn set_grants(
+/// SetPermissions (R6, R22).
+pub async fn set_permissions(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: SetPermissionsRequest,
+) -> Result<AsOf<Member>, DomainError> {
+    let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
+    let bits = parse::permission_bits("permissions", &r.permissions)?;
+    set_grants(app, meta, caller, org, user, Grant::Bits(bits)).await
+}
+
+/// ApplyPermissionTemplate (R6, R22).
+pub async fn apply_template(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: ApplyPermissionTemplateRequest,
+) -> Result<AsOf<Member>, DomainError> {
+    let mut v = Violations::new();
+    let org = v.take(validate::id("organization_id", &r.organization_id));
+    let user = v.take(validate::id("user_id", &r.user_id));
+    let tpl = v.take(validate::id("template_id", &r.template_id));
+    v.into_result()?;
+    set_grants(app, meta, caller, org, user, Grant::Template(tpl)).await
+}
+
+/// SetPermissions and ApplyPermissionTemplate, on validated ids.
+async fn set_grants(
     app: App,
     meta: RequestMeta,
     caller: Caller,
@@ -173,7 +200,30 @@ pub async fn set_grants(
 
 /// RemoveMember (`leaving` false) and LeaveOrganization (`leaving` true,
 /// `user` the caller): R10, with R5 when the member is a Manager.
-pub async fn remove(
+/// RemoveMember.
+pub async fn remove_member(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: RemoveMemberRequest,
+) -> Result<(), DomainError> {
+    let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
+    remove(app, meta, caller, org, user, false).await
+}
+
+/// LeaveOrganization: the caller removes itself.
+pub async fn leave(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: LeaveOrganizationRequest,
+) -> Result<(), DomainError> {
+    let org = validate::id("organization_id", &r.organization_id)?;
+    let me = caller.user_id.clone();
+    remove(app, meta, caller, org, me, true).await
+}
+
+async fn remove(
     app: App,
     meta: RequestMeta,
     caller: Caller,

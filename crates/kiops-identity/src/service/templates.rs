@@ -1,5 +1,5 @@
 //! Permission template use cases of `MembershipService` (R6): a Manager's
-//! named bundles of categories. Applying one is `memberships::set_grants`.
+//! named bundles of categories. Applying one is `memberships::apply_template`.
 
 use super::memberships::lock_org;
 use super::{parse, Cursor, Page};
