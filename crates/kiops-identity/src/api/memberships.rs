@@ -4,10 +4,8 @@
 use super::context;
 use super::convert;
 use crate::app::App;
-use crate::domain::error::Violations;
-use crate::domain::{validate, DomainError};
-use crate::service::memberships::{self, AsOf, Grant};
-use crate::service::{parse, templates, to_completion};
+use crate::service::memberships::{self, AsOf};
+use crate::service::{templates, to_completion};
 use kiops_proto::v1::membership_service_server::MembershipService;
 use kiops_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -80,16 +78,11 @@ impl MembershipService for MembershipApi {
         request: Request<SetPermissionsRequest>,
     ) -> Result<Response<SetPermissionsResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
-        let (org, user) = memberships::org_and_user(&r.organization_id, &r.user_id)?;
-        let bits = parse::permission_bits("permissions", &r.permissions)
-            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-        let m = to_completion(memberships::set_grants(
+        let m = to_completion(memberships::set_permissions(
             self.app.clone(),
             meta,
             caller,
-            org,
-            user,
-            Grant::Bits(bits),
+            r,
         ))
         .await?;
         Ok(Response::new(SetPermissionsResponse { member: member(&m) }))
@@ -100,14 +93,11 @@ impl MembershipService for MembershipApi {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
-        let (org, user) = memberships::org_and_user(&r.organization_id, &r.user_id)?;
-        to_completion(memberships::remove(
+        to_completion(memberships::remove_member(
             self.app.clone(),
             meta,
             caller,
-            org,
-            user,
-            false,
+            r,
         ))
         .await?;
         Ok(Response::new(RemoveMemberResponse {}))
@@ -118,18 +108,7 @@ impl MembershipService for MembershipApi {
         request: Request<LeaveOrganizationRequest>,
     ) -> Result<Response<LeaveOrganizationResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
-        let org = validate::id("organization_id", &r.organization_id)
-            .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-        let me = caller.user_id.clone();
-        to_completion(memberships::remove(
-            self.app.clone(),
-            meta,
-            caller,
-            org,
-            me,
-            true,
-        ))
-        .await?;
+        to_completion(memberships::leave(self.app.clone(), meta, caller, r)).await?;
         Ok(Response::new(LeaveOrganizationResponse {}))
     }
 
@@ -225,18 +204,11 @@ impl MembershipService for MembershipApi {
         request: Request<ApplyPermissionTemplateRequest>,
     ) -> Result<Response<ApplyPermissionTemplateResponse>, Status> {
         let (meta, caller, r) = context::start(&self.app, request).await?;
-        let mut v = Violations::new();
-        let org = v.take(validate::id("organization_id", &r.organization_id));
-        let user = v.take(validate::id("user_id", &r.user_id));
-        let tpl = v.take(validate::id("template_id", &r.template_id));
-        v.into_result()?;
-        let m = to_completion(memberships::set_grants(
+        let m = to_completion(memberships::apply_template(
             self.app.clone(),
             meta,
             caller,
-            org,
-            user,
-            Grant::Template(tpl),
+            r,
         ))
         .await?;
         Ok(Response::new(ApplyPermissionTemplateResponse {

@@ -196,12 +196,7 @@ mod tests {
     use super::*;
 
     fn caller(pa: bool) -> Caller {
-        Caller {
-            user_id: "me".into(),
-            email: "me@x.io".into(),
-            platform_admin: pa,
-            session_id: None,
-        }
+        Caller::for_test(pa)
     }
 
     fn reason_of(r: Result) -> &'static str {

@@ -133,6 +133,13 @@ pub enum DomainError {
     Internal(String),
 }
 
+/// A single bad field.
+impl From<FieldViolation> for DomainError {
+    fn from(v: FieldViolation) -> Self {
+        DomainError::InvalidArgument(vec![v])
+    }
+}
+
 impl DomainError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         DomainError::InvalidArgument(vec![FieldViolation::new(field, description)])

@@ -15,6 +15,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// "me" (me@x.io), a PlatformAdmin or not, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(platform_admin: bool) -> Self {
+        Caller {
+            user_id: "me".into(),
+            email: "me@x.io".into(),
+            platform_admin,
+            session_id: None,
+        }
+    }
+
     /// The caller as the actor of the audit events it causes.
     pub fn actor(&self) -> crate::domain::audit::Actor {
         crate::domain::audit::Actor::User {

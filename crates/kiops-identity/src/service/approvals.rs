@@ -2,7 +2,7 @@
 //! organization; its Managers list, approve or reject the requests. The
 //! statuses and the approval rule are `domain::join_request`.
 
-use super::Page;
+use super::{Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::{reason, Violations};
@@ -34,8 +34,7 @@ pub async fn request_to_join(
     caller: Caller,
     org: String,
 ) -> Result<JoinRequestView, DomainError> {
-    let org =
-        validate::id("organization_id", &org).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let org = validate::id("organization_id", &org)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     if organizations::find(&tx, &org).await?.is_none() {
@@ -89,12 +88,7 @@ pub async fn list(
         status.as_str(),
         &r.period.to_string(),
     ]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let organizations = match &org {
@@ -106,7 +100,7 @@ pub async fn list(
         None if caller.platform_admin => None,
         None => Some(join_requests::managed_orgs(conn, &caller.user_id).await?),
     };
-    let after = after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
+    let after = cursor.after_ms_and_id();
     let (rows, total) = join_requests::list(
         conn,
         JoinRequestQuery {
@@ -118,19 +112,9 @@ pub async fn list(
         },
     )
     .await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => {
-            page_token::encode(&key, &fp, vec![json!(l.requested_at_ms), json!(l.id)])
-        }
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(cursor.page(rows, size, total, |l| {
+        vec![json!(l.requested_at_ms), json!(l.id)]
+    }))
 }
 
 pub async fn approve(

@@ -3,7 +3,7 @@
 //! use case edits or deletes an event. The export's streaming stays in
 //! `api::audit`; its reads and its authorisation are here.
 
-use super::Page;
+use super::{Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::{self, AuditEvent};
 use crate::domain::error::Violations;
@@ -73,29 +73,14 @@ pub async fn list(
     let f = request_filter!(&mut v, r);
     let size = v.take(validate::page_size("page_size", r.page_size));
     let fp = page_token::fingerprint(&["audit", &caller.user_id, &format!("{f:?}")]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     authorize(app, caller, f.organization_id.as_deref()).await?;
-    let after = after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
+    let after = cursor.after_ms_and_id();
     let (rows, total) = audit_store::list(app.store.conn(), &f, after, size + 1, true).await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => {
-            page_token::encode(&key, &fp, vec![json!(l.occurred_at_ms), json!(l.id)])
-        }
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(cursor.page(rows, size, total, |l| {
+        vec![json!(l.occurred_at_ms), json!(l.id)]
+    }))
 }
 
 /// Validates an export request and authorises its caller.

@@ -2,7 +2,7 @@
 //! invited person accepts or declines with the emailed token. The lifecycle
 //! and who may accept are `domain::invitation`.
 
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::RequestMeta;
@@ -97,34 +97,18 @@ pub async fn list(
     let size = v.take(validate::page_size("page_size", r.page_size));
     let status = v.take(status_filter("status", r.status));
     let fp = page_token::fingerprint(&["invitations", &org, &r.status.to_string()]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let role = memberships::role_of(conn, &org, &caller.user_id).await?;
     access::require_manager(caller, role)?;
-    let after = after.and_then(|k| Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string())));
+    let after = cursor.after_ms_and_id();
     let now = app.clock.now_ms();
     let (rows, total) = invitations::list(conn, &org, status, after, size + 1, now).await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows
-        .into_iter()
-        .take(size as usize)
-        .map(|i| i.seen_at(now))
-        .collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => page_token::encode(&key, &fp, vec![json!(l.created_at_ms), json!(l.id)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    let page = cursor.page(rows, size, total, |l| {
+        vec![json!(l.created_at_ms), json!(l.id)]
+    });
+    Ok(page.map(|i| i.seen_at(now)))
 }
 
 pub async fn resend(
@@ -133,11 +117,7 @@ pub async fn resend(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id =
-        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    let now = app.clock.now_ms();
-    let tx = app.store.begin_write().await?;
-    let inv = for_manager(&tx, &caller, &id).await?;
+    let (tx, inv, now) = begin_for_manager(&app, &caller, &id).await?;
     access::require_may_grant(&caller, inv.role)?;
     inv.require_renewable(now)?;
     let org = organizations::find(&tx, &inv.organization_id)
@@ -169,11 +149,7 @@ pub async fn revoke(
     caller: Caller,
     id: String,
 ) -> Result<Invitation, DomainError> {
-    let id =
-        validate::id("invitation_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    let now = app.clock.now_ms();
-    let tx = app.store.begin_write().await?;
-    let inv = for_manager(&tx, &caller, &id).await?;
+    let (tx, inv, now) = begin_for_manager(&app, &caller, &id).await?;
     if !invitations::revoke(&tx, &meta, caller.actor(), &inv, now).await? {
         return Err(unusable(inv.status_at(now)));
     }
@@ -305,7 +281,7 @@ async fn send(
 /// The invitation of a secret token. The database finds the row by hash;
 /// the stored hash is then compared in constant time as well.
 async fn by_token(app: &App, token: &str) -> Result<Invitation, DomainError> {
-    validate::opaque_token("token", token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", token)?;
     let hash = hash_token(token);
     let inv = invitations::find_by_token_hash(app.store.conn(), &hash)
         .await?
@@ -316,24 +292,32 @@ async fn by_token(app: &App, token: &str) -> Result<Invitation, DomainError> {
     Ok(inv)
 }
 
-/// The invitation `id` for a Manager of its organization; NOT_FOUND for
+/// A write transaction and in it the invitation `id`, read under its
+/// organization's lock, for a Manager of that organization; NOT_FOUND for
 /// anyone who cannot see that organization (R4).
-async fn for_manager(tx: &WriteTx, caller: &Caller, id: &str) -> Result<Invitation, DomainError> {
-    let inv = invitations::find(tx, id)
+async fn begin_for_manager(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<(WriteTx, Invitation, i64), DomainError> {
+    let id = validate::id("invitation_id", id)?;
+    let now = app.clock.now_ms();
+    let tx = app.store.begin_write().await?;
+    let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    organizations::lock(tx, &inv.organization_id).await?;
+    organizations::lock(&tx, &inv.organization_id).await?;
     // Read again under the lock: a resend that committed while we waited
     // for it has changed the token.
-    let inv = invitations::find(tx, id)
+    let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    let role = memberships::role_of(tx, &inv.organization_id, &caller.user_id).await?;
+    let role = memberships::role_of(&tx, &inv.organization_id, &caller.user_id).await?;
     if !caller.platform_admin && role.is_none() {
         return Err(DomainError::not_found("invitation"));
     }
     access::require_manager(caller, role)?;
-    Ok(inv)
+    Ok((tx, inv, now))
 }
 
 /// Why the conditional UPDATE on (id, token hash) changed nothing: the

@@ -13,7 +13,7 @@
 //! committed (and audited) change into NOT_FOUND for the caller, who would
 //! then retry a change that happened.
 
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
@@ -28,8 +28,9 @@ use crate::store::check_facts::CheckKey;
 use crate::store::memberships::{self, MemberOrder, MemberQuery};
 use crate::store::{organizations, users, WriteTx};
 use kiops_proto::v1::{
-    AddMemberRequest, ChangeRoleRequest, CheckPermissionRequest, ListMembersRequest,
-    ListMyMembershipsRequest,
+    AddMemberRequest, ApplyPermissionTemplateRequest, ChangeRoleRequest, CheckPermissionRequest,
+    LeaveOrganizationRequest, ListMembersRequest, ListMyMembershipsRequest, RemoveMemberRequest,
+    SetPermissionsRequest,
 };
 use serde_json::json;
 
@@ -96,7 +97,7 @@ pub async fn add(
 ) -> Result<AsOf<Member>, DomainError> {
     access::require_platform_admin(&caller)?;
     let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
-    let role = parse::role("role", r.role).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let role = parse::role("role", r.role)?;
     let now = app.clock.now_ms();
     let (tx, _) = lock_org(&app, &caller, &org).await?;
     if users::find_by_id(&tx, &user).await?.is_none() {
@@ -113,7 +114,7 @@ pub async fn change_role(
     r: ChangeRoleRequest,
 ) -> Result<AsOf<Member>, DomainError> {
     let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
-    let role = parse::role("role", r.role).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let role = parse::role("role", r.role)?;
     let now = app.clock.now_ms();
     let (tx, caller_role) = lock_org(&app, &caller, &org).await?;
     access::check_role_change(&caller, caller_role, &user, role)?;
@@ -135,9 +136,35 @@ pub enum Grant {
     Template(String),
 }
 
-/// SetPermissions and ApplyPermissionTemplate (R6, R22), on ids already
-/// validated by the caller's decoding.
-pub async fn set_grants(
+/// SetPermissions (R6, R22).
+pub async fn set_permissions(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: SetPermissionsRequest,
+) -> Result<AsOf<Member>, DomainError> {
+    let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
+    let bits = parse::permission_bits("permissions", &r.permissions)?;
+    set_grants(app, meta, caller, org, user, Grant::Bits(bits)).await
+}
+
+/// ApplyPermissionTemplate (R6, R22).
+pub async fn apply_template(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: ApplyPermissionTemplateRequest,
+) -> Result<AsOf<Member>, DomainError> {
+    let mut v = Violations::new();
+    let org = v.take(validate::id("organization_id", &r.organization_id));
+    let user = v.take(validate::id("user_id", &r.user_id));
+    let tpl = v.take(validate::id("template_id", &r.template_id));
+    v.into_result()?;
+    set_grants(app, meta, caller, org, user, Grant::Template(tpl)).await
+}
+
+/// SetPermissions and ApplyPermissionTemplate, on validated ids.
+async fn set_grants(
     app: App,
     meta: RequestMeta,
     caller: Caller,
@@ -173,7 +200,30 @@ pub async fn set_grants(
 
 /// RemoveMember (`leaving` false) and LeaveOrganization (`leaving` true,
 /// `user` the caller): R10, with R5 when the member is a Manager.
-pub async fn remove(
+/// RemoveMember.
+pub async fn remove_member(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: RemoveMemberRequest,
+) -> Result<(), DomainError> {
+    let (org, user) = org_and_user(&r.organization_id, &r.user_id)?;
+    remove(app, meta, caller, org, user, false).await
+}
+
+/// LeaveOrganization: the caller removes itself.
+pub async fn leave(
+    app: App,
+    meta: RequestMeta,
+    caller: Caller,
+    r: LeaveOrganizationRequest,
+) -> Result<(), DomainError> {
+    let org = validate::id("organization_id", &r.organization_id)?;
+    let me = caller.user_id.clone();
+    remove(app, meta, caller, org, me, true).await
+}
+
+async fn remove(
     app: App,
     meta: RequestMeta,
     caller: Caller,
@@ -225,12 +275,7 @@ pub async fn list(
         &query,
         &format!("{order:?}/{descending}/{:?}/{:?}", role, status),
     ]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
@@ -249,16 +294,14 @@ pub async fn list(
             status,
             order,
             descending,
-            after,
+            after: cursor.after.clone(),
             limit: size + 1,
             now,
         },
     )
     .await?;
     snapshot.close().await?;
-    let page = Page::from_probe(rows, size, total, |last| {
-        page_token::encode(&key, &fp, memberships::sort_key(last, order))
-    });
+    let page = cursor.page(rows, size, total, |last| memberships::sort_key(last, order));
     Ok(AsOf {
         value: page,
         now_ms: now,
@@ -293,27 +336,16 @@ pub async fn list_mine(
     let mut v = Violations::new();
     let size = v.take(validate::page_size("page_size", r.page_size));
     let fp = page_token::fingerprint(&["my-memberships", &caller.user_id]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
-    let after_code = after
-        .as_ref()
-        .and_then(|k| k.first())
-        .and_then(|c| c.as_str().map(str::to_string));
     let (rows, total) = memberships::list_for_user(
         app.store.conn(),
         &caller.user_id,
-        after_code.as_deref(),
+        cursor.after_str(),
         size + 1,
     )
     .await?;
-    Ok(Page::from_probe(rows, size, total, |(_, org)| {
-        page_token::encode(&key, &fp, vec![json!(org.code)])
-    }))
+    Ok(cursor.page(rows, size, total, |(_, org)| vec![json!(org.code)]))
 }
 
 /// Answers from current state (R16), authenticating and answering in one

@@ -22,7 +22,11 @@ pub mod parse;
 pub mod templates;
 pub mod users;
 
+use crate::app::App;
+use crate::domain::error::Violations;
+use crate::domain::page_token::{self, PageKey};
 use crate::domain::DomainError;
+use serde_json::Value;
 use std::future::Future;
 use tracing::Instrument;
 
@@ -67,5 +71,66 @@ impl<T> Page<T> {
             next_page_token,
             total_size,
         }
+    }
+
+    /// The same page with every item mapped by `f`.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_page_token: self.next_page_token,
+            total_size: self.total_size,
+        }
+    }
+}
+
+/// Where a listing request continues: the sort key of the last row of the
+/// previous page, from a token signed for the listing's parameters.
+pub struct Cursor {
+    key: PageKey,
+    fingerprint: String,
+    /// The sort key the page starts after; `None` on the first page.
+    pub after: Option<Vec<Value>>,
+}
+
+impl Cursor {
+    /// Decodes `token` (empty: the first page) for the parameters of
+    /// `fingerprint`; a bad token is a violation on `page_token`.
+    pub fn decode(app: &App, v: &mut Violations, fingerprint: String, token: &str) -> Self {
+        let key = app.tokens.page_key();
+        let after = if token.is_empty() {
+            None
+        } else {
+            v.take(page_token::decode(&key, &fingerprint, token).map(Some))
+        };
+        Cursor {
+            key,
+            fingerprint,
+            after,
+        }
+    }
+
+    /// A sort key of a time in milliseconds and an id.
+    pub fn after_ms_and_id(&self) -> Option<(i64, String)> {
+        let k = self.after.as_ref()?;
+        Some((k.first()?.as_i64()?, k.get(1)?.as_str()?.to_string()))
+    }
+
+    /// A sort key of one string (a code or a name).
+    pub fn after_str(&self) -> Option<&str> {
+        self.after.as_ref()?.first()?.as_str()
+    }
+
+    /// The page of `rows` read with one more than `size`, its next token
+    /// carrying the sort key `sort_key` gives for its last item.
+    pub fn page<T>(
+        &self,
+        rows: Vec<T>,
+        size: u64,
+        total_size: u64,
+        sort_key: impl FnOnce(&T) -> Vec<Value>,
+    ) -> Page<T> {
+        Page::from_probe(rows, size, total_size, |last| {
+            page_token::encode(&self.key, &self.fingerprint, sort_key(last))
+        })
     }
 }

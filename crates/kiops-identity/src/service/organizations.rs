@@ -1,6 +1,6 @@
 //! `OrganizationService` use cases (R18).
 
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::{reason, Violations};
@@ -50,8 +50,7 @@ pub async fn create(
 }
 
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<Organization, DomainError> {
-    let id =
-        validate::id("organization_id", id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("organization_id", id)?;
     let conn = app.store.conn();
     let role = memberships::role_of(conn, &id, &caller.user_id).await?;
     access::require_org_visible(caller, role)?;
@@ -70,36 +69,17 @@ pub async fn list(
     let query = v.take(parse::query("query", &r.query));
     let member_of = (!caller.platform_admin).then_some(caller.user_id.as_str());
     let fp = page_token::fingerprint(&["organizations", member_of.unwrap_or("*"), &query]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
-    let after_code = after
-        .as_ref()
-        .and_then(|k| k.first())
-        .and_then(|c| c.as_str().map(str::to_string));
     let (rows, total) = organizations::list(
         app.store.conn(),
         member_of,
         &query,
-        after_code.as_deref(),
+        cursor.after_str(),
         size + 1,
     )
     .await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(last)) => page_token::encode(&key, &fp, vec![json!(last.code)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(cursor.page(rows, size, total, |last| vec![json!(last.code)]))
 }
 
 pub async fn update(
@@ -161,8 +141,7 @@ pub async fn delete(
     id: String,
 ) -> Result<(), DomainError> {
     access::require_platform_admin(&caller)?;
-    let id =
-        validate::id("organization_id", &id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("organization_id", &id)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let org = organizations::lock(&tx, &id)

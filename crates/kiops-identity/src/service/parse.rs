@@ -49,19 +49,38 @@ pub fn status_filter(field: &str, n: i32) -> Result<Option<StatusFilter>, FieldV
 /// `"email"`, `"role"` or `"join_time"`, optionally followed by ` desc` or
 /// ` asc`; empty means `email`.
 pub fn member_order(field: &str, s: &str) -> Result<(MemberOrder, bool), FieldViolation> {
+    order_by(
+        field,
+        s,
+        &[
+            ("email", MemberOrder::Email),
+            ("role", MemberOrder::Role),
+            ("join_time", MemberOrder::JoinTime),
+        ],
+    )
+}
+
+/// An `order_by` of one of `keys` (the first when `s` is empty), optionally
+/// followed by ` desc` or ` asc`.
+pub fn order_by<O: Copy>(
+    field: &str,
+    s: &str,
+    keys: &[(&str, O); 3],
+) -> Result<(O, bool), FieldViolation> {
     let bad = || {
+        let [(a, _), (b, _), (c, _)] = keys;
         FieldViolation::new(
             field,
-            "must be \"email\", \"role\" or \"join_time\", optionally followed by \" desc\"",
+            format!("must be \"{a}\", \"{b}\" or \"{c}\", optionally followed by \" desc\""),
         )
     };
     let mut words = s.split_whitespace();
     let order = match words.next() {
-        None => return Ok((MemberOrder::Email, false)),
-        Some("email") => MemberOrder::Email,
-        Some("role") => MemberOrder::Role,
-        Some("join_time") => MemberOrder::JoinTime,
-        Some(_) => return Err(bad()),
+        None => return Ok((keys[0].1, false)),
+        Some(w) => match keys.iter().find(|(k, _)| *k == w) {
+            Some((_, o)) => *o,
+            None => return Err(bad()),
+        },
     };
     let desc = match words.next() {
         None | Some("asc") => false,
@@ -118,6 +137,10 @@ mod tests {
     #[test]
     fn orders() {
         assert_eq!(member_order("o", "").unwrap(), (MemberOrder::Email, false));
+        assert_eq!(
+            member_order("o", "x").unwrap_err().description,
+            "must be \"email\", \"role\" or \"join_time\", optionally followed by \" desc\""
+        );
         assert_eq!(
             member_order("o", "join_time desc").unwrap(),
             (MemberOrder::JoinTime, true)

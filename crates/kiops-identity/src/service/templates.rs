@@ -1,8 +1,8 @@
 //! Permission template use cases of `MembershipService` (R6): a Manager's
-//! named bundles of categories. Applying one is `memberships::set_grants`.
+//! named bundles of categories. Applying one is `memberships::apply_template`.
 
 use super::memberships::lock_org;
-use super::{parse, Page};
+use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
@@ -54,24 +54,13 @@ pub async fn list(
     let org = v.take(validate::id("organization_id", &r.organization_id));
     let size = v.take(validate::page_size("page_size", r.page_size));
     let fp = page_token::fingerprint(&["templates", &org]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
     let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
     access::require_manager(caller, caller_role)?;
-    let after_name = after
-        .as_ref()
-        .and_then(|k| k.first())
-        .and_then(|c| c.as_str().map(str::to_string));
-    let (rows, total) = templates::list(conn, &org, after_name.as_deref(), size + 1).await?;
-    Ok(Page::from_probe(rows, size, total, |last| {
-        page_token::encode(&key, &fp, vec![json!(last.name)])
-    }))
+    let (rows, total) = templates::list(conn, &org, cursor.after_str(), size + 1).await?;
+    Ok(cursor.page(rows, size, total, |last| vec![json!(last.name)]))
 }
 
 pub async fn update(

@@ -7,7 +7,7 @@
 //! after the organizations it touches, and decides on what it read under
 //! that lock.
 
-use super::{credentials, parse, Page};
+use super::{credentials, parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, Violations};
@@ -146,8 +146,7 @@ async fn verify_current_password(
     user: &User,
     password: &str,
 ) -> Result<String, DomainError> {
-    validate::password_input("current_password", password)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::password_input("current_password", password)?;
     app.throttle.check(&meta.peer, Some(&user.email))?;
     let now = app.clock.now_ms();
     // The same reserved, exact lockout as Login (`check_password`).
@@ -189,8 +188,7 @@ pub async fn change_password(
     r: ChangePasswordRequest,
 ) -> Result<(), DomainError> {
     let user = get_me(&app, &caller).await?;
-    password_policy::check("new_password", &r.new_password, &user.email)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    password_policy::check("new_password", &r.new_password, &user.email)?;
     let verified = verify_current_password(&app, &meta, &user, &r.current_password).await?;
     let hash = app.hasher.hash(r.new_password).await?;
     let now = app.clock.now_ms();
@@ -266,7 +264,7 @@ async fn admin_target(
     not_self: bool,
 ) -> Result<User, DomainError> {
     access::require_platform_admin(caller)?;
-    let id = validate::id("user_id", id).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let id = validate::id("user_id", id)?;
     if not_self {
         access::require_not_self(caller, &id)?;
     }
@@ -403,12 +401,7 @@ pub async fn list(
         &query,
         &format!("{order:?}/{descending}/{status:?}/{platform_admin:?}"),
     ]);
-    let key = app.tokens.page_key();
-    let after = if r.page_token.is_empty() {
-        None
-    } else {
-        v.take(page_token::decode(&key, &fp, &r.page_token).map(Some))
-    };
+    let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let snapshot = app.store.begin_listing().await?;
     let (rows, total) = users::list(
@@ -419,51 +412,27 @@ pub async fn list(
             platform_admin,
             order,
             descending,
-            after,
+            after: cursor.after.clone(),
             limit: size + 1,
             now,
         },
     )
     .await?;
     snapshot.close().await?;
-    let more = rows.len() as u64 > size;
-    let items: Vec<_> = rows.into_iter().take(size as usize).collect();
-    let next_page_token = match (more, items.last()) {
-        (true, Some(l)) => page_token::encode(&key, &fp, vec![order.key(l), json!(l.id)]),
-        _ => String::new(),
-    };
-    Ok(Page {
-        items,
-        next_page_token,
-        total_size: total,
-    })
+    Ok(cursor.page(rows, size, total, |l| vec![order.key(l), json!(l.id)]))
 }
 
 /// `"email"`, `"name"` or `"create_time"`, optionally with ` desc`.
 pub fn user_order(field: &str, s: &str) -> Result<(UserOrder, bool), FieldViolation> {
-    let bad = || {
-        FieldViolation::new(
-            field,
-            "must be \"email\", \"name\" or \"create_time\", optionally followed by \" desc\"",
-        )
-    };
-    let mut words = s.split_whitespace();
-    let order = match words.next() {
-        None => return Ok((UserOrder::Email, false)),
-        Some("email") => UserOrder::Email,
-        Some("name") => UserOrder::Name,
-        Some("create_time") => UserOrder::CreateTime,
-        Some(_) => return Err(bad()),
-    };
-    let desc = match words.next() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(bad()),
-    };
-    if words.next().is_some() {
-        return Err(bad());
-    }
-    Ok((order, desc))
+    parse::order_by(
+        field,
+        s,
+        &[
+            ("email", UserOrder::Email),
+            ("name", UserOrder::Name),
+            ("create_time", UserOrder::CreateTime),
+        ],
+    )
 }
 
 /// A small AIP-160 subset: `status=ACTIVE|INACTIVE|LOCKED` and

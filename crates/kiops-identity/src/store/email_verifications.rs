@@ -6,11 +6,10 @@
 //! Each write records its audit event (R19).
 
 use super::entity::email_verification_token as evt;
-use super::{audit, db_err, users};
+use super::{audit, db_err, single_use, users};
 use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
 use crate::domain::DomainError;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
 use serde_json::json;
 
 pub const TTL_MS: i64 = 24 * 3600 * 1000;
@@ -26,7 +25,7 @@ pub async fn replace<C: ConnectionTrait>(
     resend: bool,
     now: i64,
 ) -> Result<(), DomainError> {
-    kill_all(conn, user_id, now).await?;
+    single_use::use_all::<evt::Entity, _>(conn, user_id, now).await?;
     evt::ActiveModel {
         token_hash: Set(token_hash),
         user_id: Set(user_id.to_string()),
@@ -51,33 +50,13 @@ pub async fn replace<C: ConnectionTrait>(
     .await
 }
 
-async fn kill_all<C: ConnectionTrait>(
-    conn: &C,
-    user_id: &str,
-    now: i64,
-) -> Result<(), DomainError> {
-    evt::Entity::update_many()
-        .col_expr(evt::Column::UsedAt, Expr::value(now))
-        .filter(evt::Column::UserId.eq(user_id))
-        .filter(evt::Column::UsedAt.is_null())
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(())
-}
-
 /// The user of a token that is still usable, without using it.
 pub async fn owner<C: ConnectionTrait>(
     conn: &C,
     token_hash: &str,
     now: i64,
 ) -> Result<Option<String>, DomainError> {
-    Ok(evt::Entity::find_by_id(token_hash.to_string())
-        .one(conn)
-        .await
-        .map_err(db_err)?
-        .filter(|t| t.used_at.is_none() && t.expires_at > now)
-        .map(|t| t.user_id))
+    single_use::owner::<evt::Entity, _>(conn, token_hash, now).await
 }
 
 /// Uses the token of `user` and marks the address proven
@@ -121,19 +100,9 @@ async fn consume<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<bool, DomainError> {
-    let n = evt::Entity::update_many()
-        .col_expr(evt::Column::UsedAt, Expr::value(now))
-        .filter(evt::Column::TokenHash.eq(token_hash))
-        .filter(evt::Column::UserId.eq(user_id))
-        .filter(evt::Column::UsedAt.is_null())
-        .filter(evt::Column::ExpiresAt.gt(now))
-        .exec(conn)
-        .await
-        .map_err(db_err)?
-        .rows_affected;
-    if n != 1 {
+    if !single_use::use_one::<evt::Entity, _>(conn, token_hash, Some(user_id), now).await? {
         return Ok(false);
     }
-    kill_all(conn, user_id, now).await?;
+    single_use::use_all::<evt::Entity, _>(conn, user_id, now).await?;
     Ok(true)
 }

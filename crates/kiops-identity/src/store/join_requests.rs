@@ -6,7 +6,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{join_request as jr, user};
 use super::keyset::{keyset_after, Count};
-use super::{db_err, is_unique_violation};
+use super::{db_err, taken};
 use crate::domain::error::reason;
 use crate::domain::join_request::{JoinRequestStatus, JoinRequestView};
 use crate::domain::model::Role;
@@ -57,16 +57,10 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DomainError::exists(
-                reason::JOIN_REQUEST_PENDING,
-                "a request to join this organization is already pending",
-            )
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(taken(
+        reason::JOIN_REQUEST_PENDING,
+        "a request to join this organization is already pending",
+    ))?;
     audit::record(
         conn,
         meta,

@@ -7,7 +7,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, organization, user};
 use super::keyset::{keyset_after, Count};
-use super::{db_err, is_unique_violation, like_contains};
+use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::membership::{demotion_revokes, narrowing_revokes};
 use crate::domain::model::{effective_permissions, Role, StoredStatus};
@@ -206,19 +206,49 @@ pub async fn add<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DomainError::exists(reason::ALREADY_MEMBER, "the user is already a member")
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(taken(
+        reason::ALREADY_MEMBER,
+        "the user is already a member",
+    ))?;
     audit::record(
         conn,
         meta,
         AuditEntry::new(actor, "membership.added", "user", user_id)
             .org(org)
             .details(json!({"after": {"role": role.as_str(), "permissions": []}})),
+        now,
+    )
+    .await
+}
+
+/// Sets one column of the membership row of `m`.
+async fn set_column<C: ConnectionTrait>(
+    conn: &C,
+    m: &Membership,
+    column: membership::Column,
+    value: impl Into<sea_orm::Value>,
+) -> Result<(), DomainError> {
+    membership::Entity::update_many()
+        .col_expr(column, Expr::value(value))
+        .filter(membership::Column::OrganizationId.eq(&m.organization_id))
+        .filter(membership::Column::UserId.eq(&m.user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Revokes what `m` gave its user in its organization (R16).
+async fn revoke_membership<C: ConnectionTrait>(
+    conn: &C,
+    m: &Membership,
+    reason: &str,
+    now: i64,
+) -> Result<(), DomainError> {
+    super::revocations::record(
+        conn,
+        super::revocations::Scope::membership(&m.user_id, &m.organization_id),
+        reason,
         now,
     )
     .await
@@ -232,25 +262,9 @@ pub async fn set_role<C: ConnectionTrait>(
     role: Role,
     now: i64,
 ) -> Result<(), DomainError> {
-    membership::Entity::update_many()
-        .col_expr(membership::Column::Role, Expr::value(role.as_str()))
-        .filter(membership::Column::OrganizationId.eq(&before.organization_id))
-        .filter(membership::Column::UserId.eq(&before.user_id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
+    set_column(conn, before, membership::Column::Role, role.as_str()).await?;
     if demotion_revokes(before.role, role) {
-        super::revocations::record(
-            conn,
-            super::revocations::Scope {
-                user_id: &before.user_id,
-                organization_id: Some(&before.organization_id),
-                session_id: None,
-            },
-            "role_demoted",
-            now,
-        )
-        .await?;
+        revoke_membership(conn, before, "role_demoted", now).await?;
     }
     audit::record(
         conn,
@@ -277,25 +291,9 @@ pub async fn set_permissions<C: ConnectionTrait>(
     template: Option<&Template>,
     now: i64,
 ) -> Result<(), DomainError> {
-    membership::Entity::update_many()
-        .col_expr(membership::Column::Permissions, Expr::value(bits as i32))
-        .filter(membership::Column::OrganizationId.eq(&before.organization_id))
-        .filter(membership::Column::UserId.eq(&before.user_id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
+    set_column(conn, before, membership::Column::Permissions, bits as i32).await?;
     if narrowing_revokes(before.permissions, bits) {
-        super::revocations::record(
-            conn,
-            super::revocations::Scope {
-                user_id: &before.user_id,
-                organization_id: Some(&before.organization_id),
-                session_id: None,
-            },
-            "permissions_revoked",
-            now,
-        )
-        .await?;
+        revoke_membership(conn, before, "permissions_revoked", now).await?;
     }
     let mut details = json!({
         "before": {"permissions": perm_names(before.permissions)},
@@ -392,17 +390,7 @@ async fn remove_with<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    super::revocations::record(
-        conn,
-        super::revocations::Scope {
-            user_id: &before.user_id,
-            organization_id: Some(&before.organization_id),
-            session_id: None,
-        },
-        "membership_removed",
-        now,
-    )
-    .await?;
+    revoke_membership(conn, before, "membership_removed", now).await?;
     let mut details = json!({"before": {
         "role": before.role.as_str(),
         "permissions": perm_names(before.permissions),

@@ -26,6 +26,7 @@ pub mod password_resets;
 pub mod revocations;
 pub mod rotation;
 pub mod sessions;
+mod single_use;
 mod sqlite_direct;
 pub mod templates;
 mod tx;
@@ -404,6 +405,18 @@ pub fn is_unique_violation(e: &DbErr) -> bool {
         e.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+/// Maps a unique-constraint violation to ALREADY_EXISTS with `reason` and
+/// `message`, any other error as [`db_err`] does.
+pub fn taken(reason: &'static str, message: &'static str) -> impl Fn(DbErr) -> DomainError {
+    move |e| {
+        if is_unique_violation(&e) {
+            DomainError::exists(reason, message)
+        } else {
+            db_err(e)
+        }
+    }
 }
 
 /// Escapes `%`, `_` and the escape character itself for a `LIKE … ESCAPE '\'`

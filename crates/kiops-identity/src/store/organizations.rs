@@ -2,7 +2,7 @@
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, organization};
-use super::{db_err, is_unique_violation, like_contains};
+use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
@@ -28,14 +28,10 @@ impl From<organization::Model> for Organization {
 }
 
 fn code_taken(e: sea_orm::DbErr) -> DomainError {
-    if is_unique_violation(&e) {
-        DomainError::exists(
-            reason::ORGANIZATION_CODE_TAKEN,
-            "an organization with this code already exists",
-        )
-    } else {
-        db_err(e)
-    }
+    taken(
+        reason::ORGANIZATION_CODE_TAKEN,
+        "an organization with this code already exists",
+    )(e)
 }
 
 fn snapshot(o: &Organization) -> serde_json::Value {
@@ -211,11 +207,7 @@ pub async fn delete<C: ConnectionTrait>(
         .map_err(db_err)?;
     super::revocations::record(
         conn,
-        super::revocations::Scope {
-            user_id: "",
-            organization_id: Some(&org.id),
-            session_id: None,
-        },
+        super::revocations::Scope::membership("", &org.id),
         "organization_deleted",
         now,
     )

@@ -192,8 +192,23 @@ pub async fn mark_failed<C: ConnectionTrait>(
     retry_at: i64,
     error: &str,
 ) -> Result<(), DomainError> {
-    outbox::Entity::update_many()
-        .col_expr(outbox::Column::NextAttemptAt, Expr::value(retry_at))
+    failed(conn, id, false, retry_at, error).await
+}
+
+/// Records the failure of one delivery: its error, its next attempt, and
+/// with `erase_secret` its token erased.
+async fn failed<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    erase_secret: bool,
+    next_attempt_at: i64,
+    error: &str,
+) -> Result<(), DomainError> {
+    let mut q = outbox::Entity::update_many();
+    if erase_secret {
+        q = q.col_expr(outbox::Column::Secret, Expr::value(Option::<String>::None));
+    }
+    q.col_expr(outbox::Column::NextAttemptAt, Expr::value(next_attempt_at))
         .col_expr(
             outbox::Column::LastError,
             Expr::value(error.chars().take(500).collect::<String>()),
@@ -231,18 +246,7 @@ pub async fn abandon<C: ConnectionTrait>(
     id: &str,
     error: &str,
 ) -> Result<(), DomainError> {
-    outbox::Entity::update_many()
-        .col_expr(outbox::Column::Secret, Expr::value(Option::<String>::None))
-        .col_expr(outbox::Column::NextAttemptAt, Expr::value(NEVER))
-        .col_expr(
-            outbox::Column::LastError,
-            Expr::value(error.chars().take(500).collect::<String>()),
-        )
-        .filter(outbox::Column::Id.eq(id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(())
+    failed(conn, id, true, NEVER, error).await
 }
 
 /// Messages not yet delivered nor given up (for metrics).

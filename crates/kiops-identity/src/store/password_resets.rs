@@ -4,11 +4,10 @@
 //! account (R15, R16). Each write records its audit event (R19).
 
 use super::entity::password_reset_token as prt;
-use super::{audit, db_err, revocations, sessions, users};
+use super::{audit, db_err, revocations, sessions, single_use, users};
 use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
 use crate::domain::DomainError;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set};
 use serde_json::json;
 
 /// A new reset token (`user.password_reset_requested`).
@@ -63,11 +62,7 @@ pub async fn reset<C: ConnectionTrait>(
         sessions::revoke_all_for_user(conn, &user_id, None, "password_reset", now).await?;
     revocations::record(
         conn,
-        revocations::Scope {
-            user_id: &user_id,
-            organization_id: None,
-            session_id: None,
-        },
+        revocations::Scope::user(&user_id),
         "password_changed",
         now,
     )
@@ -90,16 +85,7 @@ async fn consume<C: ConnectionTrait>(
     token_hash: &str,
     now: i64,
 ) -> Result<Option<String>, DomainError> {
-    let n = prt::Entity::update_many()
-        .col_expr(prt::Column::UsedAt, Expr::value(now))
-        .filter(prt::Column::TokenHash.eq(token_hash))
-        .filter(prt::Column::UsedAt.is_null())
-        .filter(prt::Column::ExpiresAt.gt(now))
-        .exec(conn)
-        .await
-        .map_err(db_err)?
-        .rows_affected;
-    if n != 1 {
+    if !single_use::use_one::<prt::Entity, _>(conn, token_hash, None, now).await? {
         return Ok(None);
     }
     let Some(row) = prt::Entity::find_by_id(token_hash.to_string())
@@ -109,13 +95,7 @@ async fn consume<C: ConnectionTrait>(
     else {
         return Ok(None);
     };
-    prt::Entity::update_many()
-        .col_expr(prt::Column::UsedAt, Expr::value(now))
-        .filter(prt::Column::UserId.eq(&row.user_id))
-        .filter(prt::Column::UsedAt.is_null())
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
+    single_use::use_all::<prt::Entity, _>(conn, &row.user_id, now).await?;
     Ok(Some(row.user_id))
 }
 
@@ -125,10 +105,5 @@ pub async fn owner<C: ConnectionTrait>(
     token_hash: &str,
     now: i64,
 ) -> Result<Option<String>, DomainError> {
-    Ok(prt::Entity::find_by_id(token_hash.to_string())
-        .one(conn)
-        .await
-        .map_err(db_err)?
-        .filter(|t| t.used_at.is_none() && t.expires_at > now)
-        .map(|t| t.user_id))
+    single_use::owner::<prt::Entity, _>(conn, token_hash, now).await
 }

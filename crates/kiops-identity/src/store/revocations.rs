@@ -39,6 +39,34 @@ pub struct Scope<'a> {
     pub session_id: Option<&'a str>,
 }
 
+impl<'a> Scope<'a> {
+    /// Every access of a user.
+    pub fn user(user_id: &'a str) -> Self {
+        Scope {
+            user_id,
+            ..Scope::default()
+        }
+    }
+
+    /// A user's access in one organization (every user's, with `user_id` "").
+    pub fn membership(user_id: &'a str, organization_id: &'a str) -> Self {
+        Scope {
+            user_id,
+            organization_id: Some(organization_id),
+            session_id: None,
+        }
+    }
+
+    /// One session of a user.
+    pub fn session(user_id: &'a str, session_id: &'a str) -> Self {
+        Scope {
+            user_id,
+            organization_id: None,
+            session_id: Some(session_id),
+        }
+    }
+}
+
 pub async fn record<C: ConnectionTrait>(
     conn: &C,
     scope: Scope<'_>,

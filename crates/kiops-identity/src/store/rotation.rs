@@ -275,11 +275,7 @@ async fn reused<T>(
     revoke(&tx, &sess.id, "refresh_token_reused", now).await?;
     revocations::record(
         &tx,
-        revocations::Scope {
-            user_id: &sess.user_id,
-            organization_id: None,
-            session_id: Some(&sess.id),
-        },
+        revocations::Scope::session(&sess.user_id, &sess.id),
         "session_revoked",
         now,
     )

@@ -83,11 +83,7 @@ pub async fn logout<C: ConnectionTrait>(
     revoke(conn, &session.id, "logout", now).await?;
     revocations::record(
         conn,
-        revocations::Scope {
-            user_id: &session.user_id,
-            organization_id: None,
-            session_id: Some(&session.id),
-        },
+        revocations::Scope::session(&session.user_id, &session.id),
         "logout",
         now,
     )

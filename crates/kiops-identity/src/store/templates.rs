@@ -4,7 +4,7 @@
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::permission_template as tpl;
-use super::{db_err, is_unique_violation};
+use super::{db_err, taken};
 use crate::domain::error::reason;
 use crate::domain::DomainError;
 use kiops_token::Permission;
@@ -30,14 +30,10 @@ impl From<tpl::Model> for Template {
 }
 
 fn name_taken(e: sea_orm::DbErr) -> DomainError {
-    if is_unique_violation(&e) {
-        DomainError::exists(
-            reason::ALREADY_EXISTS,
-            "a template with this name already exists in the organization",
-        )
-    } else {
-        db_err(e)
-    }
+    taken(
+        reason::ALREADY_EXISTS,
+        "a template with this name already exists in the organization",
+    )(e)
 }
 
 fn snapshot(t: &Template) -> serde_json::Value {

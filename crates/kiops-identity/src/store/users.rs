@@ -5,7 +5,7 @@
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::entity::{membership, user};
 use super::revocations::{self, Scope};
-use super::{db_err, is_unique_violation, memberships, sessions};
+use super::{db_err, memberships, sessions, taken};
 use crate::domain::error::reason;
 use crate::domain::user::StoredStatus;
 use crate::domain::{Caller, DomainError};
@@ -50,14 +50,6 @@ fn one(row: Result<Option<user::Model>, sea_orm::DbErr>) -> Result<Option<User>,
 }
 
 /// The revocation scope of everything a user holds.
-fn user_scope(user_id: &str) -> Scope<'_> {
-    Scope {
-        user_id,
-        organization_id: None,
-        session_id: None,
-    }
-}
-
 pub async fn create<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
@@ -84,16 +76,10 @@ pub async fn create<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            DomainError::exists(
-                reason::EMAIL_TAKEN,
-                "an account with this email already exists",
-            )
-        } else {
-            db_err(e)
-        }
-    })?;
+    .map_err(taken(
+        reason::EMAIL_TAKEN,
+        "an account with this email already exists",
+    ))?;
     let user = User::try_from(model)?;
     audit::record(
         conn,
@@ -190,12 +176,19 @@ fn pending() -> sea_orm::sea_query::Alias {
     sea_orm::sea_query::Alias::new("login_attempts_pending")
 }
 
-/// `$n` placeholders for PostgreSQL, `?n` for SQLite.
-fn sql_for(backend: DatabaseBackend, pg: &'static str) -> String {
-    match backend {
+/// The statement `pg` for the backend of `conn`: `$n` placeholders for
+/// PostgreSQL, `?n` for SQLite.
+fn statement<C: ConnectionTrait, const N: usize>(
+    conn: &C,
+    pg: &'static str,
+    values: [sea_orm::Value; N],
+) -> Statement {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
         DatabaseBackend::Postgres => pg.to_string(),
         _ => pg.replace('$', "?"),
-    }
+    };
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// Reserves one password attempt for the account, before its password is
@@ -229,10 +222,9 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
          AND (failed_login_count + login_attempts_pending < $3 \
            OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
          RETURNING *";
-    let backend = conn.get_database_backend();
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
+    let stmt = statement(
+        conn,
+        SQL,
         [
             email.into(),
             now.into(),
@@ -288,19 +280,18 @@ pub async fn fail_login<C: ConnectionTrait>(
         Failure::RefusedAfterCheck => (0, 1),
         Failure::Refused => (0, 0),
     };
-    let backend = conn.get_database_backend();
-    conn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, COUNT),
+    conn.execute_raw(statement(
+        conn,
+        COUNT,
         [email.into(), now.into(), counts.into(), held.into()],
     ))
     .await
     .map_err(db_err)?;
     let lock_at = if counts == 1 { threshold } else { i32::MAX };
     let locked = conn
-        .execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql_for(backend, LOCK),
+        .execute_raw(statement(
+            conn,
+            LOCK,
             [
                 email.into(),
                 lock_at.into(),
@@ -333,10 +324,9 @@ pub async fn finish_login<C: ConnectionTrait>(
            THEN login_attempts_pending - 1 ELSE 0 END \
          WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2) \
          AND password_hash = $4";
-    let backend = conn.get_database_backend();
-    let stmt = Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
+    let stmt = statement(
+        conn,
+        SQL,
         [
             user_id.into(),
             now.into(),
@@ -357,14 +347,9 @@ pub async fn release_attempt<C: ConnectionTrait>(
     const SQL: &str = "UPDATE users SET login_attempts_pending = \
          CASE WHEN login_attempts_pending > 0 THEN login_attempts_pending - 1 ELSE 0 END \
          WHERE id = $1";
-    let backend = conn.get_database_backend();
-    conn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        sql_for(backend, SQL),
-        [user_id.into()],
-    ))
-    .await
-    .map_err(db_err)?;
+    conn.execute_raw(statement(conn, SQL, [user_id.into()]))
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -497,7 +482,7 @@ pub async fn change_password<C: ConnectionTrait>(
     let keep = caller.session_id.as_deref();
     let revoked =
         sessions::revoke_all_for_user(conn, user_id, keep, "password_changed", now).await?;
-    revocations::record(conn, user_scope(user_id), "password_changed", now).await?;
+    revocations::record(conn, Scope::user(user_id), "password_changed", now).await?;
     audit::record(
         conn,
         meta,
@@ -533,20 +518,31 @@ pub async fn holds_password<C: ConnectionTrait>(
         .is_some())
 }
 
-async fn set_status<C: ConnectionTrait>(
+/// Sets one column of the account `user_id`, and its `updated_at`.
+async fn set_column<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
-    status: StoredStatus,
+    column: user::Column,
+    value: impl Into<sea_orm::Value>,
     now: i64,
 ) -> Result<(), DomainError> {
     user::Entity::update_many()
-        .col_expr(user::Column::Status, Expr::value(status.as_str()))
+        .col_expr(column, Expr::value(value))
         .col_expr(user::Column::UpdatedAt, Expr::value(now))
         .filter(user::Column::Id.eq(user_id))
         .exec(conn)
         .await
         .map_err(db_err)?;
     Ok(())
+}
+
+async fn set_status<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    status: StoredStatus,
+    now: i64,
+) -> Result<(), DomainError> {
+    set_column(conn, user_id, user::Column::Status, status.as_str(), now).await
 }
 
 /// ReactivateUser (R11).
@@ -577,7 +573,7 @@ pub async fn deactivate<C: ConnectionTrait>(
 ) -> Result<(), DomainError> {
     set_status(conn, user_id, StoredStatus::Inactive, now).await?;
     let revoked = sessions::revoke_all_for_user(conn, user_id, None, "deactivated", now).await?;
-    revocations::record(conn, user_scope(user_id), "deactivated", now).await?;
+    revocations::record(conn, Scope::user(user_id), "deactivated", now).await?;
     audit::record(
         conn,
         meta,
@@ -597,15 +593,10 @@ pub async fn set_platform_admin<C: ConnectionTrait>(
     platform_admin: bool,
     now: i64,
 ) -> Result<(), DomainError> {
-    user::Entity::update_many()
-        .col_expr(user::Column::PlatformAdmin, Expr::value(platform_admin))
-        .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(&before.id))
-        .exec(conn)
-        .await
-        .map_err(db_err)?;
+    let column = user::Column::PlatformAdmin;
+    set_column(conn, &before.id, column, platform_admin, now).await?;
     if !platform_admin {
-        revocations::record(conn, user_scope(&before.id), "platform_admin_revoked", now).await?;
+        revocations::record(conn, Scope::user(&before.id), "platform_admin_revoked", now).await?;
     }
     audit::record(
         conn,
@@ -644,7 +635,7 @@ pub async fn delete<C: ConnectionTrait>(
         .exec(conn)
         .await
         .map_err(db_err)?;
-    revocations::record(conn, user_scope(&user.id), "deleted", now).await
+    revocations::record(conn, Scope::user(&user.id), "deleted", now).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

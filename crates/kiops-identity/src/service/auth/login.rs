@@ -30,7 +30,7 @@ pub async fn login(app: App, meta: RequestMeta, r: LoginRequest) -> Result<Token
         None => None,
     };
     v.into_result()?;
-    let email = email.map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    let email = email?;
 
     app.throttle.check(&meta.peer, Some(&email))?;
     let now = app.clock.now_ms();
@@ -127,8 +127,7 @@ pub async fn logout(
     caller: Caller,
     r: LogoutRequest,
 ) -> Result<(), DomainError> {
-    validate::opaque_token("refresh_token", &r.refresh_token)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("refresh_token", &r.refresh_token)?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let session = sessions::find_by_refresh(&tx, &hash_token(&r.refresh_token)).await?;

@@ -23,10 +23,12 @@ pub use signup::{sign_up, SignedUp};
 pub use verification::{resend_verification_email, verify_email};
 
 use crate::app::App;
-use crate::domain::DomainError;
+use crate::domain::audit::RequestMeta;
+use crate::domain::model::StoredStatus;
+use crate::domain::{validate, DomainError};
 use crate::store::rotation::Orgs;
 use crate::store::users::User;
-use crate::store::{memberships, WriteTx};
+use crate::store::{memberships, users, WriteTx};
 use kiops_token::{IssueRequest, JwkSet};
 use std::future::Future;
 
@@ -95,4 +97,34 @@ where
             tracing::warn!(error = %e, "{what}");
         }
     });
+}
+
+/// Answers a request about the account of `email` at once, in the same time
+/// whether it exists or not (no enumeration): throttled per peer and per
+/// email; `work` runs after the answer, only for an account that exists and
+/// is not Inactive, its failure logged as `what`.
+fn for_account_after_answer<F, W>(
+    app: &App,
+    meta: &RequestMeta,
+    email: &str,
+    what: &'static str,
+    work: F,
+) -> Result<(), DomainError>
+where
+    F: FnOnce(App, RequestMeta, User) -> W + Send + 'static,
+    W: Future<Output = Result<(), DomainError>> + Send,
+{
+    let email = validate::email("email", email)?;
+    app.throttle.check(&meta.peer, Some(&email))?;
+    let (app, meta) = (app.clone(), meta.clone());
+    after_answer(what, async move {
+        let Some(user) = users::find_by_email(app.store.conn(), &email).await? else {
+            return Ok(());
+        };
+        if user.status == StoredStatus::Inactive {
+            return Ok(());
+        }
+        work(app, meta, user).await
+    });
+    Ok(())
 }

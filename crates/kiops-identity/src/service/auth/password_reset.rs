@@ -1,12 +1,11 @@
 //! RequestPasswordReset and ResetPassword (R14): single-use emailed tokens;
 //! a reset unlocks the account and revokes every session (R15, R16).
 
-use super::after_answer;
+use super::for_account_after_answer;
 use crate::app::App;
 use crate::auth::secrets::hash_token;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::reason;
-use crate::domain::model::StoredStatus;
 use crate::domain::{password_policy, validate, DomainError};
 use crate::service::credentials;
 use crate::store::logins::actor_of;
@@ -20,17 +19,8 @@ pub async fn request_password_reset(
     meta: &RequestMeta,
     email: &str,
 ) -> Result<(), DomainError> {
-    let email =
-        validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    app.throttle.check(&meta.peer, Some(&email))?;
-    let (app, meta) = (app.clone(), meta.clone());
-    after_answer("password reset request failed", async move {
-        let Some(user) = users::find_by_email(app.store.conn(), &email).await? else {
-            return Ok(());
-        };
-        if user.status == StoredStatus::Inactive {
-            return Ok(());
-        }
+    let what = "password reset request failed";
+    for_account_after_answer(app, meta, email, what, |app, meta, user| async move {
         let now = app.clock.now_ms();
         let tx = app.store.begin_write().await?;
         credentials::queue_password_reset(&app, &tx, &meta, Actor::Anonymous, &user, false, now)
@@ -38,8 +28,7 @@ pub async fn request_password_reset(
         tx.commit().await?;
         app.mail_wakeup.notify_one();
         Ok(())
-    });
-    Ok(())
+    })
 }
 
 /// Sets a new password with a reset token: unlocks the account and
@@ -49,9 +38,8 @@ pub async fn reset_password(
     meta: RequestMeta,
     r: ResetPasswordRequest,
 ) -> Result<(), DomainError> {
-    validate::opaque_token("token", &r.token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    validate::password_input("new_password", &r.new_password)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", &r.token)?;
+    validate::password_input("new_password", &r.new_password)?;
     app.throttle.check(&meta.peer, None)?;
     let invalid = || {
         DomainError::precondition(
@@ -68,8 +56,7 @@ pub async fn reset_password(
     let user = users::find_by_id(app.store.conn(), &owner)
         .await?
         .ok_or_else(invalid)?;
-    password_policy::check("new_password", &r.new_password, &user.email)
-        .map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    password_policy::check("new_password", &r.new_password, &user.email)?;
     let new_hash = app.hasher.hash(r.new_password).await?;
     let tx = app.store.begin_write().await?;
     if !password_resets::reset(&tx, &meta, actor_of(&user), &hash, new_hash, now).await? {

@@ -1,12 +1,11 @@
 //! Email verification (issue 20 item 8): VerifyEmail uses an emailed
 //! single-use token; ResendVerificationEmail replaces it.
 
-use super::{after_answer, VERIFICATION_TOKEN_PREFIX};
+use super::{for_account_after_answer, VERIFICATION_TOKEN_PREFIX};
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::reason;
-use crate::domain::model::StoredStatus;
 use crate::domain::{validate, DomainError};
 use crate::store::logins::actor_of;
 use crate::store::users::{self, User};
@@ -45,7 +44,7 @@ pub(super) async fn queue_verification_email(
 /// token is used by a conditional UPDATE: a resend that committed first
 /// has killed it.
 pub async fn verify_email(app: App, meta: RequestMeta, token: String) -> Result<(), DomainError> {
-    validate::opaque_token("token", &token).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
+    validate::opaque_token("token", &token)?;
     app.throttle.check(&meta.peer, None)?;
     let invalid = || {
         DomainError::precondition(
@@ -75,15 +74,9 @@ pub async fn resend_verification_email(
     meta: &RequestMeta,
     email: &str,
 ) -> Result<(), DomainError> {
-    let email =
-        validate::email("email", email).map_err(|e| DomainError::InvalidArgument(vec![e]))?;
-    app.throttle.check(&meta.peer, Some(&email))?;
-    let (app, meta) = (app.clone(), meta.clone());
-    after_answer("verification email resend failed", async move {
-        let Some(found) = users::find_by_email(app.store.conn(), &email).await? else {
-            return Ok(());
-        };
-        if found.email_verified || found.status == StoredStatus::Inactive {
+    let what = "verification email resend failed";
+    for_account_after_answer(app, meta, email, what, |app, meta, found| async move {
+        if found.email_verified {
             return Ok(());
         }
         let now = app.clock.now_ms();
@@ -100,6 +93,5 @@ pub async fn resend_verification_email(
         tx.commit().await?;
         app.mail_wakeup.notify_one();
         Ok(())
-    });
-    Ok(())
+    })
 }
