@@ -2,6 +2,8 @@
 //! the next one is answered RESOURCE_EXHAUSTED at once. Queueing instead
 //! would let a burst grow memory and latency without bound, and a client
 //! that is told "not now" can back off or try another replica.
+//!
+//! Rules: H9 (docs/rules.md).
 
 use crate::domain::error::{reason, ERROR_DOMAIN};
 use crate::metrics::Metrics;

@@ -5,6 +5,8 @@
 //! streams of a kind at once (`--max-watches-per-caller`,
 //! `--max-exports-per-caller`). The re-check of the caller's right is in
 //! `api::streams`.
+//!
+//! Rules: H7 (docs/rules.md).
 
 use crate::domain::error::reason;
 use crate::domain::{Caller, DomainError};

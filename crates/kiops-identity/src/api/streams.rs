@@ -7,6 +7,8 @@
 //!   right to it (account active, session live, token unexpired,
 //!   PlatformAdmin or audit permission as now stored), and ends with that
 //!   refusal the moment the answer is no.
+//!
+//! Rules: H7 (docs/rules.md).
 
 use crate::app::App;
 use crate::domain::error::reason;

@@ -86,7 +86,7 @@ pub fn check_set_platform_admin(caller: &Caller, target_user_id: &str) -> Result
     Ok(())
 }
 
-/// R1 + R2 for SetPermissions and ApplyPermissionTemplate: nobody changes
+/// R1 + R2 + H4 for SetPermissions and ApplyPermissionTemplate: nobody changes
 /// their own permissions, PlatformAdmins included (they hold every category
 /// anyway; the rule has no exception so no grant survives a later demotion).
 pub fn check_permission_change(
@@ -104,7 +104,7 @@ pub fn check_permission_change(
     Ok(())
 }
 
-/// The platform keeps an active PlatformAdmin: `active_admins` are the ids
+/// H5: the platform keeps an active PlatformAdmin: `active_admins` are the ids
 /// of the active PlatformAdmins, read under lock in the transaction that
 /// would unflag, deactivate or delete `target_user_id`.
 pub fn check_keeps_a_platform_admin(active_admins: &[String], target_user_id: &str) -> Result {
@@ -117,7 +117,7 @@ pub fn check_keeps_a_platform_admin(active_admins: &[String], target_user_id: &s
     Ok(())
 }
 
-/// The caller is still an active PlatformAdmin under that same lock: one
+/// H5: the caller is still an active PlatformAdmin under that same lock: one
 /// unflagged or deactivated while the request was in flight acts no more.
 pub fn require_still_platform_admin(caller: &Caller, active_admins: &[String]) -> Result {
     if active_admins.contains(&caller.user_id) {

@@ -1,7 +1,7 @@
 //! Join requests (R7, R8): a user asks to join an organization, a Manager of
 //! it approves (the requester becomes a Member) or rejects. A request is
 //! decided once, from PENDING; only a requester whose address is proven is
-//! approved (issue 20 item 8).
+//! approved (H8).
 
 use super::error::{reason, DomainError};
 

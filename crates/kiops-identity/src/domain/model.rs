@@ -1,4 +1,6 @@
 //! Plain domain types shared by the layers.
+//!
+//! Rules: H1 (docs/rules.md).
 
 pub use crate::domain::user::{StoredStatus, UserStatus};
 pub use kiops_token::{Permission, Role};

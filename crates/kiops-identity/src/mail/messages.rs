@@ -3,7 +3,7 @@
 //!
 //! A text that carries a token is stored with [`SECRET_MARK`] where the token
 //! goes, and the token apart (`NewEmail::secret`): the sender puts it in with
-//! [`render`] at delivery, then the outbox forgets it (issue 20 item 3).
+//! [`render`] at delivery, then the outbox forgets it (H3).
 
 use super::MailSettings;
 use crate::store::outbox::{EmailSecret, NewEmail};

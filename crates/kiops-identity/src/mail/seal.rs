@@ -1,4 +1,4 @@
-//! Sealed tokens in the outbox (issue 20 item 3). A queued message keeps
+//! Sealed tokens in the outbox (H3). A queued message keeps
 //! its single-use token until delivery; on PostgreSQL the row versions
 //! written before delivery stay in the pages (and WAL) of every physical
 //! copy until vacuumed. With a key that is not in the database (an outbox

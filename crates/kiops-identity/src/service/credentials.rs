@@ -1,5 +1,7 @@
 //! Checking a password against the lockout rule (R11, R12) and queueing a
 //! password-reset email: steps that several use cases share.
+//!
+//! Rules: H2, R12 (docs/rules.md).
 
 use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};

@@ -1,5 +1,7 @@
 //! The authenticated caller's current state: account and session, one read
 //! (the rule that decides on it is `domain::membership::caller_from_state`).
+//!
+//! Rules: H1 (docs/rules.md).
 
 use super::db_err;
 use crate::domain::membership::CallerState;

@@ -1,4 +1,4 @@
-//! Email-verification tokens (issue 20 item 8): single use, valid 24 hours,
+//! Email-verification tokens (H8): single use, valid 24 hours,
 //! only a SHA-256 stored. A token is used by one conditional UPDATE, and
 //! issuing a new one kills every older one in the same transaction, so of a
 //! resend and a verification with the old token at the same instant only

@@ -3,6 +3,8 @@
 //! racing accepts cannot both win and a resend that committed first kills
 //! the old token; expiry is computed from the clock at read time. The
 //! lifecycle itself is `domain::invitation`; this module applies it.
+//!
+//! Rules: H10 (docs/rules.md).
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
 use super::db_err;
@@ -250,7 +252,7 @@ pub enum Acceptor {
 
 /// Accepts with the token `i` was found by, and applies what accepting
 /// means: the account is created (or its address marked proven: the link
-/// reached it, issue 20 item 8) and joins the organization in the
+/// reached it, H8) and joins the organization in the
 /// invitation's role. Returns the member's user id, or None if the token was
 /// not consumed.
 pub async fn accept<C: ConnectionTrait>(

@@ -1,6 +1,8 @@
 //! The failure halves of a login attempt (R11, R12): each applies its change
 //! to the account's counters and records its audit events (R19) in the
 //! caller's transaction.
+//!
+//! Rules: H2 (docs/rules.md).
 
 use super::audit;
 use super::users::{self, User};

@@ -96,7 +96,7 @@ impl Store {
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
                     // Freed row space is zeroed, so an erased outbox token
-                    // does not linger in the file (issue 20 item 3).
+                    // does not linger in the file (H3).
                     .pragma("secure_delete", "ON")
             })
             // A transaction whose request was dropped half-way can reach

@@ -4,7 +4,7 @@
 //! send the same message at once, and a crash before `mark_sent` only delays
 //! it until the lease runs out.
 //!
-//! No usable secret at rest (issue 20 item 3): a message that carries a
+//! No usable secret at rest (H3): a message that carries a
 //! single-use token (invitation, password reset, email verification) stores
 //! its text with a placeholder and the token in `secret`. The sender puts
 //! the token in at delivery; the UPDATE that records the delivery erases it,

@@ -8,6 +8,8 @@
 //! committed rows, by one sequencer at a time (`sequence`), so what any
 //! reader sees is always a prefix of `seq` order: resuming after the last
 //! `seq` seen cannot skip an event.
+//!
+//! Rules: H6 (docs/rules.md).
 
 use super::db_err;
 use super::entity::revocation_event as rev;

@@ -2,6 +2,8 @@
 //! ending a session records its audit event (R19), and ending one its
 //! revocation event (R16), in the caller's transaction. Refresh's rotation
 //! is `rotation`'s.
+//!
+//! Rules: H1 (docs/rules.md).
 
 use super::entity::{refresh_token, session};
 use super::{audit, db_err, revocations};

@@ -54,7 +54,7 @@ pub async fn sign_up(
             name,
             password_hash,
             platform_admin: false,
-            // Unproven until the emailed link is used (issue 20 item 8).
+            // Unproven until the emailed link is used (H8).
             email_verified: false,
         },
         now,

@@ -1,4 +1,4 @@
-//! Email verification (issue 20 item 8): VerifyEmail uses an emailed
+//! Email verification (H8): VerifyEmail uses an emailed
 //! single-use token; ResendVerificationEmail replaces it.
 
 use super::{for_account_after_answer, VERIFICATION_TOKEN_PREFIX};
