@@ -1,10 +1,10 @@
 //! Per-request context: request id, peer address, and the authenticated caller.
 
 use crate::app::App;
+use crate::domain::audit::RequestMeta;
 use crate::domain::error::reason;
 use crate::domain::membership::{caller_from_state, invalid_token};
 use crate::domain::{Caller, DomainError};
-use crate::store::audit::RequestMeta;
 use crate::store::callers;
 use tonic::Request;
 

@@ -27,7 +27,7 @@ pub fn user(u: &User, now_ms: i64) -> v1::User {
 
 use crate::domain::membership::{Member, Membership, Template};
 use crate::domain::model::{effective_permissions, Role};
-use crate::store::organizations::Organization;
+use crate::domain::organization::Organization;
 use kiops_token::Permission;
 
 pub fn organization(o: &Organization) -> v1::Organization {
