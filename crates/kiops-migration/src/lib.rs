@@ -14,6 +14,7 @@ mod m20261126_000005_session_access_facts;
 mod m20261126_000006_login_attempts;
 mod m20261126_000007_email_verification;
 mod m20261126_000009_revocation_commit_order;
+mod m20261126_000010_service_accounts;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000006_login_attempts::Migration),
             Box::new(m20261126_000007_email_verification::Migration),
             Box::new(m20261126_000009_revocation_commit_order::Migration),
+            Box::new(m20261126_000010_service_accounts::Migration),
         ]
     }
 }

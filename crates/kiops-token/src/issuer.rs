@@ -1,6 +1,6 @@
 //! Minting access tokens (used by kiops-identity).
 
-use crate::claims::{Claims, OrgClaims};
+use crate::claims::{Claims, OrgClaims, TokenKind};
 use crate::error::KeyError;
 use crate::keys::SigningKey;
 use crate::ACCESS_TOKEN_TYP;
@@ -22,6 +22,19 @@ pub struct IssueRequest {
     pub session_id: Option<String>,
     /// Becomes the `email_verified` claim.
     pub email_verified: bool,
+}
+
+/// What the server knows about a service account when it mints its token.
+#[derive(Debug, Clone)]
+pub struct ServiceIssueRequest {
+    pub service_account_id: String,
+    pub name: String,
+    /// Owner organization; None for a platform account.
+    pub owner_org: Option<String>,
+    pub scopes: Vec<String>,
+    /// The credential exchanged: becomes `sid`, so removing it revokes the
+    /// token like ending a session does.
+    pub credential_id: String,
 }
 
 /// A signed token and the facts a caller needs about it.
@@ -120,7 +133,43 @@ impl Issuer {
             orgs: req.orgs,
             sid: req.session_id,
             email_verified: req.email_verified,
+            kind: TokenKind::User,
+            scope: None,
+            owner_org: None,
         };
+        self.sign(claims, now, jti)
+    }
+
+    /// A service token at a given time: no `orgs`, `pa` false, `kind`
+    /// "service", the account's scopes in `scope`.
+    pub fn issue_service_at(
+        &self,
+        req: ServiceIssueRequest,
+        now: u64,
+    ) -> Result<IssuedToken, KeyError> {
+        let jti = uuid::Uuid::now_v7().to_string();
+        let claims = Claims {
+            iss: self.iss.clone(),
+            aud: self.aud.clone(),
+            sub: req.service_account_id,
+            exp: now + self.ttl_secs,
+            iat: now,
+            nbf: now,
+            jti: jti.clone(),
+            email: String::new(),
+            name: req.name,
+            pa: false,
+            orgs: BTreeMap::new(),
+            sid: Some(req.credential_id),
+            email_verified: false,
+            kind: TokenKind::Service,
+            scope: Some(req.scopes.join(" ")),
+            owner_org: req.owner_org,
+        };
+        self.sign(claims, now, jti)
+    }
+
+    fn sign(&self, claims: Claims, now: u64, jti: String) -> Result<IssuedToken, KeyError> {
         let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::Signing(e.to_string()))?;
         let mut token = self.header_b64.clone();
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);

@@ -39,9 +39,9 @@ pub mod guard;
 pub mod remote;
 
 pub use authority::{Authority, Denial, Revocation};
-pub use claims::{Claims, OrgClaims};
+pub use claims::{scope, Claims, OrgClaims, TokenKind};
 pub use error::{KeyError, VerifyError};
-pub use issuer::{IssueRequest, IssuedToken, Issuer};
+pub use issuer::{IssueRequest, IssuedToken, Issuer, ServiceIssueRequest};
 pub use keys::{Jwk, JwkSet, SigningKey};
 pub use model::{ParseError, Permission, Role};
 pub use verifier::Verifier;

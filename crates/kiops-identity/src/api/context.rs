@@ -4,6 +4,7 @@ use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::reason;
 use crate::domain::membership::{caller_from_state, invalid_token};
+use crate::domain::service_account::{require_scope, service_caller_from_state, Scope};
 use crate::domain::{Caller, DomainError};
 use crate::store::callers;
 use tonic::Request;
@@ -45,10 +46,23 @@ fn bearer<T>(req: &Request<T>) -> Result<&str, DomainError> {
 }
 
 /// What every authenticated handler starts with: request metadata, the
-/// authenticated caller, and the message.
+/// authenticated caller, and the message. Service accounts are refused
+/// (R25: an RPC is closed to them unless it names the scope that opens it,
+/// with `start_scoped`).
 pub async fn start<T>(app: &App, req: Request<T>) -> Result<(RequestMeta, Caller, T), DomainError> {
+    start_scoped(app, req, None).await
+}
+
+/// `start` for an RPC that a service account holding `scope` may call;
+/// people are authorised by the use case as before.
+pub async fn start_scoped<T>(
+    app: &App,
+    req: Request<T>,
+    scope: Option<Scope>,
+) -> Result<(RequestMeta, Caller, T), DomainError> {
     let meta = request_meta(&req);
     let caller = authenticate(app, &req).await?;
+    require_scope(&caller, scope)?;
     Ok((meta, caller, req.into_inner()))
 }
 
@@ -61,7 +75,9 @@ pub async fn authenticate_optional<T>(
     if req.metadata().get("authorization").is_none() {
         return Ok(None);
     }
-    authenticate(app, req).await.map(Some)
+    let caller = authenticate(app, req).await?;
+    require_scope(&caller, None)?;
+    Ok(Some(caller))
 }
 
 /// Verifies the bearer token with the same verifier downstream services
@@ -77,6 +93,16 @@ pub async fn authenticate<T>(app: &App, req: &Request<T>) -> Result<Caller, Doma
 /// from current state (account and session, one read; the rule is
 /// `caller_from_state`, the same CheckPermission applies to its own read).
 pub async fn caller_of(app: &App, claims: kiops_token::Claims) -> Result<Caller, DomainError> {
+    if claims.is_service() {
+        let state = callers::service_caller_state(
+            app.store.conn(),
+            &claims.sub,
+            claims.sid.as_deref().unwrap_or_default(),
+        )
+        .await?;
+        let token_scopes = Scope::split(claims.scope.as_deref().unwrap_or_default());
+        return service_caller_from_state(claims.sub, claims.sid, &token_scopes, state);
+    }
     let state = callers::caller_state(
         app.store.conn(),
         &claims.sub,

@@ -69,6 +69,14 @@ impl From<DomainError> for Status {
                 message,
                 info(reason, HashMap::new()),
             ),
+            DomainError::ScopeRequired { scope } => {
+                let meta = HashMap::from([("scope".to_string(), scope.unwrap_or("").to_string())]);
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    DomainError::ScopeRequired { scope }.to_string(),
+                    info(reason::SCOPE_REQUIRED, meta),
+                )
+            }
             DomainError::NotFound { resource } => {
                 let meta = HashMap::from([("resource".to_string(), resource.to_string())]);
                 Status::with_error_details(

@@ -21,6 +21,11 @@ pub enum Actor {
         id: String,
         email: String,
     },
+    /// A service account (R25): `actor_type` "service", its id as actor.
+    Service {
+        id: String,
+        name: String,
+    },
     /// Unauthenticated (a failed login, a signup).
     Anonymous,
     /// The server itself (bootstrap, key generation).
@@ -73,7 +78,7 @@ impl AuditEntry {
 pub struct AuditEvent {
     pub id: String,
     pub occurred_at_ms: i64,
-    /// `user`, `anonymous` or `system`.
+    /// `user`, `service`, `anonymous` or `system`.
     pub actor_type: String,
     pub actor_id: Option<String>,
     pub actor_email: Option<String>,

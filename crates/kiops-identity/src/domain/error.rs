@@ -80,6 +80,19 @@ pub mod reason {
     pub const DATABASE_UNAVAILABLE: &str = "DATABASE_UNAVAILABLE";
     pub const CONFLICT: &str = "CONFLICT";
     pub const INTERNAL: &str = "INTERNAL";
+    /// A service account called an RPC its scopes do not reach (metadata
+    /// `scope`: the scope that would, empty when none does).
+    pub const SCOPE_REQUIRED: &str = "SCOPE_REQUIRED";
+    /// A service-account assertion that is malformed, expired, too
+    /// long-lived or for another audience.
+    pub const INVALID_ASSERTION: &str = "INVALID_ASSERTION";
+    /// A service-account assertion whose `jti` was already exchanged.
+    pub const ASSERTION_REPLAYED: &str = "ASSERTION_REPLAYED";
+    /// The service account is bound to a client certificate the connection
+    /// did not present.
+    pub const CERTIFICATE_REQUIRED: &str = "CERTIFICATE_REQUIRED";
+    pub const SERVICE_ACCOUNT_NAME_TAKEN: &str = "SERVICE_ACCOUNT_NAME_TAKEN";
+    pub const TOO_MANY_CREDENTIALS: &str = "TOO_MANY_CREDENTIALS";
 }
 
 /// The domain error. Messages are safe to show to the caller: they never
@@ -99,6 +112,10 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// R25: a service account lacks the scope an RPC needs (None: no scope
+    /// reaches it; only people may call it).
+    #[error("{}", scope_message(*.scope))]
+    ScopeRequired { scope: Option<&'static str> },
     #[error("{resource} not found")]
     NotFound { resource: &'static str },
     #[error("{message}")]
@@ -131,6 +148,13 @@ pub enum DomainError {
     /// A bug or an unexpected failure. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
+}
+
+fn scope_message(scope: Option<&str>) -> String {
+    match scope {
+        Some(s) => format!("this service account lacks the scope {s}"),
+        None => "service accounts cannot call this RPC".to_string(),
+    }
 }
 
 /// A single bad field.

@@ -106,6 +106,7 @@ pub fn caller_from_state(
         email: state.email,
         platform_admin: state.platform_admin,
         session_id,
+        service: None,
     })
 }
 

@@ -9,11 +9,17 @@ pub use kiops_token::{Permission, Role};
 /// claims), so a deactivation or demotion takes effect on the very next call.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The token's subject: a user id, or a service account's id.
     pub user_id: String,
+    /// Empty for a service account.
     pub email: String,
+    /// Always false for a service account.
     pub platform_admin: bool,
-    /// Session of the access token, when the token names one.
+    /// Session of the access token, when the token names one; for a
+    /// service account, the credential its token was exchanged for.
     pub session_id: Option<String>,
+    /// Set when a service account calls (R25): its owner and scopes.
+    pub service: Option<crate::domain::service_account::ServiceCaller>,
 }
 
 impl Caller {
@@ -25,14 +31,21 @@ impl Caller {
             email: "me@x.io".into(),
             platform_admin,
             session_id: None,
+            service: None,
         }
     }
 
     /// The caller as the actor of the audit events it causes.
     pub fn actor(&self) -> crate::domain::audit::Actor {
-        crate::domain::audit::Actor::User {
-            id: self.user_id.clone(),
-            email: self.email.clone(),
+        match &self.service {
+            Some(s) => crate::domain::audit::Actor::Service {
+                id: self.user_id.clone(),
+                name: s.name.clone(),
+            },
+            None => crate::domain::audit::Actor::User {
+                id: self.user_id.clone(),
+                email: self.email.clone(),
+            },
         }
     }
 }

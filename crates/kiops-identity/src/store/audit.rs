@@ -16,6 +16,7 @@ pub async fn record<C: ConnectionTrait>(
 ) -> Result<(), DomainError> {
     let (actor_type, actor_id, actor_email) = match entry.actor {
         Actor::User { id, email } => ("user", Some(id), Some(email)),
+        Actor::Service { id, .. } => ("service", Some(id), None),
         Actor::Anonymous => ("anonymous", None, None),
         Actor::System => ("system", None, None),
     };

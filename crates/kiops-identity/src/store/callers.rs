@@ -6,6 +6,7 @@
 use super::db_err;
 use crate::domain::membership::CallerState;
 use crate::domain::model::{SessionState, StoredStatus};
+use crate::domain::service_account::{AccountStatus, Owner, Scope, ServiceCallerState};
 use crate::domain::DomainError;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 
@@ -45,5 +46,44 @@ pub async fn caller_state<C: ConnectionTrait>(
             revoked_at_ms: row.try_get("", "revoked_at").map_err(db_err)?,
             expires_at_ms: row.try_get("", "expires_at").map_err(db_err)?,
         },
+    }))
+}
+
+/// The service account of a service token and whether the token's
+/// credential still belongs to it, one statement (R25).
+const SERVICE_SQL: &str = "SELECT a.name, a.organization_id, a.scopes, a.status, \
+     c.id AS credential_id \
+     FROM service_accounts a \
+     LEFT JOIN service_account_credentials c ON c.id = $2 AND c.service_account_id = a.id \
+     WHERE a.id = $1";
+
+/// `None` when the account does not exist.
+pub async fn service_caller_state<C: ConnectionTrait>(
+    conn: &C,
+    account_id: &str,
+    credential_id: &str,
+) -> Result<Option<ServiceCallerState>, DomainError> {
+    static SQLITE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| SERVICE_SQL.replace('$', "?"));
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DatabaseBackend::Sqlite => SQLITE.clone(),
+        _ => SERVICE_SQL.to_string(),
+    };
+    let stmt =
+        Statement::from_sql_and_values(backend, sql, [account_id.into(), credential_id.into()]);
+    let Some(row) = conn.query_one_raw(stmt).await.map_err(db_err)? else {
+        return Ok(None);
+    };
+    let org: Option<String> = row.try_get("", "organization_id").map_err(db_err)?;
+    let scopes: String = row.try_get("", "scopes").map_err(db_err)?;
+    let status: String = row.try_get("", "status").map_err(db_err)?;
+    let credential: Option<String> = row.try_get("", "credential_id").map_err(db_err)?;
+    Ok(Some(ServiceCallerState {
+        name: row.try_get("", "name").map_err(db_err)?,
+        owner: Owner::from_org_id(org.as_deref()),
+        scopes: Scope::split(&scopes),
+        status: AccountStatus::parse(&status)?,
+        credential_found: credential.is_some(),
     }))
 }
