@@ -35,6 +35,8 @@ pub enum VerifyError {
 pub enum KeyError {
     #[error("invalid Ed25519 private key: {0}")]
     InvalidPrivateKey(String),
+    #[error("invalid Ed25519 public key: {0}")]
+    InvalidPublicKey(String),
     #[error("invalid JWK: {0}")]
     InvalidJwk(String),
     #[error("signing failed: {0}")]

@@ -31,6 +31,7 @@ mod error;
 mod issuer;
 mod keys;
 mod model;
+pub mod service_account;
 mod verifier;
 
 #[cfg(feature = "tonic")]
