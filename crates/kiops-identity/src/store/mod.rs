@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod password_resets;
 pub mod revocations;
 pub mod rotation;
+pub mod service_tokens;
 pub mod sessions;
 mod single_use;
 mod sqlite_direct;
