@@ -98,6 +98,8 @@ struct World {
     invitation: String,
     invite_token: String,
     join_request: String,
+    /// A platform service account and one of its client secrets.
+    service_secret: (String, String),
     refresh_token: String,
     reset_token: String,
     verify_token: String,
@@ -432,10 +434,45 @@ impl Env {
             let mail = self.sink.wait_for(&email, 1).await;
             w.verify_token = mail.token("kv").expect("verification token");
         }
+        if rpc == "AuthService/IssueServiceAccountToken" {
+            w.service_secret = self.service_secret(n).await;
+        }
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
             w.fresh = self.fresh_callers(&org).await;
         }
         w
+    }
+
+    /// A new platform service account and a client secret of it.
+    async fn service_secret(&self, n: usize) -> (String, String) {
+        let mut c = self.c.service_accounts.clone();
+        let id = c
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    name: format!("matrix-{n}"),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("service account")
+            .into_inner()
+            .service_account
+            .expect("account")
+            .service_account_id;
+        let secret = c
+            .add_service_account_secret(authed(
+                AddServiceAccountSecretRequest {
+                    service_account_id: id.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("secret")
+            .into_inner()
+            .secret;
+        (id, secret)
     }
 
     /// The target of row `rpc`: a Member. Rows that change the account
@@ -590,6 +627,18 @@ impl Env {
                 })
             }
             "AuthService/GetJwks" => Rpc::GetJwks(GetJwksRequest {}),
+            "AuthService/IssueServiceAccountToken" => {
+                Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
+                    credential: Some(
+                        issue_service_account_token_request::Credential::ClientSecret(
+                            ClientSecret {
+                                service_account_id: w.service_secret.0.clone(),
+                                secret: w.service_secret.1.clone(),
+                            },
+                        ),
+                    ),
+                })
+            }
             "AuthService/WatchRevocations" => {
                 Rpc::WatchRevocations(WatchRevocationsRequest::default())
             }

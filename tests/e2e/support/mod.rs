@@ -19,6 +19,7 @@ use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::membership_service_client::MembershipServiceClient;
 use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
+use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database};
@@ -437,6 +438,7 @@ pub struct Clients {
     pub invitations: InvitationServiceClient<Channel>,
     pub approvals: ApprovalServiceClient<Channel>,
     pub audit: AuditServiceClient<Channel>,
+    pub service_accounts: ServiceAccountServiceClient<Channel>,
 }
 
 impl Clients {
@@ -448,7 +450,8 @@ impl Clients {
             members: MembershipServiceClient::new(ch.clone()),
             invitations: InvitationServiceClient::new(ch.clone()),
             approvals: ApprovalServiceClient::new(ch.clone()),
-            audit: AuditServiceClient::new(ch),
+            audit: AuditServiceClient::new(ch.clone()),
+            service_accounts: ServiceAccountServiceClient::new(ch),
         }
     }
 }

@@ -68,6 +68,7 @@ rpcs! {
     "AuthService/ResetPassword" => ResetPassword(ResetPasswordRequest): auth.reset_password;
     "AuthService/GetJwks" => GetJwks(GetJwksRequest): auth.get_jwks;
     "AuthService/WatchRevocations" => WatchRevocations(WatchRevocationsRequest): auth.watch_revocations;
+    "AuthService/IssueServiceAccountToken" => IssueServiceAccountToken(IssueServiceAccountTokenRequest): auth.issue_service_account_token;
     "InvitationService/CreateInvitation" => CreateInvitation(CreateInvitationRequest): invitations.create_invitation;
     "InvitationService/ListInvitations" => ListInvitations(ListInvitationsRequest): invitations.list_invitations;
     "InvitationService/ResendInvitation" => ResendInvitation(ResendInvitationRequest): invitations.resend_invitation;
