@@ -127,7 +127,7 @@ pub fn parse(token: &str, audience: &str, now: u64) -> Result<Assertion, DomainE
         credential_id,
         jti: payload.jti,
         exp: payload.exp,
-        signed: token[..h.len() + 1 + p.len()].as_bytes().to_vec(),
+        signed: token.as_bytes()[..h.len() + 1 + p.len()].to_vec(),
         signature,
     })
 }
