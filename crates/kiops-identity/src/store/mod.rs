@@ -25,6 +25,8 @@ pub mod outbox;
 pub mod password_resets;
 pub mod revocations;
 pub mod rotation;
+pub mod service_accounts;
+pub mod service_credentials;
 pub mod service_tokens;
 pub mod sessions;
 mod single_use;
