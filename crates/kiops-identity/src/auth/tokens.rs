@@ -138,12 +138,6 @@ impl TokenService {
         self.current().jwks.clone()
     }
 
-    /// The configured `iss` of this server's tokens: the `aud` of service
-    /// account assertions.
-    pub fn issuer(&self) -> &str {
-        &self.settings.issuer
-    }
-
     pub fn access_ttl_secs(&self) -> u64 {
         self.current().issuer.ttl_secs()
     }
