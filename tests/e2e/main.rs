@@ -29,5 +29,6 @@ mod readme;
 mod redteam;
 mod redteam_ways_in;
 mod server;
+mod service_accounts;
 mod stress;
 mod ways_in;
