@@ -128,6 +128,9 @@ struct World {
     refresh_token: String,
     reset_token: String,
     verify_token: String,
+    /// A service account of the organization, and its one secret.
+    service_account: String,
+    credential: String,
     /// Fresh callers for rows that consume the caller.
     fresh: BTreeMap<&'static str, String>,
 }
@@ -465,7 +468,58 @@ impl Env {
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
             w.fresh = self.fresh_callers(&org).await;
         }
+        if rpc.starts_with("ServiceAccountService/")
+            && rpc != "ServiceAccountService/CreateServiceAccount"
+        {
+            self.service_account(&mut w, n, rpc.ends_with("/EnableServiceAccount"))
+                .await;
+        }
         w
+    }
+
+    /// An account of the world's organization with one secret, made by the
+    /// PlatformAdmin; `disabled` for the row that enables it.
+    async fn service_account(&self, w: &mut World, n: usize, disabled: bool) {
+        let mut sa = self.c.service_accounts.clone();
+        w.service_account = sa
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    organization_id: w.org.clone(),
+                    name: format!("sa-{n}"),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("create service account")
+            .into_inner()
+            .service_account
+            .expect("service account")
+            .service_account_id;
+        w.credential = sa
+            .add_service_account_secret(authed(
+                AddServiceAccountSecretRequest {
+                    service_account_id: w.service_account.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("add secret")
+            .into_inner()
+            .credential
+            .expect("credential")
+            .credential_id;
+        if disabled {
+            sa.disable_service_account(authed(
+                DisableServiceAccountRequest {
+                    service_account_id: w.service_account.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("disable");
+        }
     }
 
     /// A new platform service account and a client secret of it.
@@ -673,6 +727,7 @@ impl Env {
     /// What row `rpc` sends in world `w`.
     fn request(&self, rpc: &str, w: &World) -> Rpc {
         let org = w.org.clone();
+        let sa = w.service_account.clone();
         let fresh_email = || format!("new-{}@matrix.io", self.next());
         match rpc {
             "ApprovalService/RequestToJoin" => Rpc::RequestToJoin(RequestToJoinRequest {
@@ -900,6 +955,72 @@ impl Env {
             "OrganizationService/DeleteOrganization" => {
                 Rpc::DeleteOrganization(DeleteOrganizationRequest {
                     organization_id: org,
+                })
+            }
+            "ServiceAccountService/CreateServiceAccount" => {
+                Rpc::CreateServiceAccount(CreateServiceAccountRequest {
+                    organization_id: org,
+                    name: format!("sa-new-{}", self.next()),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                })
+            }
+            "ServiceAccountService/GetServiceAccount" => {
+                Rpc::GetServiceAccount(GetServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/ListServiceAccounts" => {
+                Rpc::ListServiceAccounts(ListServiceAccountsRequest {
+                    organization_id: org,
+                    ..Default::default()
+                })
+            }
+            "ServiceAccountService/UpdateServiceAccount" => {
+                Rpc::UpdateServiceAccount(UpdateServiceAccountRequest {
+                    service_account: Some(ServiceAccount {
+                        service_account_id: sa,
+                        description: "changed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: field_mask(&["description"]),
+                })
+            }
+            "ServiceAccountService/DisableServiceAccount" => {
+                Rpc::DisableServiceAccount(DisableServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/EnableServiceAccount" => {
+                Rpc::EnableServiceAccount(EnableServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/DeleteServiceAccount" => {
+                Rpc::DeleteServiceAccount(DeleteServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/AddServiceAccountKey" => {
+                Rpc::AddServiceAccountKey(AddServiceAccountKeyRequest {
+                    service_account_id: sa,
+                    public_key_pem: String::new(),
+                })
+            }
+            "ServiceAccountService/AddServiceAccountSecret" => {
+                Rpc::AddServiceAccountSecret(AddServiceAccountSecretRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/ListServiceAccountCredentials" => {
+                Rpc::ListServiceAccountCredentials(ListServiceAccountCredentialsRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/RemoveServiceAccountCredential" => {
+                Rpc::RemoveServiceAccountCredential(RemoveServiceAccountCredentialRequest {
+                    service_account_id: sa,
+                    credential_id: w.credential.clone(),
                 })
             }
             "UserService/GetMe" => Rpc::GetMe(GetMeRequest {}),

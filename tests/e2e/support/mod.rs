@@ -277,7 +277,7 @@ impl TestServer {
             .expect("connect to server")
     }
 
-    /// Clients of all seven services on one new connection.
+    /// Clients of all eight services on one new connection.
     pub async fn clients(&self) -> Clients {
         Clients::new(self.channel().await)
     }
@@ -310,6 +310,10 @@ impl TestServer {
 
     pub async fn audit(&self) -> AuditServiceClient<Channel> {
         AuditServiceClient::new(self.channel().await)
+    }
+
+    pub async fn service_accounts(&self) -> ServiceAccountServiceClient<Channel> {
+        ServiceAccountServiceClient::new(self.channel().await)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
@@ -428,7 +432,7 @@ impl TestServer {
     }
 }
 
-/// Typed clients of the seven gRPC services, sharing one connection.
+/// Typed clients of the eight gRPC services, sharing one connection.
 #[derive(Clone)]
 pub struct Clients {
     pub auth: AuthServiceClient<Channel>,

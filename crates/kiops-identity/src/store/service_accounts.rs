@@ -367,26 +367,3 @@ pub async fn delete<C: ConnectionTrait>(
     .await?;
     Ok(())
 }
-
-/// For DeleteOrganization, before the organization row goes (its accounts
-/// and their credentials then go by ON DELETE CASCADE): one revocation
-/// event per account of `org`. Returns how many there were.
-pub async fn revoke_owned_by<C: ConnectionTrait>(
-    conn: &C,
-    org: &str,
-    now: i64,
-) -> Result<u64, DomainError> {
-    let ids: Vec<String> = sa::Entity::find()
-        .select_only()
-        .column(sa::Column::Id)
-        .filter(sa::Column::OrganizationId.eq(org))
-        .order_by_asc(sa::Column::Id)
-        .into_tuple()
-        .all(conn)
-        .await
-        .map_err(db_err)?;
-    for id in &ids {
-        revocations::record(conn, Revoked::user(id), REASON_DELETED, now).await?;
-    }
-    Ok(ids.len() as u64)
-}
