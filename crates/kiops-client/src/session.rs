@@ -1,7 +1,9 @@
-//! The token pair of a signed-in session and the channel that attaches it.
+//! The token pair of a signed-in session, or the token of a service
+//! account, and the channel that attaches it.
 
 use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::{LoginRequest, RefreshRequest};
+use kiops_token::remote::ServiceTokenSource;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -170,22 +172,58 @@ impl Session {
     }
 }
 
+/// Where the access token comes from: a person's session (refresh token,
+/// password sign-in again when it ended) or a service account's credential
+/// (exchanged again before expiry; there is no refresh token).
+pub(crate) enum Identity {
+    User(Box<Session>),
+    Service(ServiceTokenSource),
+}
+
+impl Identity {
+    pub(crate) async fn access_token(&self) -> Result<String, Status> {
+        match self {
+            Identity::User(s) => s.access_token().await,
+            Identity::Service(s) => s.access_token().await,
+        }
+    }
+
+    async fn authorization(&self) -> Result<http::HeaderValue, Status> {
+        match self {
+            Identity::User(s) => s.authorization().await,
+            Identity::Service(s) => s.authorization().await,
+        }
+    }
+
+    /// The server refused `sent` (UNAUTHENTICATED): the next call renews.
+    async fn refused(&self, sent: &http::HeaderValue) {
+        match self {
+            Identity::User(s) => s.renew_now().await,
+            Identity::Service(s) => {
+                if let Some(t) = sent.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+                    s.refused(t);
+                }
+            }
+        }
+    }
+}
+
 /// A [`Channel`] that sets `authorization: Bearer <access token>` on every
 /// call, refreshing the token first when it is due. Generated tonic clients
 /// accept it wherever they accept a `Channel`.
 #[derive(Clone)]
 pub struct AuthChannel {
     inner: Channel,
-    session: Arc<Session>,
+    identity: Arc<Identity>,
 }
 
 impl AuthChannel {
-    pub(crate) fn new(inner: Channel, session: Arc<Session>) -> Self {
-        Self { inner, session }
+    pub(crate) fn new(inner: Channel, identity: Arc<Identity>) -> Self {
+        Self { inner, identity }
     }
 
-    pub(crate) fn session(&self) -> &Session {
-        &self.session
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
     }
 }
 
@@ -205,21 +243,22 @@ impl tower::Service<http::Request<tonic::body::Body>> for AuthChannel {
         // behind gets polled for the next one (tower's usual hand-off).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let session = self.session.clone();
+        let identity = self.identity.clone();
         Box::pin(async move {
             // A Status returned as the error reaches the caller unchanged.
-            let value = session
+            let value = identity
                 .authorization()
                 .await
                 .map_err(|s| Box::new(s) as BoxError)?;
-            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
             let response = tower::Service::call(&mut inner, req)
                 .await
                 .map_err(Into::<BoxError>::into)?;
             // A refusal comes as a trailers-only response: its status is in
             // the headers. Only that one call fails; the next renews.
             if response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"16") {
-                session.renew_now().await;
+                identity.refused(&value).await;
             }
             Ok(response)
         })

@@ -165,6 +165,16 @@ impl Authority {
                 return true;
             }
         }
+        // A service token reaches no further than its owner organization,
+        // so a revocation there (the account named, or the whole
+        // organization: it was deleted) covers it wherever it is shown.
+        if let Some(owner) = claims.owner_org.as_deref().filter(|_| claims.is_service()) {
+            if after(g.by_user_org.get(&key(&claims.sub, owner)))
+                || after(g.by_user_org.get(&key("", owner)))
+            {
+                return true;
+            }
+        }
         false
     }
 
@@ -227,15 +237,7 @@ impl Authority {
         organization_id: Option<&str>,
         permission: Permission,
     ) -> Result<Claims, Denial> {
-        let token = authorization
-            .and_then(|v| {
-                let (scheme, t) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Denial::Unauthenticated("missing authorization: Bearer <access token>".into())
-            })?;
+        let token = bearer(authorization)?;
         let org = organization_id.filter(|o| !o.is_empty()).ok_or_else(|| {
             Denial::MissingOrganization("x-kiops-organization is required".into())
         })?;
@@ -250,6 +252,39 @@ impl Authority {
             )))
         }
     }
+
+    /// The whole check of an RPC meant for service accounts: a bearer
+    /// token from the `authorization` value, of a service account holding
+    /// `scope` (see [`crate::scope`]). A person's token, however powerful,
+    /// holds no scope: PERMISSION_DENIED.
+    pub fn authorize_scope(
+        &self,
+        authorization: Option<&str>,
+        scope: &str,
+    ) -> Result<Claims, Denial> {
+        let token = bearer(authorization)?;
+        let claims = self
+            .verify(token, None)
+            .map_err(|e| Denial::Unauthenticated(format!("invalid access token: {e}")))?;
+        if claims.has_scope(scope) {
+            Ok(claims)
+        } else {
+            Err(Denial::PermissionDenied(format!("scope {scope} required")))
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` value.
+fn bearer(authorization: Option<&str>) -> Result<&str, Denial> {
+    authorization
+        .and_then(|v| {
+            let (scheme, t) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Denial::Unauthenticated("missing authorization: Bearer <access token>".into())
+        })
 }
 
 #[cfg(test)]
@@ -355,5 +390,138 @@ mod tests {
         assert_eq!(b.verify(&t, None), Err(VerifyError::Revoked));
         b.prune_revocations(i64::MAX);
         assert!(b.verify(&t, None).is_ok(), "pruned");
+    }
+
+    fn service_token(issuer: &Issuer, at: u64, credential: &str, owner: Option<&str>) -> String {
+        issuer
+            .issue_service_at(
+                crate::ServiceIssueRequest {
+                    service_account_id: "sa1".into(),
+                    name: "device".into(),
+                    owner_org: owner.map(str::to_string),
+                    scopes: vec![
+                        crate::scope::REVOCATIONS_WATCH.into(),
+                        crate::scope::PERMISSIONS_CHECK.into(),
+                    ],
+                    credential_id: credential.into(),
+                },
+                at,
+            )
+            .unwrap()
+            .token
+    }
+
+    /// The events the server sends for service accounts: `user_id` is the
+    /// account, `session_id` the credential (credential_removed), nothing
+    /// else for service_account_disabled, service_account_deleted and
+    /// scopes_changed.
+    #[test]
+    fn service_account_revocations_cover_its_tokens() {
+        let n = now();
+        let at = |secs_ago: u64| n - secs_ago;
+        let rev = |u: &str, o: &str, s: &str| Revocation {
+            user_id: u.into(),
+            organization_id: o.into(),
+            session_id: s.into(),
+            revoked_at_ms: (n as i64) * 1000,
+        };
+        // credential_removed: that credential's tokens only.
+        let (a, i) = setup();
+        let c1 = service_token(&i, at(10), "cred1", None);
+        let c2 = service_token(&i, at(10), "cred2", None);
+        a.revoke(rev("sa1", "", "cred1"));
+        assert_eq!(a.verify(&c1, None), Err(VerifyError::Revoked));
+        assert_eq!(a.verify(&c1, Some("o1")), Err(VerifyError::Revoked));
+        assert!(a.verify(&c2, None).is_ok(), "the other credential");
+        assert!(
+            a.verify(&service_token(&i, n + 1, "cred1", None), None)
+                .is_ok(),
+            "exchanged after the removal (cannot happen, but time decides)"
+        );
+        // service_account_disabled, _deleted, scopes_changed: every token of
+        // the account, whichever credential and organization.
+        for reason in ["disabled", "deleted", "scopes_changed"] {
+            let (a, i) = setup();
+            let t1 = service_token(&i, at(10), "cred1", Some("o1"));
+            let t2 = service_token(&i, at(10), "cred2", None);
+            a.revoke(rev("sa1", "", ""));
+            for t in [&t1, &t2] {
+                assert_eq!(a.verify(t, None), Err(VerifyError::Revoked), "{reason}");
+                assert_eq!(
+                    a.verify(t, Some("o2")),
+                    Err(VerifyError::Revoked),
+                    "{reason}"
+                );
+            }
+            let later = service_token(&i, n + 1, "cred1", Some("o1"));
+            assert!(a.verify(&later, None).is_ok(), "{reason}: newer token");
+        }
+        // Another account's or a person's revocation is not this account's.
+        let (a, i) = setup();
+        let t = service_token(&i, at(10), "cred1", Some("o1"));
+        a.revoke(rev("sa2", "", ""));
+        a.revoke(rev("u1", "o1", ""));
+        a.revoke(rev("", "", "cred9"));
+        assert!(a.verify(&t, None).is_ok());
+        assert!(a.verify(&t, Some("o1")).is_ok());
+        // An event naming the owner organization (the account in it, or the
+        // organization deleted) covers the token wherever it is shown.
+        a.revoke(rev("", "o1", ""));
+        assert_eq!(a.verify(&t, None), Err(VerifyError::Revoked));
+        let (b, j) = setup();
+        let t = service_token(&j, at(10), "cred1", Some("o1"));
+        let platform = service_token(&j, at(10), "cred2", None);
+        b.revoke(rev("sa1", "o1", ""));
+        assert_eq!(b.verify(&t, Some("o2")), Err(VerifyError::Revoked));
+        assert!(b.verify(&platform, None).is_ok(), "a platform account");
+        assert_eq!(
+            b.verify(&platform, Some("o1")),
+            Err(VerifyError::Revoked),
+            "in the organization named"
+        );
+    }
+
+    #[test]
+    fn authorize_scope_admits_service_tokens_with_the_scope() {
+        let (a, i) = setup();
+        let t = format!("Bearer {}", service_token(&i, now(), "cred1", None));
+        let claims = a
+            .authorize_scope(Some(&t), crate::scope::REVOCATIONS_WATCH)
+            .expect("has the scope");
+        assert!(claims.is_service());
+        assert_eq!(claims.sid.as_deref(), Some("cred1"));
+        assert_eq!(
+            a.authorize_scope(Some(&t), crate::scope::AUDIT_READ),
+            Err(Denial::PermissionDenied("scope audit.read required".into()))
+        );
+        // A person holds no scope; a service holds no permission category.
+        let user = format!(
+            "Bearer {}",
+            token(&i, now(), vec![Permission::Device], None)
+        );
+        assert!(matches!(
+            a.authorize_scope(Some(&user), crate::scope::REVOCATIONS_WATCH),
+            Err(Denial::PermissionDenied(_))
+        ));
+        assert_eq!(
+            a.authorize(Some(&t), Some("o1"), Permission::Device),
+            Err(Denial::PermissionDenied(
+                "device permission required".into()
+            ))
+        );
+        assert!(matches!(
+            a.authorize_scope(None, crate::scope::REVOCATIONS_WATCH),
+            Err(Denial::Unauthenticated(_))
+        ));
+        a.revoke(Revocation {
+            user_id: "sa1".into(),
+            organization_id: String::new(),
+            session_id: "cred1".into(),
+            revoked_at_ms: (now() as i64 + 1) * 1000,
+        });
+        assert!(matches!(
+            a.authorize_scope(Some(&t), crate::scope::REVOCATIONS_WATCH),
+            Err(Denial::Unauthenticated(_))
+        ));
     }
 }

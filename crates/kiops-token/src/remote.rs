@@ -5,16 +5,24 @@
 //! again when a token names a `kid` it does not know (a rotation), at most
 //! once per `min_refresh` so garbage `kid`s cannot turn into a request flood.
 //! [`watch_revocations`] follows `AuthService.WatchRevocations` and resumes
-//! after the last event seen.
+//! after the last event seen, with a token from a [`TokenSource`]: a
+//! closure, or a service account's [`ServiceTokenSource`] (key file or
+//! client secret, exchanged with `AuthService.IssueServiceAccountToken` and
+//! renewed before expiry).
 
 use crate::authority::{Authority, Revocation};
 use crate::keys::JwkSet;
 use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::{GetJwksRequest, WatchRevocationsRequest};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
+
+mod service;
+pub use service::{CredentialsError, ServiceCredentials, ServiceTokenSource};
 
 /// Where the key set comes from.
 #[derive(Clone, Debug)]
@@ -142,32 +150,86 @@ impl RemoteKeys {
     }
 }
 
-/// Follows `AuthService.WatchRevocations` on `channel`, feeding `authority`.
-/// Reconnects with backoff (200 ms … 10 s) and resumes after the last event
-/// seen. `token` returns a current access token (PlatformAdmin or service
-/// account) for each connection.
-pub fn watch_revocations<F, Fut>(authority: Authority, channel: Channel, token: F)
+/// Where [`watch_revocations`] takes the bearer token of each connection.
+///
+/// A closure `Fn() -> impl Future<Output = Result<String, FetchError>>` is
+/// one (asked again for every connection); so is a [`ServiceTokenSource`],
+/// which caches its token and exchanges again before it expires.
+pub trait TokenSource: Send + Sync + 'static {
+    /// A current access token.
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, FetchError>> + Send + '_>>;
+
+    /// The server refused `token` (UNAUTHENTICATED: expired, revoked): a
+    /// caching source should not hand it out again.
+    fn refused(&self, _token: &str) {}
+}
+
+impl<F, Fut> TokenSource for F
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<String, FetchError>> + Send,
+    Fut: Future<Output = Result<String, FetchError>> + Send + 'static,
 {
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, FetchError>> + Send + '_>> {
+        Box::pin(self())
+    }
+}
+
+impl TokenSource for ServiceTokenSource {
+    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, FetchError>> + Send + '_>> {
+        Box::pin(async move { Ok(self.access_token().await?) })
+    }
+
+    fn refused(&self, token: &str) {
+        ServiceTokenSource::refused(self, token)
+    }
+}
+
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Follows `AuthService.WatchRevocations` on `channel`, feeding `authority`.
+/// Reconnects with backoff (200 ms … 10 s, back to 200 ms once a stream
+/// opened) and resumes after the last event seen. `token` gives the access
+/// token of each connection: a service account holding `revocations.watch`
+/// ([`ServiceTokenSource`]) or a closure (a PlatformAdmin's token, say). A
+/// token refused as UNAUTHENTICATED (it expired, or was revoked) is reported
+/// to the source, which renews it for the next connection.
+///
+/// Service-account revocations need nothing special: their events name the
+/// account as `user_id` and the credential as `session_id`, which are the
+/// `sub` and `sid` of its tokens.
+pub fn watch_revocations<S: TokenSource>(
+    authority: Authority,
+    channel: Channel,
+    token: S,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = String::new();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = WATCH_BACKOFF_MIN;
         loop {
+            let mut bearer = String::new();
             let attempt: Result<(), FetchError> = async {
-                let bearer = token().await?;
+                bearer = token.token().await?;
                 let mut req = tonic::Request::new(WatchRevocationsRequest {
                     after_event_id: last.clone(),
                 });
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {bearer}").parse()?);
+                let mut value: tonic::metadata::AsciiMetadataValue =
+                    format!("Bearer {bearer}").parse()?;
+                value.set_sensitive(true);
+                req.metadata_mut().insert("authorization", value);
                 let mut stream = AuthServiceClient::new(channel.clone())
                     .watch_revocations(req)
                     .await?
                     .into_inner();
+                backoff = WATCH_BACKOFF_MIN;
                 while let Some(msg) = stream.message().await? {
                     if let Some(e) = msg.event {
+                        tracing::debug!(
+                            event_id = %e.event_id,
+                            user_id = %e.user_id,
+                            reason = %e.reason,
+                            "revocation"
+                        );
                         let t = e.revoke_time.unwrap_or_default();
                         authority.revoke(Revocation {
                             user_id: e.user_id,
@@ -182,10 +244,16 @@ where
             }
             .await;
             if let Err(e) = attempt {
+                if e.downcast_ref::<tonic::Status>()
+                    .is_some_and(|s| s.code() == tonic::Code::Unauthenticated)
+                    && !bearer.is_empty()
+                {
+                    token.refused(&bearer);
+                }
                 tracing::warn!(error = %e, "revocation stream interrupted; reconnecting");
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
         }
-    });
+    })
 }
