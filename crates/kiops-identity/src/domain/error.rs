@@ -93,6 +93,9 @@ pub mod reason {
     pub const CERTIFICATE_REQUIRED: &str = "CERTIFICATE_REQUIRED";
     pub const SERVICE_ACCOUNT_NAME_TAKEN: &str = "SERVICE_ACCOUNT_NAME_TAKEN";
     pub const TOO_MANY_CREDENTIALS: &str = "TOO_MANY_CREDENTIALS";
+    /// A read across organizations by a service account that one
+    /// organization owns.
+    pub const PLATFORM_ACCOUNT_REQUIRED: &str = "PLATFORM_ACCOUNT_REQUIRED";
 }
 
 /// The domain error. Messages are safe to show to the caller: they never

@@ -353,6 +353,28 @@ pub fn validate_certificate_identity(
     }
 }
 
+/// R25: reads across every organization (ListUsers, the whole audit trail,
+/// the revocation feed) are for platform accounts; an organization's
+/// account holding the scope is refused (its owner could not read them).
+pub fn require_platform_account(service: &ServiceCaller) -> Result {
+    match service.owner {
+        Owner::Platform => Ok(()),
+        Owner::Organization(_) => Err(DomainError::denied(
+            reason::PLATFORM_ACCOUNT_REQUIRED,
+            "only a platform service account reads across organizations",
+        )),
+    }
+}
+
+/// R11 + R25 for platform-wide reads: a PlatformAdmin, or a platform
+/// service account (whose scope the handler checked).
+pub fn require_platform_reader(caller: &Caller) -> Result {
+    match &caller.service {
+        Some(s) => require_platform_account(s),
+        None => super::access::require_platform_admin(caller),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,6 +521,21 @@ mod tests {
         assert_eq!(Scope::join(&v), "permissions.check users.read");
         assert!(Scope::parse_list("scopes", &["admin".into()]).is_err());
         assert_eq!(Scope::split("admin users.read"), vec![Scope::UsersRead]);
+    }
+
+    #[test]
+    fn cross_organization_reads_need_a_platform_account() {
+        let org = service(&[Scope::UsersRead], Owner::Organization("o1".into()));
+        assert!(matches!(
+            require_platform_reader(&org),
+            Err(DomainError::PermissionDenied {
+                reason: reason::PLATFORM_ACCOUNT_REQUIRED,
+                ..
+            })
+        ));
+        assert!(require_platform_reader(&service(&[], Owner::Platform)).is_ok());
+        assert!(require_platform_reader(&Caller::for_test(true)).is_ok());
+        assert!(require_platform_reader(&Caller::for_test(false)).is_err());
     }
 
     #[test]
