@@ -886,6 +886,18 @@ impl Env {
                 organization_id: org,
                 permission: Permission::Device as i32,
             }),
+            // Two checks on the target: a refusal of either refuses the call.
+            "MembershipService/CheckPermissions" => {
+                Rpc::CheckPermissions(CheckPermissionsRequest {
+                    items: [Permission::Device, Permission::Audit]
+                        .map(|p| CheckPermissionRequest {
+                            user_id: w.target.clone(),
+                            organization_id: org.clone(),
+                            permission: p as i32,
+                        })
+                        .to_vec(),
+                })
+            }
             "MembershipService/CreatePermissionTemplate" => {
                 Rpc::CreatePermissionTemplate(CreatePermissionTemplateRequest {
                     organization_id: org,
