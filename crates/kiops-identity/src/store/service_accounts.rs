@@ -4,7 +4,7 @@
 //! transaction.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
-use super::entity::{membership, service_account as sa};
+use super::entity::{membership, organization, service_account as sa};
 use super::revocations::{self, Scope as Revoked};
 use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
@@ -366,4 +366,20 @@ pub async fn delete<C: ConnectionTrait>(
     )
     .await?;
     Ok(())
+}
+
+/// The id of the organization with `code`, for the command line, which
+/// names owners by code.
+pub async fn organization_id_by_code<C: ConnectionTrait>(
+    conn: &C,
+    code: &str,
+) -> Result<Option<String>, DomainError> {
+    organization::Entity::find()
+        .select_only()
+        .column(organization::Column::Id)
+        .filter(organization::Column::Code.eq(code))
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(db_err)
 }
