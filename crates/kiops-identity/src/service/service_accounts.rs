@@ -241,12 +241,14 @@ pub async fn update(
         }
     }
     v.into_result()?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     let revoke = revokes_tokens(&before, &changes).then_some(accounts::REASON_SCOPES_CHANGED);
     let after = accounts::update(&tx, &meta, caller.actor(), before, changes, revoke, now).await?;
     tx.commit().await?;
@@ -276,12 +278,14 @@ pub async fn set_status(
     status: AccountStatus,
 ) -> Result<ServiceAccount, DomainError> {
     let id = validate::id("service_account_id", &id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     let after = accounts::set_status(&tx, &meta, caller.actor(), before, status, now).await?;
     tx.commit().await?;
     Ok(after)
@@ -294,12 +298,14 @@ pub async fn delete(
     id: String,
 ) -> Result<(), DomainError> {
     let id = validate::id("service_account_id", &id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     accounts::delete(&tx, &meta, caller.actor(), account, now).await?;
     tx.commit().await
 }
@@ -426,12 +432,14 @@ pub async fn remove_credential(
     let id = v.take(validate::id("service_account_id", &id));
     let credential_id = v.take(validate::id("credential_id", &credential_id));
     v.into_result()?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     credentials::remove(&tx, &meta, caller.actor(), &account, &credential_id, now).await?;
     tx.commit().await
 }

@@ -383,3 +383,21 @@ pub async fn organization_id_by_code<C: ConnectionTrait>(
         .await
         .map_err(db_err)
 }
+
+/// Locks the accounts an organization owns (PostgreSQL; a SQLite write
+/// transaction holds the database already), so that a deletion of the
+/// organization dates its revocations after any exchange of theirs that
+/// holds a lock now.
+pub async fn lock_owned_by<C: ConnectionTrait>(conn: &C, org: &str) -> Result<(), DomainError> {
+    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    conn.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT id FROM service_accounts WHERE organization_id = $1 ORDER BY id FOR UPDATE",
+        [org.into()],
+    ))
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
