@@ -25,6 +25,7 @@ both_backends!(
     secret_lockout_is_exact_under_parallel_attempts,
     unknown_accounts_and_wrong_secrets_answer_alike,
     a_bound_account_needs_its_client_certificate,
+    exchanges_racing_a_disable_are_refused_here_and_offline,
 );
 
 async fn accounts(s: &TestServer) -> ServiceAccountServiceClient<Channel> {
@@ -644,4 +645,60 @@ async fn a_bound_account_needs_its_client_certificate(backend: Backend) {
         .issue_service_account_token(by_secret(&sa, &secret))
         .await
         .expect("exchange over the bound certificate");
+}
+
+/// An exchange and a disable of the same account at the same instant, 10
+/// rounds: whichever wins, a token that was issued is refused by this
+/// server afterwards, and dated before the revocation event, so an offline
+/// verifier that applied the event refuses it too (the revocation's time is
+/// taken after the account lock the exchange holds while it mints).
+async fn exchanges_racing_a_disable_are_refused_here_and_offline(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let mut feed = s
+        .auth()
+        .await
+        .watch_revocations(authed(WatchRevocationsRequest::default(), &admin))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut issued = 0;
+    for round in 0..10 {
+        let sa = create(&s, &admin, &format!("race-{round}"), &["permissions.check"]).await;
+        let (_, secret) = add_secret(&s, &admin, &sa).await;
+        let mut c = accounts(&s).await;
+        let disable = c.disable_service_account(authed(
+            DisableServiceAccountRequest {
+                service_account_id: sa.clone(),
+            },
+            &admin,
+        ));
+        let (token, disabled) = tokio::join!(exchange(&s, by_secret(&sa, &secret)), disable);
+        disabled.expect("disable");
+        let event = loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), feed.message())
+                .await
+                .expect("an event in time")
+                .expect("stream")
+                .expect("event")
+                .event
+                .expect("event");
+            if e.user_id == sa {
+                break e;
+            }
+        };
+        assert_eq!(event.reason, "service_account_disabled");
+        let Ok(t) = token else { continue };
+        issued += 1;
+        let st = probe(&s, &t.access_token).await;
+        assert_eq!(reason(&st), "ACCOUNT_DISABLED", "round {round}: {st:?}");
+        let revoked = event.revoke_time.expect("time");
+        let revoke_ms = revoked.seconds * 1000 + i64::from(revoked.nanos) / 1_000_000;
+        let iat = token_claims(&t.access_token)["iat"].as_i64().expect("iat");
+        assert!(
+            iat * 1000 < revoke_ms,
+            "round {round}: a token issued at {iat} s outlives a revocation at {revoke_ms} ms offline"
+        );
+    }
+    println!("{issued} of 10 racing exchanges got a token; each is refused here and offline");
 }
