@@ -7,6 +7,9 @@
 //! that one unique index says "names are unique per owner" on both backends
 //! (a NULL would never collide). Failed secret exchanges lock an account out
 //! like failed passwords lock a user: `failed_attempts` and `locked_until`.
+//! `tokens_not_before` is when the account's access was last narrowed
+//! (disabled, scopes taken, binding changed): tokens issued before it stay
+//! refused here after an Enable or a re-grant, as they do offline.
 
 use sea_orm_migration::prelude::*;
 
@@ -31,7 +34,8 @@ impl MigrationTrait for Migration {
                 created_at BIGINT NOT NULL,
                 updated_at BIGINT NOT NULL,
                 failed_attempts INTEGER NOT NULL DEFAULT 0,
-                locked_until BIGINT
+                locked_until BIGINT,
+                tokens_not_before BIGINT NOT NULL DEFAULT 0
             )",
             "CREATE UNIQUE INDEX service_accounts_owner_name_idx \
                 ON service_accounts (owner_key, name)",

@@ -30,12 +30,11 @@ pub enum TokenKind {
 pub mod scope {
     /// CheckPermission and CheckPermissions.
     pub const PERMISSIONS_CHECK: &str = "permissions.check";
-    /// WatchRevocations.
+    /// WatchRevocations (platform accounts).
     pub const REVOCATIONS_WATCH: &str = "revocations.watch";
     /// ListMembers and GetMember.
     pub const MEMBERS_READ: &str = "members.read";
-    /// GetUser (members of the owner organization) and, for platform
-    /// accounts, ListUsers.
+    /// GetUser and ListUsers (platform accounts).
     pub const USERS_READ: &str = "users.read";
     /// ListAuditEvents and ExportAuditEvents.
     pub const AUDIT_READ: &str = "audit.read";

@@ -101,7 +101,12 @@ pub async fn caller_of(app: &App, claims: kiops_token::Claims) -> Result<Caller,
         )
         .await?;
         let token_scopes = Scope::split(claims.scope.as_deref().unwrap_or_default());
-        return service_caller_from_state(claims.sub, claims.sid, &token_scopes, state);
+        return service_caller_from_state(
+            claims.sub,
+            claims.sid,
+            (&token_scopes, claims.iat),
+            state,
+        );
     }
     let state = callers::caller_state(
         app.store.conn(),

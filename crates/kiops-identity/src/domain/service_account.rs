@@ -218,6 +218,8 @@ pub struct ServiceCallerState {
     pub status: AccountStatus,
     /// The token's credential still exists on this account.
     pub credential_found: bool,
+    /// When its access was last narrowed: older tokens are refused.
+    pub tokens_not_before_ms: i64,
 }
 
 /// R25: the caller of a verified service token, from current state: a
@@ -228,9 +230,10 @@ pub struct ServiceCallerState {
 pub fn service_caller_from_state(
     account_id: String,
     credential_id: Option<String>,
-    token_scopes: &[Scope],
+    token: (&[Scope], u64),
     state: Option<ServiceCallerState>,
 ) -> Result<Caller> {
+    let (token_scopes, issued_at_secs) = token;
     let state = state.ok_or_else(super::membership::invalid_token)?;
     if state.status == AccountStatus::Disabled {
         return Err(DomainError::unauthenticated(
@@ -242,6 +245,14 @@ pub fn service_caller_from_state(
         return Err(DomainError::unauthenticated(
             reason::SESSION_REVOKED,
             "the credential of this access token was removed",
+        ));
+    }
+    // As offline verifiers judge the revocation event: a token of the same
+    // second counts as older.
+    if (issued_at_secs as i64).saturating_mul(1000) < state.tokens_not_before_ms {
+        return Err(DomainError::unauthenticated(
+            reason::SESSION_REVOKED,
+            "this access token was issued before the account's access was narrowed",
         ));
     }
     let scopes = state
@@ -459,6 +470,7 @@ mod tests {
             scopes: vec![Scope::PermissionsCheck, Scope::MembersRead],
             status,
             credential_found,
+            tokens_not_before_ms: 5_000,
         })
     }
 
@@ -478,7 +490,7 @@ mod tests {
         let c = service_caller_from_state(
             "sa".into(),
             Some("c".into()),
-            &[Scope::PermissionsCheck, Scope::AuditRead],
+            (&[Scope::PermissionsCheck, Scope::AuditRead], 6),
             state(AccountStatus::Active, true),
         )
         .expect("caller");
@@ -490,7 +502,7 @@ mod tests {
     #[test]
     fn disabled_accounts_removed_credentials_and_missing_accounts_are_refused() {
         let t = [Scope::PermissionsCheck];
-        let r = |s| service_caller_from_state("sa".into(), Some("c".into()), &t, s);
+        let r = |s| service_caller_from_state("sa".into(), Some("c".into()), (&t, 6), s);
         assert!(matches!(
             r(state(AccountStatus::Disabled, true)),
             Err(DomainError::Unauthenticated {

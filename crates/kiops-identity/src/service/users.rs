@@ -11,7 +11,7 @@ use super::{credentials, parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, Violations};
-use crate::domain::service_account::{self, Owner};
+use crate::domain::service_account;
 use crate::domain::user::{NewUser, ProfileChanges, StoredStatus, User};
 use crate::domain::{
     access, page_token, password_policy, validate, Caller, DomainError, FieldViolation,
@@ -274,20 +274,16 @@ async fn admin_target(
         .ok_or_else(|| DomainError::not_found("user"))
 }
 
-/// GetUser (R11). A service account (users.read, R25) reads anyone when
-/// the platform owns it, else only members of its owner organization.
+/// GetUser (R11). A service account (users.read, R25) must be a platform
+/// account: reading accounts is a PlatformAdmin's, which no organization's
+/// Manager may do (members.read is what an organization's account reads).
 pub async fn get_user(app: &App, caller: &Caller, id: &str) -> Result<User, DomainError> {
-    let Some(service) = &caller.service else {
+    if caller.service.is_none() {
         return admin_target(app, caller, id, false).await;
-    };
-    let id = validate::id("user_id", id)?;
-    let conn = app.store.conn();
-    if let Owner::Organization(org) = &service.owner {
-        memberships::find(conn, org, &id)
-            .await?
-            .ok_or_else(|| DomainError::not_found("user"))?;
     }
-    users::find_by_id(conn, &id)
+    service_account::require_platform_reader(caller)?;
+    let id = validate::id("user_id", id)?;
+    users::find_by_id(app.store.conn(), &id)
         .await?
         .ok_or_else(|| DomainError::not_found("user"))
 }

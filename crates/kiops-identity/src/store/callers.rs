@@ -52,6 +52,7 @@ pub async fn caller_state<C: ConnectionTrait>(
 /// The service account of a service token and whether the token's
 /// credential still belongs to it, one statement (R25).
 const SERVICE_SQL: &str = "SELECT a.name, a.organization_id, a.scopes, a.status, \
+     a.tokens_not_before, \
      c.id AS credential_id \
      FROM service_accounts a \
      LEFT JOIN service_account_credentials c ON c.id = $2 AND c.service_account_id = a.id \
@@ -85,5 +86,6 @@ pub async fn service_caller_state<C: ConnectionTrait>(
         scopes: Scope::split(&scopes),
         status: AccountStatus::parse(&status)?,
         credential_found: credential.is_some(),
+        tokens_not_before_ms: row.try_get("", "tokens_not_before").map_err(db_err)?,
     }))
 }

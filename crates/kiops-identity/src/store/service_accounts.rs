@@ -129,6 +129,7 @@ pub async fn create<C: ConnectionTrait>(
         updated_at: Set(now),
         failed_attempts: Set(0),
         locked_until: Set(None),
+        tokens_not_before: Set(0),
     }
     .insert(conn)
     .await
@@ -291,6 +292,9 @@ pub async fn update<C: ConnectionTrait>(
         am.certificate_identity = Set(c);
     }
     am.updated_at = Set(now);
+    if revoke.is_some() {
+        am.tokens_not_before = Set(now);
+    }
     let after: ServiceAccount = am.update(conn).await.map_err(name_taken)?.try_into()?;
     if let Some(reason) = revoke {
         revocations::record(conn, Revoked::user(&after.id), reason, now).await?;
@@ -322,16 +326,16 @@ pub async fn set_status<C: ConnectionTrait>(
     if before.status == status {
         return Ok(before);
     }
-    let after: ServiceAccount = sa::ActiveModel {
+    let mut am = sa::ActiveModel {
         id: Unchanged(before.id.clone()),
         status: Set(status.as_str().to_string()),
         updated_at: Set(now),
         ..Default::default()
+    };
+    if status == AccountStatus::Disabled {
+        am.tokens_not_before = Set(now);
     }
-    .update(conn)
-    .await
-    .map_err(db_err)?
-    .try_into()?;
+    let after: ServiceAccount = am.update(conn).await.map_err(db_err)?.try_into()?;
     let action = match status {
         AccountStatus::Disabled => {
             revocations::record(conn, Revoked::user(&after.id), REASON_DISABLED, now).await?;

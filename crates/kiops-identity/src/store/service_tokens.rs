@@ -132,8 +132,13 @@ fn decode_public_key(b64: &str) -> Result<[u8; 32], DomainError> {
         .map_err(|_| DomainError::internal("stored public key is not 32 bytes"))
 }
 
-/// Records `jti` as used until `expires_at_ms`; false when it was used
-/// before (a replay). Drops the account's expired `jti`s first: an
+/// How long a used `jti` is kept after its assertion expired: a replica
+/// whose clock runs ahead must not forget a `jti` that another replica
+/// would still accept (clock differences up to this are tolerated).
+pub const JTI_GRACE_MS: i64 = 15 * 60 * 1000;
+
+/// Records `jti` as used; false when it was used before (a replay). Drops
+/// the account's `jti`s expired for longer than `JTI_GRACE_MS` first: an
 /// assertion past its `exp` is refused before it gets here.
 pub async fn use_jti<C: ConnectionTrait>(
     conn: &C,
@@ -145,7 +150,7 @@ pub async fn use_jti<C: ConnectionTrait>(
     conn.execute_raw(statement(
         conn,
         "DELETE FROM service_assertion_jtis WHERE service_account_id = $1 AND expires_at < $2",
-        [account_id.into(), now_ms.into()],
+        [account_id.into(), (now_ms - JTI_GRACE_MS).into()],
     ))
     .await
     .map_err(db_err)?;

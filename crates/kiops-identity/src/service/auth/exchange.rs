@@ -76,8 +76,9 @@ async fn by_assertion(
 ) -> Result<ServiceToken, DomainError> {
     let now = app.clock.now_ms();
     let a = assertion::parse(token, app.tokens.issuer(), (now / 1000) as u64)?;
-    app.throttle
-        .check(&meta.peer, Some(&format!("sa:{}", a.account_id)))?;
+    // Per peer only: a per-account bucket would let anyone who knows the
+    // account id spend it with forged signatures, which cannot succeed.
+    app.throttle.check(&meta.peer, None)?;
     let tx = app.store.begin_write().await?;
     let Some(account) = service_tokens::lock_account(&tx, &a.account_id).await? else {
         return Err(invalid_credentials());
@@ -92,6 +93,7 @@ async fn by_assertion(
     };
     let tx = usable(app, tx, meta, &account, peer, now).await?;
     if !service_tokens::use_jti(&tx, &account.id, &a.jti, a.exp as i64 * 1000, now).await? {
+        refuse(app, tx, meta, &account, "replayed assertion", false, now).await?;
         return Err(DomainError::unauthenticated(
             reason::ASSERTION_REPLAYED,
             "this assertion (its jti) was already exchanged",
@@ -122,6 +124,7 @@ async fn by_secret(
     // A locked account is refused before its secrets are compared, and the
     // answer is the same as for a wrong secret (R12's rule for passwords).
     if account.locked_until_ms.is_some_and(|t| t > now) {
+        refuse(app, tx, meta, &account, "locked", false, now).await?;
         return Err(invalid_credentials());
     }
     let secrets = service_tokens::credentials(&tx, &account.id, CredentialKind::Secret).await?;

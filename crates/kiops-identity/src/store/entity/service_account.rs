@@ -22,6 +22,8 @@ pub struct Model {
     /// Secret lockout (the token exchange's).
     pub failed_attempts: i32,
     pub locked_until: Option<i64>,
+    /// Tokens issued before this time (ms) are refused (R25).
+    pub tokens_not_before: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
