@@ -26,6 +26,8 @@ both_backends!(
     no_secret_key_or_assertion_is_at_rest_or_in_the_log,
     managers_cannot_reach_beyond_their_organization,
     an_org_account_reads_no_more_of_a_user_than_its_manager_can,
+    forged_assertions_naming_an_account_do_not_lock_out_its_key,
+    offline_verifiers_give_service_tokens_scopes_not_permissions,
 );
 
 async fn accounts(s: &TestServer) -> ServiceAccountServiceClient<Channel> {
@@ -966,4 +968,142 @@ async fn an_org_account_reads_no_more_of_a_user_than_its_manager_can(backend: Ba
             "a Manager's service account reads the member's phone the Manager cannot: {user:?}"
         ),
     }
+}
+
+/// R25: wrong signatures "cannot be guessed" and are throttled per peer,
+/// they do not count against the account. Forged assertions (right shape,
+/// garbage signature) naming a victim account, each from another client
+/// address behind a trusted proxy, must not stop the victim's own valid
+/// assertion from another address.
+async fn forged_assertions_naming_an_account_do_not_lock_out_its_key(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: vec![
+                "--login-rate-per-peer".into(),
+                "1000".into(),
+                "--login-rate-per-email".into(),
+                "30".into(),
+                "--trusted-proxies".into(),
+                "127.0.0.1".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = s.admin_token().await;
+    let sa = create(&s, &admin, "victim", &["permissions.check"]).await;
+    let key = add_key(&s, &admin, &sa).await;
+    let from = |r: IssueServiceAccountTokenRequest, peer: &str| {
+        let mut r = tonic::Request::new(r);
+        r.metadata_mut()
+            .insert("x-forwarded-for", peer.parse().expect("xff"));
+        r
+    };
+    let valid = key.assertion(now(), 60).expect("sign");
+    let mut parts: Vec<String> = valid.split('.').map(str::to_string).collect();
+    for i in 0..40 {
+        // Another jti and a signature of zeros: unsigned, cheap to forge.
+        let claims = AssertionClaims {
+            iss: sa.clone(),
+            sub: sa.clone(),
+            aud: key.issuer.clone(),
+            exp: now() + 60,
+            iat: Some(now()),
+            jti: format!("forged-{i}"),
+        };
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        parts[1] =
+            b64.encode(serde_json::to_vec(&serde_json::json!(claims_json(&claims))).expect("json"));
+        parts[2] = b64.encode([0u8; 64]);
+        let _ = s
+            .auth()
+            .await
+            .issue_service_account_token(from(
+                by_assertion(&parts.join(".")),
+                &format!("203.0.113.{}", i + 1),
+            ))
+            .await;
+    }
+    let mine = key.assertion(now(), 60).expect("sign");
+    let r = s
+        .auth()
+        .await
+        .issue_service_account_token(from(by_assertion(&mine), "198.51.100.7"))
+        .await;
+    assert!(
+        r.is_ok(),
+        "anonymous forged assertions from other peers denied the account its valid exchange: {:?}",
+        r.err()
+    );
+}
+
+fn claims_json(c: &AssertionClaims) -> serde_json::Value {
+    serde_json::json!({
+        "iss": c.iss, "sub": c.sub, "aud": c.aud, "exp": c.exp, "iat": c.iat, "jti": c.jti,
+    })
+}
+
+/// kiops-token downstream: a service token, however scoped, holds no
+/// permission in any organization (`Authority::authorize`), holds exactly
+/// its scopes (`authorize_scope`), and the Disable event revokes it.
+async fn offline_verifiers_give_service_tokens_scopes_not_permissions(backend: Backend) {
+    use kiops_token::remote::KeySource;
+    use kiops_token::{Authority, Permission as P, Revocation};
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "alpha", "alpha").await;
+    let sa = create_in(
+        &s,
+        &admin,
+        &org,
+        "device",
+        &["permissions.check", "members.read"],
+    )
+    .await
+    .expect("create");
+    let (_, secret) = add_secret(&s, &admin, &sa).await;
+    let t = exchange(&s, by_secret(&sa, &secret))
+        .await
+        .expect("exchange");
+    let set = KeySource::Http(format!("http://{}/.well-known/jwks.json", s.http))
+        .fetch()
+        .await
+        .expect("jwks");
+    let authority = Authority::new(set, "kiops-identity", "kiops").expect("authority");
+    let bearer = format!("Bearer {t}");
+    for p in [P::Infra, P::Device, P::Audit] {
+        assert!(
+            authority.authorize(Some(&bearer), Some(&org), p).is_err(),
+            "{p:?} in its own organization"
+        );
+    }
+    authority
+        .authorize_scope(Some(&bearer), "permissions.check")
+        .expect("its scope");
+    assert!(authority
+        .authorize_scope(Some(&bearer), "audit.read")
+        .is_err());
+    let mut stream = s
+        .auth()
+        .await
+        .watch_revocations(authed(WatchRevocationsRequest::default(), &admin))
+        .await
+        .expect("watch")
+        .into_inner();
+    set_enabled(&s, &admin, &sa, false).await;
+    let e = events(&mut stream, 1)
+        .await
+        .pop()
+        .expect("the disable's event");
+    authority.revoke(Revocation {
+        user_id: e.user_id.clone(),
+        organization_id: e.organization_id.clone(),
+        session_id: e.session_id.clone(),
+        revoked_at_ms: revoke_ms(&e),
+    });
+    assert!(authority
+        .authorize_scope(Some(&bearer), "permissions.check")
+        .is_err());
 }
