@@ -412,7 +412,7 @@ async fn a_replay_raced_over_two_replicas_issues_one_token(backend: Backend) {
     }
 }
 
-/// Exchange and Disable at the same instant, 20 rounds: a token that was
+/// Ten exchanges and a Disable at the same instant, 20 rounds: a token that was
 /// issued is refused on this server after the Disable, and the Disable's
 /// revocation event covers it (its `iat` is before `revoke_time`), so an
 /// offline verifier refuses it too.
@@ -430,16 +430,22 @@ async fn a_disable_racing_exchanges_leaves_no_token_offline_verifiers_accept(bac
     for round in 0..20 {
         let sa = create(&s, &admin, &format!("race-{round}"), &["users.read"]).await;
         let (_, secret) = add_secret(&s, &admin, &sa).await;
-        let (token, _) = tokio::join!(exchange(&s, by_secret(&sa, &secret)), async {
+        // Ten exchanges keep the account's lock busy while the Disable waits.
+        let exchanges =
+            futures::future::join_all((0..10).map(|_| exchange(&s, by_secret(&sa, &secret))));
+        let (tokens, _) = tokio::join!(exchanges, async {
+            tokio::time::sleep(Duration::from_millis(round % 5)).await;
             set_enabled(&s, &admin, &sa, false).await
         });
-        if let Ok(t) = token {
+        for t in tokens.into_iter().flatten() {
             let st = list_users(&s, &t).await.expect_err("after the disable");
             assert_eq!(reason(&st), "ACCOUNT_DISABLED", "round {round}");
-            issued.push((sa, t));
+            issued.push((sa.clone(), t));
         }
     }
     let evs = events(&mut stream, 20).await;
+    // Not vacuous: most rounds mint tokens before the Disable gets the lock.
+    assert!(!issued.is_empty(), "no exchange won a race");
     for (sa, t) in &issued {
         let e = evs
             .iter()
@@ -482,14 +488,17 @@ async fn a_removal_racing_exchanges_leaves_no_token_offline_verifiers_accept(bac
                 .await
                 .expect("remove")
         };
-        let (token, _) = tokio::join!(exchange(&s, by_secret(&sa, &secret)), remove);
-        if let Ok(t) = token {
+        let exchanges =
+            futures::future::join_all((0..10).map(|_| exchange(&s, by_secret(&sa, &secret))));
+        let (tokens, _) = tokio::join!(exchanges, remove);
+        for t in tokens.into_iter().flatten() {
             let st = list_users(&s, &t).await.expect_err("after the removal");
             assert_eq!(reason(&st), "SESSION_REVOKED", "round {round}");
-            issued.push((cred, t));
+            issued.push((cred.clone(), t));
         }
     }
     let evs = events(&mut stream, 20).await;
+    assert!(!issued.is_empty(), "no exchange won a race");
     for (cred, t) in &issued {
         let e = evs
             .iter()
