@@ -28,6 +28,7 @@ both_backends!(
     an_org_account_reads_no_more_of_a_user_than_its_manager_can,
     forged_assertions_naming_an_account_do_not_lock_out_its_key,
     offline_verifiers_give_service_tokens_scopes_not_permissions,
+    every_refused_exchange_of_an_existing_account_is_audited,
 );
 
 async fn accounts(s: &TestServer) -> ServiceAccountServiceClient<Channel> {
@@ -1115,4 +1116,63 @@ async fn offline_verifiers_give_service_tokens_scopes_not_permissions(backend: B
     assert!(authority
         .authorize_scope(Some(&bearer), "permissions.check")
         .is_err());
+}
+
+/// The `service_account.token_refused` events of `account`.
+async fn refusals(s: &TestServer, admin: &str, account: &str) -> Vec<AuditEvent> {
+    s.audit()
+        .await
+        .list_audit_events(authed(
+            ListAuditEventsRequest {
+                action: "service_account.token_refused".into(),
+                target_id: account.into(),
+                page_size: 100,
+                ..Default::default()
+            },
+            admin,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .audit_events
+}
+
+/// R25 "every refusal of an existing account is audited" (and H2, where a
+/// locked account's refused attempts are audited with `reason: locked`):
+/// a replayed assertion (a stolen one, most likely) and an attempt on a
+/// locked account leave a trace.
+async fn every_refused_exchange_of_an_existing_account_is_audited(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let sa = create(&s, &admin, "device", &["permissions.check"]).await;
+    let key = add_key(&s, &admin, &sa).await;
+    let (_, secret) = add_secret(&s, &admin, &sa).await;
+
+    let assertion = key.assertion(now(), 60).expect("sign");
+    exchange(&s, by_assertion(&assertion))
+        .await
+        .expect("first use");
+    let before = refusals(&s, &admin, &sa).await.len();
+    let e = exchange(&s, by_assertion(&assertion))
+        .await
+        .expect_err("replay");
+    assert_eq!(reason(&e), "ASSERTION_REPLAYED");
+    let mut missing = Vec::new();
+    if refusals(&s, &admin, &sa).await.len() != before + 1 {
+        missing.push("a replayed assertion");
+    }
+
+    let wrong = format!("kiops_sa_{}", "C".repeat(43));
+    for _ in 0..5 {
+        let _ = exchange(&s, by_secret(&sa, &wrong)).await;
+    }
+    let before = refusals(&s, &admin, &sa).await.len();
+    let e = exchange(&s, by_secret(&sa, &secret))
+        .await
+        .expect_err("locked");
+    assert_eq!(reason(&e), "INVALID_CREDENTIALS");
+    if refusals(&s, &admin, &sa).await.len() != before + 1 {
+        missing.push("an attempt on a locked account");
+    }
+    assert!(missing.is_empty(), "not audited: {missing:?}");
 }
