@@ -29,6 +29,8 @@ both_backends!(
     forged_assertions_naming_an_account_do_not_lock_out_its_key,
     offline_verifiers_give_service_tokens_scopes_not_permissions,
     every_refused_exchange_of_an_existing_account_is_audited,
+    a_replica_with_a_clock_ahead_does_not_reopen_a_used_jti,
+    an_export_ends_soon_after_the_account_is_disabled,
 );
 
 async fn accounts(s: &TestServer) -> ServiceAccountServiceClient<Channel> {
@@ -1175,4 +1177,87 @@ async fn every_refused_exchange_of_an_existing_account_is_audited(backend: Backe
         missing.push("an attempt on a locked account");
     }
     assert!(missing.is_empty(), "not audited: {missing:?}");
+}
+
+/// Single use across replicas whose clocks differ by 20 s (less than the
+/// 30 s of skew the exchange tolerates on `iat`/`nbf`): a replica ahead
+/// drops the account's "expired" `jti`s while the others still accept
+/// those assertions, so a used assertion must not become usable again.
+async fn a_replica_with_a_clock_ahead_does_not_reopen_a_used_jti(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let ahead = s.replica(ServerOptions::default()).await;
+    ahead.advance_clock(Duration::from_secs(20));
+    let admin = s.admin_token().await;
+    let sa = create(&s, &admin, "device", &["permissions.check"]).await;
+    let key = add_key(&s, &admin, &sa).await;
+
+    // Used once on the server with the right clock; valid 10 s more.
+    let stolen = key.assertion(now(), 10).expect("sign");
+    exchange(&s, by_assertion(&stolen))
+        .await
+        .expect("first use");
+    // Any exchange of the account on the replica ahead (its own assertion
+    // is fresh by its clock).
+    let theirs = key.assertion(now() + 20, 60).expect("sign");
+    exchange(&ahead, by_assertion(&theirs))
+        .await
+        .expect("exchange on the replica ahead");
+    let e = exchange(&s, by_assertion(&stolen))
+        .await
+        .expect_err("a used assertion was accepted a second time");
+    assert_eq!(reason(&e), "ASSERTION_REPLAYED");
+}
+
+/// H7 for a service's export: an organization account's ExportAuditEvents,
+/// read slowly, ends within ~2 s of the Disable.
+async fn an_export_ends_soon_after_the_account_is_disabled(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "alpha", "alpha").await;
+    bulk_audit(&s, &org, 20_000).await;
+    let sa = create_in(&s, &admin, &org, "auditor", &["audit.read"])
+        .await
+        .expect("create");
+    let (_, secret) = add_secret(&s, &admin, &sa).await;
+    let t = exchange(&s, by_secret(&sa, &secret))
+        .await
+        .expect("exchange");
+    let mut stream = s
+        .audit()
+        .await
+        .export_audit_events(authed(
+            ExportAuditEventsRequest {
+                organization_id: Some(org.clone()),
+                format: ExportFormat::JsonLines as i32,
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first chunk")
+        .expect("a chunk");
+    set_enabled(&s, &admin, &sa, false).await;
+    // Not reading for 2.5 s: the server, blocked on a full stream, must
+    // still notice the Disable and end the export (H7); what was already
+    // on its way is then drained, and the refusal must follow it instead
+    // of the rest of the trail.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut bytes = 0usize;
+    let e = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => bytes += m.chunk.len(),
+                Ok(None) => panic!("the export ran to its end after the Disable ({bytes} bytes)"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the export outlived the Disable");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 }
