@@ -202,7 +202,7 @@ async fn events(
 }
 
 fn revoke_ms(e: &RevocationEvent) -> i64 {
-    let t = e.revoke_time.clone().unwrap_or_default();
+    let t = e.revoke_time.unwrap_or_default();
     t.seconds * 1000 + (t.nanos / 1_000_000) as i64
 }
 
