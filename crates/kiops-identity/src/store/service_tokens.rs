@@ -36,6 +36,8 @@ pub struct ExchangeAccount {
     pub certificate_identity: Option<String>,
     pub failed_attempts: i32,
     pub locked_until_ms: Option<i64>,
+    /// When its access was last narrowed (ms): tokens must be newer.
+    pub tokens_not_before_ms: i64,
 }
 
 /// One credential of the account, with what verifies it.
@@ -61,7 +63,8 @@ pub async fn lock_account<C: ConnectionTrait>(
     };
     let sql = format!(
         "SELECT id, name, organization_id, scopes, status, certificate_identity, \
-         failed_attempts, locked_until FROM service_accounts WHERE id = $1{lock}"
+         failed_attempts, locked_until, tokens_not_before \
+         FROM service_accounts WHERE id = $1{lock}"
     );
     let Some(row) = conn
         .query_one_raw(statement(conn, &sql, [account_id.into()]))
@@ -83,6 +86,7 @@ pub async fn lock_account<C: ConnectionTrait>(
         certificate_identity: identity.filter(|i| !i.is_empty()),
         failed_attempts: row.try_get("", "failed_attempts").map_err(db_err)?,
         locked_until_ms: row.try_get("", "locked_until").map_err(db_err)?,
+        tokens_not_before_ms: row.try_get("", "tokens_not_before").map_err(db_err)?,
     }))
 }
 

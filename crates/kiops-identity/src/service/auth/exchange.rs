@@ -192,6 +192,13 @@ async fn finish(
     now: i64,
 ) -> Result<ServiceToken, DomainError> {
     service_tokens::record_exchange(&tx, meta, account, credential, now).await?;
+    // Dated no earlier than the second after the account's access was last
+    // narrowed: a token of an account re-enabled in the same second as it
+    // was disabled must not count as older than that revocation (here and
+    // offline, `iat` has 1-second resolution). At most a second ahead,
+    // within every verifier's leeway.
+    let not_before_secs = (account.tokens_not_before_ms + 999).div_euclid(1000);
+    let issued_at = ((now / 1000).max(not_before_secs)) as u64;
     let issued = app.tokens.mint_service(
         ServiceIssueRequest {
             service_account_id: account.id.clone(),
@@ -204,7 +211,7 @@ async fn finish(
                 .collect(),
             credential_id: credential.id.clone(),
         },
-        (now / 1000) as u64,
+        issued_at,
     )?;
     tx.commit().await?;
     app.metrics.logins.with_label_values(&["service"]).inc();
