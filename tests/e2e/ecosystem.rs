@@ -33,7 +33,7 @@ struct Pki {
     rogue_key_pem: String,
 }
 
-fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+pub(crate) fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params

@@ -162,7 +162,7 @@ async fn audit_count(ch: &Channel, admin: &str, action: &str, target: &str) -> u
 
 /// Runs one SQL statement from the test process, on a connection of its
 /// own that is closed at once (an open SQLite reader would hold the WAL).
-async fn sql_rows(s: &TestServer, sql: &str) -> Vec<sea_orm::QueryResult> {
+pub(crate) async fn sql_rows(s: &TestServer, sql: &str) -> Vec<sea_orm::QueryResult> {
     let db = Database::connect(&s.db.url).await.expect("connect");
     let rows = db
         .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
@@ -184,7 +184,7 @@ async fn undelivered(s: &TestServer) -> i64 {
 /// What someone holding a copy of the database has: on SQLite the bytes of
 /// the database file and its WAL (free space and old row versions
 /// included); on PostgreSQL every row of every table as text.
-async fn database_copy(s: &TestServer) -> Vec<u8> {
+pub(crate) async fn database_copy(s: &TestServer) -> Vec<u8> {
     match s.backend {
         Backend::Sqlite => {
             let mut bytes = Vec::new();

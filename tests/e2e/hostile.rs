@@ -97,7 +97,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..54,
+        0u8..56,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -502,6 +502,25 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             t,
         ),
         52 => (Rpc::VerifyEmail(VerifyEmailRequest { token: a }), None),
+        54 => (
+            Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
+                credential: Some(
+                    issue_service_account_token_request::Credential::ClientSecret(ClientSecret {
+                        service_account_id: if c.n[0] % 2 == 0 { user } else { a },
+                        secret: b,
+                    }),
+                ),
+            }),
+            None,
+        ),
+        55 => (
+            Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
+                credential: Some(issue_service_account_token_request::Credential::Assertion(
+                    a,
+                )),
+            }),
+            None,
+        ),
         53 => (
             Rpc::ResendVerificationEmail(ResendVerificationEmailRequest { email: a }),
             None,
@@ -513,7 +532,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
     }
 }
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 14] = [
     "users",
     "organizations",
     "memberships",
@@ -525,6 +544,9 @@ const TABLES: [&str; 11] = [
     "password_reset_tokens",
     "email_outbox",
     "email_verification_tokens",
+    "service_accounts",
+    "service_account_credentials",
+    "service_assertion_jtis",
 ];
 
 async fn snapshot(db: &DatabaseConnection) -> BTreeMap<&'static str, i64> {

@@ -29,5 +29,7 @@ mod readme;
 mod redteam;
 mod redteam_ways_in;
 mod server;
+mod service_accounts;
+mod service_tokens;
 mod stress;
 mod ways_in;

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-crate::both_backends!(every_rpc_for_every_caller_matches_the_table);
+crate::both_backends!(
+    every_rpc_for_every_caller_matches_the_table,
+    every_rpc_for_every_service_account_matches_the_table,
+);
 
 /// Column order of the table.
 const CALLERS: [&str; 14] = [
@@ -35,6 +38,28 @@ const CALLERS: [&str; 14] = [
     "other-mgr",
     "manager",
     "admin",
+];
+
+/// Column order of the service-account table: who holds the token.
+const SERVICE_CALLERS: [&str; 10] = [
+    "sa:platform",
+    "sa:own",
+    "sa:other",
+    "sa:check",
+    "sa:watch",
+    "sa:members",
+    "sa:users",
+    "sa:audit",
+    "sa:disabled",
+    "sa:removed",
+];
+
+const ALL_SCOPES: [&str; 5] = [
+    "permissions.check",
+    "revocations.watch",
+    "members.read",
+    "users.read",
+    "audit.read",
 ];
 
 const PERMS: [(&str, Permission); 7] = [
@@ -98,9 +123,14 @@ struct World {
     invitation: String,
     invite_token: String,
     join_request: String,
+    /// A platform service account and one of its client secrets.
+    service_secret: (String, String),
     refresh_token: String,
     reset_token: String,
     verify_token: String,
+    /// A service account of the organization, and its one secret.
+    service_account: String,
+    credential: String,
     /// Fresh callers for rows that consume the caller.
     fresh: BTreeMap<&'static str, String>,
 }
@@ -432,10 +462,182 @@ impl Env {
             let mail = self.sink.wait_for(&email, 1).await;
             w.verify_token = mail.token("kv").expect("verification token");
         }
+        if rpc == "AuthService/IssueServiceAccountToken" {
+            w.service_secret = self.service_secret(n).await;
+        }
         if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
             w.fresh = self.fresh_callers(&org).await;
         }
+        if rpc.starts_with("ServiceAccountService/")
+            && rpc != "ServiceAccountService/CreateServiceAccount"
+        {
+            self.service_account(&mut w, n, rpc.ends_with("/EnableServiceAccount"))
+                .await;
+        }
         w
+    }
+
+    /// An account of the world's organization with one secret, made by the
+    /// PlatformAdmin; `disabled` for the row that enables it.
+    async fn service_account(&self, w: &mut World, n: usize, disabled: bool) {
+        let mut sa = self.c.service_accounts.clone();
+        w.service_account = sa
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    organization_id: w.org.clone(),
+                    name: format!("sa-{n}"),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("create service account")
+            .into_inner()
+            .service_account
+            .expect("service account")
+            .service_account_id;
+        w.credential = sa
+            .add_service_account_secret(authed(
+                AddServiceAccountSecretRequest {
+                    service_account_id: w.service_account.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("add secret")
+            .into_inner()
+            .credential
+            .expect("credential")
+            .credential_id;
+        if disabled {
+            sa.disable_service_account(authed(
+                DisableServiceAccountRequest {
+                    service_account_id: w.service_account.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("disable");
+        }
+    }
+
+    /// A new platform service account and a client secret of it.
+    async fn service_secret(&self, n: usize) -> (String, String) {
+        let mut c = self.c.service_accounts.clone();
+        let id = c
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    name: format!("matrix-{n}"),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("service account")
+            .into_inner()
+            .service_account
+            .expect("account")
+            .service_account_id;
+        let secret = c
+            .add_service_account_secret(authed(
+                AddServiceAccountSecretRequest {
+                    service_account_id: id.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("secret")
+            .into_inner()
+            .secret;
+        (id, secret)
+    }
+
+    /// A token of service-account caller `kind` for world `w`: an account
+    /// owned by the world's organization (`sa:platform`: the platform,
+    /// `sa:other`: the organization `other-mgr` manages) holding every scope
+    /// or the one its column names; `sa:disabled` is disabled and
+    /// `sa:removed` lost its credential after the token was issued.
+    async fn service_token(&self, w: &World, kind: &str) -> String {
+        let scopes: Vec<&str> = match kind {
+            "sa:check" => vec!["permissions.check"],
+            "sa:watch" => vec!["revocations.watch"],
+            "sa:members" => vec!["members.read"],
+            "sa:users" => vec!["users.read"],
+            "sa:audit" => vec!["audit.read"],
+            _ => ALL_SCOPES.to_vec(),
+        };
+        let owner = match kind {
+            "sa:platform" => String::new(),
+            "sa:other" => self.other_org.clone(),
+            _ => w.org.clone(),
+        };
+        let mut c = self.c.service_accounts.clone();
+        let id = c
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    organization_id: owner,
+                    name: format!("sa-{}", self.next()),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("service account")
+            .into_inner()
+            .service_account
+            .expect("account")
+            .service_account_id;
+        let added = c
+            .add_service_account_secret(authed(
+                AddServiceAccountSecretRequest {
+                    service_account_id: id.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("secret")
+            .into_inner();
+        let token = self
+            .c
+            .auth
+            .clone()
+            .issue_service_account_token(IssueServiceAccountTokenRequest {
+                credential: Some(
+                    issue_service_account_token_request::Credential::ClientSecret(ClientSecret {
+                        service_account_id: id.clone(),
+                        secret: added.secret,
+                    }),
+                ),
+            })
+            .await
+            .expect("service token")
+            .into_inner()
+            .access_token;
+        if kind == "sa:disabled" {
+            c.disable_service_account(authed(
+                DisableServiceAccountRequest {
+                    service_account_id: id.clone(),
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("disable");
+        }
+        if kind == "sa:removed" {
+            c.remove_service_account_credential(authed(
+                RemoveServiceAccountCredentialRequest {
+                    service_account_id: id,
+                    credential_id: added.credential.expect("credential").credential_id,
+                },
+                &self.admin,
+            ))
+            .await
+            .expect("remove credential");
+        }
+        token
     }
 
     /// The target of row `rpc`: a Member. Rows that change the account
@@ -525,6 +727,7 @@ impl Env {
     /// What row `rpc` sends in world `w`.
     fn request(&self, rpc: &str, w: &World) -> Rpc {
         let org = w.org.clone();
+        let sa = w.service_account.clone();
         let fresh_email = || format!("new-{}@matrix.io", self.next());
         match rpc {
             "ApprovalService/RequestToJoin" => Rpc::RequestToJoin(RequestToJoinRequest {
@@ -590,6 +793,18 @@ impl Env {
                 })
             }
             "AuthService/GetJwks" => Rpc::GetJwks(GetJwksRequest {}),
+            "AuthService/IssueServiceAccountToken" => {
+                Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
+                    credential: Some(
+                        issue_service_account_token_request::Credential::ClientSecret(
+                            ClientSecret {
+                                service_account_id: w.service_secret.0.clone(),
+                                secret: w.service_secret.1.clone(),
+                            },
+                        ),
+                    ),
+                })
+            }
             "AuthService/WatchRevocations" => {
                 Rpc::WatchRevocations(WatchRevocationsRequest::default())
             }
@@ -742,6 +957,72 @@ impl Env {
                     organization_id: org,
                 })
             }
+            "ServiceAccountService/CreateServiceAccount" => {
+                Rpc::CreateServiceAccount(CreateServiceAccountRequest {
+                    organization_id: org,
+                    name: format!("sa-new-{}", self.next()),
+                    scopes: vec!["permissions.check".into()],
+                    ..Default::default()
+                })
+            }
+            "ServiceAccountService/GetServiceAccount" => {
+                Rpc::GetServiceAccount(GetServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/ListServiceAccounts" => {
+                Rpc::ListServiceAccounts(ListServiceAccountsRequest {
+                    organization_id: org,
+                    ..Default::default()
+                })
+            }
+            "ServiceAccountService/UpdateServiceAccount" => {
+                Rpc::UpdateServiceAccount(UpdateServiceAccountRequest {
+                    service_account: Some(ServiceAccount {
+                        service_account_id: sa,
+                        description: "changed".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: field_mask(&["description"]),
+                })
+            }
+            "ServiceAccountService/DisableServiceAccount" => {
+                Rpc::DisableServiceAccount(DisableServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/EnableServiceAccount" => {
+                Rpc::EnableServiceAccount(EnableServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/DeleteServiceAccount" => {
+                Rpc::DeleteServiceAccount(DeleteServiceAccountRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/AddServiceAccountKey" => {
+                Rpc::AddServiceAccountKey(AddServiceAccountKeyRequest {
+                    service_account_id: sa,
+                    public_key_pem: String::new(),
+                })
+            }
+            "ServiceAccountService/AddServiceAccountSecret" => {
+                Rpc::AddServiceAccountSecret(AddServiceAccountSecretRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/ListServiceAccountCredentials" => {
+                Rpc::ListServiceAccountCredentials(ListServiceAccountCredentialsRequest {
+                    service_account_id: sa,
+                })
+            }
+            "ServiceAccountService/RemoveServiceAccountCredential" => {
+                Rpc::RemoveServiceAccountCredential(RemoveServiceAccountCredentialRequest {
+                    service_account_id: sa,
+                    credential_id: w.credential.clone(),
+                })
+            }
             "UserService/GetMe" => Rpc::GetMe(GetMeRequest {}),
             "UserService/UpdateMe" => Rpc::UpdateMe(UpdateMeRequest {
                 name: "Renamed".into(),
@@ -798,28 +1079,36 @@ fn token_sub(token: &str) -> String {
 
 /// Rows of tests/isolation-matrix.md: (rpc, expected label per caller).
 fn table() -> Vec<(String, Vec<String>)> {
+    table_of("| RPC |", &CALLERS)
+}
+
+/// The rows of the table whose header starts with `header`, whose caller
+/// columns must be `callers`.
+fn table_of(header: &str, callers: &[&str]) -> Vec<(String, Vec<String>)> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/isolation-matrix.md");
     let text = std::fs::read_to_string(&path).expect("tests/isolation-matrix.md");
     let mut rows = Vec::new();
     let mut header_seen = false;
-    let start = text.find("\n| RPC |").expect("the matrix table") + 1;
-    for line in text[start..].lines().filter(|l| l.starts_with('|')) {
+    let start = text
+        .find(&format!("\n{header}"))
+        .unwrap_or_else(|| panic!("a table headed {header}"))
+        + 1;
+    for line in text[start..].lines().take_while(|l| l.starts_with('|')) {
         let cells: Vec<String> = line
             .trim_matches('|')
             .split('|')
             .map(|c| c.trim().trim_matches('`').to_string())
             .collect();
         if !header_seen {
-            assert_eq!(cells[0], "RPC", "first table column");
-            assert_eq!(&cells[1..], &CALLERS, "caller columns");
+            assert_eq!(&cells[1..], callers, "caller columns");
             header_seen = true;
             continue;
         }
         if cells[0].starts_with('-') {
             continue;
         }
-        assert_eq!(cells.len(), CALLERS.len() + 1, "row {line}");
+        assert_eq!(cells.len(), callers.len() + 1, "row {line}");
         rows.push((cells[0].clone(), cells[1..].to_vec()));
     }
     rows
@@ -919,6 +1208,62 @@ async fn every_rpc_for_every_caller_matches_the_table(backend: Backend) {
         "isolation matrix ({backend:?}): {} RPC rows × {} callers = {cells} cells as stated",
         rows.len(),
         CALLERS.len() + 1
+    );
+    drop(env.sink);
+}
+
+/// Issue 22: the same rows, called with service-account tokens
+/// (`tests/isolation-matrix.md`, second table). A service account reaches
+/// only what one of its scopes opens, only inside its owner organization
+/// (R25); a disabled account or a removed credential is refused at once.
+async fn every_rpc_for_every_service_account_matches_the_table(backend: Backend) {
+    let rows = table_of("| RPC (service accounts) |", &SERVICE_CALLERS);
+    let people: Vec<String> = table().into_iter().map(|(r, _)| r).collect();
+    let covered: Vec<String> = rows.iter().map(|(r, _)| r.clone()).collect();
+    assert_eq!(
+        covered, people,
+        "the service table has the rows of the people table"
+    );
+    let env = Env::new(backend).await;
+    let mut mismatches = Vec::new();
+    let mut actual_table = String::new();
+    let mut cells = 0;
+    for (rpc, expected) in &rows {
+        let mut actual = Vec::new();
+        for (i, caller) in SERVICE_CALLERS.iter().enumerate() {
+            let w = env.world(rpc).await;
+            let token = env.service_token(&w, caller).await;
+            let got = match env.call(rpc, &w, Some(&token)).await {
+                Ok(()) => "OK",
+                Err(s) => {
+                    assert_ne!(s.code(), Code::Internal, "{rpc} as {caller}: {s:?}");
+                    if s.code() == Code::PermissionDenied && caller.starts_with("sa:") {
+                        assert_eq!(reason(&s), "SCOPE_REQUIRED", "{rpc} as {caller}: {s:?}");
+                    }
+                    code_label(s.code())
+                }
+            };
+            cells += 1;
+            if got != expected[i] {
+                mismatches.push(format!(
+                    "{rpc} as {caller}: expected {}, got {got}",
+                    expected[i]
+                ));
+            }
+            actual.push(got);
+        }
+        actual_table.push_str(&format!("| `{rpc}` | {} |\n", actual.join(" | ")));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {cells} cells differ from tests/isolation-matrix.md:\n{}\n\nactual rows:\n{actual_table}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    println!(
+        "service-account matrix ({backend:?}): {} RPC rows × {} service callers = {cells} cells as stated",
+        rows.len(),
+        SERVICE_CALLERS.len()
     );
     drop(env.sink);
 }

@@ -64,6 +64,7 @@ async fn health_and_reflection_answer(backend: Backend) {
         "kiops.identity.v1.InvitationService",
         "kiops.identity.v1.ApprovalService",
         "kiops.identity.v1.AuditService",
+        "kiops.identity.v1.ServiceAccountService",
         "grpc.health.v1.Health",
     ] {
         assert!(

@@ -254,6 +254,7 @@ async fn health_service() -> (HealthReporter, HealthServer<impl Health>) {
         "kiops.identity.v1.InvitationService",
         "kiops.identity.v1.ApprovalService",
         "kiops.identity.v1.AuditService",
+        "kiops.identity.v1.ServiceAccountService",
         LIVENESS,
         "",
     ] {
@@ -374,7 +375,7 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// The gRPC server: middleware (request id, client address, metrics, load
-/// shedding), health, reflection and the seven services, on `listener`
+/// shedding), health, reflection and the eight services, on `listener`
 /// until `shutdown`.
 fn grpc_server(
     args: &ServeArgs,
@@ -418,6 +419,7 @@ fn grpc_server(
         .add_service(services.invitations)
         .add_service(services.approvals)
         .add_service(services.audit)
+        .add_service(services.service_accounts)
         .serve_with_incoming_shutdown(nodelay(listener), wait_true(shutdown.clone())))
 }
 

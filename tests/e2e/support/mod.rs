@@ -19,6 +19,7 @@ use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::membership_service_client::MembershipServiceClient;
 use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
+use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database};
@@ -276,7 +277,7 @@ impl TestServer {
             .expect("connect to server")
     }
 
-    /// Clients of all seven services on one new connection.
+    /// Clients of all eight services on one new connection.
     pub async fn clients(&self) -> Clients {
         Clients::new(self.channel().await)
     }
@@ -309,6 +310,10 @@ impl TestServer {
 
     pub async fn audit(&self) -> AuditServiceClient<Channel> {
         AuditServiceClient::new(self.channel().await)
+    }
+
+    pub async fn service_accounts(&self) -> ServiceAccountServiceClient<Channel> {
+        ServiceAccountServiceClient::new(self.channel().await)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
@@ -427,7 +432,7 @@ impl TestServer {
     }
 }
 
-/// Typed clients of the seven gRPC services, sharing one connection.
+/// Typed clients of the eight gRPC services, sharing one connection.
 #[derive(Clone)]
 pub struct Clients {
     pub auth: AuthServiceClient<Channel>,
@@ -437,6 +442,7 @@ pub struct Clients {
     pub invitations: InvitationServiceClient<Channel>,
     pub approvals: ApprovalServiceClient<Channel>,
     pub audit: AuditServiceClient<Channel>,
+    pub service_accounts: ServiceAccountServiceClient<Channel>,
 }
 
 impl Clients {
@@ -448,7 +454,8 @@ impl Clients {
             members: MembershipServiceClient::new(ch.clone()),
             invitations: InvitationServiceClient::new(ch.clone()),
             approvals: ApprovalServiceClient::new(ch.clone()),
-            audit: AuditServiceClient::new(ch),
+            audit: AuditServiceClient::new(ch.clone()),
+            service_accounts: ServiceAccountServiceClient::new(ch),
         }
     }
 }

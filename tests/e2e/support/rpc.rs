@@ -1,4 +1,4 @@
-//! One table of every RPC of the seven services: its name and how to call
+//! One table of every RPC of the eight services: its name and how to call
 //! it. The isolation matrix, the tenant-isolation test and the hostile-input
 //! test build an [`Rpc`] (which RPC, with which request) and send it here;
 //! what they send differs, how it is sent does not.
@@ -68,6 +68,7 @@ rpcs! {
     "AuthService/ResetPassword" => ResetPassword(ResetPasswordRequest): auth.reset_password;
     "AuthService/GetJwks" => GetJwks(GetJwksRequest): auth.get_jwks;
     "AuthService/WatchRevocations" => WatchRevocations(WatchRevocationsRequest): auth.watch_revocations;
+    "AuthService/IssueServiceAccountToken" => IssueServiceAccountToken(IssueServiceAccountTokenRequest): auth.issue_service_account_token;
     "InvitationService/CreateInvitation" => CreateInvitation(CreateInvitationRequest): invitations.create_invitation;
     "InvitationService/ListInvitations" => ListInvitations(ListInvitationsRequest): invitations.list_invitations;
     "InvitationService/ResendInvitation" => ResendInvitation(ResendInvitationRequest): invitations.resend_invitation;
@@ -94,6 +95,17 @@ rpcs! {
     "OrganizationService/ListOrganizations" => ListOrganizations(ListOrganizationsRequest): orgs.list_organizations;
     "OrganizationService/UpdateOrganization" => UpdateOrganization(UpdateOrganizationRequest): orgs.update_organization;
     "OrganizationService/DeleteOrganization" => DeleteOrganization(DeleteOrganizationRequest): orgs.delete_organization;
+    "ServiceAccountService/CreateServiceAccount" => CreateServiceAccount(CreateServiceAccountRequest): service_accounts.create_service_account;
+    "ServiceAccountService/GetServiceAccount" => GetServiceAccount(GetServiceAccountRequest): service_accounts.get_service_account;
+    "ServiceAccountService/ListServiceAccounts" => ListServiceAccounts(ListServiceAccountsRequest): service_accounts.list_service_accounts;
+    "ServiceAccountService/UpdateServiceAccount" => UpdateServiceAccount(UpdateServiceAccountRequest): service_accounts.update_service_account;
+    "ServiceAccountService/DisableServiceAccount" => DisableServiceAccount(DisableServiceAccountRequest): service_accounts.disable_service_account;
+    "ServiceAccountService/EnableServiceAccount" => EnableServiceAccount(EnableServiceAccountRequest): service_accounts.enable_service_account;
+    "ServiceAccountService/DeleteServiceAccount" => DeleteServiceAccount(DeleteServiceAccountRequest): service_accounts.delete_service_account;
+    "ServiceAccountService/AddServiceAccountKey" => AddServiceAccountKey(AddServiceAccountKeyRequest): service_accounts.add_service_account_key;
+    "ServiceAccountService/AddServiceAccountSecret" => AddServiceAccountSecret(AddServiceAccountSecretRequest): service_accounts.add_service_account_secret;
+    "ServiceAccountService/ListServiceAccountCredentials" => ListServiceAccountCredentials(ListServiceAccountCredentialsRequest): service_accounts.list_service_account_credentials;
+    "ServiceAccountService/RemoveServiceAccountCredential" => RemoveServiceAccountCredential(RemoveServiceAccountCredentialRequest): service_accounts.remove_service_account_credential;
     "UserService/GetMe" => GetMe(GetMeRequest): users.get_me;
     "UserService/UpdateMe" => UpdateMe(UpdateMeRequest): users.update_me;
     "UserService/ChangePassword" => ChangePassword(ChangePasswordRequest): users.change_password;

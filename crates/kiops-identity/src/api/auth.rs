@@ -144,6 +144,27 @@ impl AuthService for AuthApi {
         )))
     }
 
+    async fn issue_service_account_token(
+        &self,
+        request: Request<IssueServiceAccountTokenRequest>,
+    ) -> Result<Response<IssueServiceAccountTokenResponse>, Status> {
+        let meta = request_meta(&request);
+        let peer = context::peer_identities(&request);
+        let t = to_completion(auth::issue_service_account_token(
+            self.app.clone(),
+            meta,
+            peer,
+            request.into_inner(),
+        ))
+        .await?;
+        Ok(Response::new(IssueServiceAccountTokenResponse {
+            access_token: t.access_token,
+            expires_in: t.expires_in,
+            token_type: "Bearer".into(),
+            scopes: t.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+        }))
+    }
+
     async fn get_jwks(
         &self,
         _request: Request<GetJwksRequest>,

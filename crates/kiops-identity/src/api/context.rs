@@ -122,3 +122,31 @@ pub fn verify_bearer<T>(app: &App, req: &Request<T>) -> Result<kiops_token::Clai
         invalid_token()
     })
 }
+
+/// The URI and DNS subject alternative names of the client certificate the
+/// TLS connection presented (verified by the TLS layer against
+/// --tls-client-ca-file); empty without one. Only the leaf is read.
+pub fn peer_identities<T>(req: &Request<T>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Some(certs) = req.peer_certs() else {
+        return Vec::new();
+    };
+    let Some(leaf) = certs.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod invitations;
 pub mod memberships;
 pub mod organizations;
+pub mod service_accounts;
 pub mod status;
 pub mod streams;
 pub mod users;
@@ -21,13 +22,14 @@ use kiops_proto::v1::auth_service_server::AuthServiceServer;
 use kiops_proto::v1::invitation_service_server::InvitationServiceServer;
 use kiops_proto::v1::membership_service_server::MembershipServiceServer;
 use kiops_proto::v1::organization_service_server::OrganizationServiceServer;
+use kiops_proto::v1::service_account_service_server::ServiceAccountServiceServer;
 use kiops_proto::v1::user_service_server::UserServiceServer;
 
 /// Largest request message accepted (bytes). Bigger ones are refused by tonic
 /// with RESOURCE_EXHAUSTED before any handler runs.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
-/// The seven `kiops.identity.v1` services, ready to add to a tonic router.
+/// The eight `kiops.identity.v1` services, ready to add to a tonic router.
 pub struct Services {
     pub auth: AuthServiceServer<auth::AuthApi>,
     pub users: UserServiceServer<users::UserApi>,
@@ -36,6 +38,7 @@ pub struct Services {
     pub invitations: InvitationServiceServer<invitations::InvitationApi>,
     pub approvals: ApprovalServiceServer<approvals::ApprovalApi>,
     pub audit: AuditServiceServer<audit::AuditApi>,
+    pub service_accounts: ServiceAccountServiceServer<service_accounts::ServiceAccountApi>,
 }
 
 impl Services {
@@ -57,6 +60,10 @@ impl Services {
                 .max_decoding_message_size(max_request_bytes),
             audit: AuditServiceServer::new(audit::AuditApi::new(app.clone()))
                 .max_decoding_message_size(max_request_bytes),
+            service_accounts: ServiceAccountServiceServer::new(
+                service_accounts::ServiceAccountApi::new(app.clone()),
+            )
+            .max_decoding_message_size(max_request_bytes),
         }
     }
 }

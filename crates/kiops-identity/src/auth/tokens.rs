@@ -107,6 +107,23 @@ impl TokenService {
             .map_err(|e| DomainError::internal(format!("signing: {e}")))
     }
 
+    /// A service account's token (R25).
+    pub fn mint_service(
+        &self,
+        req: kiops_token::ServiceIssueRequest,
+        now_secs: u64,
+    ) -> Result<IssuedToken, DomainError> {
+        self.current()
+            .issuer
+            .issue_service_at(req, now_secs)
+            .map_err(|e| DomainError::internal(format!("signing: {e}")))
+    }
+
+    /// The `iss` of our tokens: the `aud` service-account assertions name.
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
     /// Verifies at the service clock's time (injectable in tests).
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Claims, VerifyError> {
         self.current().verifier.verify_at(token, None, now_secs)

@@ -5,6 +5,7 @@
 //! call these, and apply the decision.
 
 pub mod access;
+pub mod assertion;
 pub mod audit;
 pub mod error;
 pub mod invitation;

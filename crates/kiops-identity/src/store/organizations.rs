@@ -1,7 +1,7 @@
 //! Organizations (R18).
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
-use super::entity::{membership, organization};
+use super::entity::{membership, organization, service_account};
 use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::DomainError;
@@ -187,8 +187,10 @@ pub async fn update<C: ConnectionTrait>(
     Ok(after)
 }
 
-/// Deletes the organization; its memberships, invitations, join requests and
-/// templates go with it (ON DELETE CASCADE). Its audit events stay.
+/// Deletes the organization; its memberships, invitations, join requests,
+/// templates and service accounts (with their credentials) go with it (ON
+/// DELETE CASCADE), each service account's tokens revoked by an event of
+/// its own. Its audit events stay.
 pub async fn delete<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
@@ -201,6 +203,7 @@ pub async fn delete<C: ConnectionTrait>(
         .count(conn)
         .await
         .map_err(db_err)?;
+    let service_accounts = revoke_service_accounts(conn, &org.id, now).await?;
     organization::Entity::delete_by_id(org.id.clone())
         .exec(conn)
         .await
@@ -217,9 +220,43 @@ pub async fn delete<C: ConnectionTrait>(
         meta,
         AuditEntry::new(actor, "organization.deleted", "organization", &org.id)
             .org(&org.id)
-            .details(json!({"before": snapshot(&org), "memberships_removed": members})),
+            .details(json!({
+                "before": snapshot(&org),
+                "memberships_removed": members,
+                "service_accounts_removed": service_accounts,
+            })),
         now,
     )
     .await?;
     Ok(())
+}
+
+/// Before the organization row goes (its service accounts and their
+/// credentials then go by ON DELETE CASCADE): one revocation event per
+/// service account of `org`, as DeleteServiceAccount writes (R25). Read
+/// here rather than through `service_accounts`, which reads memberships.
+async fn revoke_service_accounts<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    now: i64,
+) -> Result<u64, DomainError> {
+    let ids: Vec<String> = service_account::Entity::find()
+        .select_only()
+        .column(service_account::Column::Id)
+        .filter(service_account::Column::OrganizationId.eq(org))
+        .order_by_asc(service_account::Column::Id)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    for id in &ids {
+        super::revocations::record(
+            conn,
+            super::revocations::Scope::user(id),
+            "service_account_deleted",
+            now,
+        )
+        .await?;
+    }
+    Ok(ids.len() as u64)
 }

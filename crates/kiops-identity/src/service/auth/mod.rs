@@ -8,6 +8,7 @@
 //! slot (fail closed, R11). Refresh detaches only its classifying
 //! transaction (`store::rotation`).
 
+mod exchange;
 mod login;
 mod password_reset;
 mod refresh;
@@ -15,6 +16,7 @@ mod revocations;
 mod signup;
 mod verification;
 
+pub use exchange::{issue_service_account_token, PeerIdentities, ServiceToken, SECRET_PREFIX};
 pub use login::{login, logout};
 pub use password_reset::{request_password_reset, reset_password};
 pub use refresh::refresh;

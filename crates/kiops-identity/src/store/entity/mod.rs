@@ -11,6 +11,8 @@ pub mod password_reset_token;
 pub mod permission_template;
 pub mod refresh_token;
 pub mod revocation_event;
+pub mod service_account;
+pub mod service_account_credential;
 pub mod session;
 pub mod signing_key;
 pub mod user;
