@@ -68,6 +68,11 @@ impl Identity {
         })
     }
 
+    /// The account's token source (shared by its calls and its watcher).
+    pub fn service_tokens(&self) -> &ServiceTokenSource {
+        &self.tokens
+    }
+
     /// Follows `WatchRevocations` into `authority` as the service account,
     /// reconnecting (with a renewed token when it expired) and resuming
     /// after the last event seen.
