@@ -97,7 +97,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..56,
+        0u8..57,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -521,6 +521,28 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             }),
             None,
         ),
+        // CheckPermissions: 0 to 102 items; the case's ids and strings in
+        // the first two (so the message stays within `oversized`'s sum),
+        // a well-formed unknown id in the rest.
+        56 => {
+            const UNKNOWN: &str = "01a2072e-0000-7000-8000-000000000000";
+            let count = (c.n[0].unsigned_abs() % 103) as usize;
+            let items = (0..count)
+                .map(|i| {
+                    let (user_id, organization_id) = match i {
+                        0 => (user.clone(), org.clone()),
+                        1 => (a.clone(), b.clone()),
+                        _ => (UNKNOWN.to_string(), UNKNOWN.to_string()),
+                    };
+                    CheckPermissionRequest {
+                        user_id,
+                        organization_id,
+                        permission: c.perms.get(i).copied().unwrap_or(c.n[1]),
+                    }
+                })
+                .collect();
+            (Rpc::CheckPermissions(CheckPermissionsRequest { items }), t)
+        }
         53 => (
             Rpc::ResendVerificationEmail(ResendVerificationEmailRequest { email: a }),
             None,

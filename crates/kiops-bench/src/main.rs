@@ -62,11 +62,11 @@ struct Args {
     /// Runs of the whole scenario set (memory must not grow between them).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Comma-separated subset of: baseline, check-permission, list-members,
-    /// login, refresh, mixed, verify.
+    /// Comma-separated subset of: baseline, check-permission,
+    /// check-permissions-bulk, list-members, login, refresh, mixed, verify.
     #[arg(
         long,
-        default_value = "baseline,check-permission,list-members,login,refresh,mixed,verify"
+        default_value = "baseline,check-permission,check-permissions-bulk,list-members,login,refresh,mixed,verify"
     )]
     scenarios: String,
     /// CI mode: tiny data set, 1 second per scenario, one round.
@@ -299,6 +299,10 @@ where
         client_cpu,
     }
 }
+
+/// Checks per CheckPermissions call in `check-permissions-bulk`: the most
+/// one call takes.
+const BULK_ITEMS: usize = 100;
 
 type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
@@ -585,6 +589,7 @@ async fn run_rounds(
     for round in 1..=args.rounds {
         println!("\n== round {round}");
         let mut baseline_tp = 0.0;
+        let mut single_check_tp = 0.0;
         if want("baseline") {
             let cs = chans.clone();
             let s = run(n, d, move |t| {
@@ -625,6 +630,47 @@ async fn run_rounds(
             println!("{}", s.line("check-permission"));
             if baseline_tp > 0.0 {
                 println!("  check-permission / baseline throughput = {:.0}% (target ≥ 50%), p99 {:.2} ms (target ≤ 2)", 100.0 * s.throughput() / baseline_tp, s.pct(0.99));
+            }
+            single_check_tp = s.throughput();
+        }
+        if want("check-permissions-bulk") {
+            // The same checks as check-permission, BULK_ITEMS to a call.
+            let (cs, m, org, tok) = (
+                chans.clone(),
+                members.clone(),
+                big_org.clone(),
+                admin.clone(),
+            );
+            let s = run(n, d, move |t| {
+                let mut c = MembershipServiceClient::new(cs[t % cs.len()].clone());
+                let mut rng = rand::thread_rng();
+                let items = (0..BULK_ITEMS)
+                    .map(|_| CheckPermissionRequest {
+                        user_id: pick(&m),
+                        organization_id: org.clone(),
+                        permission: rng.gen_range(1..8),
+                    })
+                    .collect();
+                let req = authed(CheckPermissionsRequest { items }, &tok);
+                async move {
+                    c.check_permissions(req)
+                        .await
+                        .is_ok_and(|r| r.into_inner().results.len() == BULK_ITEMS)
+                }
+            })
+            .await;
+            let items = s.throughput() * BULK_ITEMS as f64;
+            println!(
+                "{}  ({BULK_ITEMS} items a call)",
+                s.line("check-permissions-bulk")
+            );
+            if single_check_tp > 0.0 {
+                println!(
+                    "  check-permissions-bulk {items:.0} items/s = {:.1}× check-permission's calls/s (target ≥ 5×)",
+                    items / single_check_tp
+                );
+            } else {
+                println!("  check-permissions-bulk {items:.0} items/s");
             }
         }
         if want("list-members") {

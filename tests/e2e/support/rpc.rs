@@ -84,6 +84,7 @@ rpcs! {
     "MembershipService/LeaveOrganization" => LeaveOrganization(LeaveOrganizationRequest): members.leave_organization;
     "MembershipService/ListMyMemberships" => ListMyMemberships(ListMyMembershipsRequest): members.list_my_memberships;
     "MembershipService/CheckPermission" => CheckPermission(CheckPermissionRequest): members.check_permission;
+    "MembershipService/CheckPermissions" => CheckPermissions(CheckPermissionsRequest): members.check_permissions;
     "MembershipService/CreatePermissionTemplate" => CreatePermissionTemplate(CreatePermissionTemplateRequest): members.create_permission_template;
     "MembershipService/ListPermissionTemplates" => ListPermissionTemplates(ListPermissionTemplatesRequest): members.list_permission_templates;
     "MembershipService/UpdatePermissionTemplate" => UpdatePermissionTemplate(UpdatePermissionTemplateRequest): members.update_permission_template;

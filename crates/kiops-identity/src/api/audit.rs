@@ -7,6 +7,7 @@ use super::convert::timestamp;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::domain::audit::AuditEvent as Row;
+use crate::domain::service_account::Scope;
 use crate::overload::CallPermit;
 use crate::service::audit::{self, Export, ExportFormat};
 use kiops_proto::v1::audit_service_server::AuditService;
@@ -121,7 +122,8 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::AuditRead)).await?;
         let page = audit::list(&self.app, &caller, r).await?;
         Ok(Response::new(ListAuditEventsResponse {
             audit_events: page.items.iter().map(to_proto).collect(),
@@ -137,10 +139,11 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<BoxStream<ExportAuditEventsResponse>>, Status> {
+        let meta = context::request_meta(&request);
         let claims = context::verify_bearer(&self.app, &request)?;
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
-        let export = audit::export(&self.app, &caller, request.into_inner()).await?;
+        let export = audit::export(&self.app, &meta, &caller, request.into_inner()).await?;
         let right = StreamRight::Audit {
             organization: export.filter.organization_id.clone(),
         };

@@ -4,7 +4,9 @@
 use super::context;
 use super::convert;
 use crate::app::App;
-use crate::service::memberships::{self, AsOf};
+use crate::domain::service_account::{require_scope, Scope};
+use crate::domain::DomainError;
+use crate::service::memberships::{self, AsOf, Asker};
 use crate::service::{templates, to_completion};
 use kiops_proto::v1::membership_service_server::MembershipService;
 use kiops_proto::v1::*;
@@ -24,6 +26,20 @@ fn member(m: &AsOf<crate::domain::membership::Member>) -> Option<Member> {
     Some(convert::member(&m.value, m.now_ms))
 }
 
+/// Who asks CheckPermission(s). A person is authenticated by the use
+/// case's own read, together with the facts; a service account's token
+/// names no user, so it is authenticated here, holding permissions.check
+/// (R25).
+async fn asker<T>(app: &App, request: &Request<T>) -> Result<Asker, DomainError> {
+    let claims = context::verify_bearer(app, request)?;
+    if !claims.is_service() {
+        return Ok(Asker::Person(claims));
+    }
+    let caller = context::caller_of(app, claims).await?;
+    require_scope(&caller, Some(Scope::PermissionsCheck))?;
+    Ok(Asker::Service(caller))
+}
+
 #[tonic::async_trait]
 impl MembershipService for MembershipApi {
     async fn add_member(
@@ -39,7 +55,8 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::MembersRead)).await?;
         let AsOf {
             value: page,
             now_ms,
@@ -59,7 +76,8 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<GetMemberRequest>,
     ) -> Result<Response<GetMemberResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::MembersRead)).await?;
         let m = memberships::get(&self.app, &caller, &r.organization_id, &r.user_id).await?;
         Ok(Response::new(GetMemberResponse { member: member(&m) }))
     }
@@ -133,10 +151,24 @@ impl MembershipService for MembershipApi {
         &self,
         request: Request<CheckPermissionRequest>,
     ) -> Result<Response<CheckPermissionResponse>, Status> {
-        let claims = context::verify_bearer(&self.app, &request)?;
-        let allowed =
-            memberships::check_permission(&self.app, claims, request.into_inner()).await?;
+        let asker = asker(&self.app, &request).await?;
+        let allowed = memberships::check_permission(&self.app, asker, request.into_inner()).await?;
         Ok(Response::new(CheckPermissionResponse { allowed }))
+    }
+
+    async fn check_permissions(
+        &self,
+        request: Request<CheckPermissionsRequest>,
+    ) -> Result<Response<CheckPermissionsResponse>, Status> {
+        let asker = asker(&self.app, &request).await?;
+        let answers =
+            memberships::check_permissions(&self.app, asker, request.into_inner()).await?;
+        Ok(Response::new(CheckPermissionsResponse {
+            results: answers
+                .into_iter()
+                .map(|allowed| CheckPermissionResponse { allowed })
+                .collect(),
+        }))
     }
 
     async fn create_permission_template(

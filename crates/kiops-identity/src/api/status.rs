@@ -122,6 +122,17 @@ impl From<DomainError> for Status {
                 "the service cannot reach its database; retry later",
                 info(reason::DATABASE_UNAVAILABLE, HashMap::new()),
             ),
+            DomainError::Item { index, error } => {
+                // The item's own status (code, reason, details), its message
+                // prefixed with the item.
+                let inner = Status::from(*error);
+                Status::with_details_and_metadata(
+                    inner.code(),
+                    format!("items[{index}]: {}", inner.message()),
+                    tonic::codegen::Bytes::copy_from_slice(inner.details()),
+                    inner.metadata().clone(),
+                )
+            }
             DomainError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 Status::with_error_details(
@@ -153,5 +164,27 @@ mod tests {
         assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS + 1);
         let bad = status.get_details_bad_request().expect("bad request");
         assert!(bad.field_violations[0].description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
+    }
+
+    #[test]
+    fn an_items_refusal_keeps_its_code_and_reason_and_names_the_item() {
+        let status = Status::from(DomainError::not_found("organization").at_item(7));
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "items[7]: organization not found");
+        let info = status.get_details_error_info().expect("error info");
+        assert_eq!(info.reason, reason::NOT_FOUND);
+        assert_eq!(
+            info.metadata.get("resource").map(String::as_str),
+            Some("organization")
+        );
+        let status = Status::from(
+            DomainError::denied(reason::MANAGER_REQUIRED, "Manager role required").at_item(0),
+        );
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "items[0]: Manager role required");
+        assert_eq!(
+            status.get_details_error_info().expect("info").reason,
+            reason::MANAGER_REQUIRED
+        );
     }
 }

@@ -12,6 +12,7 @@
 
 use crate::app::App;
 use crate::domain::error::reason;
+use crate::domain::service_account::{self, Scope};
 use crate::domain::{Caller, DomainError};
 use std::time::Duration;
 
@@ -76,7 +77,15 @@ impl StreamGuard {
 /// The check every stream makes when it opens and again while it runs.
 pub async fn authorize(app: &App, caller: &Caller, right: &StreamRight) -> Result<(), DomainError> {
     match right {
-        StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
+        StreamRight::PlatformAdmin => match &caller.service {
+            // revocations.watch, platform accounts only (R25): the feed
+            // names users of every organization.
+            Some(s) => {
+                service_account::require_scope(caller, Some(Scope::RevocationsWatch))?;
+                service_account::require_platform_account(s)
+            }
+            None => crate::domain::access::require_platform_admin(caller),
+        },
         StreamRight::Audit { organization } => {
             crate::service::audit::authorize(app, caller, organization.as_deref()).await
         }

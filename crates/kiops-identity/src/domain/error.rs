@@ -93,6 +93,9 @@ pub mod reason {
     pub const CERTIFICATE_REQUIRED: &str = "CERTIFICATE_REQUIRED";
     pub const SERVICE_ACCOUNT_NAME_TAKEN: &str = "SERVICE_ACCOUNT_NAME_TAKEN";
     pub const TOO_MANY_CREDENTIALS: &str = "TOO_MANY_CREDENTIALS";
+    /// A read across organizations by a service account that one
+    /// organization owns.
+    pub const PLATFORM_ACCOUNT_REQUIRED: &str = "PLATFORM_ACCOUNT_REQUIRED";
 }
 
 /// The domain error. Messages are safe to show to the caller: they never
@@ -148,6 +151,13 @@ pub enum DomainError {
     /// A bug or an unexpected failure. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
+    /// The refusal of one item of a batch that fails as a whole (AIP-231,
+    /// CheckPermissions): the item's own error, its message naming the item.
+    #[error("items[{index}]: {error}")]
+    Item {
+        index: usize,
+        error: Box<DomainError>,
+    },
 }
 
 fn scope_message(scope: Option<&str>) -> String {
@@ -216,6 +226,14 @@ impl DomainError {
 
     pub fn internal(detail: impl Into<String>) -> Self {
         DomainError::Internal(detail.into())
+    }
+
+    /// This error as the refusal of item `index` of a batch.
+    pub fn at_item(self, index: usize) -> Self {
+        DomainError::Item {
+            index,
+            error: Box::new(self),
+        }
     }
 }
 

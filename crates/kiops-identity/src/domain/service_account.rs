@@ -353,6 +353,101 @@ pub fn validate_certificate_identity(
     }
 }
 
+// What a service account can reach (R25 in docs/rules.md): the read RPCs
+// its scopes open, never beyond what its owner covers. The scope itself is
+// checked first (`require_scope`); these rules decide the target.
+
+/// CheckPermission(s) about `user_id` in `organization_id`: a service
+/// account about anyone in the organizations its owner covers (NOT_FOUND
+/// elsewhere, R4); a person about themself, or as a Manager of the
+/// organization, or as a PlatformAdmin (R16).
+pub fn check_permission_query(
+    caller: &Caller,
+    caller_role: Option<Role>,
+    organization_id: &str,
+    user_id: &str,
+) -> Result {
+    if let Some(service) = &caller.service {
+        return require_service_sees(service, organization_id);
+    }
+    if caller.platform_admin {
+        return Ok(());
+    }
+    super::access::check_may_query_permission(caller, caller_role, user_id)
+}
+
+/// GetUser (users.read): a platform account reads any user; an
+/// organization's account only the members of its organization, and no
+/// other user exists for it.
+pub fn check_service_reads_user(service: &ServiceCaller, member_of_owner: bool) -> Result {
+    match service.owner {
+        Owner::Platform => Ok(()),
+        Owner::Organization(_) if member_of_owner => Ok(()),
+        Owner::Organization(_) => Err(DomainError::not_found("user")),
+    }
+}
+
+/// Platform-wide reads (ListUsers, every organization's audit events): a
+/// platform account only. An organization's account knows it exists, so it
+/// is told why, with the reason people get for the same reads.
+pub fn require_platform_service(service: &ServiceCaller) -> Result {
+    match service.owner {
+        Owner::Platform => Ok(()),
+        Owner::Organization(_) => Err(DomainError::denied(
+            reason::PLATFORM_ADMIN_REQUIRED,
+            "only a service account of the platform reads across organizations",
+        )),
+    }
+}
+
+/// ListAuditEvents and ExportAuditEvents (audit.read) of `organization`
+/// (every organization when None).
+pub fn check_service_reads_audit(service: &ServiceCaller, organization: Option<&str>) -> Result {
+    match organization {
+        Some(org) => require_service_sees(service, org),
+        None => require_platform_service(service),
+    }
+}
+
+/// WatchRevocations (revocations.watch): whether an account of `owner`
+/// is sent an event of `event_organization`. A platform account gets every
+/// event; an organization's account its organization's events and those
+/// of no organization (a user's logout, deactivation or password change, a
+/// service account's credential), which any token it verifies may be
+/// affected by: a user's or a PlatformAdmin's token reaches its
+/// organization without being a membership of it. Other organizations'
+/// events are not sent.
+pub fn service_sees_revocation(owner: &Owner, event_organization: Option<&str>) -> bool {
+    match (owner, event_organization) {
+        (Owner::Platform, _) => true,
+        (Owner::Organization(_), None) => true,
+        (Owner::Organization(_), Some("")) => true,
+        (Owner::Organization(own), Some(event)) => own == event,
+    }
+}
+
+/// R25: reads across every organization (ListUsers, the whole audit trail,
+/// the revocation feed) are for platform accounts; an organization's
+/// account holding the scope is refused (its owner could not read them).
+pub fn require_platform_account(service: &ServiceCaller) -> Result {
+    match service.owner {
+        Owner::Platform => Ok(()),
+        Owner::Organization(_) => Err(DomainError::denied(
+            reason::PLATFORM_ACCOUNT_REQUIRED,
+            "only a platform service account reads across organizations",
+        )),
+    }
+}
+
+/// R11 + R25 for platform-wide reads: a PlatformAdmin, or a platform
+/// service account (whose scope the handler checked).
+pub fn require_platform_reader(caller: &Caller) -> Result {
+    match &caller.service {
+        Some(s) => require_platform_account(s),
+        None => super::access::require_platform_admin(caller),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,10 +597,130 @@ mod tests {
     }
 
     #[test]
+    fn cross_organization_reads_need_a_platform_account() {
+        let org = service(&[Scope::UsersRead], Owner::Organization("o1".into()));
+        assert!(matches!(
+            require_platform_reader(&org),
+            Err(DomainError::PermissionDenied {
+                reason: reason::PLATFORM_ACCOUNT_REQUIRED,
+                ..
+            })
+        ));
+        assert!(require_platform_reader(&service(&[], Owner::Platform)).is_ok());
+        assert!(require_platform_reader(&Caller::for_test(true)).is_ok());
+        assert!(require_platform_reader(&Caller::for_test(false)).is_err());
+    }
+
+    #[test]
     fn names_are_dns_label_like() {
         assert!(validate_name("n", "device-sync-2").is_ok());
         for bad in ["", "2fa", "Device", "a b", "a_b", &"a".repeat(65)] {
             assert!(validate_name("n", bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    fn service(owner: Owner) -> ServiceCaller {
+        ServiceCaller {
+            name: "s".into(),
+            owner,
+            scopes: Scope::ALL.to_vec(),
+        }
+    }
+
+    fn as_caller(s: ServiceCaller) -> Caller {
+        Caller {
+            service: Some(s),
+            ..Caller::for_test(false)
+        }
+    }
+
+    fn org(o: &str) -> Owner {
+        Owner::Organization(o.into())
+    }
+
+    #[test]
+    fn a_service_checks_anyone_in_its_owner_only() {
+        let own = as_caller(service(org("o1")));
+        assert!(check_permission_query(&own, None, "o1", "someone").is_ok());
+        assert!(matches!(
+            check_permission_query(&own, None, "o2", "someone"),
+            Err(DomainError::NotFound {
+                resource: "organization"
+            })
+        ));
+        // A role it could never have does not widen it.
+        assert!(check_permission_query(&own, Some(Role::Manager), "o2", "x").is_err());
+        let platform = as_caller(service(Owner::Platform));
+        assert!(check_permission_query(&platform, None, "o2", "someone").is_ok());
+    }
+
+    #[test]
+    fn people_check_as_before() {
+        let me = Caller::for_test(false);
+        assert!(check_permission_query(&me, None, "o", "me").is_ok());
+        assert!(matches!(
+            check_permission_query(&me, None, "o", "x"),
+            Err(DomainError::NotFound { .. })
+        ));
+        assert!(matches!(
+            check_permission_query(&me, Some(Role::Member), "o", "x"),
+            Err(DomainError::PermissionDenied {
+                reason: reason::MANAGER_REQUIRED,
+                ..
+            })
+        ));
+        assert!(check_permission_query(&me, Some(Role::Manager), "o", "x").is_ok());
+        assert!(check_permission_query(&Caller::for_test(true), None, "o", "x").is_ok());
+    }
+
+    #[test]
+    fn users_read_stays_inside_the_owner() {
+        assert!(check_service_reads_user(&service(Owner::Platform), false).is_ok());
+        assert!(check_service_reads_user(&service(org("o1")), true).is_ok());
+        assert!(matches!(
+            check_service_reads_user(&service(org("o1")), false),
+            Err(DomainError::NotFound { resource: "user" })
+        ));
+        assert!(require_platform_service(&service(Owner::Platform)).is_ok());
+        assert!(matches!(
+            require_platform_service(&service(org("o1"))),
+            Err(DomainError::PermissionDenied {
+                reason: reason::PLATFORM_ADMIN_REQUIRED,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn audit_read_is_the_owners_trail() {
+        let own = service(org("o1"));
+        assert!(check_service_reads_audit(&own, Some("o1")).is_ok());
+        assert!(matches!(
+            check_service_reads_audit(&own, Some("o2")),
+            Err(DomainError::NotFound { .. })
+        ));
+        assert!(matches!(
+            check_service_reads_audit(&own, None),
+            Err(DomainError::PermissionDenied { .. })
+        ));
+        let platform = service(Owner::Platform);
+        assert!(check_service_reads_audit(&platform, None).is_ok());
+        assert!(check_service_reads_audit(&platform, Some("o2")).is_ok());
+    }
+
+    #[test]
+    fn an_org_account_watches_its_own_and_user_wide_revocations() {
+        let own = org("o1");
+        assert!(service_sees_revocation(&own, Some("o1")));
+        assert!(service_sees_revocation(&own, None));
+        assert!(service_sees_revocation(&own, Some("")));
+        assert!(!service_sees_revocation(&own, Some("o2")));
+        assert!(service_sees_revocation(&Owner::Platform, Some("o2")));
+        assert!(service_sees_revocation(&Owner::Platform, None));
     }
 }

@@ -5,9 +5,10 @@
 
 use super::{Cursor, Page};
 use crate::app::App;
-use crate::domain::audit::{self, AuditEvent};
+use crate::domain::audit::{self, AuditEvent, RequestMeta};
 use crate::domain::error::Violations;
 use crate::domain::page_token;
+use crate::domain::service_account::{self, Scope};
 use crate::domain::{validate, Caller, DomainError, FieldViolation};
 use crate::store::audit::{self as audit_store, AuditFilter};
 use crate::store::memberships;
@@ -55,6 +56,15 @@ pub async fn authorize(
     caller: &Caller,
     organization: Option<&str>,
 ) -> Result<(), DomainError> {
+    if let Some(service) = &caller.service {
+        // audit.read (R25), asked again while an export streams, in the
+        // organizations its owner covers; the whole trail is a platform read.
+        service_account::require_scope(caller, Some(Scope::AuditRead))?;
+        return match organization {
+            Some(org) => service_account::require_service_sees(service, org),
+            None => service_account::require_platform_account(service),
+        };
+    }
     let Some(org) = audit::reader_scope(caller, organization)? else {
         return Ok(());
     };
@@ -83,9 +93,11 @@ pub async fn list(
     }))
 }
 
-/// Validates an export request and authorises its caller.
+/// Validates an export request and authorises its caller; a service
+/// account's export is audited before it starts.
 pub async fn export(
     app: &App,
+    meta: &RequestMeta,
     caller: &Caller,
     r: ExportAuditEventsRequest,
 ) -> Result<Export, DomainError> {
@@ -104,6 +116,11 @@ pub async fn export(
     };
     v.into_result()?;
     authorize(app, caller, f.organization_id.as_deref()).await?;
+    if caller.service.is_some() {
+        let tx = app.store.begin_write().await?;
+        audit_store::record_export(&tx, meta, caller.actor(), &f, app.clock.now_ms()).await?;
+        tx.commit().await?;
+    }
     Ok(Export { filter: f, format })
 }
 

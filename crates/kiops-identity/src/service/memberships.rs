@@ -20,17 +20,20 @@ use crate::domain::error::Violations;
 use crate::domain::membership::{
     caller_from_state, grant_is_a_change, subject_holds, Member, Membership,
 };
+use crate::domain::model::Permission;
 use crate::domain::model::Role;
 use crate::domain::organization::Organization;
 use crate::domain::page_token;
+use crate::domain::service_account;
 use crate::domain::{access, validate, Caller, DomainError};
-use crate::store::check_facts::CheckKey;
+use crate::store::callers;
+use crate::store::check_facts::{self, CheckKey};
 use crate::store::memberships::{self, MemberOrder, MemberQuery};
 use crate::store::{organizations, users, WriteTx};
 use kiops_proto::v1::{
     AddMemberRequest, ApplyPermissionTemplateRequest, ChangeRoleRequest, CheckPermissionRequest,
-    LeaveOrganizationRequest, ListMembersRequest, ListMyMembershipsRequest, RemoveMemberRequest,
-    SetPermissionsRequest,
+    CheckPermissionsRequest, LeaveOrganizationRequest, ListMembersRequest,
+    ListMyMembershipsRequest, RemoveMemberRequest, SetPermissionsRequest,
 };
 use serde_json::json;
 
@@ -278,9 +281,20 @@ pub async fn list(
     let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
-    let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
-    access::require_manager(caller, caller_role)?;
-    if caller.platform_admin && organizations::find(conn, &org).await?.is_none() {
+    // A service account (members.read) lists the organizations its owner
+    // covers (R25); a person as a Manager of it or a PlatformAdmin.
+    let platform_wide = match &caller.service {
+        Some(service) => {
+            service_account::require_service_sees(service, &org)?;
+            true
+        }
+        None => {
+            let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
+            access::require_manager(caller, caller_role)?;
+            caller.platform_admin
+        }
+    };
+    if platform_wide && organizations::find(conn, &org).await?.is_none() {
         return Err(DomainError::not_found("organization"));
     }
     let now = app.clock.now_ms();
@@ -316,8 +330,11 @@ pub async fn get(
 ) -> Result<AsOf<Member>, DomainError> {
     let (org, user) = org_and_user(org, user)?;
     let conn = app.store.conn();
-    let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
-    if user != caller.user_id {
+    if let Some(service) = &caller.service {
+        // members.read, in the organizations its owner covers (R25).
+        service_account::require_service_sees(service, &org)?;
+    } else if user != caller.user_id {
+        let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
         access::require_manager(caller, caller_role)?;
     }
     let member = memberships::get_member(conn, &org, &user).await?;
@@ -348,6 +365,16 @@ pub async fn list_mine(
     Ok(cursor.page(rows, size, total, |(_, org)| vec![json!(org.code)]))
 }
 
+/// Who asks CheckPermission(s): a person, by the verified claims of their
+/// token (authenticated by the read that answers), or a service account
+/// already authenticated and holding `permissions.check` (R25), whose
+/// account is not a user the read could find.
+#[derive(Debug, Clone)]
+pub enum Asker {
+    Person(kiops_token::Claims),
+    Service(Caller),
+}
+
 /// Answers from current state (R16), authenticating and answering in one
 /// read (`Store::check_facts`); the decisions are the same as on every
 /// other RPC: `caller_from_state`, then R4/R1 via
@@ -355,9 +382,13 @@ pub async fn list_mine(
 /// request's fields are judged.
 pub async fn check_permission(
     app: &App,
-    claims: kiops_token::Claims,
+    asker: Asker,
     r: CheckPermissionRequest,
 ) -> Result<bool, DomainError> {
+    let claims = match asker {
+        Asker::Person(claims) => claims,
+        Asker::Service(caller) => return check_permission_as_service(app, &caller, r).await,
+    };
     let mut v = Violations::new();
     let org = v.take(validate::id("organization_id", &r.organization_id));
     let user = v.take(validate::id("user_id", &r.user_id));
@@ -386,6 +417,138 @@ pub async fn check_permission(
     Ok(subject_holds(facts.subject.as_ref(), perm))
 }
 
+/// CheckPermission by a service account (R25): about anyone in the
+/// organizations its owner covers; the subject's facts in one read.
+async fn check_permission_as_service(
+    app: &App,
+    caller: &Caller,
+    r: CheckPermissionRequest,
+) -> Result<bool, DomainError> {
+    let mut v = Violations::new();
+    let org = v.take(validate::id("organization_id", &r.organization_id));
+    let user = v.take(validate::id("user_id", &r.user_id));
+    let perm = v.take(parse::permission("permission", r.permission).map(Some));
+    v.into_result()?;
+    let perm = perm.ok_or_else(|| DomainError::internal("permission validated"))?;
+    service_account::check_permission_query(caller, None, &org, &user)?;
+    let facts = check_facts::read_keys(app.store.conn(), &[(&user, &org)]).await?;
+    Ok(subject_holds(facts.first().and_then(Option::as_ref), perm))
+}
+
+/// Most checks in one CheckPermissions call.
+pub const MAX_CHECKS: usize = 100;
+
+/// One validated item of a CheckPermissions call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CheckItem {
+    org: String,
+    user: String,
+    perm: Permission,
+}
+
+/// The items of a CheckPermissions call, each bad field named with its
+/// item (`items[3].user_id`).
+fn check_items(items: &[CheckPermissionRequest]) -> Result<Vec<CheckItem>, DomainError> {
+    if items.is_empty() || items.len() > MAX_CHECKS {
+        return Err(DomainError::invalid(
+            "items",
+            format!("must hold 1 to {MAX_CHECKS} checks"),
+        ));
+    }
+    let mut v = Violations::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let org = v.take(validate::id(
+            &format!("items[{i}].organization_id"),
+            &item.organization_id,
+        ));
+        let user = v.take(validate::id(&format!("items[{i}].user_id"), &item.user_id));
+        let perm =
+            v.take(parse::permission(&format!("items[{i}].permission"), item.permission).map(Some));
+        if let Some(perm) = perm {
+            out.push(CheckItem { org, user, perm });
+        }
+    }
+    v.into_result()?;
+    Ok(out)
+}
+
+/// The distinct (user, organization) keys a call reads, and per item where
+/// its subject's key is and, when its answer depends on the caller's role
+/// in the organization, where the caller's is.
+#[derive(Debug, Default)]
+struct KeyPlan<'a> {
+    keys: Vec<(&'a str, &'a str)>,
+    items: Vec<(Option<usize>, usize)>,
+}
+
+fn key_plan<'a>(caller: &'a Caller, items: &'a [CheckItem]) -> KeyPlan<'a> {
+    let mut index = std::collections::HashMap::with_capacity(items.len() + 1);
+    let mut plan = KeyPlan {
+        keys: Vec::with_capacity(items.len() + 1),
+        items: Vec::with_capacity(items.len()),
+    };
+    let mut at = |key: (&'a str, &'a str)| {
+        *index.entry(key).or_insert_with(|| {
+            plan.keys.push(key);
+            plan.keys.len() - 1
+        })
+    };
+    // A person's role decides only about others, and never for a
+    // PlatformAdmin; a service account has none.
+    let needs_role = |item: &CheckItem| {
+        caller.service.is_none() && !caller.platform_admin && item.user != caller.user_id
+    };
+    let mut items_plan = Vec::with_capacity(items.len());
+    for item in items {
+        let subject = at((item.user.as_str(), item.org.as_str()));
+        let role = needs_role(item).then(|| at((caller.user_id.as_str(), item.org.as_str())));
+        items_plan.push((role, subject));
+    }
+    plan.items = items_plan;
+    plan
+}
+
+/// CheckPermissions: every item authorised as CheckPermission would be, in
+/// order, and the whole call refused with the first refusal, naming its
+/// item (AIP-231: no partial answers). One snapshot answers the call: the
+/// caller's account and session, its role in each organization asked
+/// about, and every subject, each distinct (user, organization) read once
+/// in one statement. As with CheckPermission, the caller is authenticated
+/// before the items are judged.
+pub async fn check_permissions(
+    app: &App,
+    asker: Asker,
+    r: CheckPermissionsRequest,
+) -> Result<Vec<bool>, DomainError> {
+    let items = check_items(&r.items);
+    let tx = app.store.begin_snapshot().await?;
+    let caller = match asker {
+        Asker::Person(claims) => {
+            let sid = claims.sid.as_deref().unwrap_or_default();
+            let state = callers::caller_state(&tx, &claims.sub, sid).await?;
+            caller_from_state(claims.sub, claims.sid, state, app.clock.now_ms())?
+        }
+        Asker::Service(caller) => caller,
+    };
+    let items = items?;
+    let plan = key_plan(&caller, &items);
+    let facts = check_facts::read_keys(&tx, &plan.keys).await?;
+    tx.close().await?;
+    let fact = |k: usize| facts.get(k).and_then(Option::as_ref);
+    items
+        .iter()
+        .zip(&plan.items)
+        .enumerate()
+        .map(|(i, (item, &(role, subject)))| {
+            let caller_role = role.and_then(fact).and_then(|s| s.role);
+            service_account::check_permission_query(&caller, caller_role, &item.org, &item.user)
+                .map_err(|e| e.at_item(i))?;
+            Ok(subject_holds(fact(subject), item.perm))
+        })
+        .collect()
+}
+
 /// SendPasswordReset: a Manager has a reset link mailed to a member of
 /// their organization (the link itself is `credentials::queue_password_reset`).
 pub async fn send_password_reset(
@@ -408,4 +571,88 @@ pub async fn send_password_reset(
     tx.commit().await?;
     app.mail_wakeup.notify_one();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const O1: &str = "01900000-0000-7000-8000-000000000001";
+    const O2: &str = "01900000-0000-7000-8000-000000000002";
+    const U1: &str = "01900000-0000-7000-8000-00000000000a";
+
+    fn item(user: &str, org: &str, permission: i32) -> CheckPermissionRequest {
+        CheckPermissionRequest {
+            user_id: user.into(),
+            organization_id: org.into(),
+            permission,
+        }
+    }
+
+    fn fields(e: DomainError) -> Vec<String> {
+        match e {
+            DomainError::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("not INVALID_ARGUMENT: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn items_are_one_to_a_hundred_and_each_bad_field_names_its_item() {
+        assert_eq!(fields(check_items(&[]).unwrap_err()), ["items"]);
+        let many = vec![item(U1, O1, 1); MAX_CHECKS + 1];
+        assert_eq!(fields(check_items(&many).unwrap_err()), ["items"]);
+        assert_eq!(
+            check_items(&vec![item(U1, O1, 1); MAX_CHECKS])
+                .expect("valid")
+                .len(),
+            MAX_CHECKS
+        );
+        let bad = [
+            item(U1, O1, 1),
+            item("nope", O1, 1),
+            item(U1, O2, 1),
+            item(U1, "", 0),
+        ];
+        assert_eq!(
+            fields(check_items(&bad).unwrap_err()),
+            [
+                "items[1].user_id",
+                "items[3].organization_id",
+                "items[3].permission"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_key_is_read_once_and_the_callers_role_only_when_it_decides() {
+        let items = check_items(&[
+            item(U1, O1, 1),
+            item(U1, O1, 2),
+            item("01900000-0000-7000-8000-00000000000b", O1, 1),
+            item(U1, O2, 1),
+        ])
+        .expect("valid");
+        let mut me = Caller::for_test(false);
+        me.user_id = "01900000-0000-7000-8000-00000000000b".into();
+        let p = key_plan(&me, &items);
+        assert_eq!(
+            p.keys,
+            [
+                (U1, O1),
+                (me.user_id.as_str(), O1),
+                (U1, O2),
+                (me.user_id.as_str(), O2)
+            ]
+        );
+        // About oneself: no role needed; the caller's key is also a subject's.
+        assert_eq!(
+            p.items,
+            [(Some(1), 0), (Some(1), 0), (None, 1), (Some(3), 2)]
+        );
+        // A PlatformAdmin and a service account need no role at all.
+        let admin = Caller::for_test(true);
+        let p = key_plan(&admin, &items);
+        assert_eq!(p.keys.len(), 3);
+        assert!(p.items.iter().all(|(role, _)| role.is_none()));
+    }
 }

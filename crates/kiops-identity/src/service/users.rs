@@ -11,6 +11,7 @@ use super::{credentials, parse, Cursor, Page};
 use crate::app::App;
 use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, Violations};
+use crate::domain::service_account::{self, Owner};
 use crate::domain::user::{NewUser, ProfileChanges, StoredStatus, User};
 use crate::domain::{
     access, page_token, password_policy, validate, Caller, DomainError, FieldViolation,
@@ -273,9 +274,22 @@ async fn admin_target(
         .ok_or_else(|| DomainError::not_found("user"))
 }
 
-/// GetUser (R11).
+/// GetUser (R11). A service account (users.read, R25) reads anyone when
+/// the platform owns it, else only members of its owner organization.
 pub async fn get_user(app: &App, caller: &Caller, id: &str) -> Result<User, DomainError> {
-    admin_target(app, caller, id, false).await
+    let Some(service) = &caller.service else {
+        return admin_target(app, caller, id, false).await;
+    };
+    let id = validate::id("user_id", id)?;
+    let conn = app.store.conn();
+    if let Owner::Organization(org) = &service.owner {
+        memberships::find(conn, org, &id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("user"))?;
+    }
+    users::find_by_id(conn, &id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("user"))
 }
 
 /// DeactivateUser (R11): refused if an organization would lose its last
@@ -378,7 +392,7 @@ pub async fn list(
     r: ListUsersRequest,
     now: i64,
 ) -> Result<Page<User>, DomainError> {
-    access::require_platform_admin(caller)?;
+    service_account::require_platform_reader(caller)?;
     let mut v = Violations::new();
     let query = v.take(parse::query("query", &r.query));
     let (order, descending) = v

@@ -104,6 +104,23 @@ impl AuditFilter {
     }
 }
 
+/// An export of the trail by a service account (R25: what a machine reads
+/// out in bulk is on the record), with the filter it used.
+pub async fn record_export<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    filter: &AuditFilter,
+    now_ms: i64,
+) -> Result<(), DomainError> {
+    let mut entry = AuditEntry::new(actor, "audit.exported", "audit_trail", "")
+        .details(serde_json::json!({ "filter": format!("{filter:?}") }));
+    if let Some(org) = &filter.organization_id {
+        entry = entry.org(org.clone());
+    }
+    record(conn, meta, entry, now_ms).await
+}
+
 /// Newest first; keyset on (occurred_at, id), both descending.
 pub async fn list<C: ConnectionTrait>(
     conn: &C,

@@ -393,6 +393,59 @@ pub(super) async fn read_batch(
         .collect())
 }
 
+/// CheckPermissions' read of many (user, organization) keys at once: per
+/// key, the user's account and their membership in the organization (the
+/// caller's own keys give its role there). One statement, so the answers
+/// of one call are read at one moment; the keys travel as one JSON array
+/// of `[user, organization]` pairs, one statement text for any count (an
+/// array parameter on PostgreSQL would need sea-orm's array support, and
+/// SQLite has none). Each key is two index lookups, as in `BATCH_SQL`.
+const KEYS_SQLITE: &str = "SELECT q.key, u.status, u.platform_admin, m.role, m.permissions \
+     FROM json_each(?1) AS q \
+     JOIN users u ON u.id = (q.value ->> 0) \
+     LEFT JOIN memberships m ON m.organization_id = (q.value ->> 1) AND m.user_id = u.id";
+const KEYS_POSTGRES: &str = "SELECT q.i - 1, u.status, u.platform_admin, m.role, m.permissions \
+     FROM json_array_elements($1::json) WITH ORDINALITY AS q(v, i) \
+     JOIN users u ON u.id = (q.v ->> 0) \
+     LEFT JOIN memberships m ON m.organization_id = (q.v ->> 1) AND m.user_id = u.id";
+
+/// The account and membership of each `(user, organization)` key, in the
+/// order given; `None` for a user that does not exist. Keys should be
+/// distinct (a repeated key is read twice).
+pub async fn read_keys<C: ConnectionTrait>(
+    conn: &C,
+    keys: &[(&str, &str)],
+) -> Result<Vec<Option<SubjectState>>, DomainError> {
+    let mut out = vec![None; keys.len()];
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DatabaseBackend::Sqlite => KEYS_SQLITE,
+        _ => KEYS_POSTGRES,
+    };
+    let json = serde_json::to_string(keys).map_err(|e| DomainError::internal(e.to_string()))?;
+    let stmt = Statement::from_sql_and_values(backend, sql, [json.into()]);
+    for row in conn.query_all_raw(stmt).await.map_err(db_err)? {
+        let i: i64 = row.try_get_by_index(0).map_err(db_err)?;
+        let status: String = row.try_get_by_index(1).map_err(db_err)?;
+        let role: Option<String> = row.try_get_by_index(3).map_err(db_err)?;
+        let permissions: Option<i32> = row.try_get_by_index(4).map_err(db_err)?;
+        let slot = usize::try_from(i)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| DomainError::internal(format!("key row {i} out of range")))?;
+        *slot = Some(SubjectState {
+            status: StoredStatus::parse(&status),
+            platform_admin: row.try_get_by_index(2).map_err(db_err)?,
+            role: role.as_deref().map(parse_role),
+            permissions: permissions.unwrap_or(0) as u8,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +706,50 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         owner.execute_batch("ROLLBACK").expect("unlock");
         assert!(inline(&r, ["c", "cs", "s", "o"]).is_some());
+    }
+
+    #[test]
+    fn many_keys_are_read_in_order_by_index_lookups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "wal");
+        let keys = [("s", "o"), ("nobody", "o"), ("c", "o"), ("s", "elsewhere")];
+        let json = serde_json::to_string(&keys).expect("json");
+        let mut stmt = owner.prepare(KEYS_SQLITE).expect("prepare");
+        let mut rows: Vec<(i64, String, Option<String>, Option<i32>)> = stmt
+            .query_map([&json], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(3)?, r.get(4)?))
+            })
+            .and_then(|rows| rows.collect())
+            .expect("rows");
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                (0, "active".into(), Some("member".into()), Some(5)),
+                (2, "active".into(), Some("manager".into()), Some(0)),
+                (3, "active".into(), None, None),
+            ]
+        );
+        let plan: Vec<String> = owner
+            .prepare(&format!("EXPLAIN QUERY PLAN {KEYS_SQLITE}"))
+            .and_then(|mut s| s.query_map([&json], |r| r.get::<_, String>(3))?.collect())
+            .expect("plan");
+        // The JSON is walked once; users and memberships are searched, never scanned.
+        assert!(
+            plan.iter()
+                .filter(|p| p.contains("users")
+                    || p.contains("memberships")
+                    || p.contains(" u ")
+                    || p.contains(" m "))
+                .all(|p| p.starts_with("SEARCH")),
+            "{plan:?}"
+        );
+        assert_eq!(
+            plan.iter().filter(|p| p.starts_with("SCAN")).count(),
+            1,
+            "{plan:?}"
+        );
     }
 
     #[test]

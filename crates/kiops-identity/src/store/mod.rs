@@ -282,6 +282,24 @@ impl Store {
         Ok(ReadTx::new(tx))
     }
 
+    /// A read-only transaction whose statements all see one snapshot
+    /// (CheckPermissions: the caller and the facts of every item). SQLite:
+    /// a deferred transaction, whose snapshot is taken by its first read
+    /// (WAL). PostgreSQL: REPEATABLE READ, since under the default READ
+    /// COMMITTED each statement takes a snapshot of its own.
+    pub async fn begin_snapshot(&self) -> Result<ReadTx, DomainError> {
+        if self.backend() == DatabaseBackend::Sqlite {
+            return self.db.begin().await.map(ReadTx::new).map_err(db_err);
+        }
+        let opts = TransactionOptions {
+            isolation_level: Some(sea_orm::IsolationLevel::RepeatableRead),
+            access_mode: Some(sea_orm::AccessMode::ReadOnly),
+            ..Default::default()
+        };
+        let tx = self.db.begin_with_options(opts).await.map_err(db_err)?;
+        Ok(ReadTx::new(tx))
+    }
+
     pub async fn close(self) {
         if let Some(w) = self.writer {
             let _ = w.close().await;
