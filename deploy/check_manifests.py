@@ -406,6 +406,116 @@ def check(docs, secrets, settings):
     return errors
 
 
+EXAMPLE_LABEL = ("app.kubernetes.io/name", "kiops-example-device")
+
+
+def flag(args, name):
+    """The value of `--name=value` in a container's args, or None."""
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+
+
+def check_example(docs, secrets, settings):
+    """The downstream example (deploy/kubernetes/examples/device): a service
+    on a service account's key file, and the Job that bootstraps it."""
+    errors = []
+    err = errors.append
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+        if d["metadata"].get("labels", {}).get(EXAMPLE_LABEL[0]) != EXAMPLE_LABEL[1]:
+            err(f"{d['kind']}/{d['metadata']['name']}: missing label {EXAMPLE_LABEL[0]}: {EXAMPLE_LABEL[1]}")
+    for kind in ("Deployment", "Job", "Role", "RoleBinding", "ServiceAccount"):
+        if len(by_kind.get(kind, [])) != 1:
+            err(f"expected exactly one {kind}, found {len(by_kind.get(kind, []))}")
+    if errors:
+        return errors
+    deploy, job, role, binding, sa = (by_kind[k][0] for k in (
+        "Deployment", "Job", "Role", "RoleBinding", "ServiceAccount"))
+    for obj in (deploy, job):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        spec = pod_spec(obj)
+        psc = spec.get("securityContext", {})
+        for ctr in spec.get("initContainers", []) + spec["containers"]:
+            csc = ctr.get("securityContext", {})
+            merged = {**psc, **csc}
+            if merged.get("runAsNonRoot") is not True or merged.get("runAsUser") != 65532:
+                err(f"{where}: {ctr['name']} must run as non-root user 65532")
+            if merged.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                err(f"{where}: {ctr['name']}: seccompProfile must be RuntimeDefault")
+            if csc.get("allowPrivilegeEscalation") is not False or \
+                    csc.get("readOnlyRootFilesystem") is not True or \
+                    "ALL" not in csc.get("capabilities", {}).get("drop", []):
+                err(f"{where}: {ctr['name']}: no privilege escalation, read-only root, drop ALL")
+            res = ctr.get("resources", {})
+            if not {"cpu", "memory"} <= set(res.get("requests", {})) or \
+                    "memory" not in res.get("limits", {}):
+                err(f"{where}: {ctr['name']} needs cpu and memory requests and a memory limit")
+            for e in ctr.get("env", []):
+                if (e["name"].startswith("KIOPS_") or e["name"] == "DATABASE_URL") \
+                        and e["name"] not in settings:
+                    err(f"{where}: {e['name']}: not a setting of the server (config.rs)")
+
+    # The service: the key file from a read-only Secret volume, owner-read.
+    pod = pod_spec(deploy)
+    if pod.get("automountServiceAccountToken") is not False:
+        err("Deployment: automountServiceAccountToken must be false (it needs no Kubernetes API)")
+    c = pod["containers"][0]
+    key_file = flag(c.get("args", []), "service-account-key-file")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mount = next((m for m in c.get("volumeMounts", [])
+                  if key_file and os.path.dirname(key_file) == m["mountPath"].rstrip("/")), None)
+    vol = volumes.get(mount["name"]) if mount else None
+    if not key_file or not vol or "secret" not in vol:
+        err("Deployment: --service-account-key-file must be on a mounted Secret volume")
+        return errors
+    secret = vol["secret"]
+    if not mount.get("readOnly"):
+        err("Deployment: the key volume must be mounted readOnly")
+    if secret.get("defaultMode") != 0o400:
+        err("Deployment: the key file must be mode 0400")
+    if pod.get("securityContext", {}).get("fsGroup") is None:
+        err("Deployment: without fsGroup user 65532 cannot read the 0400 key file")
+    keys = [i["path"] for i in secret.get("items", [])]
+    if os.path.basename(key_file) not in keys:
+        err(f"Deployment: {os.path.basename(key_file)} is not an item of the key Secret")
+
+    # The bootstrap Job: the CLI writes the key in memory, kubectl stores it
+    # in the Secret the Deployment mounts.
+    jpod = pod_spec(job)
+    if jpod.get("restartPolicy") != "Never":
+        err("Job: restartPolicy must be Never")
+    init = jpod.get("initContainers", [])
+    if len(init) != 1 or init[0].get("args", [])[:2] != ["service-accounts", "create"]:
+        err("Job: its init container must run `kiops-identity service-accounts create`")
+        return errors
+    cli = init[0]["args"]
+    for name in ("name", "owner", "scopes", "key-out"):
+        if not flag(cli, name):
+            err(f"Job: service-accounts create needs --{name}")
+    jvolumes = {v["name"]: v for v in jpod.get("volumes", [])}
+    key_out = flag(cli, "key-out") or ""
+    out_mount = next((m for m in init[0].get("volumeMounts", [])
+                      if os.path.dirname(key_out) == m["mountPath"].rstrip("/")), None)
+    if not out_mount or jvolumes.get(out_mount["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
+        err("Job: --key-out must be on a memory-backed emptyDir")
+    db = {e["name"]: e for e in init[0].get("env", [])}.get("DATABASE_URL", {})
+    ref = db.get("valueFrom", {}).get("secretKeyRef")
+    if not ref or ref["key"] not in secrets.get(ref["name"], {}):
+        err("Job: DATABASE_URL must come from a key of the kiops-identity Secret")
+    store = jpod["containers"][0].get("args", [])
+    if store[:3] != ["create", "secret", "generic"] or len(store) < 4 \
+            or store[3] != secret.get("secretName") \
+            or f"--from-file={keys[0] if keys else ''}={key_out}" not in store:
+        err("Job: must store --key-out as the Secret and key the Deployment mounts")
+    if jpod.get("serviceAccountName") != sa["metadata"]["name"] \
+            or binding["subjects"][0].get("name") != sa["metadata"]["name"] \
+            or binding["roleRef"].get("name") != role["metadata"]["name"]:
+        err("Job: its ServiceAccount must be bound to its Role")
+    if role.get("rules") != [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]:
+        err("Role: the bootstrap may create Secrets and nothing else")
+    return errors
+
+
 def check_secrets(docs):
     errors = []
     for d in docs:
@@ -423,6 +533,8 @@ def main():
     ap.add_argument("--kubernetes", action="append", required=True)
     ap.add_argument("--config-source", required=True)
     ap.add_argument("--secrets", required=True, help="the example Secrets file")
+    ap.add_argument("--example", action="append", default=[],
+                    help="a downstream example kustomization (check_example)")
     ap.add_argument("dirs", nargs="+")
     args = ap.parse_args()
     problems = []
@@ -433,7 +545,7 @@ def main():
         secrets = {d["metadata"]["name"]: {**d.get("data", {}), **d.get("stringData", {})}
                    for d in secret_docs}
         problems += [f"{args.secrets}: {e}" for e in check_secrets(secret_docs)]
-        sets = [(args.secrets, secret_docs)] + [(d, render(d)) for d in args.dirs]
+        sets = [(args.secrets, secret_docs)] + [(d, render(d)) for d in args.dirs + args.example]
     except Fail as e:
         print(f"deploy: {e}", file=sys.stderr)
         return 1
@@ -450,8 +562,9 @@ def main():
                 except (SchemaNotFoundError, VersionNotSupportedError) as e:
                     problems.append(f"{where}: {d['kind']}: {e}")
         if where != args.secrets:
+            checker = check_example if where in args.example else check
             try:
-                problems += [f"{where}: {e}" for e in check(docs, secrets, settings)]
+                problems += [f"{where}: {e}" for e in checker(docs, secrets, settings)]
             except (KeyError, IndexError, TypeError, AttributeError) as e:
                 problems.append(f"{where}: structure check stopped: missing or malformed {e}")
     for p in problems:

@@ -97,7 +97,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..57,
+        0u8..68,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -502,7 +502,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             t,
         ),
         52 => (Rpc::VerifyEmail(VerifyEmailRequest { token: a }), None),
-        54 => (
+        65 => (
             Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
                 credential: Some(
                     issue_service_account_token_request::Credential::ClientSecret(ClientSecret {
@@ -513,7 +513,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             }),
             None,
         ),
-        55 => (
+        66 => (
             Rpc::IssueServiceAccountToken(IssueServiceAccountTokenRequest {
                 credential: Some(issue_service_account_token_request::Credential::Assertion(
                     a,
@@ -524,7 +524,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
         // CheckPermissions: 0 to 102 items; the case's ids and strings in
         // the first two (so the message stays within `oversized`'s sum),
         // a well-formed unknown id in the rest.
-        56 => {
+        67 => {
             const UNKNOWN: &str = "01a2072e-0000-7000-8000-000000000000";
             let count = (c.n[0].unsigned_abs() % 103) as usize;
             let items = (0..count)
@@ -546,6 +546,90 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
         53 => (
             Rpc::ResendVerificationEmail(ResendVerificationEmailRequest { email: a }),
             None,
+        ),
+        54 => (
+            Rpc::CreateServiceAccount(CreateServiceAccountRequest {
+                organization_id: org,
+                name: a,
+                description: b,
+                scopes: vec![d, e.clone()],
+                certificate_identity: e,
+            }),
+            t,
+        ),
+        55 => (
+            Rpc::GetServiceAccount(GetServiceAccountRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        56 => (
+            Rpc::ListServiceAccounts(ListServiceAccountsRequest {
+                organization_id: org,
+                query: a,
+                page_size: c.n[0],
+                page_token: b,
+            }),
+            t,
+        ),
+        57 => (
+            Rpc::UpdateServiceAccount(UpdateServiceAccountRequest {
+                service_account: Some(ServiceAccount {
+                    service_account_id: user,
+                    name: a,
+                    description: b,
+                    scopes: vec![e.clone()],
+                    certificate_identity: e,
+                    status: c.n[1],
+                    ..Default::default()
+                }),
+                update_mask: mask(&d),
+            }),
+            t,
+        ),
+        58 => (
+            Rpc::DisableServiceAccount(DisableServiceAccountRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        59 => (
+            Rpc::EnableServiceAccount(EnableServiceAccountRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        60 => (
+            Rpc::DeleteServiceAccount(DeleteServiceAccountRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        61 => (
+            Rpc::AddServiceAccountKey(AddServiceAccountKeyRequest {
+                service_account_id: user,
+                public_key_pem: a,
+            }),
+            t,
+        ),
+        62 => (
+            Rpc::AddServiceAccountSecret(AddServiceAccountSecretRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        63 => (
+            Rpc::ListServiceAccountCredentials(ListServiceAccountCredentialsRequest {
+                service_account_id: user,
+            }),
+            t,
+        ),
+        64 => (
+            Rpc::RemoveServiceAccountCredential(RemoveServiceAccountCredentialRequest {
+                service_account_id: user,
+                credential_id: a,
+            }),
+            t,
         ),
         _ => (
             Rpc::RequestPasswordReset(RequestPasswordResetRequest { email: a }),
@@ -615,6 +699,25 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
     let org = s.create_org(&admin, "Hostile", "hostile").await;
     let (uid, _) = s.user("member@hostile.io").await;
     s.add_member(&admin, &org, &uid, Role::Member).await;
+    // A service account of the organization: its id is among the "user" ids
+    // (a real id for the service-account RPCs, a wrong kind for the others).
+    let sa = s
+        .service_accounts()
+        .await
+        .create_service_account(authed(
+            CreateServiceAccountRequest {
+                organization_id: org.clone(),
+                name: "hostile".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("service account")
+        .into_inner()
+        .service_account
+        .expect("service account")
+        .service_account_id;
     let clients = s.clients().await;
     let db = Database::connect(&s.db.url).await.expect("db");
     let rt = tokio::runtime::Handle::current();
@@ -624,7 +727,7 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
         failure_persistence: None,
         ..Config::default()
     });
-    let strategy = case(vec![org.clone()], vec![uid.clone()]);
+    let strategy = case(vec![org.clone()], vec![uid.clone(), sa]);
     let result = tokio::task::block_in_place(|| {
         runner.run(&strategy, |c| {
             rt.block_on(async {

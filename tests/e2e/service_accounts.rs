@@ -29,6 +29,8 @@ both_backends!(
     narrowing_scopes_is_on_the_revocation_stream,
     deleting_an_organization_removes_its_accounts_and_revokes_them,
     changes_are_audited_as_the_user_who_made_them,
+    the_command_line_creates_an_account_and_a_0600_key_file,
+    the_command_line_never_overwrites_a_key_file_nor_leaves_one_on_failure,
 );
 
 type Sa = ServiceAccountServiceClient<Channel>;
@@ -1103,6 +1105,194 @@ async fn changes_are_audited_as_the_user_who_made_them(backend: Backend) {
     assert_eq!(details["credential_id"], cred.credential_id);
     assert_eq!(details["type"], "secret");
     assert_eq!(details["fingerprint"], cred.fingerprint);
+}
+
+/// Runs `kiops-identity service-accounts create` on the server's database.
+fn cli_create(s: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(["service-accounts", "create", "--database-url", &s.db.url])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KIOPS_ISSUER")
+        .output()
+        .expect("service-accounts create")
+}
+
+async fn the_command_line_creates_an_account_and_a_0600_key_file(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let org = s.create_org(&admin, "Devices", "devices").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let key_out = dir.path().join("device.json");
+    let out = cli_create(
+        &s,
+        &[
+            "--name",
+            "device",
+            "--scopes",
+            "revocations.watch,permissions.check",
+            "--owner",
+            "devices",
+            "--description",
+            "the device service",
+            "--certificate-identity",
+            "spiffe://kiops/device",
+            "--key-out",
+            key_out.to_str().expect("path"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mode = std::fs::metadata(&key_out)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let file = kiops_token::service_account::KeyFile::from_json(
+        &std::fs::read_to_string(&key_out).expect("read"),
+    )
+    .expect("a key file");
+    assert_eq!(file.issuer, token_claims(&admin)["iss"]);
+    // The ids are printed, the key never.
+    assert!(stdout.contains(&file.service_account_id), "{stdout}");
+    assert!(stdout.contains(&file.credential_id), "{stdout}");
+    let body: String = file
+        .private_key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let all_output = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!all_output.contains(&body), "the key was printed");
+
+    // The server sees the account and its key.
+    let mut sa = s.service_accounts().await;
+    let account = get(&mut sa, &admin, &file.service_account_id)
+        .await
+        .expect("get");
+    assert_eq!(account.organization_id, org);
+    assert_eq!(account.name, "device");
+    assert_eq!(account.scopes, ["permissions.check", "revocations.watch"]);
+    assert_eq!(account.certificate_identity, "spiffe://kiops/device");
+    assert_eq!(account.created_by, "");
+    let creds = credentials(&mut sa, &admin, &file.service_account_id).await;
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0].credential_id, file.credential_id);
+    assert_eq!(creds[0].r#type, CredentialType::Key as i32);
+    assert_eq!(
+        creds[0].fingerprint,
+        fingerprint(&public_of(&file.private_key_pem))
+    );
+    // Audited as the system.
+    let events = s
+        .audit()
+        .await
+        .list_audit_events(authed(
+            ListAuditEventsRequest {
+                target_id: file.service_account_id.clone(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .expect("audit")
+        .into_inner()
+        .audit_events;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events
+        .iter()
+        .all(|e| e.actor_type == "system" && e.organization_id == org));
+
+    // A platform account, too.
+    let platform_out = dir.path().join("platform.json");
+    let out = cli_create(
+        &s,
+        &[
+            "--name",
+            "watcher",
+            "--scopes",
+            "revocations.watch",
+            "--owner",
+            "platform",
+            "--key-out",
+            platform_out.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = kiops_token::service_account::KeyFile::from_json(
+        &std::fs::read_to_string(&platform_out).expect("read"),
+    )
+    .expect("a key file");
+    let account = get(&mut sa, &admin, &file.service_account_id)
+        .await
+        .expect("get");
+    assert_eq!(account.organization_id, "");
+}
+
+async fn the_command_line_never_overwrites_a_key_file_nor_leaves_one_on_failure(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let existing = dir.path().join("in-use.json");
+    std::fs::write(&existing, "the key in use").expect("write");
+    let args = |path: &std::path::Path, owner: &str, scopes: &str| {
+        vec![
+            "--name".to_string(),
+            "device".into(),
+            "--scopes".into(),
+            scopes.into(),
+            "--owner".into(),
+            owner.into(),
+            "--key-out".into(),
+            path.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cli_create(&s, &a)
+    };
+    let out = run(args(&existing, "platform", "permissions.check"));
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&existing).expect("read"),
+        "the key in use"
+    );
+    // Nothing was created in the database either.
+    let mut sa = s.service_accounts().await;
+    assert_eq!(
+        list(&mut sa, &admin, "", "", 50, "")
+            .await
+            .expect("list")
+            .total_size,
+        0
+    );
+
+    // An unknown organization, an unknown scope: refused, no file left.
+    let fresh = dir.path().join("fresh.json");
+    for a in [
+        args(&fresh, "no-such-org", "permissions.check"),
+        args(&fresh, "platform", "admin"),
+    ] {
+        let out = run(a);
+        assert!(!out.status.success());
+        assert!(!fresh.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(
+        list(&mut sa, &admin, "", "", 50, "")
+            .await
+            .expect("list")
+            .total_size,
+        0
+    );
 }
 
 /// SHA-256, base64url, first 16 characters (service_account.proto).

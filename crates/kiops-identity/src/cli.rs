@@ -42,6 +42,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             crate::keys_cli::run(command).await
         }
+        Command::ServiceAccounts { command } => {
+            init_tracing(LogFormat::Text);
+            crate::service_accounts_cli::run(command).await
+        }
         Command::BootstrapAdmin(args) => {
             init_tracing(LogFormat::Text);
             let mut password = String::new();

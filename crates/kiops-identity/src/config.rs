@@ -41,6 +41,53 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Service accounts, made on the database without a login (R25).
+    ServiceAccounts {
+        #[command(subcommand)]
+        command: ServiceAccountsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAccountsCommand {
+    /// Create a service account with a server-generated key and write its key
+    /// file (mode 0600; an existing file is never overwritten). Prints the
+    /// account and credential ids, never the key. Audited as the system.
+    Create(ServiceAccountCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServiceAccountCreateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// 1-64 of a-z, 0-9 and '-', starting with a letter; unique per owner.
+    #[arg(long)]
+    pub name: String,
+
+    /// Comma-separated: permissions.check, revocations.watch, members.read,
+    /// users.read, audit.read.
+    #[arg(long, value_delimiter = ',')]
+    pub scopes: Vec<String>,
+
+    /// `platform`, or the code of the owning organization.
+    #[arg(long)]
+    pub owner: String,
+
+    /// Where to write the key file (JSON with the private key).
+    #[arg(long)]
+    pub key_out: PathBuf,
+
+    #[arg(long, default_value = "")]
+    pub description: String,
+
+    /// URI or DNS SAN the account's TLS client certificate must carry.
+    #[arg(long, default_value = "")]
+    pub certificate_identity: String,
+
+    /// The server's `--issuer`: the audience of the key's assertions.
+    #[arg(long, env = "KIOPS_ISSUER", default_value = "kiops-identity")]
+    pub issuer: String,
 }
 
 #[derive(Debug, Subcommand)]

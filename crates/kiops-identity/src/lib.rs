@@ -2,7 +2,7 @@
 //!
 //! The modules in layers, top to bottom; a module uses only its own layer
 //! and those below (`.ci/check-layers` checks it, with no cycles):
-//! - [`cli`], [`keys_cli`]: the commands;
+//! - [`cli`], [`keys_cli`], [`service_accounts_cli`]: the commands;
 //! - [`server`]: wiring, listeners, background tasks, shutdown; with
 //!   [`http`], [`bootstrap`], [`config`], [`telemetry`], [`request_id`],
 //!   [`grpc_metrics`];
@@ -34,6 +34,7 @@ pub mod overload;
 pub mod request_id;
 pub mod server;
 pub mod service;
+pub mod service_accounts_cli;
 pub mod store;
 pub mod stream_limits;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use crate::domain::error::{reason, Violations};
 use crate::domain::organization::{NewOrganization, Organization, OrganizationChanges};
 use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError};
-use crate::store::{memberships, organizations};
+use crate::store::{memberships, organizations, service_accounts};
 use kiops_proto::v1::{
     CreateOrganizationRequest, ListOrganizationsRequest, UpdateOrganizationRequest,
 };
@@ -142,11 +142,14 @@ pub async fn delete(
 ) -> Result<(), DomainError> {
     access::require_platform_admin(&caller)?;
     let id = validate::id("organization_id", &id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let org = organizations::lock(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("organization"))?;
+    service_accounts::lock_owned_by(&tx, &org.id).await?;
+    // After the locks: the revocations of its service accounts are never
+    // dated before a token one of their exchanges minted.
+    let now = app.clock.now_ms();
     organizations::delete(&tx, &meta, caller.actor(), org, now).await?;
     tx.commit().await
 }

@@ -6,7 +6,7 @@
 use super::{parse, Cursor, Page};
 use crate::app::App;
 use crate::auth::secrets;
-use crate::domain::audit::RequestMeta;
+use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, FieldViolation, Violations};
 use crate::domain::model::Role;
 use crate::domain::page_token;
@@ -19,7 +19,7 @@ use crate::store::service_accounts::{
     self as accounts, NewServiceAccount, ServiceAccountChanges, Visible,
 };
 use crate::store::service_credentials::{self as credentials, NewCredential};
-use crate::store::{memberships, organizations};
+use crate::store::{memberships, organizations, Store};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use kiops_proto::v1::{
@@ -241,12 +241,14 @@ pub async fn update(
         }
     }
     v.into_result()?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     let revoke = revokes_tokens(&before, &changes).then_some(accounts::REASON_SCOPES_CHANGED);
     let after = accounts::update(&tx, &meta, caller.actor(), before, changes, revoke, now).await?;
     tx.commit().await?;
@@ -276,12 +278,14 @@ pub async fn set_status(
     status: AccountStatus,
 ) -> Result<ServiceAccount, DomainError> {
     let id = validate::id("service_account_id", &id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     let after = accounts::set_status(&tx, &meta, caller.actor(), before, status, now).await?;
     tx.commit().await?;
     Ok(after)
@@ -294,12 +298,14 @@ pub async fn delete(
     id: String,
 ) -> Result<(), DomainError> {
     let id = validate::id("service_account_id", &id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     accounts::delete(&tx, &meta, caller.actor(), account, now).await?;
     tx.commit().await
 }
@@ -426,14 +432,66 @@ pub async fn remove_credential(
     let id = v.take(validate::id("service_account_id", &id));
     let credential_id = v.take(validate::id("credential_id", &credential_id));
     v.into_result()?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
         accounts::with_role(&tx, &id, &caller.user_id, true).await?,
     )?;
+    // After the lock: a revocation is never dated before a token an
+    // exchange holding the lock minted (offline verifiers compare times).
+    let now = app.clock.now_ms();
     credentials::remove(&tx, &meta, caller.actor(), &account, &credential_id, now).await?;
     tx.commit().await
+}
+
+/// An account with a server-generated key, as the command line makes it
+/// (`kiops-identity service-accounts create`): no caller, audited as the
+/// system. `owner` is "platform" or an organization code.
+pub struct Bootstrapped {
+    pub account: ServiceAccount,
+    pub credential: Credential,
+    /// The key file JSON (holds the private key).
+    pub key_file_json: String,
+}
+
+pub async fn create_with_key(
+    store: &Store,
+    meta: &RequestMeta,
+    owner: &str,
+    mut r: CreateServiceAccountRequest,
+    issuer: &str,
+    now: i64,
+) -> Result<Bootstrapped, DomainError> {
+    let (private_key_pem, raw) =
+        generate_key().map_err(|e| DomainError::internal(format!("key: {e}")))?;
+    let tx = store.begin_write().await?;
+    r.organization_id = if owner == "platform" {
+        String::new()
+    } else {
+        accounts::organization_id_by_code(&tx, owner)
+            .await?
+            .ok_or_else(|| DomainError::not_found("organization"))?
+    };
+    let new = new_account(r, None)?;
+    let account = accounts::create(&tx, meta, Actor::System, new, now).await?;
+    let credential = credentials::add(
+        &tx,
+        meta,
+        Actor::System,
+        &account,
+        key_credential(&raw),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    let key_file_json = KeyFile::new(&account.id, &credential.id, issuer, &private_key_pem)
+        .to_json()
+        .map_err(|e| DomainError::internal(format!("key file: {e}")))?;
+    Ok(Bootstrapped {
+        account,
+        credential,
+        key_file_json,
+    })
 }
 
 #[cfg(test)]

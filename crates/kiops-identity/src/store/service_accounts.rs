@@ -4,7 +4,7 @@
 //! transaction.
 
 use super::audit::{self, Actor, AuditEntry, RequestMeta};
-use super::entity::{membership, service_account as sa};
+use super::entity::{membership, organization, service_account as sa};
 use super::revocations::{self, Scope as Revoked};
 use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
@@ -365,5 +365,39 @@ pub async fn delete<C: ConnectionTrait>(
         now,
     )
     .await?;
+    Ok(())
+}
+
+/// The id of the organization with `code`, for the command line, which
+/// names owners by code.
+pub async fn organization_id_by_code<C: ConnectionTrait>(
+    conn: &C,
+    code: &str,
+) -> Result<Option<String>, DomainError> {
+    organization::Entity::find()
+        .select_only()
+        .column(organization::Column::Id)
+        .filter(organization::Column::Code.eq(code))
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Locks the accounts an organization owns (PostgreSQL; a SQLite write
+/// transaction holds the database already), so that a deletion of the
+/// organization dates its revocations after any exchange of theirs that
+/// holds a lock now.
+pub async fn lock_owned_by<C: ConnectionTrait>(conn: &C, org: &str) -> Result<(), DomainError> {
+    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    conn.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT id FROM service_accounts WHERE organization_id = $1 ORDER BY id FOR UPDATE",
+        [org.into()],
+    ))
+    .await
+    .map_err(db_err)?;
     Ok(())
 }
