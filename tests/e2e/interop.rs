@@ -1,6 +1,7 @@
 //! The contract from another language: tests/interop/generate makes the
 //! Python client with buf.gen.yaml (plugins from PyPI and npm, installed on
-//! first use), then tests/interop/interop.py drives the real server with it.
+//! first use), then tests/interop/interop.py drives the real server with it,
+//! including a service account whose assertions are built with PyJWT.
 //! Nothing is skipped: without python3/pip/npm the test fails and says why.
 
 use crate::support::*;
@@ -51,6 +52,7 @@ async fn python_client_interoperates(backend: Backend) {
         .arg(root.join("tests/interop/interop.py"))
         .env("PYTHONPATH", root.join("target/sdk/python"))
         .env("KIOPS_GRPC", server.grpc.to_string())
+        .env("KIOPS_ISSUER", "kiops-identity")
         .env("KIOPS_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("KIOPS_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .output()
@@ -67,4 +69,12 @@ async fn python_client_interoperates(backend: Backend) {
         .unwrap_or_else(|| panic!("no summary line:\n{text}"));
     println!("{backend:?}: {summary}");
     assert!(summary.ends_with("checks passed"), "{text}");
+    // The service-account part ran: its key checks are in the output.
+    for line in [
+        "ok: IssueServiceAccountToken: a PyJWT EdDSA assertion buys a Bearer token",
+        "ok: CheckPermission as the service account: device yes, vpn no",
+        "ok: a replayed assertion is UNAUTHENTICATED / ASSERTION_REPLAYED",
+    ] {
+        assert!(text.contains(line), "missing `{line}`:\n{text}");
+    }
 }

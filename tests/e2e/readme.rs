@@ -8,6 +8,8 @@
 //!   (or restarts) the server; this test runs the already-built binary in its
 //!   place, with the same arguments, its output going to `server.log` as the
 //!   README's `| tee server.log` says.
+//! - In other blocks, `cargo run -p kiops-identity --` (a subcommand such as
+//!   `service-accounts create`) runs the already-built binary too.
 //! - Other blocks run in bash with `set -euo pipefail`, split into steps
 //!   after each run of `# expect: TEXT` lines; each step's output must
 //!   contain every TEXT (spaces normalised). A step whose expectations start
@@ -180,11 +182,17 @@ impl Walk {
 
     fn step(&mut self, script: &str, expects: &[String]) {
         // Variables persist through a state file: every assignment is
-        // exported (set -a) and saved after the step.
+        // exported (set -a) and saved after the step. KIOPS_BIN is left out
+        // of it: it is set afresh for every step.
+        let script_run = script.replace("cargo run -p kiops-identity --", "\"$KIOPS_BIN\"");
         let wrapped = format!(
-            "set -euo pipefail\nset -a\n[ -f .walk-state ] && source .walk-state\n{script}\nexport -p > .walk-state\n"
+            "set -euo pipefail\nset -a\n[ -f .walk-state ] && source .walk-state\n{script_run}\nexport -p | grep -v ' KIOPS_BIN=' > .walk-state\n"
         );
-        let out = self.bash(&wrapped).output().expect("run bash");
+        let out = self
+            .bash(&wrapped)
+            .env("KIOPS_BIN", crate::support::binary())
+            .output()
+            .expect("run bash");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -270,6 +278,40 @@ fn readme_walkthrough_runs_as_written() {
         !log.contains(password),
         "the admin password reached the log"
     );
+    // Service-account secrets: the client secret and the private key of the
+    // key file reach neither the log nor any output the walkthrough shows
+    // (it prints only the secret's `kiops_sa_` prefix).
+    let state = std::fs::read_to_string(walk.dir.path().join(".walk-state")).unwrap_or_default();
+    let secret = state
+        .lines()
+        .find_map(|l| {
+            l.split_once(" SECRET=")
+                .map(|(_, v)| v.trim_matches('"').to_string())
+        })
+        .expect("the walkthrough's SECRET");
+    assert!(
+        secret.starts_with("kiops_sa_") && secret.len() > 40,
+        "{secret}"
+    );
+    let key: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(walk.dir.path().join("device-key.json")).expect("key file"),
+    )
+    .expect("key file json");
+    let pem = key["private_key_pem"].as_str().expect("private key");
+    let body = pem
+        .lines()
+        .find(|l| !l.starts_with("-----") && !l.is_empty())
+        .expect("PEM body");
+    for (what, text) in [
+        ("server log", &log),
+        ("walkthrough output", &walk.transcript),
+    ] {
+        assert!(
+            !text.contains(&secret),
+            "the client secret reached the {what}"
+        );
+        assert!(!text.contains(body), "the private key reached the {what}");
+    }
     println!(
         "README walkthrough: {} blocks, {checks} expectations, all as written",
         blocks.len()

@@ -2,22 +2,33 @@
 
 Proves the contract works from another language: login, a member added and
 listed, refused calls whose google.rpc.ErrorInfo reason and BadRequest field
-violations are read through grpcio-status. Run by tests/e2e/interop.rs with
-KIOPS_GRPC (host:port), KIOPS_ADMIN_EMAIL and KIOPS_ADMIN_PASSWORD set, and
-PYTHONPATH=target/sdk/python (made by tests/interop/generate).
+violations are read through grpcio-status, and a service account that
+exchanges assertions built with PyJWT (EdDSA, via `cryptography`) for tokens
+and calls CheckPermission with them. Run by tests/e2e/interop.rs with
+KIOPS_GRPC (host:port), KIOPS_ISSUER, KIOPS_ADMIN_EMAIL and
+KIOPS_ADMIN_PASSWORD set, and PYTHONPATH=target/sdk/python (made by
+tests/interop/generate).
 """
 
+import base64
+import json
 import os
 import sys
+import time
+import uuid
 
 import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from kiops.identity.v1 import (auth_pb2, auth_pb2_grpc, invitation_pb2,
                                invitation_pb2_grpc, membership_pb2,
                                membership_pb2_grpc, organization_pb2,
-                               organization_pb2_grpc, types_pb2, user_pb2,
+                               organization_pb2_grpc, service_account_pb2,
+                               service_account_pb2_grpc, types_pb2, user_pb2,
                                user_pb2_grpc)
 
 checks = 0
@@ -126,7 +137,135 @@ def main():
     check(err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
           and info.reason == "MISSING_TOKEN", "no token is UNAUTHENTICATED / MISSING_TOKEN")
 
+    service_account(channel, admin, org.organization_id, member.user_id)
+
     print(f"interop: {checks} checks passed")
+
+
+def assertion(account_id, credential_id, private_key, audience, **override):
+    """An RFC 7523 style assertion signed with PyJWT (EdDSA)."""
+    now = int(time.time())
+    claims = {"iss": account_id, "sub": account_id, "aud": audience,
+              "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
+    claims.update(override)
+    return jwt.encode(claims, private_key, algorithm="EdDSA",
+                      headers={"kid": credential_id})
+
+
+def token_claims(token):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def service_account(channel, admin, org_id, member_id):
+    """A service account of the organization, holding permissions.check only:
+    its own Ed25519 key (made here; only the public key is uploaded) signs
+    assertions with PyJWT; the tokens they buy answer CheckPermission and
+    nothing else; a replayed assertion is refused."""
+    auth = auth_pb2_grpc.AuthServiceStub(channel)
+    members = membership_pb2_grpc.MembershipServiceStub(channel)
+    accounts = service_account_pb2_grpc.ServiceAccountServiceStub(channel)
+    issuer = os.environ["KIOPS_ISSUER"]
+
+    members.SetPermissions(membership_pb2.SetPermissionsRequest(
+        organization_id=org_id, user_id=member_id,
+        permissions=[types_pb2.PERMISSION_DEVICE]), metadata=admin)
+    account = accounts.CreateServiceAccount(service_account_pb2.CreateServiceAccountRequest(
+        organization_id=org_id, name="py-portal", scopes=["permissions.check"]),
+        metadata=admin).service_account
+    check(account.organization_id == org_id and list(account.scopes) == ["permissions.check"],
+          "CreateServiceAccount: owned by the organization, permissions.check only")
+
+    private_key = Ed25519PrivateKey.generate()
+    public_pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    added = accounts.AddServiceAccountKey(service_account_pb2.AddServiceAccountKeyRequest(
+        service_account_id=account.service_account_id, public_key_pem=public_pem),
+        metadata=admin)
+    credential = added.credential.credential_id
+    check(added.private_key_pem == "" and added.credential.type == service_account_pb2.CREDENTIAL_TYPE_KEY,
+          "AddServiceAccountKey: an uploaded public key, no private key returned")
+
+    signed = assertion(account.service_account_id, credential, private_key, issuer)
+    issued = auth.IssueServiceAccountToken(
+        auth_pb2.IssueServiceAccountTokenRequest(assertion=signed))
+    claims = token_claims(issued.access_token)
+    check(issued.token_type == "Bearer" and list(issued.scopes) == ["permissions.check"]
+          and issued.expires_in > 0,
+          "IssueServiceAccountToken: a PyJWT EdDSA assertion buys a Bearer token")
+    check(claims.get("kind") == "service" and claims["sub"] == account.service_account_id
+          and claims.get("sid") == credential and claims.get("owner_org") == org_id
+          and not claims.get("orgs"),
+          "the token says service, names its owner and credential, and has no orgs")
+    as_service = [("authorization", f"Bearer {issued.access_token}")]
+
+    allowed = members.CheckPermission(membership_pb2.CheckPermissionRequest(
+        user_id=member_id, organization_id=org_id,
+        permission=types_pb2.PERMISSION_DEVICE), metadata=as_service)
+    denied = members.CheckPermission(membership_pb2.CheckPermissionRequest(
+        user_id=member_id, organization_id=org_id,
+        permission=types_pb2.PERMISSION_VPN), metadata=as_service)
+    check(allowed.allowed and not denied.allowed,
+          "CheckPermission as the service account: device yes, vpn no")
+
+    err = refused(members.ListMembers, membership_pb2.ListMembersRequest(
+        organization_id=org_id), metadata=as_service)
+    info, _ = details(err)
+    check(err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
+          and info.reason == "SCOPE_REQUIRED" and info.metadata.get("scope") == "members.read",
+          "ListMembers without members.read: SCOPE_REQUIRED naming the scope")
+
+    # The same assertion again: its jti is spent.
+    err = refused(auth.IssueServiceAccountToken,
+                  auth_pb2.IssueServiceAccountTokenRequest(assertion=signed))
+    info, _ = details(err)
+    check(err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
+          and info.reason == "ASSERTION_REPLAYED",
+          "a replayed assertion is UNAUTHENTICATED / ASSERTION_REPLAYED")
+    for what, bad in [
+        ("another audience", assertion(account.service_account_id, credential, private_key,
+                                       "https://elsewhere.example")),
+        ("an expired assertion", assertion(account.service_account_id, credential, private_key,
+                                           issuer, iat=int(time.time()) - 600,
+                                           exp=int(time.time()) - 300)),
+    ]:
+        err = refused(auth.IssueServiceAccountToken,
+                      auth_pb2.IssueServiceAccountTokenRequest(assertion=bad))
+        info, _ = details(err)
+        check(err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
+              and info.reason == "INVALID_ASSERTION",
+              f"{what} is UNAUTHENTICATED / INVALID_ASSERTION")
+    err = refused(auth.IssueServiceAccountToken, auth_pb2.IssueServiceAccountTokenRequest(
+        assertion=assertion(account.service_account_id, credential,
+                            Ed25519PrivateKey.generate(), issuer)))
+    info, _ = details(err)
+    check(err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
+          and info.reason == "INVALID_CREDENTIALS",
+          "an assertion signed by another key is UNAUTHENTICATED / INVALID_CREDENTIALS")
+
+    # A key generated by the server comes as a key file: PyJWT signs with
+    # its PKCS#8 PEM as it is.
+    generated = accounts.AddServiceAccountKey(service_account_pb2.AddServiceAccountKeyRequest(
+        service_account_id=account.service_account_id), metadata=admin)
+    key_file = json.loads(generated.key_file_json)
+    check(key_file["type"] == "kiops_service_account_key" and key_file["issuer"] == issuer,
+          "AddServiceAccountKey (generated): a key file for this issuer")
+    from_file = auth.IssueServiceAccountToken(auth_pb2.IssueServiceAccountTokenRequest(
+        assertion=assertion(key_file["service_account_id"], key_file["credential_id"],
+                            key_file["private_key_pem"], key_file["issuer"])))
+    check(token_claims(from_file.access_token).get("sid") == key_file["credential_id"],
+          "the key file's private key signs an assertion the server accepts")
+
+    # Removing the uploaded key revokes the token it bought.
+    accounts.RemoveServiceAccountCredential(service_account_pb2.RemoveServiceAccountCredentialRequest(
+        service_account_id=account.service_account_id, credential_id=credential), metadata=admin)
+    err = refused(members.CheckPermission, membership_pb2.CheckPermissionRequest(
+        user_id=member_id, organization_id=org_id,
+        permission=types_pb2.PERMISSION_DEVICE), metadata=as_service)
+    info, _ = details(err)
+    check(err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
+          and info.reason == "SESSION_REVOKED",
+          "after the key is removed its token is UNAUTHENTICATED / SESSION_REVOKED")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,22 @@ pub fn public_key_to_pem(raw: &[u8; 32]) -> Result<String, KeyError> {
 pub fn generate_key() -> Result<(String, [u8; 32]), KeyError> {
     let key = crate::SigningKey::generate();
     let public = key.dalek().verifying_key().to_bytes();
-    Ok((key.to_pkcs8_pem()?, public))
+    Ok((private_key_to_pem(key.dalek())?, public))
+}
+
+/// PKCS#8 v1 PEM of a private key (RFC 8410: the private key alone). The
+/// key file is read by other languages: ed25519-dalek's own encoding is v2
+/// (RFC 5958, the public key appended), which OpenSSL 3 and Python's
+/// `cryptography` refuse; every library reads v1, ed25519-dalek included.
+fn private_key_to_pem(key: &ed25519_dalek::SigningKey) -> Result<String, KeyError> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .map(|pem| pem.to_string())
+    .map_err(|e| KeyError::InvalidPrivateKey(e.to_string()))
 }
 
 #[cfg(test)]
@@ -166,6 +181,24 @@ mod tests {
         assert_eq!(decoded.claims.sub, "sa1");
         assert_eq!(decoded.claims.exp, 1_000 + MAX_ASSERTION_LIFETIME_SECS);
         assert!(!format!("{again:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn generated_private_keys_are_pkcs8_v1() {
+        let (private, public) = generate_key().expect("key");
+        let body: String = private
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("base64");
+        // SEQUENCE (46 bytes) { INTEGER 0, AlgorithmIdentifier Ed25519,
+        // OCTET STRING { OCTET STRING key } } and nothing after it.
+        assert_eq!(der.len(), 48, "{der:02x?}");
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&private).expect("dalek reads v1");
+        assert_eq!(key.verifying_key().to_bytes(), public);
     }
 
     #[test]
