@@ -30,5 +30,6 @@ mod readme;
 mod redteam;
 mod redteam_ways_in;
 mod server;
+mod service_scopes;
 mod stress;
 mod ways_in;

@@ -7,6 +7,7 @@ use super::convert::timestamp;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
 use crate::domain::audit::AuditEvent as Row;
+use crate::domain::service_account::{require_scope, Scope};
 use crate::overload::CallPermit;
 use crate::service::audit::{self, Export, ExportFormat};
 use kiops_proto::v1::audit_service_server::AuditService;
@@ -121,7 +122,8 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::AuditRead)).await?;
         let page = audit::list(&self.app, &caller, r).await?;
         Ok(Response::new(ListAuditEventsResponse {
             audit_events: page.items.iter().map(to_proto).collect(),
@@ -138,8 +140,10 @@ impl AuditService for AuditApi {
         request: Request<ExportAuditEventsRequest>,
     ) -> Result<Response<BoxStream<ExportAuditEventsResponse>>, Status> {
         let claims = context::verify_bearer(&self.app, &request)?;
+        let meta = context::request_meta(&request);
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
+        require_scope(&caller, Some(Scope::AuditRead))?;
         let export = audit::export(&self.app, &caller, request.into_inner()).await?;
         let right = StreamRight::Audit {
             organization: export.filter.organization_id.clone(),
@@ -148,6 +152,7 @@ impl AuditService for AuditApi {
             .app
             .streams
             .open(StreamKind::AuditExport, &caller, call.as_ref())?;
+        audit::export_started(&self.app, &meta, &caller, &export).await?;
         let guard = StreamGuard::new(self.app.clone(), claims, right, slot);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportAuditEventsResponse, Status>>(4);
         tokio::spawn(stream_export(

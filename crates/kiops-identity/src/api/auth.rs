@@ -5,6 +5,7 @@ use super::context::{self, request_meta};
 use super::convert;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
+use crate::domain::service_account::Owner;
 use crate::domain::session::{RevocationEvent, TokenPair};
 use crate::overload::CallPermit;
 use crate::service::{auth, to_completion};
@@ -125,8 +126,10 @@ impl AuthService for AuthApi {
         let claims = context::verify_bearer(&self.app, &request)?;
         let call = request.extensions().get::<CallPermit>().cloned();
         let caller = context::caller_of(&self.app, claims.clone()).await?;
-        let right = StreamRight::PlatformAdmin;
+        let right = StreamRight::Revocations;
         super::streams::authorize(&self.app, &caller, &right).await?;
+        // A service account is sent what its owner covers (R25).
+        let owner = caller.service.as_ref().map(|s| s.owner.clone());
         let start = auth::revocation_start(&self.app, &request.into_inner().after_event_id).await?;
         let slot = self
             .app
@@ -138,6 +141,7 @@ impl AuthService for AuthApi {
             self.app.clone(),
             GuardedSender::new(tx, guard),
             start,
+            owner,
         ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -170,13 +174,27 @@ async fn follow_revocations(
     app: App,
     mut out: GuardedSender<WatchRevocationsResponse>,
     mut last: i64,
+    owner: Option<Owner>,
 ) {
     let mut tip = app.revocation_tip.subscribe();
     loop {
-        let events = match auth::revocations_after(&app, last).await {
-            Ok(events) => events,
+        let (events, read_to) = match auth::revocations_after(&app, last, owner.as_ref()).await {
+            Ok(page) => page,
             Err(e) => return out.fail(e).await,
         };
+        if events.is_empty() && read_to > last {
+            // Only events this watcher is not sent: read on, still
+            // re-checking the caller's right as it goes.
+            last = read_to;
+            if out
+                .idle(std::time::Duration::ZERO, std::future::ready(()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         if events.is_empty() {
             if out
                 .idle(std::time::Duration::from_secs(1), tip.changed())
@@ -198,6 +216,7 @@ async fn follow_revocations(
                 return;
             }
         }
+        last = last.max(read_to);
     }
 }
 

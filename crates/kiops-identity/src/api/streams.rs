@@ -5,13 +5,16 @@
 //!   until it ends;
 //! - at least every `RECHECK` it asks again whether its caller still has the
 //!   right to it (account active, session live, token unexpired,
-//!   PlatformAdmin or audit permission as now stored), and ends with that
-//!   refusal the moment the answer is no.
+//!   PlatformAdmin or audit permission as now stored; for a service
+//!   account: the account active, the token's credential not removed, the
+//!   scope still held), and ends with that refusal the moment the answer is
+//!   no.
 //!
 //! Rules: H7 (docs/rules.md).
 
 use crate::app::App;
 use crate::domain::error::reason;
+use crate::domain::service_account::{require_scope, Scope};
 use crate::domain::{Caller, DomainError};
 use std::time::Duration;
 
@@ -23,11 +26,23 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 /// The right a stream was opened with, asked again while it runs.
 #[derive(Debug, Clone)]
 pub enum StreamRight {
-    PlatformAdmin,
-    /// `AuditService` visibility of `organization` (all when `None`).
-    Audit {
-        organization: Option<String>,
-    },
+    /// WatchRevocations: a PlatformAdmin, or a service account holding
+    /// revocations.watch.
+    Revocations,
+    /// `AuditService` visibility of `organization` (all when `None`); a
+    /// service account also needs audit.read.
+    Audit { organization: Option<String> },
+}
+
+impl StreamRight {
+    /// The scope a service account's stream needs, asked again on every
+    /// re-check: narrowing an account's scopes ends its streams (R25).
+    fn scope(&self) -> Scope {
+        match self {
+            StreamRight::Revocations => Scope::RevocationsWatch,
+            StreamRight::Audit { .. } => Scope::AuditRead,
+        }
+    }
 }
 
 /// A stream's caller as it was authenticated, and when it was last checked.
@@ -73,10 +88,14 @@ impl StreamGuard {
     }
 }
 
-/// The check every stream makes when it opens and again while it runs.
+/// The check every stream makes when it opens and again while it runs. A
+/// service account's caller comes from `caller_of` like a person's: a
+/// disabled or deleted account, or a removed credential, is refused there.
 pub async fn authorize(app: &App, caller: &Caller, right: &StreamRight) -> Result<(), DomainError> {
+    require_scope(caller, Some(right.scope()))?;
     match right {
-        StreamRight::PlatformAdmin => crate::domain::access::require_platform_admin(caller),
+        StreamRight::Revocations if caller.service.is_some() => Ok(()),
+        StreamRight::Revocations => crate::domain::access::require_platform_admin(caller),
         StreamRight::Audit { organization } => {
             crate::service::audit::authorize(app, caller, organization.as_deref()).await
         }

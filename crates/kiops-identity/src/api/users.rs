@@ -3,6 +3,7 @@
 use super::context;
 use super::convert;
 use crate::app::App;
+use crate::domain::service_account::Scope;
 use crate::domain::user::User;
 use crate::service::{to_completion, users};
 use kiops_proto::v1::user_service_server::UserService;
@@ -70,7 +71,8 @@ impl UserService for UserApi {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::UsersRead)).await?;
         let now = self.app.clock.now_ms();
         let page = users::list(&self.app, &caller, r, now).await?;
         Ok(Response::new(ListUsersResponse {
@@ -84,7 +86,8 @@ impl UserService for UserApi {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        let (_, caller, r) = context::start(&self.app, request).await?;
+        let (_, caller, r) =
+            context::start_scoped(&self.app, request, Some(Scope::UsersRead)).await?;
         let user = users::get_user(&self.app, &caller, &r.user_id).await?;
         Ok(Response::new(GetUserResponse {
             user: self.user(&user),

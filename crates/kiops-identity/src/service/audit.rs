@@ -5,9 +5,10 @@
 
 use super::{Cursor, Page};
 use crate::app::App;
-use crate::domain::audit::{self, AuditEvent};
+use crate::domain::audit::{self, AuditEvent, RequestMeta};
 use crate::domain::error::Violations;
 use crate::domain::page_token;
+use crate::domain::service_account;
 use crate::domain::{validate, Caller, DomainError, FieldViolation};
 use crate::store::audit::{self as audit_store, AuditFilter};
 use crate::store::memberships;
@@ -55,6 +56,11 @@ pub async fn authorize(
     caller: &Caller,
     organization: Option<&str>,
 ) -> Result<(), DomainError> {
+    if let Some(service) = &caller.service {
+        // audit.read: its owner's trail, every one for a platform account
+        // (R25); the scope itself is the handler's.
+        return service_account::check_service_reads_audit(service, organization);
+    }
     let Some(org) = audit::reader_scope(caller, organization)? else {
         return Ok(());
     };
@@ -105,6 +111,33 @@ pub async fn export(
     v.into_result()?;
     authorize(app, caller, f.organization_id.as_deref()).await?;
     Ok(Export { filter: f, format })
+}
+
+/// An export that is starting (authorised, its stream slot taken): a
+/// service account's is audited (R25); a person's reading is not.
+pub async fn export_started(
+    app: &App,
+    meta: &RequestMeta,
+    caller: &Caller,
+    export: &Export,
+) -> Result<(), DomainError> {
+    if caller.service.is_none() {
+        return Ok(());
+    }
+    let format = match export.format {
+        ExportFormat::JsonLines => "json_lines",
+        ExportFormat::Csv => "csv",
+    };
+    let now = app.clock.now_ms();
+    audit_store::record_export(
+        app.store.writer(),
+        meta,
+        caller.actor(),
+        &export.filter,
+        format,
+        now,
+    )
+    .await
 }
 
 /// The next batch of an export, newest first, after the last event of the

@@ -13,7 +13,8 @@ use crate::domain::audit::{Actor, RequestMeta};
 use crate::domain::error::{reason, Violations};
 use crate::domain::user::{NewUser, ProfileChanges, StoredStatus, User};
 use crate::domain::{
-    access, page_token, password_policy, validate, Caller, DomainError, FieldViolation,
+    access, page_token, password_policy, service_account, validate, Caller, DomainError,
+    FieldViolation,
 };
 use crate::store::memberships::{self, StatusFilter};
 use crate::store::users::{self, UserOrder, UserQuery};
@@ -273,9 +274,22 @@ async fn admin_target(
         .ok_or_else(|| DomainError::not_found("user"))
 }
 
-/// GetUser (R11).
+/// GetUser (R11); for a service account (users.read) a user of the
+/// organization that owns it, any user for a platform account (R25).
 pub async fn get_user(app: &App, caller: &Caller, id: &str) -> Result<User, DomainError> {
-    admin_target(app, caller, id, false).await
+    let Some(service) = &caller.service else {
+        return admin_target(app, caller, id, false).await;
+    };
+    let id = validate::id("user_id", id)?;
+    let conn = app.store.conn();
+    let member_of_owner = match service.owner.org_id() {
+        Some(org) => memberships::find(conn, org, &id).await?.is_some(),
+        None => false,
+    };
+    service_account::check_service_reads_user(service, member_of_owner)?;
+    users::find_by_id(conn, &id)
+        .await?
+        .ok_or_else(|| DomainError::not_found("user"))
 }
 
 /// DeactivateUser (R11): refused if an organization would lose its last
@@ -378,7 +392,11 @@ pub async fn list(
     r: ListUsersRequest,
     now: i64,
 ) -> Result<Page<User>, DomainError> {
-    access::require_platform_admin(caller)?;
+    match &caller.service {
+        // users.read lists every user only for a platform account (R25).
+        Some(service) => service_account::require_platform_service(service)?,
+        None => access::require_platform_admin(caller)?,
+    }
     let mut v = Violations::new();
     let query = v.take(parse::query("query", &r.query));
     let (order, descending) = v

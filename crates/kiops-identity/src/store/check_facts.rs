@@ -399,15 +399,79 @@ pub(super) async fn read_batch(
 /// of one call are read at one moment; the keys travel as one JSON array
 /// of `[user, organization]` pairs, one statement text for any count (an
 /// array parameter on PostgreSQL would need sea-orm's array support, and
-/// SQLite has none). Each key is two index lookups, as in `BATCH_SQL`.
-const KEYS_SQLITE: &str = "SELECT q.key, u.status, u.platform_admin, m.role, m.permissions \
-     FROM json_each(?1) AS q \
-     JOIN users u ON u.id = (q.value ->> 0) \
-     LEFT JOIN memberships m ON m.organization_id = (q.value ->> 1) AND m.user_id = u.id";
-const KEYS_POSTGRES: &str = "SELECT q.i - 1, u.status, u.platform_admin, m.role, m.permissions \
-     FROM json_array_elements($1::json) WITH ORDINALITY AS q(v, i) \
-     JOIN users u ON u.id = (q.v ->> 0) \
-     LEFT JOIN memberships m ON m.organization_id = (q.v ->> 1) AND m.user_id = u.id";
+/// SQLite has none). Each key is two index lookups, as in `BATCH_SQL`;
+/// `covering` pins them to the covering indexes, as `single_sql` does.
+fn keys_sql(backend: DatabaseBackend, covering: bool) -> String {
+    let pin = |index: &str| {
+        if covering {
+            format!(" INDEXED BY {index}")
+        } else {
+            String::new()
+        }
+    };
+    let (index, keys, value) = match backend {
+        DatabaseBackend::Sqlite => ("q.key", "json_each(?1) AS q", "q.value"),
+        _ => (
+            "q.i - 1",
+            "json_array_elements($1::json) WITH ORDINALITY AS q(v, i)",
+            "q.v",
+        ),
+    };
+    format!(
+        "SELECT {index}, u.status, u.platform_admin, m.role, m.permissions \
+         FROM {keys} \
+         JOIN users u{users} ON u.id = ({value} ->> 0) \
+         LEFT JOIN memberships m{memberships} \
+         ON m.organization_id = ({value} ->> 1) AND m.user_id = u.id",
+        users = pin("users_access_facts_idx"),
+        memberships = pin("memberships_access_facts_idx"),
+    )
+}
+
+static KEYS_SQLITE: LazyLock<String> = LazyLock::new(|| keys_sql(DatabaseBackend::Sqlite, false));
+static KEYS_POSTGRES: LazyLock<String> =
+    LazyLock::new(|| keys_sql(DatabaseBackend::Postgres, false));
+static KEYS_INLINE: LazyLock<String> = LazyLock::new(|| keys_sql(DatabaseBackend::Sqlite, true));
+
+/// The caller's account and session (`callers::caller_state`'s read) on
+/// the inline path, pinned to the covering indexes.
+const CALLER_INLINE: &str = "SELECT u.email, u.status, u.platform_admin, \
+     s.id, s.revoked_at, s.expires_at \
+     FROM users u INDEXED BY users_access_facts_idx \
+     LEFT JOIN sessions s INDEXED BY sessions_access_facts_idx \
+     ON s.id = ?2 AND s.user_id = u.id \
+     WHERE u.id = ?1";
+
+/// What CheckPermissions reads in one snapshot: the asking person's
+/// account and session (`None` when no person asked, or their account
+/// does not exist), and the facts of each key in the order given (`None`
+/// for a user that does not exist).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManyFacts {
+    pub caller: Option<CallerState>,
+    pub keys: Vec<Option<SubjectState>>,
+}
+
+/// A person (user id, session id of their token) and the keys to read.
+pub type ManyKey<'a> = (Option<(&'a str, &'a str)>, &'a [(&'a str, &'a str)]);
+
+fn keys_json(keys: &[(&str, &str)]) -> Result<String, serde_json::Error> {
+    serde_json::to_string(keys)
+}
+
+fn subject_state(
+    status: &str,
+    platform_admin: bool,
+    role: Option<&str>,
+    permissions: Option<i32>,
+) -> SubjectState {
+    SubjectState {
+        status: StoredStatus::parse(status),
+        platform_admin,
+        role: role.map(parse_role),
+        permissions: permissions.unwrap_or(0) as u8,
+    }
+}
 
 /// The account and membership of each `(user, organization)` key, in the
 /// order given; `None` for a user that does not exist. Keys should be
@@ -422,28 +486,83 @@ pub async fn read_keys<C: ConnectionTrait>(
     }
     let backend = conn.get_database_backend();
     let sql = match backend {
-        DatabaseBackend::Sqlite => KEYS_SQLITE,
-        _ => KEYS_POSTGRES,
+        DatabaseBackend::Sqlite => KEYS_SQLITE.clone(),
+        _ => KEYS_POSTGRES.clone(),
     };
-    let json = serde_json::to_string(keys).map_err(|e| DomainError::internal(e.to_string()))?;
+    let json = keys_json(keys).map_err(|e| DomainError::internal(e.to_string()))?;
     let stmt = Statement::from_sql_and_values(backend, sql, [json.into()]);
     for row in conn.query_all_raw(stmt).await.map_err(db_err)? {
         let i: i64 = row.try_get_by_index(0).map_err(db_err)?;
         let status: String = row.try_get_by_index(1).map_err(db_err)?;
         let role: Option<String> = row.try_get_by_index(3).map_err(db_err)?;
-        let permissions: Option<i32> = row.try_get_by_index(4).map_err(db_err)?;
         let slot = usize::try_from(i)
             .ok()
             .and_then(|i| out.get_mut(i))
             .ok_or_else(|| DomainError::internal(format!("key row {i} out of range")))?;
-        *slot = Some(SubjectState {
-            status: StoredStatus::parse(&status),
-            platform_admin: row.try_get_by_index(2).map_err(db_err)?,
-            role: role.as_deref().map(parse_role),
-            permissions: permissions.unwrap_or(0) as u8,
-        });
+        *slot = Some(subject_state(
+            &status,
+            row.try_get_by_index(2).map_err(db_err)?,
+            role.as_deref(),
+            row.try_get_by_index(4).map_err(db_err)?,
+        ));
     }
     Ok(out)
+}
+
+/// CheckPermissions' read on the calling thread (SQLite file): the
+/// person's state and the keys in one read transaction of one connection,
+/// so both see one snapshot. `None` when the pool must answer instead.
+pub(super) fn read_many_inline(direct: &DirectReader, key: ManyKey<'_>) -> Option<ManyFacts> {
+    let (person, keys) = key;
+    let json = keys_json(keys).ok()?;
+    direct.with_conn(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        let caller = match person {
+            None => None,
+            Some((id, sid)) => {
+                let mut stmt = tx.prepare_cached(CALLER_INLINE)?;
+                let mut rows = stmt.query([id, sid])?;
+                match rows.next()? {
+                    None => None,
+                    Some(row) => {
+                        let status: String = row.get(1)?;
+                        Some(CallerState {
+                            email: row.get(0)?,
+                            status: StoredStatus::parse(&status),
+                            platform_admin: row.get(2)?,
+                            session: SessionState {
+                                found: row.get::<_, Option<String>>(3)?.is_some(),
+                                revoked_at_ms: row.get(4)?,
+                                expires_at_ms: row.get(5)?,
+                            },
+                        })
+                    }
+                }
+            }
+        };
+        let mut out = vec![None; keys.len()];
+        if !keys.is_empty() {
+            let mut stmt = tx.prepare_cached(&KEYS_INLINE)?;
+            let mut rows = stmt.query([&json])?;
+            while let Some(row) = rows.next()? {
+                let i: i64 = row.get(0)?;
+                let status: String = row.get(1)?;
+                let role: Option<String> = row.get(3)?;
+                let slot = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| out.get_mut(i))
+                    .ok_or(rusqlite::Error::InvalidQuery)?;
+                *slot = Some(subject_state(
+                    &status,
+                    row.get(2)?,
+                    role.as_deref(),
+                    row.get(4)?,
+                ));
+            }
+        }
+        tx.commit()?;
+        Ok(ManyFacts { caller, keys: out })
+    })
 }
 
 #[cfg(test)]
@@ -715,7 +834,7 @@ mod tests {
         let owner = schema(&path, "wal");
         let keys = [("s", "o"), ("nobody", "o"), ("c", "o"), ("s", "elsewhere")];
         let json = serde_json::to_string(&keys).expect("json");
-        let mut stmt = owner.prepare(KEYS_SQLITE).expect("prepare");
+        let mut stmt = owner.prepare(&KEYS_SQLITE).expect("prepare");
         let mut rows: Vec<(i64, String, Option<String>, Option<i32>)> = stmt
             .query_map([&json], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(3)?, r.get(4)?))
@@ -732,7 +851,7 @@ mod tests {
             ]
         );
         let plan: Vec<String> = owner
-            .prepare(&format!("EXPLAIN QUERY PLAN {KEYS_SQLITE}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", *KEYS_SQLITE))
             .and_then(|mut s| s.query_map([&json], |r| r.get::<_, String>(3))?.collect())
             .expect("plan");
         // The JSON is walked once; users and memberships are searched, never scanned.
@@ -750,6 +869,63 @@ mod tests {
             1,
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn the_inline_many_read_gives_the_caller_and_every_key_from_covering_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let owner = schema(&path, "wal");
+        let r = DirectReader::new(&path);
+        let keys = [("s", "o"), ("nobody", "o"), ("c", "o"), ("s", "elsewhere")];
+        let f = read_many_inline(&r, (Some(("c", "cs")), &keys)).expect("read");
+        let caller = f.caller.expect("caller");
+        assert_eq!(caller.email, "c@x.io");
+        assert!(caller.session.found);
+        let roles: Vec<_> = f
+            .keys
+            .iter()
+            .map(|k| k.as_ref().map(|k| (k.role, k.permissions)))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                Some((Some(Role::Member), 5)),
+                None,
+                Some((Some(Role::Manager), 0)),
+                Some((None, 0))
+            ]
+        );
+        // A service asks as no person; an unknown person has no state.
+        let f = read_many_inline(&r, (None, &keys[..1])).expect("read");
+        assert_eq!((f.caller, f.keys.len()), (None, 1));
+        let f = read_many_inline(&r, (Some(("nobody", "cs")), &[])).expect("read");
+        assert_eq!(f, ManyFacts::default());
+        for sql in [KEYS_INLINE.as_str(), CALLER_INLINE] {
+            let plan: Vec<String> = owner
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .and_then(|mut s| {
+                    let params = ["[]", "x"][..s.parameter_count()].to_vec();
+                    s.query_map(rusqlite::params_from_iter(params), |r| {
+                        r.get::<_, String>(3)
+                    })?
+                    .collect()
+                })
+                .expect("plan");
+            let tables: Vec<_> = plan
+                .iter()
+                .filter(|p| !p.contains("VIRTUAL TABLE"))
+                .collect();
+            assert!(
+                tables.iter().all(|p| p.contains("COVERING INDEX")),
+                "{plan:?}"
+            );
+        }
+        // Without the indexes the pool answers.
+        owner
+            .execute_batch("DROP INDEX memberships_access_facts_idx")
+            .expect("drop");
+        assert!(read_many_inline(&DirectReader::new(&path), (None, &keys)).is_none());
     }
 
     #[test]

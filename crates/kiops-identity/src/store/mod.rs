@@ -210,6 +210,33 @@ impl Store {
         check_facts::read_pooled(&self.db, &key).await
     }
 
+    /// CheckPermissions' one read: the asking person's state (when a
+    /// person asks) and every key's facts, in one snapshot. On a SQLite
+    /// file inline on the calling thread, in one read transaction of one
+    /// connection (`check_facts::read_many_inline`; any error falls back to
+    /// the pool); otherwise a `begin_snapshot` transaction.
+    pub async fn check_many(
+        &self,
+        key: check_facts::ManyKey<'_>,
+    ) -> Result<check_facts::ManyFacts, DomainError> {
+        if let Some(facts) = self
+            .direct
+            .as_deref()
+            .and_then(|d| check_facts::read_many_inline(d, key))
+        {
+            return Ok(facts);
+        }
+        let (person, keys) = key;
+        let tx = self.begin_snapshot().await?;
+        let caller = match person {
+            Some((id, sid)) => callers::caller_state(&tx, id, sid).await?,
+            None => None,
+        };
+        let keys = check_facts::read_keys(&tx, keys).await?;
+        tx.close().await?;
+        Ok(check_facts::ManyFacts { caller, keys })
+    }
+
     /// Cheap liveness check for `/readyz`.
     /// SQLite: copies the WAL into the database file and truncates it, so
     /// the older versions of rows (e.g. an outbox token just erased) leave
