@@ -210,11 +210,10 @@ impl Store {
         check_facts::read_pooled(&self.db, &key).await
     }
 
-    /// CheckPermissions' one read: the asking person's state (when a
-    /// person asks) and every key's facts, in one snapshot. On a SQLite
-    /// file inline on the calling thread, in one read transaction of one
-    /// connection (`check_facts::read_many_inline`; any error falls back to
-    /// the pool); otherwise a `begin_snapshot` transaction.
+    /// CheckPermissions' one read (`check_facts::many_sql`): the asking
+    /// person's state, when a person asks, and every key's facts, in one
+    /// statement. On a SQLite file it runs inline on the calling thread
+    /// (any error falls back to the pool), as CheckPermission's does.
     pub async fn check_many(
         &self,
         key: check_facts::ManyKey<'_>,
@@ -226,15 +225,7 @@ impl Store {
         {
             return Ok(facts);
         }
-        let (person, keys) = key;
-        let tx = self.begin_snapshot().await?;
-        let caller = match person {
-            Some((id, sid)) => callers::caller_state(&tx, id, sid).await?,
-            None => None,
-        };
-        let keys = check_facts::read_keys(&tx, keys).await?;
-        tx.close().await?;
-        Ok(check_facts::ManyFacts { caller, keys })
+        check_facts::read_many(&self.db, key).await
     }
 
     /// Cheap liveness check for `/readyz`.
@@ -303,24 +294,6 @@ impl Store {
         tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await
             .map_err(db_err)?;
-        Ok(ReadTx::new(tx))
-    }
-
-    /// A read-only transaction whose statements all see one snapshot
-    /// (CheckPermissions: the caller and the facts of every item). SQLite:
-    /// a deferred transaction, whose snapshot is taken by its first read
-    /// (WAL). PostgreSQL: REPEATABLE READ, since under the default READ
-    /// COMMITTED each statement takes a snapshot of its own.
-    pub async fn begin_snapshot(&self) -> Result<ReadTx, DomainError> {
-        if self.backend() == DatabaseBackend::Sqlite {
-            return self.db.begin().await.map(ReadTx::new).map_err(db_err);
-        }
-        let opts = TransactionOptions {
-            isolation_level: Some(sea_orm::IsolationLevel::RepeatableRead),
-            access_mode: Some(sea_orm::AccessMode::ReadOnly),
-            ..Default::default()
-        };
-        let tx = self.db.begin_with_options(opts).await.map_err(db_err)?;
         Ok(ReadTx::new(tx))
     }
 
