@@ -32,6 +32,7 @@ mod redteam_service;
 mod redteam_ways_in;
 mod server;
 mod service_accounts;
+mod service_scopes;
 mod service_tokens;
 mod stress;
 mod ways_in;

@@ -387,56 +387,6 @@ pub fn check_permission_query(
     super::access::check_may_query_permission(caller, caller_role, user_id)
 }
 
-/// GetUser (users.read): a platform account reads any user; an
-/// organization's account only the members of its organization, and no
-/// other user exists for it.
-pub fn check_service_reads_user(service: &ServiceCaller, member_of_owner: bool) -> Result {
-    match service.owner {
-        Owner::Platform => Ok(()),
-        Owner::Organization(_) if member_of_owner => Ok(()),
-        Owner::Organization(_) => Err(DomainError::not_found("user")),
-    }
-}
-
-/// Platform-wide reads (ListUsers, every organization's audit events): a
-/// platform account only. An organization's account knows it exists, so it
-/// is told why, with the reason people get for the same reads.
-pub fn require_platform_service(service: &ServiceCaller) -> Result {
-    match service.owner {
-        Owner::Platform => Ok(()),
-        Owner::Organization(_) => Err(DomainError::denied(
-            reason::PLATFORM_ADMIN_REQUIRED,
-            "only a service account of the platform reads across organizations",
-        )),
-    }
-}
-
-/// ListAuditEvents and ExportAuditEvents (audit.read) of `organization`
-/// (every organization when None).
-pub fn check_service_reads_audit(service: &ServiceCaller, organization: Option<&str>) -> Result {
-    match organization {
-        Some(org) => require_service_sees(service, org),
-        None => require_platform_service(service),
-    }
-}
-
-/// WatchRevocations (revocations.watch): whether an account of `owner`
-/// is sent an event of `event_organization`. A platform account gets every
-/// event; an organization's account its organization's events and those
-/// of no organization (a user's logout, deactivation or password change, a
-/// service account's credential), which any token it verifies may be
-/// affected by: a user's or a PlatformAdmin's token reaches its
-/// organization without being a membership of it. Other organizations'
-/// events are not sent.
-pub fn service_sees_revocation(owner: &Owner, event_organization: Option<&str>) -> bool {
-    match (owner, event_organization) {
-        (Owner::Platform, _) => true,
-        (Owner::Organization(_), None) => true,
-        (Owner::Organization(_), Some("")) => true,
-        (Owner::Organization(own), Some(event)) => own == event,
-    }
-}
-
 /// R25: reads across every organization (ListUsers, the whole audit trail,
 /// the revocation feed) are for platform accounts; an organization's
 /// account holding the scope is refused (its owner could not read them).
@@ -688,51 +638,5 @@ mod reach_tests {
         ));
         assert!(check_permission_query(&me, Some(Role::Manager), "o", "x").is_ok());
         assert!(check_permission_query(&Caller::for_test(true), None, "o", "x").is_ok());
-    }
-
-    #[test]
-    fn users_read_stays_inside_the_owner() {
-        assert!(check_service_reads_user(&service(Owner::Platform), false).is_ok());
-        assert!(check_service_reads_user(&service(org("o1")), true).is_ok());
-        assert!(matches!(
-            check_service_reads_user(&service(org("o1")), false),
-            Err(DomainError::NotFound { resource: "user" })
-        ));
-        assert!(require_platform_service(&service(Owner::Platform)).is_ok());
-        assert!(matches!(
-            require_platform_service(&service(org("o1"))),
-            Err(DomainError::PermissionDenied {
-                reason: reason::PLATFORM_ADMIN_REQUIRED,
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn audit_read_is_the_owners_trail() {
-        let own = service(org("o1"));
-        assert!(check_service_reads_audit(&own, Some("o1")).is_ok());
-        assert!(matches!(
-            check_service_reads_audit(&own, Some("o2")),
-            Err(DomainError::NotFound { .. })
-        ));
-        assert!(matches!(
-            check_service_reads_audit(&own, None),
-            Err(DomainError::PermissionDenied { .. })
-        ));
-        let platform = service(Owner::Platform);
-        assert!(check_service_reads_audit(&platform, None).is_ok());
-        assert!(check_service_reads_audit(&platform, Some("o2")).is_ok());
-    }
-
-    #[test]
-    fn an_org_account_watches_its_own_and_user_wide_revocations() {
-        let own = org("o1");
-        assert!(service_sees_revocation(&own, Some("o1")));
-        assert!(service_sees_revocation(&own, None));
-        assert!(service_sees_revocation(&own, Some("")));
-        assert!(!service_sees_revocation(&own, Some("o2")));
-        assert!(service_sees_revocation(&Owner::Platform, Some("o2")));
-        assert!(service_sees_revocation(&Owner::Platform, None));
     }
 }

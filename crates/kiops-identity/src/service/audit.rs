@@ -118,7 +118,11 @@ pub async fn export(
     authorize(app, caller, f.organization_id.as_deref()).await?;
     if caller.service.is_some() {
         let tx = app.store.begin_write().await?;
-        audit_store::record_export(&tx, meta, caller.actor(), &f, app.clock.now_ms()).await?;
+        let name = match format {
+            ExportFormat::JsonLines => "json_lines",
+            ExportFormat::Csv => "csv",
+        };
+        audit_store::record_export(&tx, meta, caller.actor(), &f, name, app.clock.now_ms()).await?;
         tx.commit().await?;
     }
     Ok(Export { filter: f, format })

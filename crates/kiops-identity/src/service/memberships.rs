@@ -26,8 +26,7 @@ use crate::domain::organization::Organization;
 use crate::domain::page_token;
 use crate::domain::service_account;
 use crate::domain::{access, validate, Caller, DomainError};
-use crate::store::callers;
-use crate::store::check_facts::{self, CheckKey};
+use crate::store::check_facts::CheckKey;
 use crate::store::memberships::{self, MemberOrder, MemberQuery};
 use crate::store::{organizations, users, WriteTx};
 use kiops_proto::v1::{
@@ -431,8 +430,11 @@ async fn check_permission_as_service(
     v.into_result()?;
     let perm = perm.ok_or_else(|| DomainError::internal("permission validated"))?;
     service_account::check_permission_query(caller, None, &org, &user)?;
-    let facts = check_facts::read_keys(app.store.conn(), &[(&user, &org)]).await?;
-    Ok(subject_holds(facts.first().and_then(Option::as_ref), perm))
+    let facts = app.store.check_many((None, &[(&user, &org)])).await?;
+    Ok(subject_holds(
+        facts.keys.first().and_then(Option::as_ref),
+        perm,
+    ))
 }
 
 /// Most checks in one CheckPermissions call.
@@ -474,68 +476,77 @@ fn check_items(items: &[CheckPermissionRequest]) -> Result<Vec<CheckItem>, Domai
 }
 
 /// The distinct (user, organization) keys a call reads, and per item where
-/// its subject's key is and, when its answer depends on the caller's role
-/// in the organization, where the caller's is.
+/// its subject's key is and, when the asking person's role in the
+/// organization may decide, where theirs is.
 #[derive(Debug, Default)]
 struct KeyPlan<'a> {
     keys: Vec<(&'a str, &'a str)>,
     items: Vec<(Option<usize>, usize)>,
 }
 
-fn key_plan<'a>(caller: &'a Caller, items: &'a [CheckItem]) -> KeyPlan<'a> {
+/// The keys of `items` asked by `person` (None for a service account,
+/// which has no role). A person's role decides only about others; whether
+/// they are a PlatformAdmin, whose role decides nothing, is read in the
+/// same read, so their role is read in any case.
+fn key_plan<'a>(person: Option<&'a str>, items: &'a [CheckItem]) -> KeyPlan<'a> {
     let mut index = std::collections::HashMap::with_capacity(items.len() + 1);
-    let mut plan = KeyPlan {
-        keys: Vec::with_capacity(items.len() + 1),
-        items: Vec::with_capacity(items.len()),
-    };
+    let mut keys = Vec::with_capacity(items.len() + 1);
     let mut at = |key: (&'a str, &'a str)| {
         *index.entry(key).or_insert_with(|| {
-            plan.keys.push(key);
-            plan.keys.len() - 1
+            keys.push(key);
+            keys.len() - 1
         })
     };
-    // A person's role decides only about others, and never for a
-    // PlatformAdmin; a service account has none.
-    let needs_role = |item: &CheckItem| {
-        caller.service.is_none() && !caller.platform_admin && item.user != caller.user_id
-    };
-    let mut items_plan = Vec::with_capacity(items.len());
-    for item in items {
-        let subject = at((item.user.as_str(), item.org.as_str()));
-        let role = needs_role(item).then(|| at((caller.user_id.as_str(), item.org.as_str())));
-        items_plan.push((role, subject));
-    }
-    plan.items = items_plan;
-    plan
+    let items = items
+        .iter()
+        .map(|item| {
+            let subject = at((item.user.as_str(), item.org.as_str()));
+            let role = person
+                .filter(|p| *p != item.user)
+                .map(|p| at((p, item.org.as_str())));
+            (role, subject)
+        })
+        .collect();
+    KeyPlan { keys, items }
 }
 
 /// CheckPermissions: every item authorised as CheckPermission would be, in
 /// order, and the whole call refused with the first refusal, naming its
-/// item (AIP-231: no partial answers). One snapshot answers the call: the
-/// caller's account and session, its role in each organization asked
-/// about, and every subject, each distinct (user, organization) read once
-/// in one statement. As with CheckPermission, the caller is authenticated
-/// before the items are judged.
+/// item (AIP-231: no partial answers). One snapshot answers the call
+/// (`Store::check_many`): the asking person's account and session, their
+/// role in each organization asked about, and every subject, each distinct
+/// (user, organization) read once. As with CheckPermission, the caller is
+/// authenticated before the items are judged.
 pub async fn check_permissions(
     app: &App,
     asker: Asker,
     r: CheckPermissionsRequest,
 ) -> Result<Vec<bool>, DomainError> {
     let items = check_items(&r.items);
-    let tx = app.store.begin_snapshot().await?;
-    let caller = match asker {
-        Asker::Person(claims) => {
-            let sid = claims.sid.as_deref().unwrap_or_default();
-            let state = callers::caller_state(&tx, &claims.sub, sid).await?;
-            caller_from_state(claims.sub, claims.sid, state, app.clock.now_ms())?
-        }
-        Asker::Service(caller) => caller,
+    let person = match &asker {
+        Asker::Person(claims) => Some((
+            claims.sub.as_str(),
+            claims.sid.as_deref().unwrap_or_default(),
+        )),
+        Asker::Service(_) => None,
     };
-    let items = items?;
-    let plan = key_plan(&caller, &items);
-    let facts = check_facts::read_keys(&tx, &plan.keys).await?;
-    tx.close().await?;
-    let fact = |k: usize| facts.get(k).and_then(Option::as_ref);
+    let plan = match &items {
+        Ok(items) => key_plan(person.map(|p| p.0), items),
+        // Bad items: the caller is still authenticated first.
+        Err(_) => KeyPlan::default(),
+    };
+    let facts = app.store.check_many((person, &plan.keys)).await?;
+    let caller = match &asker {
+        Asker::Person(claims) => caller_from_state(
+            claims.sub.clone(),
+            claims.sid.clone(),
+            facts.caller,
+            app.clock.now_ms(),
+        )?,
+        Asker::Service(caller) => caller.clone(),
+    };
+    let items = items.as_ref().map_err(Clone::clone)?;
+    let fact = |k: usize| facts.keys.get(k).and_then(Option::as_ref);
     items
         .iter()
         .zip(&plan.items)
@@ -625,34 +636,24 @@ mod tests {
 
     #[test]
     fn each_key_is_read_once_and_the_callers_role_only_when_it_decides() {
+        const ME: &str = "01900000-0000-7000-8000-00000000000b";
         let items = check_items(&[
             item(U1, O1, 1),
             item(U1, O1, 2),
-            item("01900000-0000-7000-8000-00000000000b", O1, 1),
+            item(ME, O1, 1),
             item(U1, O2, 1),
         ])
         .expect("valid");
-        let mut me = Caller::for_test(false);
-        me.user_id = "01900000-0000-7000-8000-00000000000b".into();
-        let p = key_plan(&me, &items);
-        assert_eq!(
-            p.keys,
-            [
-                (U1, O1),
-                (me.user_id.as_str(), O1),
-                (U1, O2),
-                (me.user_id.as_str(), O2)
-            ]
-        );
+        let p = key_plan(Some(ME), &items);
+        assert_eq!(p.keys, [(U1, O1), (ME, O1), (U1, O2), (ME, O2)]);
         // About oneself: no role needed; the caller's key is also a subject's.
         assert_eq!(
             p.items,
             [(Some(1), 0), (Some(1), 0), (None, 1), (Some(3), 2)]
         );
-        // A PlatformAdmin and a service account need no role at all.
-        let admin = Caller::for_test(true);
-        let p = key_plan(&admin, &items);
-        assert_eq!(p.keys.len(), 3);
+        // A service account has no role to read.
+        let p = key_plan(None, &items);
+        assert_eq!(p.keys, [(U1, O1), (ME, O1), (U1, O2)]);
         assert!(p.items.iter().all(|(role, _)| role.is_none()));
     }
 }

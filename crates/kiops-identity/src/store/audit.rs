@@ -104,23 +104,6 @@ impl AuditFilter {
     }
 }
 
-/// An export of the trail by a service account (R25: what a machine reads
-/// out in bulk is on the record), with the filter it used.
-pub async fn record_export<C: ConnectionTrait>(
-    conn: &C,
-    meta: &RequestMeta,
-    actor: Actor,
-    filter: &AuditFilter,
-    now_ms: i64,
-) -> Result<(), DomainError> {
-    let mut entry = AuditEntry::new(actor, "audit.exported", "audit_trail", "")
-        .details(serde_json::json!({ "filter": format!("{filter:?}") }));
-    if let Some(org) = &filter.organization_id {
-        entry = entry.org(org.clone());
-    }
-    record(conn, meta, entry, now_ms).await
-}
-
 /// Newest first; keyset on (occurred_at, id), both descending.
 pub async fn list<C: ConnectionTrait>(
     conn: &C,
@@ -159,4 +142,30 @@ pub async fn list<C: ConnectionTrait>(
         .await
         .map_err(db_err)?;
     Ok((rows.into_iter().map(Into::into).collect(), total))
+}
+
+/// An export of the trail by a service account (R25: a service's export is
+/// audited, actor_type "service"): which selection, in which format. One
+/// statement, written when the export starts.
+pub async fn record_export<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    filter: &AuditFilter,
+    format: &str,
+    now_ms: i64,
+) -> Result<(), DomainError> {
+    let organization = filter.organization_id.clone().unwrap_or_default();
+    let mut entry = AuditEntry::new(actor, "audit.exported", "audit_events", organization).details(
+        serde_json::json!({
+            "format": format,
+            "start_time_ms": filter.start_ms,
+            "end_time_ms": filter.end_ms,
+            "actor_id": filter.actor_id,
+            "action_prefix": filter.action_prefix,
+            "target_id": filter.target_id,
+        }),
+    );
+    entry.organization_id = filter.organization_id.clone();
+    record(conn, meta, entry, now_ms).await
 }

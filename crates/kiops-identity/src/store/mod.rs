@@ -213,6 +213,24 @@ impl Store {
         check_facts::read_pooled(&self.db, &key).await
     }
 
+    /// CheckPermissions' one read (`check_facts::many_sql`): the asking
+    /// person's state, when a person asks, and every key's facts, in one
+    /// statement. On a SQLite file it runs inline on the calling thread
+    /// (any error falls back to the pool), as CheckPermission's does.
+    pub async fn check_many(
+        &self,
+        key: check_facts::ManyKey<'_>,
+    ) -> Result<check_facts::ManyFacts, DomainError> {
+        if let Some(facts) = self
+            .direct
+            .as_deref()
+            .and_then(|d| check_facts::read_many_inline(d, key))
+        {
+            return Ok(facts);
+        }
+        check_facts::read_many(&self.db, key).await
+    }
+
     /// Cheap liveness check for `/readyz`.
     /// SQLite: copies the WAL into the database file and truncates it, so
     /// the older versions of rows (e.g. an outbox token just erased) leave
@@ -279,24 +297,6 @@ impl Store {
         tx.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
             .await
             .map_err(db_err)?;
-        Ok(ReadTx::new(tx))
-    }
-
-    /// A read-only transaction whose statements all see one snapshot
-    /// (CheckPermissions: the caller and the facts of every item). SQLite:
-    /// a deferred transaction, whose snapshot is taken by its first read
-    /// (WAL). PostgreSQL: REPEATABLE READ, since under the default READ
-    /// COMMITTED each statement takes a snapshot of its own.
-    pub async fn begin_snapshot(&self) -> Result<ReadTx, DomainError> {
-        if self.backend() == DatabaseBackend::Sqlite {
-            return self.db.begin().await.map(ReadTx::new).map_err(db_err);
-        }
-        let opts = TransactionOptions {
-            isolation_level: Some(sea_orm::IsolationLevel::RepeatableRead),
-            access_mode: Some(sea_orm::AccessMode::ReadOnly),
-            ..Default::default()
-        };
-        let tx = self.db.begin_with_options(opts).await.map_err(db_err)?;
         Ok(ReadTx::new(tx))
     }
 
