@@ -4,11 +4,11 @@
 //! rest. A failing test here documents a bug (see the report of r22-redteam).
 
 use crate::both_backends;
+use crate::support::service::*;
 use crate::support::*;
-use kiops_proto::v1::issue_service_account_token_request::Credential;
 use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::*;
-use kiops_token::service_account::{sign_assertion, AssertionClaims, KeyFile};
+use kiops_token::service_account::{sign_assertion, AssertionClaims};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -69,52 +69,6 @@ async fn create(s: &TestServer, admin: &str, name: &str, scopes: &[&str]) -> Str
     create_in(s, admin, "", name, scopes)
         .await
         .expect("create service account")
-}
-
-async fn add_secret(s: &TestServer, admin: &str, account: &str) -> (String, String) {
-    let r = accounts(s)
-        .await
-        .add_service_account_secret(authed(
-            AddServiceAccountSecretRequest {
-                service_account_id: account.into(),
-            },
-            admin,
-        ))
-        .await
-        .expect("add secret")
-        .into_inner();
-    (r.credential.expect("credential").credential_id, r.secret)
-}
-
-async fn add_key(s: &TestServer, admin: &str, account: &str) -> KeyFile {
-    let r = accounts(s)
-        .await
-        .add_service_account_key(authed(
-            AddServiceAccountKeyRequest {
-                service_account_id: account.into(),
-                public_key_pem: String::new(),
-            },
-            admin,
-        ))
-        .await
-        .expect("add key")
-        .into_inner();
-    KeyFile::from_json(&r.key_file_json).expect("key file")
-}
-
-fn by_secret(account: &str, secret: &str) -> IssueServiceAccountTokenRequest {
-    IssueServiceAccountTokenRequest {
-        credential: Some(Credential::ClientSecret(ClientSecret {
-            service_account_id: account.into(),
-            secret: secret.into(),
-        })),
-    }
-}
-
-fn by_assertion(assertion: &str) -> IssueServiceAccountTokenRequest {
-    IssueServiceAccountTokenRequest {
-        credential: Some(Credential::Assertion(assertion.into())),
-    }
 }
 
 async fn exchange(s: &TestServer, r: IssueServiceAccountTokenRequest) -> Result<String, Status> {
@@ -291,8 +245,8 @@ async fn credentials_of_one_account_never_open_another(backend: Backend) {
     let a = create(&s, &admin, "alpha", &["users.read"]).await;
     let b = create(&s, &admin, "bravo", &["users.read", "audit.read"]).await;
     let (_, secret_a) = add_secret(&s, &admin, &a).await;
-    let key_a = add_key(&s, &admin, &a).await;
-    let key_b = add_key(&s, &admin, &b).await;
+    let key_a = add_generated_key(&s, &admin, &a).await;
+    let key_b = add_generated_key(&s, &admin, &b).await;
     let issuer = key_a.issuer.clone();
     let claims = |sub: &str, jti: &str| AssertionClaims {
         iss: sub.into(),
@@ -388,7 +342,7 @@ async fn a_replay_raced_over_two_replicas_issues_one_token(backend: Backend) {
     let r = s.replica(ServerOptions::default()).await;
     let admin = s.admin_token().await;
     let sa = create(&s, &admin, "device", &["permissions.check"]).await;
-    let key = add_key(&s, &admin, &sa).await;
+    let key = add_generated_key(&s, &admin, &sa).await;
     for round in 0..3 {
         let assertion = key.assertion(now(), 120).expect("sign");
         let mut calls = Vec::new();
@@ -761,7 +715,7 @@ async fn no_secret_key_or_assertion_is_at_rest_or_in_the_log(backend: Backend) {
     let admin = s.admin_token().await;
     let sa = create(&s, &admin, "device", &["permissions.check"]).await;
     let (_, secret) = add_secret(&s, &admin, &sa).await;
-    let key = add_key(&s, &admin, &sa).await;
+    let key = add_generated_key(&s, &admin, &sa).await;
     exchange(&s, by_secret(&sa, &secret))
         .await
         .expect("secret exchange");
@@ -1014,7 +968,7 @@ async fn forged_assertions_naming_an_account_do_not_lock_out_its_key(backend: Ba
     .await;
     let admin = s.admin_token().await;
     let sa = create(&s, &admin, "victim", &["permissions.check"]).await;
-    let key = add_key(&s, &admin, &sa).await;
+    let key = add_generated_key(&s, &admin, &sa).await;
     let from = |r: IssueServiceAccountTokenRequest, peer: &str| {
         let mut r = tonic::Request::new(r);
         r.metadata_mut()
@@ -1156,7 +1110,7 @@ async fn every_refused_exchange_of_an_existing_account_is_audited(backend: Backe
     let s = TestServer::start(backend).await;
     let admin = s.admin_token().await;
     let sa = create(&s, &admin, "device", &["permissions.check"]).await;
-    let key = add_key(&s, &admin, &sa).await;
+    let key = add_generated_key(&s, &admin, &sa).await;
     let (_, secret) = add_secret(&s, &admin, &sa).await;
 
     let assertion = key.assertion(now(), 60).expect("sign");
@@ -1198,7 +1152,7 @@ async fn a_replica_with_a_clock_ahead_does_not_reopen_a_used_jti(backend: Backen
     ahead.advance_clock(Duration::from_secs(20));
     let admin = s.admin_token().await;
     let sa = create(&s, &admin, "device", &["permissions.check"]).await;
-    let key = add_key(&s, &admin, &sa).await;
+    let key = add_generated_key(&s, &admin, &sa).await;
 
     // Used once on the server with the right clock; valid 10 s more.
     let stolen = key.assertion(now(), 10).expect("sign");

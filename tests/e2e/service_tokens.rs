@@ -5,9 +5,9 @@
 //! the revocation stream; a certificate-bound account needs its certificate.
 
 use crate::both_backends;
+use crate::support::service::*;
 use crate::support::*;
 use kiops_proto::v1::auth_service_client::AuthServiceClient;
-use kiops_proto::v1::issue_service_account_token_request::Credential;
 use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::*;
 use kiops_token::service_account::{generate_key, sign_assertion, AssertionClaims, KeyFile};
@@ -52,53 +52,6 @@ async fn create(s: &TestServer, admin: &str, name: &str, scopes: &[&str]) -> Str
         .service_account
         .expect("account")
         .service_account_id
-}
-
-/// (credential id, secret)
-async fn add_secret(s: &TestServer, admin: &str, account: &str) -> (String, String) {
-    let r = accounts(s)
-        .await
-        .add_service_account_secret(authed(
-            AddServiceAccountSecretRequest {
-                service_account_id: account.into(),
-            },
-            admin,
-        ))
-        .await
-        .expect("add secret")
-        .into_inner();
-    (r.credential.expect("credential").credential_id, r.secret)
-}
-
-async fn add_generated_key(s: &TestServer, admin: &str, account: &str) -> KeyFile {
-    let r = accounts(s)
-        .await
-        .add_service_account_key(authed(
-            AddServiceAccountKeyRequest {
-                service_account_id: account.into(),
-                public_key_pem: String::new(),
-            },
-            admin,
-        ))
-        .await
-        .expect("add key")
-        .into_inner();
-    KeyFile::from_json(&r.key_file_json).expect("key file")
-}
-
-fn by_secret(account: &str, secret: &str) -> IssueServiceAccountTokenRequest {
-    IssueServiceAccountTokenRequest {
-        credential: Some(Credential::ClientSecret(ClientSecret {
-            service_account_id: account.into(),
-            secret: secret.into(),
-        })),
-    }
-}
-
-fn by_assertion(assertion: &str) -> IssueServiceAccountTokenRequest {
-    IssueServiceAccountTokenRequest {
-        credential: Some(Credential::Assertion(assertion.into())),
-    }
 }
 
 async fn exchange(

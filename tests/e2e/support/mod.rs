@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod rpc;
+pub mod service;
 pub mod smtp;
 
 pub use rpc::Rpc;
