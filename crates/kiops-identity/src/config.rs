@@ -264,6 +264,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KIOPS_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::client_addr::parse_cidr)]
     pub trusted_proxies: Vec<crate::client_addr::Cidr>,
 
+    /// Browser origins allowed to call the gRPC port with gRPC-Web
+    /// (comma-separated, scheme://host[:port], e.g.
+    /// https://console.example.com). Answers to these origins carry CORS
+    /// headers, preflights included; credentials are never allowed (tokens
+    /// travel in the authorization header). Default: none, so cross-origin
+    /// pages are refused by their browser. gRPC-Web itself is always served,
+    /// for same-origin pages and proxies.
+    #[arg(long, env = "KIOPS_CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::browser::parse_origin)]
+    pub cors_allowed_origins: Vec<http::HeaderValue>,
+
     /// Threads that serve requests (default: number of CPU cores). Password
     /// hashing has its own threads (--hash-concurrency). Fewer than the
     /// cores leaves CPU to what shares the machine (a sidecar, a database,

@@ -19,6 +19,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bootstrap;
+pub mod browser;
 pub mod cli;
 pub mod client_addr;
 pub mod clock;

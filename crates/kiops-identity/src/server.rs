@@ -8,6 +8,7 @@ use crate::auth::password::PasswordHasher;
 use crate::auth::throttle::{Limit, Throttle};
 use crate::auth::tokens::{TokenService, TokenSettings};
 use crate::bootstrap;
+use crate::browser::{self, GrpcWebLayer};
 use crate::client_addr::ClientAddrLayer;
 use crate::clock::Clock;
 use crate::config::ServeArgs;
@@ -374,8 +375,8 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// The gRPC server: middleware (request id, client address, metrics, load
-/// shedding), health, reflection and the eight services, on `listener`
+/// The gRPC server: middleware (CORS, gRPC-Web, request id, client address,
+/// metrics, load shedding), health, reflection and the eight services, on `listener`
 /// until `shutdown`.
 fn grpc_server(
     args: &ServeArgs,
@@ -399,11 +400,16 @@ fn grpc_server(
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
     Ok(builder
+        // HTTP/1.1 for gRPC-Web from browsers; native gRPC stays HTTP/2.
+        .accept_http1(true)
         .timeout(Duration::from_secs(args.request_timeout.max(1)))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(
             tower::ServiceBuilder::new()
+                // Preflights are answered before anything else runs.
+                .option_layer(browser::cors_layer(&args.cors_allowed_origins))
+                .layer(GrpcWebLayer::new())
                 .layer(Layered::new(RequestId))
                 .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
                 .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
