@@ -259,6 +259,15 @@ fn scalar(t: Type) -> &'static str {
     }
 }
 
+/// A type name as written in a `.proto` of the package: package-local
+/// names without the package, others fully qualified.
+fn short(full: &str) -> &str {
+    let full = full.trim_start_matches('.');
+    full.strip_prefix(PACKAGE)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(full)
+}
+
 /// The HTML anchor of a package-local name.
 fn anchor(local: &str) -> String {
     local.to_ascii_lowercase().replace('.', "-")
@@ -326,9 +335,9 @@ pub fn render_set(set: &FileDescriptorSet) -> String {
                 "`rpc {}({}{}) returns ({}{})`\n",
                 m.name(),
                 stream(m.client_streaming()),
-                m.input_type().trim_start_matches(&format!(".{PACKAGE}.")),
+                short(m.input_type()),
                 stream(m.server_streaming()),
-                m.output_type().trim_start_matches(&format!(".{PACKAGE}.")),
+                short(m.output_type()),
             );
             let mut kind = match (m.client_streaming(), m.server_streaming()) {
                 (false, false) => "unary",
