@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (pure Rust), so a fresh machine needs no
-//! system `protoc`. The descriptor set is kept for gRPC server reflection.
+//! system `protoc`. The descriptor set, comments included, is kept for gRPC
+//! server reflection and the API reference.
 
 use std::path::PathBuf;
 
@@ -23,7 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
+    // Source info (comments) stays in: reflection clients show it, and the
+    // API reference (`reference.rs`) is rendered from it.
+    let fds = protox::Compiler::new([&root])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(files.iter().map(|f| root.join(f)))?
+        .file_descriptor_set();
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut encoded = Vec::new();

@@ -96,6 +96,59 @@ pub mod reason {
     /// A read across organizations by a service account that one
     /// organization owns.
     pub const PLATFORM_ACCOUNT_REQUIRED: &str = "PLATFORM_ACCOUNT_REQUIRED";
+
+    /// Every reason above, in order: the proto enum `ErrorReason` lists the
+    /// same (as `ERROR_REASON_<reason>`; a unit test keeps the two equal).
+    pub const ALL: &[&str] = &[
+        INVALID_ARGUMENT,
+        INVALID_CREDENTIALS,
+        MISSING_TOKEN,
+        INVALID_TOKEN,
+        INVALID_REFRESH_TOKEN,
+        REFRESH_TOKEN_REUSED,
+        ACCOUNT_DISABLED,
+        SESSION_REVOKED,
+        TOO_MANY_STREAMS,
+        STREAM_STALLED,
+        PERMISSION_DENIED,
+        PLATFORM_ADMIN_REQUIRED,
+        MANAGER_REQUIRED,
+        SELF_ROLE_CHANGE,
+        SELF_PERMISSION_CHANGE,
+        PROMOTION_REQUIRES_PLATFORM_ADMIN,
+        LAST_MANAGER,
+        LAST_PLATFORM_ADMIN,
+        INVITATION_EMAIL_MISMATCH,
+        WEAK_PASSWORD,
+        NOT_FOUND,
+        ALREADY_EXISTS,
+        EMAIL_TAKEN,
+        ORGANIZATION_CODE_TAKEN,
+        ALREADY_MEMBER,
+        NOT_PENDING,
+        JOIN_REQUEST_PENDING,
+        INVITATION_PENDING,
+        INVITATION_EXPIRED,
+        LOGIN_REQUIRED,
+        AUDIT_PERMISSION_REQUIRED,
+        SELF_ACCOUNT_ACTION,
+        INVALID_CURRENT_PASSWORD,
+        INVALID_RESET_TOKEN,
+        INVALID_VERIFICATION_TOKEN,
+        EMAIL_NOT_VERIFIED,
+        RATE_LIMITED,
+        OVERLOADED,
+        DATABASE_UNAVAILABLE,
+        CONFLICT,
+        INTERNAL,
+        SCOPE_REQUIRED,
+        INVALID_ASSERTION,
+        ASSERTION_REPLAYED,
+        CERTIFICATE_REQUIRED,
+        SERVICE_ACCOUNT_NAME_TAKEN,
+        TOO_MANY_CREDENTIALS,
+        PLATFORM_ACCOUNT_REQUIRED,
+    ];
 }
 
 /// The domain error. Messages are safe to show to the caller: they never
@@ -274,5 +327,43 @@ impl Violations {
         } else {
             Err(DomainError::InvalidArgument(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason;
+    use kiops_proto::v1::ErrorReason;
+
+    /// The proto's `ErrorReason` (what SDK users read) and `reason` (what
+    /// the server sends) cannot drift apart.
+    #[test]
+    fn the_proto_error_reason_enum_lists_exactly_the_reasons() {
+        for r in reason::ALL {
+            let name = format!("ERROR_REASON_{r}");
+            let value = ErrorReason::from_str_name(&name)
+                .unwrap_or_else(|| panic!("{name} is missing from ErrorReason in types.proto"));
+            assert_eq!(value.as_str_name(), name);
+        }
+        // Every value but UNSPECIFIED (numbers are small; 10 000 is plenty).
+        let values: Vec<ErrorReason> = (1..10_000)
+            .filter_map(|n| ErrorReason::try_from(n).ok())
+            .collect();
+        for value in &values {
+            let r = value
+                .as_str_name()
+                .strip_prefix("ERROR_REASON_")
+                .expect("ERROR_REASON_ prefix");
+            assert!(
+                reason::ALL.contains(&r),
+                "ErrorReason {} is not in domain::error::reason::ALL",
+                value.as_str_name()
+            );
+        }
+        assert_eq!(values.len(), reason::ALL.len());
+        let mut sorted = reason::ALL.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), reason::ALL.len(), "a reason is listed twice");
     }
 }
