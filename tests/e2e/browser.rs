@@ -131,30 +131,30 @@ async fn console_in_a_browser(backend: Backend) {
     )
     .await;
 
-    // An organization with a Manager, six Members and two pending join
-    // requests.
+    // An organization with a Manager, six Members (one of them signs in as
+    // `member`) and two pending join requests.
     let admin = s.admin_token().await;
     let org = s.create_org(&admin, "Console", "console").await;
     let manager = "mia@console.test";
+    let member = "frank@console.test";
     let manager_id = create_user(&s, &admin, manager).await;
     s.add_member(&admin, &org, &manager_id, Role::Manager).await;
     let mut members = vec![manager.to_string()];
     let mut member_id = String::new();
     for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
         let email = format!("{name}@console.test");
-        member_id = create_user(&s, &admin, &email).await;
-        s.add_member(&admin, &org, &member_id, Role::Member).await;
+        let id = create_user(&s, &admin, &email).await;
+        s.add_member(&admin, &org, &id, Role::Member).await;
+        if email == member {
+            member_id = id;
+        }
         members.push(email);
     }
-    let member = "frank@console.test";
     assert!(members.len() > PAGE_SIZE, "at least two pages");
-    for name in ["pat", "quinn"] {
-        create_user(&s, &admin, &format!("{name}@console.test")).await;
-        let token = s
-            .login(&format!("{name}@console.test"), PASSWORD)
-            .await
-            .expect("login")
-            .access_token;
+    let applicants = ["pat@console.test", "quinn@console.test"];
+    for email in applicants {
+        create_user(&s, &admin, email).await;
+        let token = s.login(email, PASSWORD).await.expect("login").access_token;
         s.approvals()
             .await
             .request_to_join(authed(
@@ -191,7 +191,7 @@ async fn console_in_a_browser(backend: Backend) {
         "manager": { "email": manager, "password": PASSWORD },
         "member": { "email": member, "password": PASSWORD, "userId": member_id },
         "members": members,
-        "pending": 2,
+        "pending": applicants.len(),
         "pageSize": PAGE_SIZE,
         "search": { "query": "car", "hits": ["carol@console.test"] },
         "memberRefusal": { "code": "PERMISSION_DENIED", "reason": reason(&refusal) },

@@ -13,7 +13,10 @@ import { UserService } from "@gen/kiops/identity/v1/user_pb";
 // sessionStorage (readable by any script injected into the page) and not in
 // a cookie (the browser would attach it to requests other sites trigger,
 // which is what CSRF abuses). The token is sent only by our own code, in the
-// authorization header. The price: a reload signs you out.
+// authorization header. The price: a reload signs you out. (The example
+// does not refresh the access token, valid 5 minutes by default; a real
+// console calls AuthService.Refresh before it expires, as crates/kiops-client
+// does.)
 let session: { accessToken: string; refreshToken: string } | null = null;
 
 export function setSession(s: typeof session): void {
