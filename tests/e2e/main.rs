@@ -9,6 +9,7 @@ mod audit;
 mod audit_writes;
 mod auth;
 mod bad_input;
+mod browser;
 mod bulk_check;
 mod concurrency;
 mod crash;
