@@ -32,6 +32,7 @@ pub mod mail;
 pub mod metrics;
 pub mod middleware;
 pub mod overload;
+pub mod request_body;
 pub mod request_id;
 pub mod server;
 pub mod service;

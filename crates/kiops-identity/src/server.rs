@@ -410,6 +410,7 @@ fn grpc_server(
                 // Preflights are answered before anything else runs.
                 .option_layer(browser::cors_layer(&args.cors_allowed_origins))
                 .layer(GrpcWebLayer::new())
+                .layer(crate::request_body::RequestBodyLayer)
                 .layer(Layered::new(RequestId))
                 .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
                 .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
