@@ -466,17 +466,23 @@ async fn a_stalled_body_ends_at_the_request_timeout(backend: Backend) {
     )
     .await;
     let msg = frame(&login_msg("a@example.com", "x").encode_to_vec());
-    for text in [false, true] {
+    // The server's timeout, and a caller's shorter grpc-timeout (which
+    // tonic's own timer also watches, started at the same moment).
+    for (text, timeout) in [
+        (false, None),
+        (true, None),
+        (false, Some("700m")),
+        (true, Some("1S")),
+    ] {
         let body = if text { b64(&msg) } else { msg.clone() };
         let mut c = TcpStream::connect(s.grpc).await.expect("connect");
-        c.write_all(&head(
-            LOGIN,
-            text,
-            &[("Origin", ORIGIN)],
-            Some(body.len() + 100),
-        ))
-        .await
-        .expect("write");
+        let mut headers = vec![("Origin", ORIGIN)];
+        if let Some(t) = timeout {
+            headers.push(("grpc-timeout", t));
+        }
+        c.write_all(&head(LOGIN, text, &headers, Some(body.len() + 100)))
+            .await
+            .expect("write");
         c.write_all(&body[..4]).await.expect("write");
         let started = Instant::now();
         let out = read_all(&mut c, Duration::from_secs(15))

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client_addr;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod domain;
 pub mod grpc_metrics;
 pub mod http;
