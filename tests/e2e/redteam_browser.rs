@@ -31,6 +31,7 @@ crate::both_backends!(
     a_grpc_web_stream_ends_with_the_session,
     malformed_http1_is_refused_clearly,
     slowloris_headers_are_cut_off,
+    closed_http1_streams_give_their_slot_back,
 );
 
 const ORIGIN: &str = "https://console.example.com";
@@ -883,8 +884,7 @@ async fn lockout_is_exact_across_grpc_web_and_native(backend: Backend) {
                     kiops_proto::v1::auth_service_client::AuthServiceClient::new(ch)
                         .login(msg)
                         .await
-                        .err()
-                        .expect("a wrong password logged in")
+                        .expect_err("a wrong password logged in")
                 }
             })
         })
@@ -1218,4 +1218,73 @@ async fn slowloris_headers_are_cut_off(backend: Backend) {
     assert!(took < Duration::from_secs(45), "{took:?}");
     still_serving(&s).await;
     drop(idle);
+}
+
+/// --max-watches-per-caller over HTTP/1.1: a browser tab that closes
+/// (the TCP connection goes away, no HTTP/2 RST_STREAM to tell the server)
+/// must give its WatchRevocations slot back, or a few reloads lock the
+/// caller out of streams until the server restarts.
+async fn closed_http1_streams_give_their_slot_back(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: vec!["--max-watches-per-caller".into(), "2".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let token = s.admin_token().await;
+    let auth = format!("Bearer {token}");
+    let path = "/kiops.identity.v1.AuthService/WatchRevocations";
+    let open = || {
+        web_request(
+            path,
+            false,
+            &[("Authorization", &auth)],
+            &WatchRevocationsRequest::default().encode_to_vec(),
+        )
+    };
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.grpc).await.expect("connect");
+        c.write_all(&open()).await.expect("write");
+        let mut out = Vec::new();
+        assert!(
+            !read_into(&mut c, &mut out, Duration::from_secs(1)).await,
+            "the watch ended at once: {:?}",
+            parse(&out)
+        );
+        tabs.push(c);
+    }
+    // The third is refused: the limit holds over HTTP/1.1.
+    let raw = exchange(&s, &open(), Duration::from_secs(10))
+        .await
+        .expect("refused at once");
+    let (st, _) = raw.grpc(false);
+    let st = st.expect("status");
+    assert_eq!(reason(&st), "TOO_MANY_STREAMS", "{st:?}");
+    // The tabs close; the slots come back.
+    drop(tabs);
+    let started = Instant::now();
+    loop {
+        let res = s
+            .auth()
+            .await
+            .watch_revocations(authed(WatchRevocationsRequest::default(), &token))
+            .await;
+        match res {
+            Ok(_) => break,
+            Err(st) => {
+                assert_eq!(reason(&st), "TOO_MANY_STREAMS", "{st:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "closed HTTP/1.1 watches still hold their slots after {:?}",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    println!("slots back {:?} after the tabs closed", started.elapsed());
+    still_serving(&s).await;
 }
