@@ -29,6 +29,7 @@ mod memberships;
 mod organizations;
 mod readme;
 mod redteam;
+mod redteam_browser;
 mod redteam_service;
 mod redteam_ways_in;
 mod server;

@@ -410,6 +410,11 @@ fn grpc_server(
                 // Preflights are answered before anything else runs.
                 .option_layer(browser::cors_layer(&args.cors_allowed_origins))
                 .layer(GrpcWebLayer::new())
+                .layer(crate::request_body::RequestBodyLayer)
+                // Inside gRPC-Web and CORS, so a timeout answer reaches browsers.
+                .layer(Layered::new(crate::deadline::Deadline::new(
+                    Duration::from_secs(args.request_timeout.max(1)),
+                )))
                 .layer(Layered::new(RequestId))
                 .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
                 .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
