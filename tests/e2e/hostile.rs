@@ -97,7 +97,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..68,
+        0u8..73,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -629,6 +629,22 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
                 service_account_id: user,
                 credential_id: a,
             }),
+            t,
+        ),
+        68 => (Rpc::ListMySessions(ListMySessionsRequest {}), t),
+        69 => (
+            Rpc::RevokeSession(RevokeSessionRequest {
+                session_id: if c.n[0] % 2 == 0 { user } else { a },
+            }),
+            t,
+        ),
+        70 => (Rpc::RevokeOtherSessions(RevokeOtherSessionsRequest {}), t),
+        71 => (
+            Rpc::ListUserSessions(ListUserSessionsRequest { user_id: user }),
+            t,
+        ),
+        72 => (
+            Rpc::RevokeUserSessions(RevokeUserSessionsRequest { user_id: user }),
             t,
         ),
         _ => (

@@ -36,5 +36,6 @@ mod server;
 mod service_accounts;
 mod service_scopes;
 mod service_tokens;
+mod sessions;
 mod stress;
 mod ways_in;

@@ -133,6 +133,8 @@ struct World {
     credential: String,
     /// Fresh callers for rows that consume the caller.
     fresh: BTreeMap<&'static str, String>,
+    /// A live session of the row's target (RevokeSession).
+    session: String,
 }
 
 fn field_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -465,7 +467,12 @@ impl Env {
         if rpc == "AuthService/IssueServiceAccountToken" {
             w.service_secret = self.service_secret(n).await;
         }
-        if rpc == "UserService/ChangePassword" || rpc == "UserService/DeleteMe" {
+        if matches!(
+            rpc,
+            "UserService/ChangePassword"
+                | "UserService/DeleteMe"
+                | "UserService/RevokeOtherSessions"
+        ) {
             w.fresh = self.fresh_callers(&org).await;
         }
         if rpc.starts_with("ServiceAccountService/")
@@ -650,6 +657,8 @@ impl Env {
             "UserService/DeleteUser",
             "UserService/SetPlatformAdmin",
             "UserService/UnlockUser",
+            "UserService/RevokeUserSessions",
+            "UserService/RevokeSession",
             "AuthService/Logout",
             "AuthService/ResetPassword",
         ];
@@ -662,6 +671,19 @@ impl Env {
                     .await
                     .expect("login")
                     .refresh_token;
+            }
+            if rpc == "UserService/RevokeSession" {
+                // Someone else's live session: never the caller's to end.
+                let access = self
+                    .s
+                    .login(&t.email, PASSWORD)
+                    .await
+                    .expect("login")
+                    .access_token;
+                w.session = token_claims(&access)["sid"]
+                    .as_str()
+                    .expect("sid")
+                    .to_string();
             }
             if rpc == "AuthService/ResetPassword" {
                 self.s
@@ -1074,6 +1096,21 @@ impl Env {
                 user_id: w.target.clone(),
                 platform_admin: true,
             }),
+            "UserService/ListMySessions" => Rpc::ListMySessions(ListMySessionsRequest {}),
+            "UserService/RevokeSession" => Rpc::RevokeSession(RevokeSessionRequest {
+                session_id: w.session.clone(),
+            }),
+            "UserService/RevokeOtherSessions" => {
+                Rpc::RevokeOtherSessions(RevokeOtherSessionsRequest {})
+            }
+            "UserService/ListUserSessions" => Rpc::ListUserSessions(ListUserSessionsRequest {
+                user_id: w.target.clone(),
+            }),
+            "UserService/RevokeUserSessions" => {
+                Rpc::RevokeUserSessions(RevokeUserSessionsRequest {
+                    user_id: w.target.clone(),
+                })
+            }
             other => panic!("the matrix has a row for {other} but no call for it"),
         }
     }

@@ -19,6 +19,7 @@ fn meta() -> RequestMeta {
     RequestMeta {
         request_id: "bootstrap".into(),
         peer: String::new(),
+        user_agent: String::new(),
     }
 }
 

@@ -70,6 +70,7 @@ async fn rotate(
     let meta = RequestMeta {
         request_id: "keys-rotate".into(),
         peer: String::new(),
+        user_agent: String::new(),
     };
     let previous = keys::rotate(&tx, &meta, Actor::System, kid, pem, retire_at, now).await?;
     tx.commit().await?;

@@ -32,6 +32,7 @@ async fn create(args: ServiceAccountCreateArgs) -> anyhow::Result<()> {
         let meta = RequestMeta {
             request_id: "service-accounts-create".into(),
             peer: String::new(),
+            user_agent: String::new(),
         };
         let request = CreateServiceAccountRequest {
             organization_id: String::new(),

@@ -15,6 +15,7 @@ mod m20261126_000006_login_attempts;
 mod m20261126_000007_email_verification;
 mod m20261126_000009_revocation_commit_order;
 mod m20261126_000010_service_accounts;
+mod m20261126_000011_session_clients;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000007_email_verification::Migration),
             Box::new(m20261126_000009_revocation_commit_order::Migration),
             Box::new(m20261126_000010_service_accounts::Migration),
+            Box::new(m20261126_000011_session_clients::Migration),
         ]
     }
 }

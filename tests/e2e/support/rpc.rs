@@ -119,6 +119,11 @@ rpcs! {
     "UserService/UnlockUser" => UnlockUser(UnlockUserRequest): users.unlock_user;
     "UserService/DeleteUser" => DeleteUser(DeleteUserRequest): users.delete_user;
     "UserService/SetPlatformAdmin" => SetPlatformAdmin(SetPlatformAdminRequest): users.set_platform_admin;
+    "UserService/ListMySessions" => ListMySessions(ListMySessionsRequest): users.list_my_sessions;
+    "UserService/RevokeSession" => RevokeSession(RevokeSessionRequest): users.revoke_session;
+    "UserService/RevokeOtherSessions" => RevokeOtherSessions(RevokeOtherSessionsRequest): users.revoke_other_sessions;
+    "UserService/ListUserSessions" => ListUserSessions(ListUserSessionsRequest): users.list_user_sessions;
+    "UserService/RevokeUserSessions" => RevokeUserSessions(RevokeUserSessionsRequest): users.revoke_user_sessions;
 }
 
 impl Rpc {

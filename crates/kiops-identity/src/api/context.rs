@@ -26,7 +26,31 @@ pub fn request_meta<T>(req: &Request<T>) -> RequestMeta {
         Some(c) => c.0.clone(),
         None => req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
     };
-    RequestMeta { request_id, peer }
+    let user_agent = req
+        .metadata()
+        .get("user-agent")
+        .map(|v| printable(v.as_bytes(), 256))
+        .unwrap_or_default();
+    RequestMeta {
+        request_id,
+        peer,
+        user_agent,
+    }
+}
+
+/// Header bytes as printable ASCII (others become `?`), at most `max` long.
+fn printable(bytes: &[u8], max: usize) -> String {
+    bytes
+        .iter()
+        .take(max)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// The bearer token of the request, if any.

@@ -1,6 +1,7 @@
 //! Store rows → proto messages.
 
 use crate::domain::model::UserStatus;
+use crate::domain::session::SessionInfo;
 use crate::domain::user::User;
 use kiops_proto::v1;
 
@@ -9,6 +10,22 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
+}
+
+/// Sessions as shown to `current_session`'s holder.
+pub fn sessions(list: Vec<SessionInfo>, current_session: Option<&str>) -> Vec<v1::Session> {
+    list.into_iter()
+        .map(|s| v1::Session {
+            current: current_session == Some(s.id.as_str()),
+            create_time: Some(timestamp(s.created_at)),
+            last_use_time: Some(timestamp(s.last_used_at)),
+            expire_time: Some(timestamp(s.expires_at)),
+            session_id: s.id,
+            user_agent: s.user_agent,
+            peer_address: s.peer_address,
+            amr: s.amr,
+        })
+        .collect()
 }
 
 pub fn user(u: &User, now_ms: i64) -> v1::User {

@@ -5,7 +5,7 @@ use super::convert;
 use crate::app::App;
 use crate::domain::service_account::Scope;
 use crate::domain::user::User;
-use crate::service::{to_completion, users};
+use crate::service::{sessions, to_completion, users};
 use kiops_proto::v1::user_service_server::UserService;
 use kiops_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -164,6 +164,71 @@ impl UserService for UserApi {
         let user = to_completion(users::create(self.app.clone(), meta, caller, r)).await?;
         Ok(Response::new(CreateUserResponse {
             user: self.user(&user),
+        }))
+    }
+
+    async fn list_my_sessions(
+        &self,
+        request: Request<ListMySessionsRequest>,
+    ) -> Result<Response<ListMySessionsResponse>, Status> {
+        let (_, caller, _) = context::start(&self.app, request).await?;
+        let list = sessions::list_mine(&self.app, &caller).await?;
+        Ok(Response::new(ListMySessionsResponse {
+            sessions: convert::sessions(list, caller.session_id.as_deref()),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        to_completion(sessions::revoke(
+            self.app.clone(),
+            meta,
+            caller,
+            r.session_id,
+        ))
+        .await?;
+        Ok(Response::new(RevokeSessionResponse {}))
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        request: Request<RevokeOtherSessionsRequest>,
+    ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
+        let (meta, caller, _) = context::start(&self.app, request).await?;
+        let n = to_completion(sessions::revoke_others(self.app.clone(), meta, caller)).await?;
+        Ok(Response::new(RevokeOtherSessionsResponse {
+            revoked_count: n as i32,
+        }))
+    }
+
+    async fn list_user_sessions(
+        &self,
+        request: Request<ListUserSessionsRequest>,
+    ) -> Result<Response<ListUserSessionsResponse>, Status> {
+        let (_, caller, r) = context::start(&self.app, request).await?;
+        let list = sessions::list_for_user(&self.app, &caller, &r.user_id).await?;
+        Ok(Response::new(ListUserSessionsResponse {
+            sessions: convert::sessions(list, caller.session_id.as_deref()),
+        }))
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<RevokeUserSessionsRequest>,
+    ) -> Result<Response<RevokeUserSessionsResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        let n = to_completion(sessions::revoke_for_user(
+            self.app.clone(),
+            meta,
+            caller,
+            r.user_id,
+        ))
+        .await?;
+        Ok(Response::new(RevokeUserSessionsResponse {
+            revoked_count: n as i32,
         }))
     }
 }

@@ -208,6 +208,7 @@ async fn load_or_create_db_keys(
         let meta = RequestMeta {
             request_id: "startup".into(),
             peer: String::new(),
+            user_agent: String::new(),
         };
         keys::generate(&tx, &meta, Actor::System, key.kid(), pem, now).await?;
         stored = keys::published(&tx, now).await?;

@@ -12,6 +12,9 @@ use serde_json::Value;
 pub struct RequestMeta {
     pub request_id: String,
     pub peer: String,
+    /// The client's `user-agent`, printable ASCII, at most 256 characters
+    /// (kept on the sessions a login opens, not on audit events).
+    pub user_agent: String,
 }
 
 /// Who did it.

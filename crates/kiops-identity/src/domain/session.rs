@@ -9,6 +9,28 @@ pub struct Session {
     pub expires_at: i64,
 }
 
+/// A session as its owner, or a PlatformAdmin, sees it (issue 24).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    /// The login, or the last refresh of its tokens.
+    pub last_used_at: i64,
+    pub expires_at: i64,
+    /// The client's `user-agent` at login.
+    pub user_agent: String,
+    /// The client's address at login (behind trusted proxies, the one they
+    /// name).
+    pub peer_address: String,
+    /// How it was authenticated: `pwd`, then `otp` with a second factor.
+    pub amr: Vec<String>,
+}
+
+/// At most this many sessions in a listing; RevokeOtherSessions ends the
+/// rest too.
+pub const MAX_LISTED_SESSIONS: u64 = 200;
+
 /// Access and refresh token pair as every login-like RPC answers it.
 #[derive(Debug, Clone)]
 pub struct TokenPair {

@@ -20,6 +20,7 @@ pub mod memberships;
 pub mod organizations;
 pub mod parse;
 pub mod service_accounts;
+pub mod sessions;
 pub mod templates;
 pub mod users;
 

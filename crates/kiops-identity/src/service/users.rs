@@ -258,7 +258,7 @@ async fn delete_account(
 }
 
 /// The target of a PlatformAdmin account action (R11).
-async fn admin_target(
+pub(super) async fn admin_target(
     app: &App,
     caller: &Caller,
     id: &str,

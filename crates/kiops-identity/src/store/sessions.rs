@@ -8,10 +8,13 @@
 use super::entity::{refresh_token, session};
 use super::{audit, db_err, revocations};
 use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
-use crate::domain::session::Session;
+use crate::domain::session::{Session, SessionInfo};
 use crate::domain::DomainError;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 use serde_json::json;
 
 impl From<session::Model> for Session {
@@ -20,6 +23,24 @@ impl From<session::Model> for Session {
             id: s.id,
             user_id: s.user_id,
             expires_at: s.expires_at,
+        }
+    }
+}
+
+/// `amr` of a session opened with a password.
+const AMR_PASSWORD: &str = "pwd";
+
+impl From<session::Model> for SessionInfo {
+    fn from(s: session::Model) -> Self {
+        Self {
+            amr: s.amr.split_whitespace().map(str::to_string).collect(),
+            id: s.id,
+            user_id: s.user_id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            user_agent: s.user_agent,
+            peer_address: s.peer_address,
         }
     }
 }
@@ -50,6 +71,9 @@ pub async fn create<C: ConnectionTrait>(
         expires_at: Set(s.now + s.session_ttl_ms),
         revoked_at: Set(None),
         revoke_reason: Set(None),
+        user_agent: Set(meta.user_agent.clone()),
+        peer_address: Set(meta.peer.clone()),
+        amr: Set(AMR_PASSWORD.to_string()),
     }
     .insert(conn)
     .await
@@ -175,3 +199,88 @@ pub async fn revoke_all_for_user<C: ConnectionTrait>(
     }
     Ok(q.exec(conn).await.map_err(db_err)?.rows_affected)
 }
+
+/// The live sessions of `user_id` at `now`, newest first, at most `limit`.
+pub async fn list_live<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    now: i64,
+    limit: u64,
+) -> Result<Vec<SessionInfo>, DomainError> {
+    let rows = session::Entity::find()
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
+        .order_by_desc(session::Column::CreatedAt)
+        .order_by_desc(session::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(rows.into_iter().map(SessionInfo::from).collect())
+}
+
+/// Ids of the live sessions of `user_id` at `now`.
+pub async fn live_ids<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    now: i64,
+) -> Result<Vec<String>, DomainError> {
+    session::Entity::find()
+        .select_only()
+        .column(session::Column::Id)
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
+        .into_tuple::<String>()
+        .all(conn)
+        .await
+        .map_err(db_err)
+}
+
+/// Ends the live session `session_id` of `user_id` on request
+/// (RevokeSession and the like): revoked, with its revocation event and
+/// `session.revoked`, together. False when `user_id` has no such live
+/// session (another's, unknown, or ended by a racing call: no second event).
+pub async fn end<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    user_id: &str,
+    session_id: &str,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let n = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(now))
+        .col_expr(session::Column::RevokeReason, Expr::value(SESSION_REVOKED))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .filter(session::Column::ExpiresAt.gt(now))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    if n == 0 {
+        return Ok(false);
+    }
+    revocations::record(
+        conn,
+        revocations::Scope::session(user_id, session_id),
+        SESSION_REVOKED,
+        now,
+    )
+    .await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "session.revoked", "session", session_id)
+            .details(json!({"user_id": user_id})),
+        now,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Reason of the revocation events of sessions ended on request.
+const SESSION_REVOKED: &str = "session_revoked";

@@ -11,6 +11,9 @@ pub struct Model {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub revoke_reason: Option<String>,
+    pub user_agent: String,
+    pub peer_address: String,
+    pub amr: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
