@@ -15,6 +15,7 @@ mod crash;
 mod db_faults;
 mod downstream;
 mod ecosystem;
+mod grpc_web;
 mod hardening_admin;
 mod hardening_login;
 mod hardening_mail;

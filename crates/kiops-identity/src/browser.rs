@@ -8,6 +8,8 @@
 //! surface to defend. An origin that is not on the list gets no CORS headers,
 //! and the browser keeps the answer from the page.
 
+use crate::api::status::clip;
+use crate::domain::DomainError;
 use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method};
 use std::time::Duration;
@@ -103,6 +105,37 @@ pub fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(&origin).or_else(|_| fail("not a header value"))
 }
 
+/// Calls refused before any handler ran because their body is not a gRPC
+/// message (grpc-web-text that is not base64, a malformed frame, no message
+/// at all) come back from tonic-web and tonic as INTERNAL, which tells the
+/// caller "our fault" and counts as a server error. They are the caller's:
+/// this turns them into INVALID_ARGUMENT on `body` with the service's
+/// ErrorInfo, like every other bad input. Other answers are not touched.
+pub fn undecodable_as_invalid<B>(mut res: http::Response<B>) -> http::Response<B> {
+    // Cheap test first: this runs on every answer.
+    if res.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"13") {
+        return res;
+    }
+    let Some(status) = tonic::Status::from_header_map(res.headers()) else {
+        return res;
+    };
+    let message = status.message();
+    let why = if message == "Missing request message." {
+        "holds no request message".to_string()
+    } else if let Some(detail) = message.strip_prefix("tonic-web: ") {
+        format!("is not gRPC-Web: {}", clip(detail, 100))
+    } else {
+        return res;
+    };
+    let fixed: tonic::Status = DomainError::invalid("body", why).into();
+    let headers = res.headers_mut();
+    headers.remove("grpc-status-details-bin");
+    if fixed.add_header(headers).is_err() {
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +181,28 @@ mod tests {
         ] {
             assert!(parse_origin(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn undecodable_bodies_are_invalid_arguments_not_internal() {
+        let answer = |status: tonic::Status| {
+            let mut res = http::Response::new(());
+            status.add_header(res.headers_mut()).expect("headers");
+            let res = undecodable_as_invalid(res);
+            tonic::Status::from_header_map(res.headers()).expect("a status")
+        };
+        for m in [
+            "tonic-web: Invalid symbol 33, offset 0.",
+            "Missing request message.",
+        ] {
+            let st = answer(tonic::Status::internal(m));
+            assert_eq!(st.code(), tonic::Code::InvalidArgument, "{m}");
+            assert!(!st.details().is_empty(), "{m}: ErrorInfo and BadRequest");
+        }
+        // A real internal error stays what it is.
+        let st = answer(tonic::Status::internal("database on fire"));
+        assert_eq!(st.code(), tonic::Code::Internal);
+        assert_eq!(st.message(), "database on fire");
     }
 
     #[test]

@@ -413,7 +413,9 @@ fn grpc_server(
                 .layer(Layered::new(RequestId))
                 .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
                 .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
-                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone()))),
+                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone())))
+                // Innermost, so the metrics count the answer the caller gets.
+                .map_response(browser::undecodable_as_invalid::<tonic::body::Body>),
         )
         .add_service(health)
         .add_service(reflection_v1)
