@@ -33,6 +33,7 @@ both_backends!(
     native_health_and_reflection_unaffected,
     parallel_web_logins_lock_exactly,
     a_revoked_session_is_refused_over_web,
+    abandoned_web_streams_give_their_slots_back,
 );
 
 const ORIGIN: &str = "http://console.test";
@@ -1015,4 +1016,65 @@ async fn a_revoked_session_is_refused_over_web(backend: Backend) {
         .get_me(authed(GetMeRequest {}, &mine.access_token))
         .await;
     assert_status(r, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+/// A browser tab closed mid-stream drops its HTTP/1.1 connection: the
+/// stream's per-caller slot and its load permit come back. With 2 watches
+/// per caller and 6 calls at once, 12 abandoned watches in a row would
+/// otherwise shut the caller, then everyone, out.
+async fn abandoned_web_streams_give_their_slots_back(backend: Backend) {
+    let s = TestServer::start_with(
+        backend,
+        ServerOptions {
+            extra_args: [
+                "--cors-allowed-origins",
+                ORIGIN,
+                "--max-watches-per-caller",
+                "2",
+                "--max-concurrent-requests",
+                "6",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = s.admin_token().await;
+    let watch = || {
+        let mut c = web_auth(&s, Http::One);
+        let req = authed(WatchRevocationsRequest::default(), &admin);
+        async move { c.watch_revocations(req).await }
+    };
+    // Both slots taken; a third is refused.
+    let a = watch().await.expect("first watch");
+    let b = watch().await.expect("second watch");
+    let e = watch().await.expect_err("a third watch");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    drop((a, b));
+    for i in 0..12 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match watch().await {
+                Ok(w) => {
+                    drop(w);
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "watch {i}: an abandoned stream kept its slot: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    for _ in 0..8 {
+        web_users(&s, Http::One)
+            .get_me(authed(GetMeRequest {}, &admin))
+            .await
+            .expect("no load permit leaked");
+    }
 }
