@@ -459,7 +459,7 @@ async fn a_web_stream_ends_with_its_session(backend: Backend) {
     assert_eq!(reason(&e), "SESSION_REVOKED", "{e:?}");
 }
 
-fn preflight<'a>(origin: &'a str) -> Vec<(&'a str, &'a str)> {
+fn preflight(origin: &str) -> Vec<(&str, &str)> {
     vec![
         ("origin", origin),
         ("access-control-request-method", "POST"),
