@@ -16,6 +16,7 @@ mod crash;
 mod db_faults;
 mod downstream;
 mod ecosystem;
+mod grpc_web;
 mod hardening_admin;
 mod hardening_login;
 mod hardening_mail;

@@ -63,10 +63,11 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// Comma-separated subset of: baseline, check-permission,
+    /// check-permission-grpc-web, check-permission-grpc-web-h2,
     /// check-permissions-bulk, list-members, login, refresh, mixed, verify.
     #[arg(
         long,
-        default_value = "baseline,check-permission,check-permissions-bulk,list-members,login,refresh,mixed,verify"
+        default_value = "baseline,check-permission,check-permission-grpc-web,check-permission-grpc-web-h2,check-permissions-bulk,list-members,login,refresh,mixed,verify"
     )]
     scenarios: String,
     /// CI mode: tiny data set, 1 second per scenario, one round.
@@ -331,6 +332,28 @@ async fn channels(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
         );
     }
     Ok(v)
+}
+
+/// A gRPC-Web "channel": tonic-web's client layer over hyper's pooled
+/// client, as a browser's gRPC-Web library calls.
+type WebChannel = tonic_web::GrpcWebClientService<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic_web::GrpcWebCall<tonic::body::Body>,
+    >,
+>;
+
+/// HTTP/1.1: one pool, which opens a keep-alive connection per call in
+/// flight (a call at a time on each). HTTP/2 (`http2`): one connection per
+/// client, calls multiplexed on it.
+fn web_channel(http2: bool) -> WebChannel {
+    use tower::Layer;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(http2)
+        .build(connector);
+    tonic_web::GrpcWebClientLayer::new().layer(client)
 }
 
 async fn login(ch: &Channel, email: &str) -> anyhow::Result<LoginResponse> {
@@ -632,6 +655,47 @@ async fn run_rounds(
                 println!("  check-permission / baseline throughput = {:.0}% (target ≥ 50%), p99 {:.2} ms (target ≤ 2)", 100.0 * s.throughput() / baseline_tp, s.pct(0.99));
             }
             single_check_tp = s.throughput();
+        }
+        // The same load over gRPC-Web (issue 23: within 20% of native in the
+        // same run): HTTP/1.1, what browsers mostly use on a plaintext or
+        // proxied port, then HTTP/2 with one connection per client as above.
+        for (scenario, http2) in [
+            ("check-permission-grpc-web", false),
+            ("check-permission-grpc-web-h2", true),
+        ] {
+            if !want(scenario) {
+                continue;
+            }
+            let origin: tonic::codegen::http::Uri = format!("http://{}", server.grpc).parse()?;
+            let clients: Vec<_> = (0..if http2 { chans.len() } else { 1 })
+                .map(|_| MembershipServiceClient::with_origin(web_channel(http2), origin.clone()))
+                .collect();
+            let (cs, m, org, tok) = (
+                Arc::new(clients),
+                members.clone(),
+                big_org.clone(),
+                admin.clone(),
+            );
+            let s = run(n, d, move |t| {
+                let mut c = cs[t % cs.len()].clone();
+                let req = authed(
+                    CheckPermissionRequest {
+                        user_id: pick(&m),
+                        organization_id: org.clone(),
+                        permission: rand::thread_rng().gen_range(1..8),
+                    },
+                    &tok,
+                );
+                async move { c.check_permission(req).await.is_ok() }
+            })
+            .await;
+            println!("{}", s.line(scenario));
+            if single_check_tp > 0.0 {
+                println!(
+                    "  {scenario} / check-permission throughput = {:.0}% (target ≥ 80%)",
+                    100.0 * s.throughput() / single_check_tp
+                );
+            }
         }
         if want("check-permissions-bulk") {
             // The same checks as check-permission, BULK_ITEMS to a call.

@@ -1,9 +1,10 @@
 //! Requests that cannot be read are the caller's fault: a body that breaks
-//! off mid-chunk, bad base64 in a grpc-web-text body, or bytes that are no
-//! protobuf message are refused with INVALID_ARGUMENT (reason
-//! `INVALID_ARGUMENT`), not with the INTERNAL tonic and tonic-web give them
-//! (and without their messages, which quote hyper's and the decoder's
-//! internals). Sits inside the gRPC-Web layer so browsers get the same.
+//! off mid-chunk, bad base64 in a grpc-web-text body, bytes that are no
+//! protobuf message, or no message at all are refused with INVALID_ARGUMENT
+//! (reason `INVALID_ARGUMENT`), not with the INTERNAL tonic and tonic-web
+//! give them (and without their messages, which quote hyper's and the
+//! decoder's internals). The innermost layer: browsers get the same answer
+//! through gRPC-Web, and the metrics count the answer the caller gets.
 
 use crate::domain::DomainError;
 use http_body_util::BodyExt;
@@ -12,9 +13,13 @@ use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
 
-/// What tonic-prost says when a message does not decode (percent-encoded,
-/// as it is in `grpc-message`).
-const DECODE_FAILED: &str = "failed%20to%20decode%20Protobuf%20message";
+/// Whether a trailers-only INTERNAL answer is tonic's or tonic-web's
+/// refusal of an unreadable request (its message, decoded).
+fn is_unreadable(message: &str) -> bool {
+    message.starts_with("failed to decode Protobuf message")
+        || message == "Missing request message."
+        || message.starts_with("tonic-web: ")
+}
 
 fn unreadable() -> Status {
     DomainError::invalid(
@@ -65,12 +70,11 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
-            // A message that does not decode, answered trailers-only.
+            // A request refused as unreadable, answered trailers-only. Cheap
+            // test first: this runs on every answer.
             let headers = res.headers_mut();
             let undecodable = headers.get("grpc-status").is_some_and(|v| v == "13")
-                && headers
-                    .get("grpc-message")
-                    .is_some_and(|m| m.as_bytes().starts_with(DECODE_FAILED.as_bytes()));
+                && Status::from_header_map(headers).is_some_and(|st| is_unreadable(st.message()));
             if undecodable {
                 headers.remove("grpc-message");
                 headers.remove("grpc-status-details-bin");
@@ -78,5 +82,27 @@ where
             }
             Ok(res)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_requests_are_told_apart_from_real_internal_errors() {
+        for m in [
+            "tonic-web: Invalid symbol 33, offset 0.",
+            "Missing request message.",
+            "failed to decode Protobuf message: invalid tag value: 0",
+        ] {
+            assert!(is_unreadable(m), "{m}");
+        }
+        assert!(!is_unreadable("database on fire"));
+        assert_eq!(unreadable().code(), tonic::Code::InvalidArgument);
+        assert!(
+            !unreadable().details().is_empty(),
+            "ErrorInfo and BadRequest"
+        );
     }
 }

@@ -410,7 +410,6 @@ fn grpc_server(
                 // Preflights are answered before anything else runs.
                 .option_layer(browser::cors_layer(&args.cors_allowed_origins))
                 .layer(GrpcWebLayer::new())
-                .layer(crate::request_body::RequestBodyLayer)
                 // Inside gRPC-Web and CORS, so a timeout answer reaches browsers.
                 .layer(Layered::new(crate::deadline::Deadline::new(
                     Duration::from_secs(args.request_timeout.max(1)),
@@ -418,7 +417,8 @@ fn grpc_server(
                 .layer(Layered::new(RequestId))
                 .layer(ClientAddrLayer::new(args.trusted_proxies.clone()))
                 .layer(Layered::new(GrpcMetrics::new(app.metrics.clone())))
-                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone()))),
+                .layer(Layered::new(Shed::new(in_flight, app.metrics.clone())))
+                .layer(crate::request_body::RequestBodyLayer),
         )
         .add_service(health)
         .add_service(reflection_v1)

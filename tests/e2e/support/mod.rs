@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod grpc_web;
 pub mod rpc;
 pub mod service;
 pub mod smtp;
