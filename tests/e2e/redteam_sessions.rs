@@ -25,6 +25,8 @@ crate::both_backends!(
     tokens_a_racing_refresh_minted_are_refused_offline_too,
     a_refresh_committed_while_the_revocation_waits_is_refused_offline,
     a_reused_refresh_token_racing_revoke_and_logout_events_the_session_once,
+    session_rpcs_over_grpc_web_keep_the_browser_and_end_the_session,
+    an_admins_own_stream_ends_when_they_end_their_sessions,
     hostile_user_agents_are_stored_printable_and_bounded,
     deactivated_deleted_and_service_accounts_have_no_sessions_to_show,
     service_accounts_get_scope_required_from_every_session_rpc,
@@ -1135,4 +1137,122 @@ async fn a_reused_refresh_token_racing_revoke_and_logout_events_the_session_once
         assert_revoked(get_me(&s, &next.access_token).await, "after the race");
     }
     get_me(&s, &keep).await.expect("the keeper lives");
+}
+
+/// Over gRPC-Web (HTTP/1.1 and HTTP/2): a browser's login keeps its
+/// `user-agent` (obs-text bytes, allowed in HTTP/1.1 header values, shown
+/// as `?`), ListMySessions marks it current, RevokeSession ends another of
+/// one's sessions and refuses another person's as NOT_FOUND, and
+/// RevokeOtherSessions keeps the web session.
+async fn session_rpcs_over_grpc_web_keep_the_browser_and_end_the_session(backend: Backend) {
+    use crate::support::grpc_web::*;
+    use kiops_proto::v1::auth_service_client::AuthServiceClient;
+    let s = TestServer::start(backend).await;
+    let (_, other_person) = s.user("web-victim@rs.test").await;
+    s.user("web@rs.test").await;
+    for http in [Http::One, Http::Two] {
+        let native = s
+            .login("web@rs.test", PASSWORD)
+            .await
+            .expect("login")
+            .access_token;
+        let mut req = tonic::Request::new(LoginRequest {
+            email: "web@rs.test".into(),
+            password: PASSWORD.into(),
+            organization_id: None,
+        });
+        req.metadata_mut().insert(
+            "user-agent",
+            tonic::metadata::MetadataValue::try_from(b"Mozilla/5.0 (X11) caf\xe9".as_slice())
+                .expect("obs-text value"),
+        );
+        let web = AuthServiceClient::with_origin(s.web(http), s.web_origin())
+            .login(req)
+            .await
+            .expect("web login")
+            .into_inner();
+        let mut users = UserServiceClient::with_origin(s.web(http), s.web_origin());
+        let listed = users
+            .list_my_sessions(authed(ListMySessionsRequest {}, &web.access_token))
+            .await
+            .expect("list over web")
+            .into_inner()
+            .sessions;
+        let me = listed.iter().find(|x| x.current).expect("current");
+        assert_eq!(me.session_id, sid(&web.access_token), "{http:?}");
+        assert!(
+            me.user_agent.starts_with("Mozilla/5.0 (X11) caf?"),
+            "{http:?}: {:?}",
+            me.user_agent
+        );
+        let e = users
+            .revoke_session(authed(
+                RevokeSessionRequest {
+                    session_id: sid(&other_person),
+                },
+                &web.access_token,
+            ))
+            .await
+            .expect_err("another person's");
+        assert_eq!(e.code(), Code::NotFound, "{http:?}: {e:?}");
+        assert_eq!(reason(&e), "NOT_FOUND");
+        users
+            .revoke_session(authed(
+                RevokeSessionRequest {
+                    session_id: sid(&native),
+                },
+                &web.access_token,
+            ))
+            .await
+            .expect("end the native session over web");
+        assert_revoked(get_me(&s, &native).await, "the native session");
+        let n = users
+            .revoke_other_sessions(authed(RevokeOtherSessionsRequest {}, &web.access_token))
+            .await
+            .expect("others over web")
+            .into_inner()
+            .revoked_count;
+        assert_eq!(
+            n, 1,
+            "{http:?}: the earlier session ends, the web one stays"
+        );
+        get_me(&s, &web.access_token)
+            .await
+            .expect("the web session lives");
+    }
+    get_me(&s, &other_person)
+        .await
+        .expect("the other person's session lives");
+}
+
+/// A PlatformAdmin who ends all their own sessions (RevokeUserSessions on
+/// themselves) loses the WatchRevocations stream the ended session opened:
+/// it ends, it does not keep streaming to a dead session.
+async fn an_admins_own_stream_ends_when_they_end_their_sessions(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let me = token_claims(&admin)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string();
+    let mut stream = watch(&s, &admin).await;
+    s.users()
+        .await
+        .revoke_user_sessions(authed(RevokeUserSessionsRequest { user_id: me }, &admin))
+        .await
+        .expect("revoke own");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let end = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => break other,
+            Err(_) => panic!("the stream of an ended session still open after 20 s"),
+        }
+    };
+    match end {
+        Err(e) => assert_eq!(e.code(), Code::Unauthenticated, "{e:?}"),
+        Ok(None) => {}
+        Ok(Some(_)) => unreachable!(),
+    }
 }
