@@ -272,7 +272,11 @@ async fn reused<T>(
     sess: &session::Model,
     now: i64,
 ) -> Result<Refreshed<T>, DomainError> {
-    revoke(&tx, &sess.id, "refresh_token_reused", now).await?;
+    // A racing call (RevokeSession, Logout) ended it since `classify` read
+    // it (no lock on PostgreSQL): it has its one event already.
+    if !revoke(&tx, &sess.id, "refresh_token_reused", now).await? {
+        return Ok(Refreshed::Reused);
+    }
     revocations::record(
         &tx,
         revocations::Scope::session(&sess.user_id, &sess.id),

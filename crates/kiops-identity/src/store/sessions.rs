@@ -98,15 +98,19 @@ pub async fn create<C: ConnectionTrait>(
 }
 
 /// Ends `session` (Logout): revoked, with its revocation event and
-/// `auth.logout`.
+/// `auth.logout`. False (nothing written) when a racing call ended it
+/// after the caller read it live: on PostgreSQL that read does not lock,
+/// and a second event for one session would be counted twice.
 pub async fn logout<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
     actor: Actor,
     session: &Session,
     now: i64,
-) -> Result<(), DomainError> {
-    revoke(conn, &session.id, "logout", now).await?;
+) -> Result<bool, DomainError> {
+    if !revoke(conn, &session.id, "logout", now).await? {
+        return Ok(false);
+    }
     revocations::record(
         conn,
         revocations::Scope::session(&session.user_id, &session.id),
@@ -120,7 +124,8 @@ pub async fn logout<C: ConnectionTrait>(
         AuditEntry::new(actor, "auth.logout", "session", &session.id),
         now,
     )
-    .await
+    .await?;
+    Ok(true)
 }
 
 pub(super) async fn insert_refresh<C: ConnectionTrait>(

@@ -134,6 +134,9 @@ pub async fn logout(
     let Some(session) = session.filter(|s| s.user_id == caller.user_id) else {
         return Err(DomainError::not_found("session"));
     };
-    sessions::logout(&tx, &meta, caller.actor(), &session, now).await?;
+    // Ended by a racing call since it was read: as if already ended.
+    if !sessions::logout(&tx, &meta, caller.actor(), &session, now).await? {
+        return Err(DomainError::not_found("session"));
+    }
     tx.commit().await
 }
