@@ -36,9 +36,8 @@ pub async fn revoke(
     session_id: String,
 ) -> Result<(), DomainError> {
     let id = validate::id("session_id", &session_id)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
-    if !sessions::end(&tx, &meta, caller.actor(), &caller.user_id, &id, now).await? {
+    if !sessions::end(&tx, &meta, caller.actor(), &caller.user_id, &id, &app.clock).await? {
         return Err(DomainError::not_found("session"));
     }
     tx.commit().await
@@ -86,7 +85,7 @@ async fn end_all(
     let mut ended = 0;
     for id in sessions::live_ids(&tx, user_id, now).await? {
         if Some(id.as_str()) != keep
-            && sessions::end(&tx, meta, caller.actor(), user_id, &id, now).await?
+            && sessions::end(&tx, meta, caller.actor(), user_id, &id, &app.clock).await?
         {
             ended += 1;
         }

@@ -7,6 +7,7 @@
 
 use super::entity::{refresh_token, session};
 use super::{audit, db_err, revocations};
+use crate::clock::Clock;
 use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
 use crate::domain::session::{Session, SessionInfo};
 use crate::domain::DomainError;
@@ -106,11 +107,15 @@ pub async fn logout<C: ConnectionTrait>(
     meta: &RequestMeta,
     actor: Actor,
     session: &Session,
-    now: i64,
+    clock: &Clock,
 ) -> Result<bool, DomainError> {
+    let now = clock.now_ms();
     if !revoke(conn, &session.id, "logout", now).await? {
         return Ok(false);
     }
+    // Dated once the row is ours: a Refresh that held it committed first,
+    // and its token is older than the event for offline verifiers too.
+    let now = clock.now_ms().max(now);
     revocations::record(
         conn,
         revocations::Scope::session(&session.user_id, &session.id),
@@ -253,8 +258,9 @@ pub async fn end<C: ConnectionTrait>(
     actor: Actor,
     user_id: &str,
     session_id: &str,
-    now: i64,
+    clock: &Clock,
 ) -> Result<bool, DomainError> {
+    let now = clock.now_ms();
     let n = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, Expr::value(now))
         .col_expr(session::Column::RevokeReason, Expr::value(SESSION_REVOKED))
@@ -269,6 +275,8 @@ pub async fn end<C: ConnectionTrait>(
     if n == 0 {
         return Ok(false);
     }
+    // Dated once the row is ours, as Logout's.
+    let now = clock.now_ms().max(now);
     revocations::record(
         conn,
         revocations::Scope::session(user_id, session_id),

@@ -128,14 +128,13 @@ pub async fn logout(
     r: LogoutRequest,
 ) -> Result<(), DomainError> {
     validate::opaque_token("refresh_token", &r.refresh_token)?;
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let session = sessions::find_by_refresh(&tx, &hash_token(&r.refresh_token)).await?;
     let Some(session) = session.filter(|s| s.user_id == caller.user_id) else {
         return Err(DomainError::not_found("session"));
     };
     // Ended by a racing call since it was read: as if already ended.
-    if !sessions::logout(&tx, &meta, caller.actor(), &session, now).await? {
+    if !sessions::logout(&tx, &meta, caller.actor(), &session, &app.clock).await? {
         return Err(DomainError::not_found("session"));
     }
     tx.commit().await
