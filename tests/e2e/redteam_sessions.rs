@@ -5,6 +5,7 @@
 //! deactivated, deleted or service accounts, and more than 200 sessions.
 
 use crate::support::service::*;
+use crate::support::sessions::*;
 use crate::support::*;
 use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::user_service_client::UserServiceClient;
@@ -12,7 +13,7 @@ use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 crate::both_backends!(
@@ -33,46 +34,6 @@ crate::both_backends!(
     more_than_200_sessions_list_200_and_all_end,
     an_expired_session_is_neither_listed_nor_ended,
 );
-
-async fn login_as(s: &TestServer, agent: &str, email: &str) -> LoginResponse {
-    let ch = Endpoint::from_shared(s.grpc_url())
-        .expect("url")
-        .user_agent(agent)
-        .expect("user agent")
-        .connect()
-        .await
-        .expect("connect");
-    kiops_proto::v1::auth_service_client::AuthServiceClient::new(ch)
-        .login(LoginRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            organization_id: None,
-        })
-        .await
-        .expect("login")
-        .into_inner()
-}
-
-fn sid(token: &str) -> String {
-    token_claims(token)["sid"]
-        .as_str()
-        .expect("sid")
-        .to_string()
-}
-
-async fn get_me(s: &TestServer, token: &str) -> Result<(), Status> {
-    s.users()
-        .await
-        .get_me(authed(GetMeRequest {}, token))
-        .await
-        .map(|_| ())
-}
-
-fn assert_revoked(r: Result<(), Status>, what: &str) {
-    let e = r.expect_err(what);
-    assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
-    assert_eq!(reason(&e), "SESSION_REVOKED", "{what}: {e:?}");
-}
 
 async fn revoke(s: &TestServer, token: &str, id: &str) -> Result<(), Status> {
     s.users()

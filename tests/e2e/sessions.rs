@@ -3,12 +3,12 @@
 //! RevokeUserSessions. An ended session is refused on the next call here
 //! and its revocation event names it on the stream.
 
+use crate::support::sessions::*;
 use crate::support::*;
 use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 crate::both_backends!(
@@ -21,29 +21,6 @@ crate::both_backends!(
     tokens_minted_by_refreshes_racing_the_revocation_are_refused,
 );
 
-/// A channel whose calls say `user-agent: <agent> …`.
-async fn channel_as(s: &TestServer, agent: &str) -> Channel {
-    Endpoint::from_shared(s.grpc_url())
-        .expect("url")
-        .user_agent(agent)
-        .expect("user agent")
-        .connect()
-        .await
-        .expect("connect")
-}
-
-async fn login_as(s: &TestServer, agent: &str, email: &str) -> LoginResponse {
-    kiops_proto::v1::auth_service_client::AuthServiceClient::new(channel_as(s, agent).await)
-        .login(LoginRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            organization_id: None,
-        })
-        .await
-        .expect("login")
-        .into_inner()
-}
-
 async fn my_sessions(s: &TestServer, token: &str) -> Vec<Session> {
     s.users()
         .await
@@ -52,27 +29,6 @@ async fn my_sessions(s: &TestServer, token: &str) -> Vec<Session> {
         .expect("list my sessions")
         .into_inner()
         .sessions
-}
-
-async fn get_me(s: &TestServer, token: &str) -> Result<(), tonic::Status> {
-    s.users()
-        .await
-        .get_me(authed(GetMeRequest {}, token))
-        .await
-        .map(|_| ())
-}
-
-fn assert_revoked(r: Result<(), tonic::Status>, what: &str) {
-    let e = r.expect_err(what);
-    assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
-    assert_eq!(reason(&e), "SESSION_REVOKED", "{what}: {e:?}");
-}
-
-fn session_of(token: &str) -> String {
-    token_claims(token)["sid"]
-        .as_str()
-        .expect("sid claim")
-        .to_string()
 }
 
 async fn count(s: &TestServer, sql: &str) -> i64 {
@@ -105,7 +61,7 @@ async fn my_sessions_show_where_and_how_and_which_is_current(backend: Backend) {
     );
     let current: Vec<_> = seen.iter().filter(|x| x.current).collect();
     assert_eq!(current.len(), 1, "exactly one current session: {seen:?}");
-    assert_eq!(current[0].session_id, session_of(&phone.access_token));
+    assert_eq!(current[0].session_id, sid(&phone.access_token));
     for x in &seen {
         assert!(x.peer_address.starts_with("127.0.0.1:"), "{x:?}");
         assert_eq!(x.amr, vec!["pwd".to_string()], "{x:?}");
@@ -120,7 +76,7 @@ async fn my_sessions_show_where_and_how_and_which_is_current(backend: Backend) {
     let from_laptop = my_sessions(&s, &laptop.access_token).await;
     let current: Vec<_> = from_laptop.iter().filter(|x| x.current).collect();
     assert_eq!(current.len(), 1);
-    assert_eq!(current[0].session_id, session_of(&laptop.access_token));
+    assert_eq!(current[0].session_id, sid(&laptop.access_token));
 
     // A refresh is a use: the session's last use moves, its id stays.
     s.advance_clock(Duration::from_secs(120));
@@ -136,7 +92,7 @@ async fn my_sessions_show_where_and_how_and_which_is_current(backend: Backend) {
         .into_inner();
     let after = my_sessions(&s, &refreshed.access_token).await;
     let mine = after.iter().find(|x| x.current).expect("current");
-    assert_eq!(mine.session_id, session_of(&laptop.access_token));
+    assert_eq!(mine.session_id, sid(&laptop.access_token));
     assert!(
         mine.last_use_time.expect("t").seconds >= mine.create_time.expect("t").seconds + 120,
         "{mine:?}"
@@ -154,7 +110,7 @@ async fn my_sessions_show_where_and_how_and_which_is_current(backend: Backend) {
         .expect("logout");
     let left = my_sessions(&s, &refreshed.access_token).await;
     assert_eq!(left.len(), 2, "{left:?}");
-    let phone_sid = session_of(&phone.access_token);
+    let phone_sid = sid(&phone.access_token);
     assert!(left.iter().all(|x| x.session_id != phone_sid));
 }
 
@@ -164,7 +120,7 @@ async fn a_revoked_session_ends_at_once_here_and_on_the_stream(backend: Backend)
     let (uid, _) = s.user("erin@sessions.test").await;
     let lost = login_as(&s, "lost-laptop/1.0", "erin@sessions.test").await;
     let kept = login_as(&s, "desk/1.0", "erin@sessions.test").await;
-    let lost_sid = session_of(&lost.access_token);
+    let lost_sid = sid(&lost.access_token);
     let mut stream = s
         .auth()
         .await
@@ -247,7 +203,7 @@ async fn a_revoked_session_ends_at_once_here_and_on_the_stream(backend: Backend)
         .await
         .revoke_session(authed(
             RevokeSessionRequest {
-                session_id: session_of(&kept.access_token),
+                session_id: sid(&kept.access_token),
             },
             &kept.access_token,
         ))
@@ -264,7 +220,7 @@ async fn nobody_ends_or_sees_anothers_session(backend: Backend) {
     let admin = s.admin_token().await;
     let (_, mallory) = s.user("mallory@sessions.test").await;
     let (_, victim) = s.user("victim@sessions.test").await;
-    let victim_sid = session_of(&victim);
+    let victim_sid = sid(&victim);
     for (who, token) in [("another user", &mallory), ("a PlatformAdmin", &admin)] {
         let r = s
             .users()
@@ -497,7 +453,7 @@ async fn tokens_minted_by_refreshes_racing_the_revocation_are_refused(backend: B
     let mut minted_in_race = 0;
     for round in 0..10 {
         let target = login_as(&s, "racer", "ivy@sessions.test").await;
-        let sid = session_of(&target.access_token);
+        let sid = sid(&target.access_token);
         let auth = s.auth().await;
         let refresher = tokio::spawn(async move {
             let mut auth = auth;

@@ -11,6 +11,7 @@
 pub mod grpc_web;
 pub mod rpc;
 pub mod service;
+pub mod sessions;
 pub mod smtp;
 
 pub use rpc::Rpc;
