@@ -34,6 +34,7 @@ mod redteam_browser;
 mod redteam_service;
 mod redteam_sessions;
 mod redteam_ways_in;
+mod revocation_dating;
 mod server;
 mod service_accounts;
 mod service_scopes;

@@ -85,54 +85,6 @@ async fn count(s: &TestServer, sql: &str) -> i64 {
     n
 }
 
-/// Every revocation event until `want` of them are read (or 10 s pass).
-async fn events(
-    stream: &mut tonic::Streaming<WatchRevocationsResponse>,
-    want: usize,
-) -> Vec<RevocationEvent> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while out.len() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.message()).await {
-            Ok(Ok(Some(m))) => out.extend(m.event),
-            _ => break,
-        }
-    }
-    out
-}
-
-async fn watch(s: &TestServer, admin: &str) -> tonic::Streaming<WatchRevocationsResponse> {
-    s.auth()
-        .await
-        .watch_revocations(authed(WatchRevocationsRequest::default(), admin))
-        .await
-        .expect("watch")
-        .into_inner()
-}
-
-/// An offline verifier fed `evs`, as `kiops_token::remote` feeds one.
-fn verifier_with(evs: &[RevocationEvent]) -> kiops_token::Authority {
-    let jwks = kiops_token::SigningKey::generate().public_jwk_set();
-    let a = kiops_token::Authority::new(jwks, "x", "y").expect("authority");
-    for e in evs {
-        let t = e.revoke_time.unwrap_or_default();
-        a.revoke(kiops_token::Revocation {
-            user_id: e.user_id.clone(),
-            organization_id: e.organization_id.clone(),
-            session_id: e.session_id.clone(),
-            revoked_at_ms: t.seconds * 1000 + (t.nanos / 1_000_000) as i64,
-        });
-    }
-    a
-}
-
-fn offline_revoked(a: &kiops_token::Authority, token: &str) -> bool {
-    let claims: kiops_token::Claims =
-        serde_json::from_value(token_claims(token)).expect("claims parse");
-    a.is_revoked(&claims, None)
-}
-
 /// Case changes of one's own id still name it (ids are compared in their
 /// canonical form); every other spelling is bad input, and no spelling of
 /// another's id, a dead session's or a service credential's ends anything.
@@ -919,48 +871,6 @@ async fn an_expired_session_is_neither_listed_nor_ended(backend: Backend) {
     )
     .await;
     assert_eq!(evs, 0, "an expired session gets no event");
-}
-
-/// The write lock (SQLite) or the session's row (PostgreSQL), held from
-/// outside so that a RevokeSession and a Refresh queue behind it.
-enum Held {
-    Sqlite(sea_orm::sqlx::SqliteConnection),
-    Postgres(sea_orm::sqlx::PgConnection),
-}
-
-async fn hold(s: &TestServer, session_id: &str) -> Held {
-    use sea_orm::sqlx::{self, Connection};
-    match s.backend {
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&s.db.url)
-                .await
-                .expect("sqlite");
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut c)
-                .await
-                .expect("write lock");
-            Held::Sqlite(c)
-        }
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&s.db.url).await.expect("pg");
-            sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
-            sqlx::query("SELECT id FROM sessions WHERE id = $1 FOR UPDATE")
-                .bind(session_id)
-                .execute(&mut c)
-                .await
-                .expect("row lock");
-            Held::Postgres(c)
-        }
-    }
-}
-
-async fn release(h: Held) {
-    use sea_orm::sqlx;
-    match h {
-        Held::Sqlite(mut c) => sqlx::query("COMMIT").execute(&mut c).await.map(|_| ()),
-        Held::Postgres(mut c) => sqlx::query("COMMIT").execute(&mut c).await.map(|_| ()),
-    }
-    .expect("release");
 }
 
 /// R16 + R29: a Refresh that mints its token while a RevokeSession of the

@@ -328,7 +328,7 @@ async fn number_revocations(app: &App, numbering: &mut Option<JoinHandle<()>>) {
     if numbering.as_ref().is_none_or(|t| t.is_finished()) {
         let app = app.clone();
         *numbering = Some(tokio::spawn(async move {
-            if let Err(e) = revocations::sequence(&app.store).await {
+            if let Err(e) = revocations::sequence(&app.store, &app.clock).await {
                 tracing::debug!(error = %e, "numbering revocation events failed");
             }
         }));

@@ -13,8 +13,10 @@
 
 use super::db_err;
 use super::entity::revocation_event as rev;
+use crate::clock::Clock;
 use crate::domain::session::RevocationEvent;
 use crate::domain::DomainError;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, NotSet,
     QueryFilter, QueryOrder, QuerySelect, Set, Statement,
@@ -98,7 +100,13 @@ const SEQUENCER_LOCK: i64 = 0x6b69_6f70_7372_6571; // "kiopsreq"
 /// in id order. Held under the lock until commit, so a later run's numbers
 /// are always larger and become visible after this run's. Returns how many
 /// were numbered.
-pub async fn sequence(store: &super::Store) -> Result<u64, DomainError> {
+///
+/// Numbering also dates each event no earlier than `clock`'s now, read after
+/// the numbering: an event is numbered only once its transaction committed,
+/// so after every Refresh or Login that read the state it revokes, however
+/// long that transaction waited after it was dated. A token minted from the
+/// old state is then older than the event for offline verifiers too (H6).
+pub async fn sequence(store: &super::Store, clock: &Clock) -> Result<u64, DomainError> {
     let pending = rev::Entity::find()
         .select_only()
         .column(rev::Column::Id)
@@ -124,6 +132,7 @@ pub async fn sequence(store: &super::Store) -> Result<u64, DomainError> {
     }
     // The statement's snapshot is taken after the lock is held, so it sees
     // every earlier run's numbers.
+    let base = latest_seq(&tx).await?;
     let n = tx
         .execute_unprepared(
             "UPDATE revocation_events SET seq = p.base + p.rn \
@@ -135,6 +144,15 @@ pub async fn sequence(store: &super::Store) -> Result<u64, DomainError> {
         .await
         .map_err(db_err)?
         .rows_affected();
+    // Read after the numbering's snapshot, so after every numbered commit.
+    let now = clock.now_ms();
+    rev::Entity::update_many()
+        .col_expr(rev::Column::RevokedAt, Expr::value(now))
+        .filter(rev::Column::Seq.gt(base))
+        .filter(rev::Column::RevokedAt.lt(now))
+        .exec(&tx)
+        .await
+        .map_err(db_err)?;
     tx.commit().await?;
     Ok(n)
 }
