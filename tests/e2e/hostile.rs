@@ -271,6 +271,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
                 organization_id: org,
                 email: a,
                 role: c.n[1],
+                ..Default::default()
             }),
             t,
         ),

@@ -405,6 +405,7 @@ impl Env {
                         organization_id: org.clone(),
                         email: email.clone(),
                         role: Role::Member as i32,
+                        ..Default::default()
                     },
                     &self.admin,
                 ))
@@ -835,6 +836,7 @@ impl Env {
                     organization_id: org,
                     email: fresh_email(),
                     role: Role::Member as i32,
+                    ..Default::default()
                 })
             }
             "InvitationService/ListInvitations" => Rpc::ListInvitations(ListInvitationsRequest {
