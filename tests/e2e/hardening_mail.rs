@@ -219,7 +219,7 @@ pub(crate) async fn database_copy(s: &TestServer) -> Vec<u8> {
     }
 }
 
-fn found_in(copy: &[u8], secrets: &[String]) -> Vec<String> {
+pub(crate) fn found_in(copy: &[u8], secrets: &[String]) -> Vec<String> {
     secrets
         .iter()
         .filter(|x| copy.windows(x.len()).any(|w| w == x.as_bytes()))
