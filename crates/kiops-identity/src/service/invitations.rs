@@ -88,7 +88,7 @@ pub async fn create(
         None => bits,
     };
     if let Some(existing) = users::find_by_email(&tx, &email).await? {
-        invitation::check_grants(&caller, &existing.id, grants)?;
+        invitation::check_grants(&caller.user_id, &existing.id, grants)?;
         if memberships::find(&tx, &org, &existing.id).await?.is_some() {
             return Err(DomainError::exists(
                 reason::ALREADY_MEMBER,
@@ -223,6 +223,7 @@ pub async fn accept(
     )? {
         Acceptance::AccountOwner => {
             let u = existing.ok_or_else(|| DomainError::internal("accept without account"))?;
+            invitation::check_grants(&inv.inviter_id, &u.id, inv.permissions != 0)?;
             Acceptor::Account {
                 id: u.id,
                 email: u.email,
