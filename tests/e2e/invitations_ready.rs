@@ -192,7 +192,11 @@ async fn invited_with_permissions_starts_with_them(backend: Backend) {
         perms(&granted)
     );
 
-    let token = sink.wait_for("ana@ready.test", 1).await.token("ki").expect("ki");
+    let token = sink
+        .wait_for("ana@ready.test", 1)
+        .await
+        .token("ki")
+        .expect("ki");
     // No name given on accept: the invitation's.
     let accepted = accept_new(&s, &token, None).await.expect("accept");
     let member = accepted.member.expect("member");
@@ -332,7 +336,11 @@ async fn invited_with_a_template_gets_the_copy_made_at_invitation(backend: Backe
         want
     );
 
-    let token = sink.wait_for("bo@tpl.test", 1).await.token("ki").expect("ki");
+    let token = sink
+        .wait_for("bo@tpl.test", 1)
+        .await
+        .token("ki")
+        .expect("ki");
     let bo = s
         .login("bo@tpl.test", PASSWORD)
         .await
@@ -582,8 +590,14 @@ async fn delivery_is_queued_until_the_server_takes_it_then_sent(backend: Backend
     let d = delivery(&listed(&s, &org, &mgr, &inv.invitation_id).await);
     assert_eq!(d.state, DeliveryState::Queued as i32, "{d:?}");
     assert_eq!(d.attempts, 1, "{d:?}");
-    assert!(d.last_attempt_time.is_some() && d.sent_time.is_none(), "{d:?}");
-    assert!(d.last_error.is_empty() && d.next_attempt_time.is_none(), "{d:?}");
+    assert!(
+        d.last_attempt_time.is_some() && d.sent_time.is_none(),
+        "{d:?}"
+    );
+    assert!(
+        d.last_error.is_empty() && d.next_attempt_time.is_none(),
+        "{d:?}"
+    );
     assert_eq!(sink.count_to("q@queue.test"), 0);
     sink.release();
     sink.wait_for("q@queue.test", 1).await;
@@ -591,7 +605,10 @@ async fn delivery_is_queued_until_the_server_takes_it_then_sent(backend: Backend
     assert_eq!(d.attempts, 1, "{d:?}");
     let sent = d.sent_time.expect("sent_time");
     assert!(sent.seconds >= d.last_attempt_time.expect("last attempt").seconds);
-    assert!(d.last_error.is_empty() && d.next_attempt_time.is_none(), "{d:?}");
+    assert!(
+        d.last_error.is_empty() && d.next_attempt_time.is_none(),
+        "{d:?}"
+    );
 }
 
 async fn a_refused_recipient_fails_for_good(backend: Backend) {
@@ -604,7 +621,10 @@ async fn a_refused_recipient_fails_for_good(backend: Backend) {
     let d = wait_state(&s, &org, &mgr, &inv.invitation_id, DeliveryState::Failed).await;
     assert!(d.last_error.contains("550"), "{d:?}");
     assert!(
-        d.last_error.chars().all(|c| c.is_ascii_graphic() || c == ' ') && d.last_error.len() <= 300,
+        d.last_error
+            .chars()
+            .all(|c| c.is_ascii_graphic() || c == ' ')
+            && d.last_error.len() <= 300,
         "{d:?}"
     );
     assert!(d.next_attempt_time.is_none(), "no retry after a 550: {d:?}");
@@ -655,7 +675,10 @@ async fn a_deferred_email_fails_with_a_next_attempt_then_is_sent(backend: Backen
     sink.wait_for("later@defer.test", 1).await;
     let d = wait_state(&s, &org, &mgr, &inv.invitation_id, DeliveryState::Sent).await;
     assert_eq!(d.attempts, 2, "{d:?}");
-    assert!(d.last_error.is_empty() && d.next_attempt_time.is_none(), "{d:?}");
+    assert!(
+        d.last_error.is_empty() && d.next_attempt_time.is_none(),
+        "{d:?}"
+    );
 }
 
 async fn a_resend_shows_the_new_emails_state(backend: Backend) {
@@ -691,7 +714,10 @@ async fn a_resend_shows_the_new_emails_state(backend: Backend) {
     sink.wait_for("r@resend.test", 2).await;
     let d = wait_state(&s, &org, &mgr, &inv.invitation_id, DeliveryState::Sent).await;
     let (new, old) = (d.sent_time.expect("sent"), first.sent_time.expect("sent"));
-    assert!((new.seconds, new.nanos) >= (old.seconds, old.nanos), "{d:?}");
+    assert!(
+        (new.seconds, new.nanos) >= (old.seconds, old.nanos),
+        "{d:?}"
+    );
     assert_eq!(d.attempts, 1);
 }
 
@@ -728,7 +754,12 @@ async fn twenty_parallel_accepts_make_one_membership_with_its_permissions(backen
             "{e:?}"
         );
     }
-    let user = won[0].as_ref().expect("won").member.clone().expect("member");
+    let user = won[0]
+        .as_ref()
+        .expect("won")
+        .member
+        .clone()
+        .expect("member");
     let uid = &user.user_id;
     let id = &inv.invitation_id;
     assert_eq!(

@@ -394,7 +394,9 @@ impl Env {
                 .expect("template")
                 .template_id;
         }
-        if rpc.starts_with("InvitationService/") && !rpc.starts_with("InvitationService/CreateInvitation") {
+        if rpc.starts_with("InvitationService/")
+            && !rpc.starts_with("InvitationService/CreateInvitation")
+        {
             let email = format!("invitee-{n}@matrix.io");
             w.invitation = self
                 .c

@@ -122,7 +122,10 @@ impl SmtpSink {
     pub async fn wait_held(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.ctl.waiting.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < deadline, "no delivery reached the hold gate");
+            assert!(
+                Instant::now() < deadline,
+                "no delivery reached the hold gate"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

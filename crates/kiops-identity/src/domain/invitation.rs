@@ -298,13 +298,32 @@ mod tests {
     }
 
     #[test]
+    fn nobody_invites_themselves_with_permissions() {
+        assert!(matches!(
+            check_grants("me", "me", true),
+            Err(DomainError::PermissionDenied {
+                reason: reason::SELF_PERMISSION_CHANGE,
+                ..
+            })
+        ));
+        assert!(check_grants("me", "me", false).is_ok());
+        assert!(check_grants("me", "you", true).is_ok());
+    }
+
+    #[test]
     fn r32_delivery_states() {
         let q = Delivery::derive(1, None, None, Some(5), Some(9));
         assert_eq!((q.state, q.next_attempt_at), (DeliveryState::Queued, None));
         let f = Delivery::derive(1, None, Some("451".into()), Some(5), Some(9));
-        assert_eq!((f.state, f.next_attempt_at), (DeliveryState::Failed, Some(9)));
+        assert_eq!(
+            (f.state, f.next_attempt_at),
+            (DeliveryState::Failed, Some(9))
+        );
         let gone = Delivery::derive(1, None, Some("550".into()), Some(5), None);
-        assert_eq!((gone.state, gone.next_attempt_at), (DeliveryState::Failed, None));
+        assert_eq!(
+            (gone.state, gone.next_attempt_at),
+            (DeliveryState::Failed, None)
+        );
         let s = Delivery::derive(2, Some(7), Some("451".into()), Some(6), Some(9));
         assert_eq!(
             (s.state, s.next_attempt_at, s.last_error),

@@ -84,7 +84,11 @@ pub async fn create(
     let o = o.ok_or_else(|| DomainError::not_found("organization"))?;
     // R6 templates are copied now: the invitation shows what accepting gives.
     let bits = match &template_id {
-        Some(t) => crate::service::templates::find(&tx, &org, t).await?.permissions,
+        Some(t) => {
+            crate::service::templates::find(&tx, &org, t)
+                .await?
+                .permissions
+        }
         None => bits,
     };
     if let Some(existing) = users::find_by_email(&tx, &email).await? {
