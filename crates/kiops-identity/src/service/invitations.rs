@@ -46,15 +46,12 @@ pub async fn create(
     let org = v.take(validate::id("organization_id", &r.organization_id));
     let email = v.take(validate::email("email", &r.email));
     let role = v.take(parse::role("role", r.role).map(Some));
-    let name = match r.name.as_deref() {
-        Some(n) => Some(v.take(validate::name("name", n))),
-        None => None,
-    };
+    let name = r.name.as_deref().map(|n| v.take(validate::name("name", n)));
     let bits = v.take(strict_permissions("permissions", &r.permissions));
-    let template_id = match r.template_id.as_deref() {
-        Some(t) => Some(v.take(validate::id("template_id", t))),
-        None => None,
-    };
+    let template_id = r
+        .template_id
+        .as_deref()
+        .map(|t| v.take(validate::id("template_id", t)));
     let role = role.unwrap_or(Role::Member);
     let grants = !r.permissions.is_empty() || template_id.is_some();
     if !r.permissions.is_empty() && r.template_id.is_some() {
