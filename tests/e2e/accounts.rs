@@ -996,6 +996,7 @@ async fn secrets_never_reach_the_log(backend: Backend) {
                 organization_id: org.clone(),
                 email: "new@example.com".into(),
                 role: 1,
+                ..Default::default()
             },
             &admin,
         ))

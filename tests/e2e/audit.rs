@@ -426,6 +426,7 @@ async fn invitations_write_one_event_each(backend: Backend) {
                 organization_id: org.clone(),
                 email: email.into(),
                 role: 1,
+                ..Default::default()
             },
             &kim_t,
         )
@@ -916,6 +917,7 @@ async fn refused_calls_write_no_event(backend: Backend) {
                 organization_id: org.clone(),
                 email: "x".into(),
                 role: 1,
+                ..Default::default()
             },
             &kim_t,
         ))

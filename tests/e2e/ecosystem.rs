@@ -283,6 +283,7 @@ async fn metrics_show_rpc_login_outbox_and_pool_series(backend: Backend) {
                 organization_id: org,
                 email: "park@example.com".into(),
                 role: Role::Member as i32,
+                ..Default::default()
             },
             &admin,
         ))

@@ -219,7 +219,7 @@ pub(crate) async fn database_copy(s: &TestServer) -> Vec<u8> {
     }
 }
 
-fn found_in(copy: &[u8], secrets: &[String]) -> Vec<String> {
+pub(crate) fn found_in(copy: &[u8], secrets: &[String]) -> Vec<String> {
     secrets
         .iter()
         .filter(|x| copy.windows(x.len()).any(|w| w == x.as_bytes()))
@@ -241,6 +241,7 @@ async fn no_emailed_token_is_left_in_the_database(backend: Backend) {
                 organization_id: org.clone(),
                 email: "invitee@example.com".into(),
                 role: Role::Member as i32,
+                ..Default::default()
             },
             &mgr,
         ))
@@ -651,6 +652,7 @@ async fn invitation_proves_the_address(backend: Backend) {
                         organization_id: org,
                         email: email.into(),
                         role: Role::Member as i32,
+                        ..Default::default()
                     },
                     &mgr,
                 ))
@@ -747,6 +749,7 @@ async fn accept_with_the_old_token_races_resend(backend: Backend) {
                     organization_id: org.clone(),
                     email: email.clone(),
                     role: Role::Member as i32,
+                    ..Default::default()
                 },
                 &mgr,
             ))
@@ -882,6 +885,7 @@ async fn no_token_in_any_copy(backend: Backend, key_args: &[&str]) {
                 organization_id: org.clone(),
                 email: "sealed-invitee@example.com".into(),
                 role: Role::Member as i32,
+                ..Default::default()
             },
             &mgr,
         ))

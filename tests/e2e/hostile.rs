@@ -97,7 +97,7 @@ struct Case {
 
 fn case(orgs: Vec<String>, users: Vec<String>) -> impl Strategy<Value = Case> {
     (
-        0u8..73,
+        0u8..90,
         [hostile(), hostile(), hostile(), hostile()],
         (number(), enum_value(), number()),
         (id(orgs), id(users)),
@@ -271,6 +271,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
                 organization_id: org,
                 email: a,
                 role: c.n[1],
+                ..Default::default()
             }),
             t,
         ),
@@ -646,6 +647,60 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
         72 => (
             Rpc::RevokeUserSessions(RevokeUserSessionsRequest { user_id: user }),
             t,
+        ),
+        // Invitations that arrive ready: hostile names, permission lists
+        // and template ids (85..=89).
+        85 => (
+            Rpc::CreateInvitation(CreateInvitationRequest {
+                organization_id: org,
+                email: b,
+                role: c.n[1],
+                name: Some(a),
+                permissions: c.perms.clone(),
+                template_id: None,
+            }),
+            t,
+        ),
+        86 => (
+            Rpc::CreateInvitation(CreateInvitationRequest {
+                organization_id: org,
+                email: "ready@hostile.io".into(),
+                role: c.n[1],
+                name: Some(a),
+                permissions: Vec::new(),
+                template_id: Some(user),
+            }),
+            t,
+        ),
+        87 => (
+            Rpc::CreateInvitation(CreateInvitationRequest {
+                organization_id: org.clone(),
+                email: a,
+                role: 1,
+                name: None,
+                permissions: c.perms.clone(),
+                template_id: Some(org),
+            }),
+            t,
+        ),
+        88 => (
+            Rpc::CreateInvitation(CreateInvitationRequest {
+                organization_id: org,
+                email: format!("p{}@hostile.io", c.n[0].unsigned_abs()),
+                role: 1,
+                name: Some(d),
+                permissions: c.perms.clone(),
+                template_id: None,
+            }),
+            t,
+        ),
+        89 => (
+            Rpc::AcceptInvitation(AcceptInvitationRequest {
+                token: a,
+                name: None,
+                password: Some(e),
+            }),
+            None,
         ),
         _ => (
             Rpc::RequestPasswordReset(RequestPasswordResetRequest { email: a }),

@@ -23,6 +23,7 @@ mod hardening_mail;
 mod hardening_sessions;
 mod hostile;
 mod interop;
+mod invitations_ready;
 mod isolation;
 mod keys;
 mod matrix;

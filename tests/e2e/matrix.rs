@@ -376,7 +376,7 @@ impl Env {
                 .expect("login")
                 .refresh_token;
         }
-        if rpc.contains("PermissionTemplate") {
+        if rpc.contains("PermissionTemplate") || rpc.ends_with("(with template)") {
             w.template = self
                 .members()
                 .create_permission_template(authed(
@@ -394,7 +394,9 @@ impl Env {
                 .expect("template")
                 .template_id;
         }
-        if rpc.starts_with("InvitationService/") && rpc != "InvitationService/CreateInvitation" {
+        if rpc.starts_with("InvitationService/")
+            && !rpc.starts_with("InvitationService/CreateInvitation")
+        {
             let email = format!("invitee-{n}@matrix.io");
             w.invitation = self
                 .c
@@ -405,6 +407,7 @@ impl Env {
                         organization_id: org.clone(),
                         email: email.clone(),
                         role: Role::Member as i32,
+                        ..Default::default()
                     },
                     &self.admin,
                 ))
@@ -835,6 +838,26 @@ impl Env {
                     organization_id: org,
                     email: fresh_email(),
                     role: Role::Member as i32,
+                    ..Default::default()
+                })
+            }
+            "InvitationService/CreateInvitation (with permissions)" => {
+                Rpc::CreateInvitation(CreateInvitationRequest {
+                    organization_id: org,
+                    email: fresh_email(),
+                    role: Role::Member as i32,
+                    name: Some("Ready Invitee".into()),
+                    permissions: vec![Permission::Infra as i32, Permission::Vpn as i32],
+                    ..Default::default()
+                })
+            }
+            "InvitationService/CreateInvitation (with template)" => {
+                Rpc::CreateInvitation(CreateInvitationRequest {
+                    organization_id: org,
+                    email: fresh_email(),
+                    role: Role::Member as i32,
+                    template_id: Some(w.template.clone()),
+                    ..Default::default()
                 })
             }
             "InvitationService/ListInvitations" => Rpc::ListInvitations(ListInvitationsRequest {

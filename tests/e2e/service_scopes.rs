@@ -349,6 +349,7 @@ fn closed_rpcs(org: &str, user: &str) -> Vec<Rpc> {
             organization_id: org.into(),
             email: "new@x.io".into(),
             role: Role::Member as i32,
+            ..Default::default()
         }),
         Rpc::ListJoinRequests(ListJoinRequestsRequest {
             organization_id: Some(org.into()),

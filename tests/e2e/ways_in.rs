@@ -460,6 +460,7 @@ async fn invite(
                 organization_id: org.into(),
                 email: email.into(),
                 role: role as i32,
+                ..Default::default()
             },
             t,
         ))
@@ -824,6 +825,7 @@ async fn invitation_rules_and_bad_tokens(backend: Backend) {
                 organization_id: org.clone(),
                 email: "not an email".into(),
                 role: 1,
+                ..Default::default()
             },
             &mgr,
         ))
@@ -836,6 +838,7 @@ async fn invitation_rules_and_bad_tokens(backend: Backend) {
                 organization_id: org.clone(),
                 email: "ok@example.com".into(),
                 role: 0,
+                ..Default::default()
             },
             &mgr,
         ))

@@ -1,6 +1,8 @@
 //! A minimal SMTP server on loopback that keeps every message it accepts, so
 //! tests read the real emails the service sends. It can refuse the first N
-//! messages (451) to exercise the sender's retries.
+//! messages (451) to exercise the sender's retries, refuse recipients for
+//! good (550), and hold deliveries mid-conversation (`hold`), so a test sees
+//! a message while it is being sent without racing the sender.
 
 #![allow(dead_code)]
 
@@ -43,7 +45,18 @@ pub struct SmtpSink {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
     refuse_next: Arc<AtomicUsize>,
+    ctl: Arc<Control>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Recipient refusals and the hold gate, shared by all sessions.
+#[derive(Default)]
+struct Control {
+    refused_rcpt: Mutex<Vec<String>>,
+    /// While true, MAIL FROM is not answered.
+    held: Mutex<bool>,
+    waiting: AtomicUsize,
+    release: tokio::sync::Notify,
 }
 
 impl Drop for SmtpSink {
@@ -58,12 +71,13 @@ impl SmtpSink {
         let addr = listener.local_addr().expect("addr");
         let mails = Arc::new(Mutex::new(Vec::new()));
         let refuse_next = Arc::new(AtomicUsize::new(0));
-        let (m, r) = (mails.clone(), refuse_next.clone());
+        let ctl = Arc::new(Control::default());
+        let (m, r, c) = (mails.clone(), refuse_next.clone(), ctl.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (m, r) = (m.clone(), r.clone());
+                let (m, r, c) = (m.clone(), r.clone(), c.clone());
                 tokio::spawn(async move {
-                    let _ = session(sock, m, r).await;
+                    let _ = session(sock, m, r, c).await;
                 });
             }
         });
@@ -71,6 +85,7 @@ impl SmtpSink {
             addr,
             mails,
             refuse_next,
+            ctl,
             task,
         }
     }
@@ -82,6 +97,37 @@ impl SmtpSink {
     /// Refuse (451) the next `n` MAIL commands.
     pub fn refuse_next(&self, n: usize) {
         self.refuse_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuse (550, permanent) every RCPT TO this address from now on.
+    pub fn refuse_recipient(&self, to: &str) {
+        self.ctl
+            .refused_rcpt
+            .lock()
+            .expect("refused")
+            .push(to.to_ascii_lowercase());
+    }
+
+    /// Stop answering MAIL FROM until `release`: a sender stays mid-delivery.
+    pub fn hold(&self) {
+        *self.ctl.held.lock().expect("held") = true;
+    }
+
+    pub fn release(&self) {
+        *self.ctl.held.lock().expect("held") = false;
+        self.ctl.release.notify_waiters();
+    }
+
+    /// Waits until `n` deliveries are waiting at the hold gate.
+    pub async fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ctl.waiting.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no delivery reached the hold gate"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
@@ -122,6 +168,7 @@ async fn session(
     sock: tokio::net::TcpStream,
     mails: Arc<Mutex<Vec<Mail>>>,
     refuse: Arc<AtomicUsize>,
+    ctl: Arc<Control>,
 ) -> std::io::Result<()> {
     let (read, mut write) = sock.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -137,10 +184,20 @@ async fn session(
                 .is_ok();
             if refused {
                 write.write_all(b"451 try again later\r\n").await?;
-            } else {
-                to.clear();
-                write.write_all(b"250 OK\r\n").await?;
+                continue;
             }
+            // Refusals go first: a test can refuse one attempt and hold the next.
+            ctl.waiting.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let released = ctl.release.notified();
+                if !*ctl.held.lock().expect("held") {
+                    break;
+                }
+                released.await;
+            }
+            ctl.waiting.fetch_sub(1, Ordering::SeqCst);
+            to.clear();
+            write.write_all(b"250 OK\r\n").await?;
         } else if upper.starts_with("RCPT TO") {
             let addr = line[8..]
                 .trim()
@@ -148,6 +205,17 @@ async fn session(
                 .trim()
                 .trim_matches(['<', '>'])
                 .to_string();
+            let refused = ctl
+                .refused_rcpt
+                .lock()
+                .expect("refused")
+                .contains(&addr.to_ascii_lowercase());
+            if refused {
+                write
+                    .write_all(b"550 5.1.1 recipient refused: no such mailbox\r\n")
+                    .await?;
+                continue;
+            }
             to.push(addr);
             write.write_all(b"250 OK\r\n").await?;
         } else if upper == "DATA" {

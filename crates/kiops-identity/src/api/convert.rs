@@ -105,7 +105,7 @@ pub fn template(t: &Template) -> v1::PermissionTemplate {
     }
 }
 
-use crate::domain::invitation::{Invitation, InvitationStatus};
+use crate::domain::invitation::{Delivery, DeliveryState, Invitation, InvitationStatus};
 use crate::domain::join_request::{JoinRequestStatus, JoinRequestView};
 
 fn invitation_status(s: InvitationStatus) -> v1::InvitationStatus {
@@ -129,6 +129,26 @@ pub fn invitation(i: &Invitation) -> v1::Invitation {
         inviter_id: i.inviter_id.clone(),
         create_time: Some(timestamp(i.created_at_ms)),
         expire_time: Some(timestamp(i.expires_at_ms)),
+        name: i.name.clone().unwrap_or_default(),
+        permissions: perm_numbers(&Permission::from_bits(i.permissions)),
+        template_id: i.template_id.clone().unwrap_or_default(),
+        delivery: i.delivery.as_ref().map(delivery),
+    }
+}
+
+fn delivery(d: &Delivery) -> v1::InvitationDelivery {
+    let state = match d.state {
+        DeliveryState::Queued => v1::DeliveryState::Queued,
+        DeliveryState::Sent => v1::DeliveryState::Sent,
+        DeliveryState::Failed => v1::DeliveryState::Failed,
+    };
+    v1::InvitationDelivery {
+        state: state as i32,
+        attempts: d.attempts,
+        last_error: d.last_error.clone().unwrap_or_default(),
+        last_attempt_time: d.last_attempt_at.map(timestamp),
+        next_attempt_time: d.next_attempt_at.map(timestamp),
+        sent_time: d.sent_at.map(timestamp),
     }
 }
 

@@ -57,6 +57,87 @@ pub struct Invitation {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub decided_at_ms: Option<i64>,
+    /// The invitee's display name: the account's name on accept when the
+    /// acceptor gives none.
+    pub name: Option<String>,
+    /// Granted permissions the membership starts with (a Member's only:
+    /// a Manager holds all categories anyway).
+    pub permissions: u8,
+    /// The template `permissions` were copied from at creation, if any.
+    pub template_id: Option<String>,
+    /// Where its newest email stands; None where it was not read.
+    pub delivery: Option<Delivery>,
+}
+
+/// R32: where an invitation's newest email stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not delivered yet and no attempt failed (an attempt may be under way).
+    Queued,
+    /// The SMTP server accepted it.
+    Sent,
+    /// The last attempt failed; retried at `next_attempt_at` if set.
+    Failed,
+}
+
+/// The delivery record of one outbox message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub state: DeliveryState,
+    pub attempts: i32,
+    /// SMTP error text of the last failed attempt (no secret: the server's
+    /// answer or the connection error).
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<i64>,
+    /// When another attempt is scheduled; None when sent or given up.
+    pub next_attempt_at: Option<i64>,
+    pub sent_at: Option<i64>,
+}
+
+impl Delivery {
+    /// A message just queued, as the transaction that queued it sees it.
+    pub fn queued() -> Self {
+        Delivery {
+            state: DeliveryState::Queued,
+            attempts: 0,
+            last_error: None,
+            last_attempt_at: None,
+            next_attempt_at: None,
+            sent_at: None,
+        }
+    }
+
+    /// From the stored columns; `next_attempt_at` is None for a message
+    /// given up for good.
+    pub fn derive(
+        attempts: i32,
+        sent_at: Option<i64>,
+        last_error: Option<String>,
+        last_attempt_at: Option<i64>,
+        next_attempt_at: Option<i64>,
+    ) -> Self {
+        let state = match (sent_at, &last_error) {
+            (Some(_), _) => DeliveryState::Sent,
+            (None, Some(_)) => DeliveryState::Failed,
+            (None, None) => DeliveryState::Queued,
+        };
+        Delivery {
+            next_attempt_at: if state == DeliveryState::Failed {
+                next_attempt_at
+            } else {
+                None
+            },
+            last_error: if state == DeliveryState::Sent {
+                None
+            } else {
+                last_error
+            },
+            state,
+            attempts,
+            last_attempt_at,
+            sent_at,
+        }
+    }
 }
 
 impl Invitation {
@@ -170,6 +251,21 @@ pub fn who_accepts(
     }
 }
 
+/// R3/H4 for invitations that carry permissions: they are what
+/// SetPermissions would grant the invitee, and nobody grants permissions to
+/// their own account, PlatformAdmins included. Checked when inviting
+/// (`invitee`: the account that holds the invited email) and again when
+/// accepting (the accepting account), should an address ever change hands.
+pub fn check_grants(inviter: &str, invitee: &str, grants: bool) -> Result<(), DomainError> {
+    if grants && inviter == invitee {
+        return Err(DomainError::denied(
+            reason::SELF_PERMISSION_CHANGE,
+            "you cannot invite yourself with permissions",
+        ));
+    }
+    Ok(())
+}
+
 /// The refusal of `Acceptance::LoginRequired`.
 pub fn login_required() -> DomainError {
     DomainError::unauthenticated(
@@ -194,7 +290,45 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms,
             decided_at_ms: None,
+            name: None,
+            permissions: 0,
+            template_id: None,
+            delivery: None,
         }
+    }
+
+    #[test]
+    fn nobody_invites_themselves_with_permissions() {
+        assert!(matches!(
+            check_grants("me", "me", true),
+            Err(DomainError::PermissionDenied {
+                reason: reason::SELF_PERMISSION_CHANGE,
+                ..
+            })
+        ));
+        assert!(check_grants("me", "me", false).is_ok());
+        assert!(check_grants("me", "you", true).is_ok());
+    }
+
+    #[test]
+    fn r32_delivery_states() {
+        let q = Delivery::derive(1, None, None, Some(5), Some(9));
+        assert_eq!((q.state, q.next_attempt_at), (DeliveryState::Queued, None));
+        let f = Delivery::derive(1, None, Some("451".into()), Some(5), Some(9));
+        assert_eq!(
+            (f.state, f.next_attempt_at),
+            (DeliveryState::Failed, Some(9))
+        );
+        let gone = Delivery::derive(1, None, Some("550".into()), Some(5), None);
+        assert_eq!(
+            (gone.state, gone.next_attempt_at),
+            (DeliveryState::Failed, None)
+        );
+        let s = Delivery::derive(2, Some(7), Some("451".into()), Some(6), Some(9));
+        assert_eq!(
+            (s.state, s.next_attempt_at, s.last_error),
+            (DeliveryState::Sent, None, None)
+        );
     }
 
     fn reason_of(r: Result<(), DomainError>) -> &'static str {

@@ -79,12 +79,46 @@ fn build(settings: &MailSettings, m: &OutboxEmail, text: &str) -> Result<Message
         .map_err(|e| format!("message: {e}"))
 }
 
+/// A failed delivery: its error text, and whether the SMTP server refused
+/// it for good (5xx), so another attempt would not help (R32).
+struct Failure {
+    error: String,
+    permanent: bool,
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Self {
+        Failure {
+            error,
+            permanent: false,
+        }
+    }
+}
+
+/// Longest error text kept for ListInvitations.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// The error as stored and shown: printable ASCII on one line, bounded.
+fn printable(e: &str) -> String {
+    let one_line: String = e
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .collect();
+    one_line
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(MAX_ERROR_CHARS)
+        .collect()
+}
+
 async fn deliver(
     settings: &MailSettings,
     transport: &Transport,
     m: &OutboxEmail,
     text: &str,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     match transport {
         Transport::Log => {
             // Embedded default only (no SMTP configured): the log is the
@@ -100,7 +134,10 @@ async fn deliver(
         }
         Transport::Smtp(smtp) => {
             let msg = build(settings, m, text)?;
-            smtp.send(msg).await.map(|_| ()).map_err(|e| e.to_string())
+            smtp.send(msg).await.map(|_| ()).map_err(|e| Failure {
+                permanent: e.is_permanent(),
+                error: printable(&e.to_string()),
+            })
         }
     }
 }
@@ -146,7 +183,17 @@ pub async fn drain_once(s: &Sender) -> Result<(usize, bool), DomainError> {
                 delivered += 1;
                 erased |= legacy || m.secret.is_some();
             }
-            Err(e) => {
+            Err(Failure {
+                error: e,
+                permanent: true,
+            }) => {
+                // Refused for good (e.g. 550 unknown recipient): retrying
+                // would only be refused again.
+                outbox::abandon(conn, &m.id, &e).await?;
+                erased |= m.secret.is_some();
+                tracing::warn!(email_id = %m.id, attempts = m.attempts + 1, error = %e, "email refused by the SMTP server; given up");
+            }
+            Err(Failure { error: e, .. }) => {
                 let backoff = (1000i64 << m.attempts.clamp(0, 22)).min(MAX_BACKOFF_MS);
                 outbox::mark_failed(conn, &m.id, s.clock.now_ms() + backoff, &e).await?;
                 // Logged after the failure is recorded, so the line means the

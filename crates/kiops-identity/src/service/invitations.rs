@@ -7,7 +7,9 @@ use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::{reason, Violations};
-use crate::domain::invitation::{self, unusable, Acceptance, Invitation, InvitationStatus};
+use crate::domain::invitation::{
+    self, unusable, Acceptance, Delivery, Invitation, InvitationStatus,
+};
 use crate::domain::membership::Member;
 use crate::domain::model::Role;
 use crate::domain::page_token;
@@ -44,8 +46,32 @@ pub async fn create(
     let org = v.take(validate::id("organization_id", &r.organization_id));
     let email = v.take(validate::email("email", &r.email));
     let role = v.take(parse::role("role", r.role).map(Some));
-    v.into_result()?;
+    let name = r.name.as_deref().map(|n| v.take(validate::name("name", n)));
+    let bits = v.take(strict_permissions("permissions", &r.permissions));
+    let template_id = r
+        .template_id
+        .as_deref()
+        .map(|t| v.take(validate::id("template_id", t)));
     let role = role.unwrap_or(Role::Member);
+    let grants = !r.permissions.is_empty() || template_id.is_some();
+    if !r.permissions.is_empty() && r.template_id.is_some() {
+        v.check(Err(FieldViolation::new(
+            "template_id",
+            "give permissions or template_id, not both",
+        )));
+    }
+    if grants && role == Role::Manager {
+        let field = if r.template_id.is_some() {
+            "template_id"
+        } else {
+            "permissions"
+        };
+        v.check(Err(FieldViolation::new(
+            field,
+            "a Manager holds every permission: invite ROLE_MANAGER without permissions",
+        )));
+    }
+    v.into_result()?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let o = organizations::lock(&tx, &org).await?;
@@ -53,7 +79,17 @@ pub async fn create(
     access::require_manager(&caller, caller_role)?;
     access::require_may_grant(&caller, role)?;
     let o = o.ok_or_else(|| DomainError::not_found("organization"))?;
+    // R6 templates are copied now: the invitation shows what accepting gives.
+    let bits = match &template_id {
+        Some(t) => {
+            crate::service::templates::find(&tx, &org, t)
+                .await?
+                .permissions
+        }
+        None => bits,
+    };
     if let Some(existing) = users::find_by_email(&tx, &email).await? {
+        invitation::check_grants(&caller.user_id, &existing.id, grants)?;
         if memberships::find(&tx, &org, &existing.id).await?.is_some() {
             return Err(DomainError::exists(
                 reason::ALREADY_MEMBER,
@@ -79,12 +115,15 @@ pub async fn create(
             inviter_id: caller.user_id.clone(),
             token_hash: hash_token(&token),
             ttl_ms: TTL_MS,
+            name,
+            permissions: bits,
+            template_id,
         },
         now,
     )
     .await?;
     send(&app, tx, &inv, &o.name, &caller, &token, now).await?;
-    Ok(inv.seen_at(now))
+    Ok(with_queued(inv).seen_at(now))
 }
 
 pub async fn list(
@@ -105,10 +144,15 @@ pub async fn list(
     let after = cursor.after_ms_and_id();
     let now = app.clock.now_ms();
     let (rows, total) = invitations::list(conn, &org, status, after, size + 1, now).await?;
+    let ids: Vec<String> = rows.iter().map(|i| i.id.clone()).collect();
+    let mut deliveries = outbox::invitation_deliveries(conn, &ids).await?;
     let page = cursor.page(rows, size, total, |l| {
         vec![json!(l.created_at_ms), json!(l.id)]
     });
-    Ok(page.map(|i| i.seen_at(now)))
+    Ok(page.map(|mut i| {
+        i.delivery = deliveries.remove(&i.id);
+        i.seen_at(now)
+    }))
 }
 
 pub async fn resend(
@@ -140,7 +184,7 @@ pub async fn resend(
         return Err(unusable(current.status_at(now)));
     };
     send(&app, tx, &after, &org.name, &caller, &token, now).await?;
-    Ok(after.seen_at(now))
+    Ok(with_queued(after).seen_at(now))
 }
 
 pub async fn revoke(
@@ -153,7 +197,10 @@ pub async fn revoke(
     if !invitations::revoke(&tx, &meta, caller.actor(), &inv, now).await? {
         return Err(unusable(inv.status_at(now)));
     }
-    let after = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
+    let mut after = invitations::find(&tx, &inv.id).await?.unwrap_or(inv);
+    after.delivery = outbox::invitation_deliveries(&tx, std::slice::from_ref(&after.id))
+        .await?
+        .remove(&after.id);
     tx.commit().await?;
     Ok(after.seen_at(now))
 }
@@ -177,6 +224,7 @@ pub async fn accept(
     )? {
         Acceptance::AccountOwner => {
             let u = existing.ok_or_else(|| DomainError::internal("accept without account"))?;
+            invitation::check_grants(&inv.inviter_id, &u.id, inv.permissions != 0)?;
             Acceptor::Account {
                 id: u.id,
                 email: u.email,
@@ -194,7 +242,9 @@ pub async fn accept(
         }
         Acceptance::NewAccount => {
             let mut v = Violations::new();
-            let name = v.take(validate::name("name", r.name.as_deref().unwrap_or("")));
+            // The invitation's name when the acceptor gives none.
+            let given = r.name.as_deref().or(inv.name.as_deref()).unwrap_or("");
+            let name = v.take(validate::name("name", given));
             let password = r.password.unwrap_or_default();
             v.check(password_policy::check("password", &password, &inv.email));
             v.into_result()?;
@@ -235,6 +285,29 @@ pub async fn decline(app: App, meta: RequestMeta, token: String) -> Result<(), D
     tx.commit().await
 }
 
+/// The invitation as the transaction that queued its new email sees it.
+fn with_queued(mut i: Invitation) -> Invitation {
+    i.delivery = Some(Delivery::queued());
+    i
+}
+
+/// Invitation permissions: the seven categories, each at most once
+/// (a repeated one is a caller's mistake worth naming).
+fn strict_permissions(field: &str, list: &[i32]) -> Result<u8, FieldViolation> {
+    let mut bits = 0u8;
+    for (n, p) in list.iter().enumerate() {
+        let b = parse::permission(&format!("{field}[{n}]"), *p)?.bit();
+        if bits & b != 0 {
+            return Err(FieldViolation::new(
+                format!("{field}[{n}]"),
+                "repeated permission",
+            ));
+        }
+        bits |= b;
+    }
+    Ok(bits)
+}
+
 /// ListInvitations' status filter; UNSPECIFIED means any.
 fn status_filter(field: &str, n: i32) -> Result<Option<InvitationStatus>, FieldViolation> {
     use v1::InvitationStatus as P;
@@ -259,7 +332,7 @@ async fn send(
     token: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    outbox::enqueue(
+    let email_id = outbox::enqueue(
         &tx,
         messages::invitation(
             &app.mail,
@@ -273,6 +346,7 @@ async fn send(
         now,
     )
     .await?;
+    outbox::link_invitation(&tx, &email_id, &inv.id).await?;
     tx.commit().await?;
     app.mail_wakeup.notify_one();
     Ok(())

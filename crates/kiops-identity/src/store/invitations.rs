@@ -39,12 +39,32 @@ impl From<inv::Model> for Invitation {
             created_at_ms: m.created_at,
             expires_at_ms: m.expires_at,
             decided_at_ms: m.decided_at,
+            name: m.name,
+            permissions: u8::try_from(m.permissions).unwrap_or(0) & 0x7f,
+            template_id: m.template_id,
+            delivery: None,
         }
     }
 }
 
 fn snapshot(i: &Invitation, now: i64) -> Value {
-    json!({"email": i.email, "role": i.role.as_str(), "status": i.status_at(now).as_str(), "expires_at": i.expires_at_ms})
+    json!({
+        "email": i.email,
+        "role": i.role.as_str(),
+        "status": i.status_at(now).as_str(),
+        "expires_at": i.expires_at_ms,
+        "name": i.name,
+        "permissions": permission_names(i.permissions),
+        "template_id": i.template_id,
+    })
+}
+
+/// Audit form of a permission set.
+pub fn permission_names(bits: u8) -> Vec<&'static str> {
+    kiops_token::Permission::from_bits(bits)
+        .into_iter()
+        .map(|p| p.as_str())
+        .collect()
 }
 
 pub struct NewInvitation {
@@ -54,6 +74,9 @@ pub struct NewInvitation {
     pub inviter_id: String,
     pub token_hash: String,
     pub ttl_ms: i64,
+    pub name: Option<String>,
+    pub permissions: u8,
+    pub template_id: Option<String>,
 }
 
 pub async fn create<C: ConnectionTrait>(
@@ -75,6 +98,9 @@ pub async fn create<C: ConnectionTrait>(
         created_at: Set(now),
         expires_at: Set(now + n.ttl_ms),
         decided_at: Set(None),
+        name: Set(n.name),
+        permissions: Set(i32::from(n.permissions)),
+        template_id: Set(n.template_id),
     }
     .insert(conn)
     .await
@@ -309,7 +335,17 @@ pub async fn accept<C: ConnectionTrait>(
         }
     };
     audit_decision(conn, meta, actor.clone(), i, Decision::Accept, now).await?;
-    memberships::add(conn, meta, actor, &i.organization_id, &user_id, i.role, now).await?;
+    memberships::add_granted(
+        conn,
+        meta,
+        actor,
+        &i.organization_id,
+        &user_id,
+        i.role,
+        i.permissions,
+        now,
+    )
+    .await?;
     Ok(Some(user_id))
 }
 
@@ -367,6 +403,8 @@ async fn audit_decision<C: ConnectionTrait>(
                 "before": {"status": i.status_at(now).as_str()},
                 "after": {"status": d.to().as_str()},
                 "email": i.email,
+                "permissions": permission_names(i.permissions),
+                "template_id": i.template_id,
             })),
         now,
     )

@@ -190,6 +190,22 @@ pub async fn add<C: ConnectionTrait>(
     role: Role,
     now: i64,
 ) -> Result<(), DomainError> {
+    add_granted(conn, meta, actor, org, user_id, role, 0, now).await
+}
+
+/// A new membership that starts with the granted permissions `bits` (an
+/// accepted invitation's).
+#[allow(clippy::too_many_arguments)]
+pub async fn add_granted<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    org: &str,
+    user_id: &str,
+    role: Role,
+    bits: u8,
+    now: i64,
+) -> Result<(), DomainError> {
     let person = user::Entity::find_by_id(user_id.to_string())
         .one(conn)
         .await
@@ -199,7 +215,7 @@ pub async fn add<C: ConnectionTrait>(
         organization_id: Set(org.to_string()),
         user_id: Set(user_id.to_string()),
         role: Set(role.as_str().to_string()),
-        permissions: Set(0),
+        permissions: Set(i32::from(bits)),
         joined_at: Set(now),
         email: Set(person.email),
         name_lower: Set(person.name_lower),
@@ -210,12 +226,16 @@ pub async fn add<C: ConnectionTrait>(
         reason::ALREADY_MEMBER,
         "the user is already a member",
     ))?;
+    let names: Vec<&str> = kiops_token::Permission::from_bits(bits)
+        .into_iter()
+        .map(|p| p.as_str())
+        .collect();
     audit::record(
         conn,
         meta,
         AuditEntry::new(actor, "membership.added", "user", user_id)
             .org(org)
-            .details(json!({"after": {"role": role.as_str(), "permissions": []}})),
+            .details(json!({"after": {"role": role.as_str(), "permissions": names}})),
         now,
     )
     .await

@@ -14,6 +14,7 @@
 
 use super::db_err;
 use super::entity::email_outbox as outbox;
+use crate::domain::invitation::Delivery;
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -100,6 +101,8 @@ pub async fn enqueue<C: ConnectionTrait>(
         last_error: Set(None),
         secret_expires_at: Set(e.secret.as_ref().map(|s| s.expires_at)),
         secret: Set(e.secret.map(|s| s.token)),
+        invitation_id: Set(None),
+        last_attempt_at: Set(None),
     }
     .insert(conn)
     .await
@@ -136,6 +139,7 @@ pub async fn claim<C: ConnectionTrait>(
 ) -> Result<bool, DomainError> {
     let n = outbox::Entity::update_many()
         .col_expr(outbox::Column::NextAttemptAt, Expr::value(now + lease_ms))
+        .col_expr(outbox::Column::LastAttemptAt, Expr::value(now))
         .col_expr(
             outbox::Column::Attempts,
             Expr::col(outbox::Column::Attempts).add(1),
@@ -257,4 +261,54 @@ pub async fn backlog<C: ConnectionTrait>(conn: &C) -> Result<u64, DomainError> {
         .count(conn)
         .await
         .map_err(db_err)
+}
+
+/// Marks message `id` as the email of invitation `invitation_id` (R32), in
+/// the transaction that queued it.
+pub async fn link_invitation<C: ConnectionTrait>(
+    conn: &C,
+    id: &str,
+    invitation_id: &str,
+) -> Result<(), DomainError> {
+    outbox::Entity::update_many()
+        .col_expr(outbox::Column::InvitationId, Expr::value(invitation_id))
+        .filter(outbox::Column::Id.eq(id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// R32: the delivery record of the newest email of each invitation of
+/// `ids` (a resend's email replaces the earlier one's state).
+pub async fn invitation_deliveries<C: ConnectionTrait>(
+    conn: &C,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Delivery>, DomainError> {
+    let mut out = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::InvitationId.is_in(ids.iter().cloned()))
+        .order_by_desc(outbox::Column::CreatedAt)
+        .order_by_desc(outbox::Column::Id)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    for m in rows {
+        let Some(inv) = m.invitation_id.clone() else {
+            continue;
+        };
+        out.entry(inv).or_insert_with(|| {
+            Delivery::derive(
+                m.attempts,
+                m.sent_at,
+                m.last_error,
+                m.last_attempt_at,
+                (m.next_attempt_at != NEVER).then_some(m.next_attempt_at),
+            )
+        });
+    }
+    Ok(out)
 }

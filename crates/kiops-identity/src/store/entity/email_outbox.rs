@@ -19,6 +19,10 @@ pub struct Model {
     /// erased on delivery or when it expires. Never printed by Debug.
     pub secret: Option<String>,
     pub secret_expires_at: Option<i64>,
+    /// The invitation this message delivers, if any.
+    pub invitation_id: Option<String>,
+    /// When the last delivery attempt started.
+    pub last_attempt_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Model {

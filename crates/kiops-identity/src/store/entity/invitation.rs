@@ -16,6 +16,12 @@ pub struct Model {
     pub created_at: i64,
     pub expires_at: i64,
     pub decided_at: Option<i64>,
+    /// The invitee's display name, for the account made on accept.
+    pub name: Option<String>,
+    /// Granted permissions the membership starts with (7-bit set).
+    pub permissions: i32,
+    /// The template `permissions` were copied from, if any.
+    pub template_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
