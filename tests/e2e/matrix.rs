@@ -185,6 +185,7 @@ impl Env {
                     orgs: Default::default(),
                     session_id: None,
                     email_verified: false,
+                    amr: Vec::new(),
                 },
                 now - 3600,
             )
