@@ -40,4 +40,5 @@ mod service_scopes;
 mod service_tokens;
 mod sessions;
 mod stress;
+mod totp;
 mod ways_in;
