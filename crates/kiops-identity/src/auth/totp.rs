@@ -1,10 +1,9 @@
 //! TOTP (RFC 6238 over RFC 4226's HOTP, HMAC-SHA1, 6 digits, 30 seconds)
-//! and recovery codes. The shared secret is sealed at rest
-//! (`mail::seal`, bound to the account); recovery codes are stored as
-//! SHA-256 digests only, like other single-use secrets.
+//! and recovery codes. The shared secret is sealed at rest by
+//! `service::totp` (`mail::seal`, bound to the account); recovery codes are
+//! stored as SHA-256 digests only, like other single-use secrets.
 
 use crate::auth::secrets::hash_token;
-use crate::mail::seal::SecretSeal;
 use data_encoding::BASE32_NOPAD;
 use rand::RngCore;
 use sha1::{Digest, Sha1};
@@ -22,10 +21,6 @@ pub const ISSUER: &str = "KIOPS";
 const SECRET_LEN: usize = 20;
 /// Base32 characters of a recovery code (100 bits), shown in groups of 5.
 const RECOVERY_LEN: usize = 20;
-/// Sealing key used only when the server has no key file. It keeps
-/// secrets out of casual dumps; only a key kept outside the database
-/// protects them against a copy of it (SECURITY.md).
-const FALLBACK_SEAL_INFO: &[u8] = b"kiops-identity totp fallback seal v1";
 
 /// A new random secret, base32 without padding.
 pub fn new_secret() -> String {
@@ -143,17 +138,6 @@ pub fn recovery_code_hash(normalized: &str) -> String {
     hash_token(&format!("krc_{normalized}"))
 }
 
-/// The seal for TOTP secrets: the server's key (outbox or signing key
-/// file) when it has one, else a fixed fallback; opening tries both, so
-/// configuring a key later keeps older secrets readable.
-pub fn seal_of(server: &SecretSeal) -> SecretSeal {
-    let mut fallback = [0u8; 32];
-    // Cannot fail for a 32-byte output.
-    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, b"kiops")
-        .expand(FALLBACK_SEAL_INFO, &mut fallback);
-    server.with_extra_key(fallback)
-}
-
 /// What the seal binds a secret to (its account).
 pub fn seal_context(user_id: &str) -> String {
     format!("totp:{user_id}")
@@ -217,16 +201,5 @@ mod tests {
         let uri = otpauth_uri("kim+x@example.com", &s);
         assert!(uri.starts_with("otpauth://totp/KIOPS:kim%2Bx@example.com?secret="));
         assert!(uri.ends_with("&issuer=KIOPS&algorithm=SHA1&digits=6&period=30"));
-        let seal = seal_of(&SecretSeal::none());
-        let sealed = seal.seal(&s, &seal_context("u1"));
-        assert!(!sealed.contains(&s));
-        assert_eq!(seal.open(&sealed, &seal_context("u1")).as_deref(), Ok(s.as_str()));
-        assert!(seal.open(&sealed, &seal_context("u2")).is_err());
-        // A key configured later still opens the older secret.
-        let keyed = seal_of(&SecretSeal::with_keys(vec![[3; 32]]));
-        assert_eq!(keyed.open(&sealed, &seal_context("u1")).as_deref(), Ok(s.as_str()));
-        assert!(SecretSeal::with_keys(vec![[3; 32]])
-            .open(&keyed.seal(&s, "c"), "c")
-            .is_ok());
     }
 }

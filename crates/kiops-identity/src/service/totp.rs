@@ -18,6 +18,7 @@ use crate::auth::totp as otp;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::reason;
 use crate::domain::{Caller, DomainError, FieldViolation};
+use crate::mail::seal::SecretSeal;
 use crate::store::logins::{self, actor_of, Lockout};
 use crate::store::users::{self, User};
 use crate::store::{sessions, totp, WriteTx};
@@ -209,8 +210,23 @@ pub async fn consume(
     }
 }
 
+/// Sealing key used only when the server has no key file. It keeps
+/// secrets out of casual dumps; only a key kept outside the database
+/// protects them against a copy of it (SECURITY.md).
+const FALLBACK_SEAL_INFO: &[u8] = b"kiops-identity totp fallback seal v1";
+
+/// The seal for TOTP secrets: the server's key (outbox or signing key
+/// file) when it has one, else a fixed fallback; opening tries both, so
+/// configuring a key later keeps older secrets readable.
+fn seal_of(server: &SecretSeal) -> SecretSeal {
+    let mut fallback = [0u8; 32];
+    // Cannot fail for a 32-byte output.
+    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, b"kiops").expand(FALLBACK_SEAL_INFO, &mut fallback);
+    server.with_extra_key(fallback)
+}
+
 fn open_secret(app: &App, user_id: &str, sealed: &str) -> Result<String, DomainError> {
-    otp::seal_of(&app.mail.seal)
+    seal_of(&app.mail.seal)
         .open(sealed, &otp::seal_context(user_id))
         .map_err(|e| DomainError::internal(format!("TOTP secret of {user_id}: {e}")))
 }
@@ -229,7 +245,7 @@ pub async fn start_enrollment(
     caller: Caller,
 ) -> Result<Enrollment, DomainError> {
     let secret = otp::new_secret();
-    let sealed = otp::seal_of(&app.mail.seal).seal(&secret, &otp::seal_context(&caller.user_id));
+    let sealed = seal_of(&app.mail.seal).seal(&secret, &otp::seal_context(&caller.user_id));
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     if !totp::start(&tx, &meta, caller.actor(), &caller.user_id, &sealed, now).await? {
@@ -401,4 +417,46 @@ pub async fn reset_for_user(
 /// The digest a challenge keeps of the password hash its login verified.
 pub fn password_digest(user: &User) -> String {
     hash_token(&user.password_hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_sealed_to_their_account_and_survive_a_new_key() {
+        let s = otp::new_secret();
+        let seal = seal_of(&SecretSeal::none());
+        let sealed = seal.seal(&s, &otp::seal_context("u1"));
+        assert!(!sealed.contains(&s));
+        assert_eq!(
+            seal.open(&sealed, &otp::seal_context("u1")).as_deref(),
+            Ok(s.as_str())
+        );
+        assert!(seal.open(&sealed, &otp::seal_context("u2")).is_err());
+        // A key configured later still opens the older secret.
+        let keyed = seal_of(&SecretSeal::with_keys(vec![[3; 32]]));
+        assert_eq!(
+            keyed.open(&sealed, &otp::seal_context("u1")).as_deref(),
+            Ok(s.as_str())
+        );
+        // With a key, the key seals (not the fallback).
+        assert!(SecretSeal::with_keys(vec![[3; 32]])
+            .open(&keyed.seal(&s, "c"), "c")
+            .is_ok());
+    }
+
+    #[test]
+    fn proofs_are_exactly_one_well_formed_field() {
+        assert!(matches!(parse_proof("123456", "", true), Ok(Proof::Code(_))));
+        let rec = otp::new_recovery_code();
+        assert!(matches!(parse_proof("", &rec, true), Ok(Proof::Recovery(_))));
+        for (c, r) in [("", ""), ("123456", rec.as_str()), ("12345", ""), ("abcdef", ""), ("", "x")] {
+            assert!(
+                matches!(parse_proof(c, r, true), Err(DomainError::InvalidArgument(_))),
+                "{c:?} {r:?}"
+            );
+        }
+        assert!(parse_proof("", &rec, false).is_err(), "a code only");
+    }
 }
