@@ -1131,11 +1131,13 @@ impl Env {
                 })
             }
             // TOTP (R30): the caller's own factor, never anyone else's.
-            "AuthService/VerifySecondFactor" => Rpc::VerifySecondFactor(VerifySecondFactorRequest {
-                challenge: w.challenge.clone(),
-                code: w.code.clone(),
-                recovery_code: String::new(),
-            }),
+            "AuthService/VerifySecondFactor" => {
+                Rpc::VerifySecondFactor(VerifySecondFactorRequest {
+                    challenge: w.challenge.clone(),
+                    code: w.code.clone(),
+                    recovery_code: String::new(),
+                })
+            }
             "UserService/StartTotpEnrollment" => {
                 Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {})
             }

@@ -154,7 +154,9 @@ async fn enroll_confirm_and_log_in_with_the_second_factor(backend: Backend) {
         users
             .clone()
             .confirm_totp_enrollment(authed(
-                ConfirmTotpEnrollmentRequest { code: "12a456".into() },
+                ConfirmTotpEnrollmentRequest {
+                    code: "12a456".into(),
+                },
                 &token,
             ))
             .await,
@@ -292,7 +294,11 @@ async fn a_code_works_once(backend: Backend) {
     for _ in 0..20 {
         challenges.push(challenge(&s, "kim@totp.test").await);
     }
-    let before = sql_i64(&s, "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'").await;
+    let before = sql_i64(
+        &s,
+        "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'",
+    )
+    .await;
     let calls: Vec<_> = challenges
         .into_iter()
         .map(|c| {
@@ -321,7 +327,11 @@ async fn a_code_works_once(backend: Backend) {
         }
     }
     assert_eq!(ok, 1, "one code, one session");
-    let after = sql_i64(&s, "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'").await;
+    let after = sql_i64(
+        &s,
+        "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'",
+    )
+    .await;
     assert_eq!(after - before, 1);
     let (_, pending, _) = counters(&s, "kim@totp.test").await;
     assert_eq!(pending, 0, "every slot given back");
@@ -365,7 +375,11 @@ async fn parallel_verifies_open_one_session(backend: Backend) {
     }
     assert_eq!(ok, 1, "one challenge, one session");
     assert_eq!(
-        sql_i64(&s, "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'").await,
+        sql_i64(
+            &s,
+            "SELECT COUNT(*) AS n FROM sessions WHERE amr = 'pwd otp'"
+        )
+        .await,
         2,
         "the confirming session and this one"
     );
@@ -415,7 +429,10 @@ async fn wrong_codes_lock_the_account_exactly(backend: Backend) {
                 Err(e) => assert_eq!(reason(&e), "SECOND_FACTOR_INVALID", "{e:?}"),
             }
         }
-        assert!(wins.iter().all(|i| Some(*i) == right_at), "a wrong code won");
+        assert!(
+            wins.iter().all(|i| Some(*i) == right_at),
+            "a wrong code won"
+        );
         let (count, pending, locked) = counters(&s, "kim@totp.test").await;
         assert_eq!(pending, 0, "round {round}: every slot given back");
         if round == 0 {
@@ -493,7 +510,10 @@ async fn logging_in_again_does_not_reset_the_count_of_wrong_codes(backend: Backe
         );
     }
     let (_, _, locked) = counters(&s, "kim@totp.test").await;
-    assert!(locked, "{THRESHOLD} wrong codes over {THRESHOLD} logins lock");
+    assert!(
+        locked,
+        "{THRESHOLD} wrong codes over {THRESHOLD} logins lock"
+    );
     assert_reason(
         s.login("kim@totp.test", PASSWORD).await,
         Code::Unauthenticated,
@@ -594,7 +614,12 @@ async fn recovery_codes_work_once(backend: Backend) {
     assert_eq!(events(&s, "user.recovery_codes_regenerated", &kim).await, 1);
     // Malformed input is INVALID_ARGUMENT, never counted.
     let c = challenge(&s, "kim@totp.test").await;
-    for (code, rec) in [("", ""), ("123456", &fresh[1][..]), ("12345", ""), ("", "short")] {
+    for (code, rec) in [
+        ("", ""),
+        ("123456", &fresh[1][..]),
+        ("12345", ""),
+        ("", "short"),
+    ] {
         assert_reason(
             verify(&s, &c, code, rec).await,
             Code::InvalidArgument,
@@ -612,7 +637,9 @@ async fn disable_and_regenerate_need_a_valid_code(backend: Backend) {
         users
             .clone()
             .confirm_totp_enrollment(authed(
-                ConfirmTotpEnrollmentRequest { code: "123456".into() },
+                ConfirmTotpEnrollmentRequest {
+                    code: "123456".into(),
+                },
                 &token,
             ))
             .await,
@@ -700,16 +727,24 @@ async fn a_platform_admin_resets_a_lost_factor(backend: Backend) {
     let (kim, token) = s.user("kim@totp.test").await;
     let (_, other) = s.user("lee@totp.test").await;
     let (mut app, _) = enable_totp(&s, &token).await;
-    let t = verify(&s, &challenge(&s, "kim@totp.test").await, &app.next_code(&s), "")
-        .await
-        .expect("verify");
+    let t = verify(
+        &s,
+        &challenge(&s, "kim@totp.test").await,
+        &app.next_code(&s),
+        "",
+    )
+    .await
+    .expect("verify");
     let pending = challenge(&s, "kim@totp.test").await;
     let reset = |who: String, id: String| {
         let s = &s;
         async move {
             s.users()
                 .await
-                .reset_user_second_factor(authed(ResetUserSecondFactorRequest { user_id: id }, &who))
+                .reset_user_second_factor(authed(
+                    ResetUserSecondFactorRequest { user_id: id },
+                    &who,
+                ))
                 .await
         }
     };
@@ -821,7 +856,10 @@ async fn no_totp_secret_in_a_copy_of_the_database(backend: Backend) {
             .iter()
             .filter(|x| copy.windows(x.len()).any(|w| w == x.as_bytes()))
             .collect();
-        assert!(found.is_empty(), "keyed={keyed}: in clear in the database: {found:?}");
+        assert!(
+            found.is_empty(),
+            "keyed={keyed}: in clear in the database: {found:?}"
+        );
         assert!(
             !s.logs().contains(&app.secret) && codes.iter().all(|c| !s.logs().contains(c)),
             "keyed={keyed}: a secret in the logs"

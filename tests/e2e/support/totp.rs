@@ -10,7 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 fn hmac_sha1(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut k = key.to_vec();
     k.resize(64, 0);
-    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).chain(msg.iter().copied()).collect();
+    let inner: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(msg.iter().copied())
+        .collect();
     let inner = Sha1::digest(&inner);
     let outer: Vec<u8> = k
         .iter()
@@ -117,8 +121,13 @@ pub async fn enable_totp(s: &TestServer, token: &str) -> (Authenticator, Vec<Str
 /// Logs in with PASSWORD and expects a challenge.
 pub async fn challenge(s: &TestServer, email: &str) -> String {
     let r = s.login(email, PASSWORD).await.expect("login");
-    assert!(r.access_token.is_empty() && r.refresh_token.is_empty(), "{r:?}");
-    r.second_factor.expect("a second-factor challenge").challenge
+    assert!(
+        r.access_token.is_empty() && r.refresh_token.is_empty(),
+        "{r:?}"
+    );
+    r.second_factor
+        .expect("a second-factor challenge")
+        .challenge
 }
 
 pub async fn verify(

@@ -60,7 +60,10 @@ fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
     let inner = Sha1::new().chain_update(&ipad).chain_update(msg).finalize();
-    let outer = Sha1::new().chain_update(&opad).chain_update(inner).finalize();
+    let outer = Sha1::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize();
     let mut out = [0u8; 20];
     out.copy_from_slice(&outer);
     out
@@ -70,8 +73,12 @@ fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
 fn hotp(key: &[u8], step: u64, digits: u32) -> String {
     let mac = hmac_sha1(key, &step.to_be_bytes());
     let offset = (mac[19] & 0x0f) as usize;
-    let bin = u32::from_be_bytes([mac[offset], mac[offset + 1], mac[offset + 2], mac[offset + 3]])
-        & 0x7fff_ffff;
+    let bin = u32::from_be_bytes([
+        mac[offset],
+        mac[offset + 1],
+        mac[offset + 2],
+        mac[offset + 3],
+    ]) & 0x7fff_ffff;
     let value = bin % 10u32.pow(digits);
     format!("{value:0width$}", width = digits as usize)
 }
@@ -176,7 +183,10 @@ mod tests {
             "b617318655057264e28bc0b6fb378c8ef146be00"
         );
         assert_eq!(
-            hex::encode(hmac_sha1(&[0xaa; 80], b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            hex::encode(hmac_sha1(
+                &[0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
             "aa4ae5e15272d00e95705637ce8a3b55ed402112"
         );
     }
@@ -187,7 +197,10 @@ mod tests {
         assert_eq!(a.len(), 23);
         assert_ne!(a, new_recovery_code());
         let n = normalize_recovery_code(&a.to_lowercase()).expect("valid");
-        assert_eq!(Some(n.clone()), normalize_recovery_code(&a.replace('-', " ")));
+        assert_eq!(
+            Some(n.clone()),
+            normalize_recovery_code(&a.replace('-', " "))
+        );
         assert_eq!(recovery_code_hash(&n).len(), 64);
         assert!(normalize_recovery_code("123456").is_none());
         assert!(normalize_recovery_code(&"1".repeat(20)).is_none());

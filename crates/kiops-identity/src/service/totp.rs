@@ -57,14 +57,15 @@ pub fn parse_proof(code: &str, recovery_code: &str, recovery: bool) -> Result<Pr
         (true, false) => otp::normalize_recovery_code(recovery_code)
             .map(Proof::Recovery)
             .ok_or_else(|| {
-                FieldViolation::new("recovery_code", "not a recovery code (20 base32 characters)")
-                    .into()
+                FieldViolation::new(
+                    "recovery_code",
+                    "not a recovery code (20 base32 characters)",
+                )
+                .into()
             }),
-        _ if recovery => Err(FieldViolation::new(
-            "code",
-            "set exactly one of code and recovery_code",
-        )
-        .into()),
+        _ if recovery => {
+            Err(FieldViolation::new("code", "set exactly one of code and recovery_code").into())
+        }
         _ => Err(FieldViolation::new("code", "required").into()),
     }
 }
@@ -127,7 +128,11 @@ pub async fn fail(
     )
     .await?;
     tx.commit().await?;
-    let result = if locked { "locked" } else { "second_factor_failure" };
+    let result = if locked {
+        "locked"
+    } else {
+        "second_factor_failure"
+    };
     app.metrics.logins.with_label_values(&[result]).inc();
     Ok(())
 }
@@ -187,7 +192,16 @@ pub async fn check(
     match accepted {
         Some(a) => Ok((user, a)),
         None => {
-            fail(app, meta, &user, proof, users::Failure::WrongPassword, "wrong", now).await?;
+            fail(
+                app,
+                meta,
+                &user,
+                proof,
+                users::Failure::WrongPassword,
+                "wrong",
+                now,
+            )
+            .await?;
             Err(wrong())
         }
     }
@@ -221,7 +235,8 @@ const FALLBACK_SEAL_INFO: &[u8] = b"kiops-identity totp fallback seal v1";
 fn seal_of(server: &SecretSeal) -> SecretSeal {
     let mut fallback = [0u8; 32];
     // Cannot fail for a 32-byte output.
-    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, b"kiops").expand(FALLBACK_SEAL_INFO, &mut fallback);
+    let _ =
+        hkdf::Hkdf::<sha2::Sha256>::new(None, b"kiops").expand(FALLBACK_SEAL_INFO, &mut fallback);
     server.with_extra_key(fallback)
 }
 
@@ -323,12 +338,30 @@ where
     let tx = app.store.begin_write().await?;
     if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
         drop(tx);
-        fail(app, meta, &user, &proof, users::Failure::RefusedAfterCheck, "locked", now).await?;
+        fail(
+            app,
+            meta,
+            &user,
+            &proof,
+            users::Failure::RefusedAfterCheck,
+            "locked",
+            now,
+        )
+        .await?;
         return Err(code_invalid());
     }
     if !consume(&tx, meta, &user, &accepted, now).await? {
         drop(tx);
-        fail(app, meta, &user, &proof, users::Failure::WrongPassword, "replayed", now).await?;
+        fail(
+            app,
+            meta,
+            &user,
+            &proof,
+            users::Failure::WrongPassword,
+            "replayed",
+            now,
+        )
+        .await?;
         return Err(code_invalid());
     }
     match act(&tx, &user, now).await {
@@ -448,12 +481,27 @@ mod tests {
 
     #[test]
     fn proofs_are_exactly_one_well_formed_field() {
-        assert!(matches!(parse_proof("123456", "", true), Ok(Proof::Code(_))));
+        assert!(matches!(
+            parse_proof("123456", "", true),
+            Ok(Proof::Code(_))
+        ));
         let rec = otp::new_recovery_code();
-        assert!(matches!(parse_proof("", &rec, true), Ok(Proof::Recovery(_))));
-        for (c, r) in [("", ""), ("123456", rec.as_str()), ("12345", ""), ("abcdef", ""), ("", "x")] {
+        assert!(matches!(
+            parse_proof("", &rec, true),
+            Ok(Proof::Recovery(_))
+        ));
+        for (c, r) in [
+            ("", ""),
+            ("123456", rec.as_str()),
+            ("12345", ""),
+            ("abcdef", ""),
+            ("", "x"),
+        ] {
             assert!(
-                matches!(parse_proof(c, r, true), Err(DomainError::InvalidArgument(_))),
+                matches!(
+                    parse_proof(c, r, true),
+                    Err(DomainError::InvalidArgument(_))
+                ),
                 "{c:?} {r:?}"
             );
         }

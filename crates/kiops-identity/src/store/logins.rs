@@ -112,8 +112,13 @@ pub async fn fail_second_factor<C: ConnectionTrait>(
     audit::record(
         conn,
         meta,
-        AuditEntry::new(actor_of(user), "auth.second_factor_failed", "user", &user.id)
-            .details(json!({"method": method, "reason": why})),
+        AuditEntry::new(
+            actor_of(user),
+            "auth.second_factor_failed",
+            "user",
+            &user.id,
+        )
+        .details(json!({"method": method, "reason": why})),
         now,
     )
     .await?;

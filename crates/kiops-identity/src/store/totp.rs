@@ -115,7 +115,16 @@ pub async fn start<C: ConnectionTrait>(
     if n != 1 {
         return Ok(false);
     }
-    record(conn, meta, actor, "user.totp_enrollment_started", user_id, json!({}), now).await?;
+    record(
+        conn,
+        meta,
+        actor,
+        "user.totp_enrollment_started",
+        user_id,
+        json!({}),
+        now,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -139,7 +148,16 @@ pub async fn confirm<C: ConnectionTrait>(
     if n != 1 {
         return Ok(false);
     }
-    record(conn, meta, actor, "user.totp_enabled", user_id, json!({}), now).await?;
+    record(
+        conn,
+        meta,
+        actor,
+        "user.totp_enabled",
+        user_id,
+        json!({}),
+        now,
+    )
+    .await?;
     Ok(true)
 }
 
@@ -192,7 +210,16 @@ pub async fn record_regenerated<C: ConnectionTrait>(
     user_id: &str,
     now: i64,
 ) -> Result<(), DomainError> {
-    record(conn, meta, actor, "user.recovery_codes_regenerated", user_id, json!({}), now).await
+    record(
+        conn,
+        meta,
+        actor,
+        "user.recovery_codes_regenerated",
+        user_id,
+        json!({}),
+        now,
+    )
+    .await
 }
 
 /// Uses one unused recovery code of the user (`user.recovery_code_used`);

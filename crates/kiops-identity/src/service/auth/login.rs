@@ -105,7 +105,10 @@ async fn open_session(
 ) -> Result<Option<LoginOutcome>, DomainError> {
     let refresh = random_token(REFRESH_TOKEN_PREFIX);
     let tx = app.store.begin_write().await?;
-    if totp::find(&tx, &user.id).await?.is_some_and(|c| c.confirmed) {
+    if totp::find(&tx, &user.id)
+        .await?
+        .is_some_and(|c| c.confirmed)
+    {
         return challenge(meta, tx, user, org, now).await;
     }
     // First statement, so the row stays locked until the session commits:

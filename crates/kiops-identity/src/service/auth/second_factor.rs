@@ -67,8 +67,16 @@ pub async fn verify_second_factor(
     // account first wins.
     if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
         drop(tx);
-        factor::fail(&app, &meta, &user, &proof, users::Failure::RefusedAfterCheck, "locked", now)
-            .await?;
+        factor::fail(
+            &app,
+            &meta,
+            &user,
+            &proof,
+            users::Failure::RefusedAfterCheck,
+            "locked",
+            now,
+        )
+        .await?;
         return Err(second_factor_invalid());
     }
     // A password changed since the Login, or a racing call that used the
@@ -82,8 +90,16 @@ pub async fn verify_second_factor(
     }
     if !factor::consume(&tx, &meta, &user, &accepted, now).await? {
         drop(tx);
-        factor::fail(&app, &meta, &user, &proof, users::Failure::WrongPassword, "replayed", now)
-            .await?;
+        factor::fail(
+            &app,
+            &meta,
+            &user,
+            &proof,
+            users::Failure::WrongPassword,
+            "replayed",
+            now,
+        )
+        .await?;
         return Err(second_factor_invalid());
     }
     let opened = async {
