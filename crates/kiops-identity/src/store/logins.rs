@@ -90,6 +90,7 @@ pub async fn fail<C: ConnectionTrait>(
 /// wrong password (`users::fail_login`, `failure` as there) and audited as
 /// `auth.second_factor_failed` with `why` (e.g. "wrong", "replayed",
 /// "locked"), plus `user.locked` when it locked the account.
+#[allow(clippy::too_many_arguments)]
 pub async fn fail_second_factor<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,

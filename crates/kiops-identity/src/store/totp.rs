@@ -310,7 +310,6 @@ pub async fn remove<C: ConnectionTrait>(
 }
 
 /// A challenge for the login of `user_id` (`auth.second_factor_required`).
-#[allow(clippy::too_many_arguments)]
 pub async fn create_challenge<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
