@@ -197,6 +197,38 @@ async fn enroll_confirm_and_log_in_with_the_second_factor(backend: Backend) {
             "INVALID_CREDENTIALS",
         );
     }
+    // And leaves the same trail: one `auth.login_failed` with the email
+    // only, nothing that reads the second factor.
+    let trail = |email: &'static str| {
+        let url = s.db.url.clone();
+        async move {
+            let db = Database::connect(&url).await.expect("db");
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT action, details FROM audit_events WHERE details LIKE '%{email}%' \
+                         AND action LIKE 'auth.%' ORDER BY id"
+                    ),
+                ))
+                .await
+                .expect("trail");
+            db.close().await.expect("close");
+            rows.iter()
+                .map(|r| {
+                    let a: String = r.try_get("", "action").expect("action");
+                    let d: String = r.try_get("", "details").expect("details");
+                    (a, d.replace(email, "EMAIL"))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (with, without) = (trail("kim@totp.test").await, trail("lee@totp.test").await);
+    assert_eq!(with.len(), 1, "{with:?}");
+    assert_eq!(
+        with, without,
+        "a wrong password's trail tells no second factor"
+    );
     // The right one: a challenge and no tokens.
     let r = s.login("kim@totp.test", PASSWORD).await.expect("login");
     assert!(r.access_token.is_empty() && r.refresh_token.is_empty() && r.expires_in == 0);
