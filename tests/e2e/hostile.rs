@@ -648,6 +648,42 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             Rpc::RevokeUserSessions(RevokeUserSessionsRequest { user_id: user }),
             t,
         ),
+        // TOTP second factor (R30): 73..=79.
+        73 => (
+            Rpc::VerifySecondFactor(VerifySecondFactorRequest {
+                challenge: a,
+                code: b,
+                recovery_code: d,
+            }),
+            None,
+        ),
+        74 => (Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {}), t),
+        75 => (
+            Rpc::ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest { code: a }),
+            t,
+        ),
+        76 => (
+            Rpc::DisableTotp(DisableTotpRequest {
+                code: a,
+                recovery_code: b,
+            }),
+            t,
+        ),
+        77 => (
+            Rpc::RegenerateRecoveryCodes(RegenerateRecoveryCodesRequest { code: a }),
+            t,
+        ),
+        78 => (
+            Rpc::ResetUserSecondFactor(ResetUserSecondFactorRequest { user_id: user }),
+            t,
+        ),
+        79 => (
+            Rpc::DisableTotp(DisableTotpRequest {
+                code: String::new(),
+                recovery_code: a,
+            }),
+            t,
+        ),
         // Invitations that arrive ready: hostile names, permission lists
         // and template ids (85..=89).
         85 => (
@@ -709,7 +745,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
     }
 }
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 17] = [
     "users",
     "organizations",
     "memberships",
@@ -724,6 +760,9 @@ const TABLES: [&str; 14] = [
     "service_accounts",
     "service_account_credentials",
     "service_assertion_jtis",
+    "totp_credentials",
+    "totp_recovery_codes",
+    "second_factor_challenges",
 ];
 
 async fn snapshot(db: &DatabaseConnection) -> BTreeMap<&'static str, i64> {

@@ -42,4 +42,5 @@ mod service_scopes;
 mod service_tokens;
 mod sessions;
 mod stress;
+mod totp;
 mod ways_in;

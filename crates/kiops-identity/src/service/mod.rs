@@ -22,6 +22,7 @@ pub mod parse;
 pub mod service_accounts;
 pub mod sessions;
 pub mod templates;
+pub mod totp;
 pub mod users;
 
 use crate::app::App;

@@ -61,7 +61,8 @@ pub enum Refreshed<T> {
 pub type Orgs = BTreeMap<String, OrgClaims>;
 
 /// Rotates `p`. `issue` makes the answer from the session's user, the
-/// user's memberships (only `only_org`'s when set) and the session id; it
+/// user's memberships (only `only_org`'s when set), the session id and its
+/// `amr` (as stored); it
 /// runs before the rotation commits, and its error cancels the rotation (the
 /// token stays unused).
 pub async fn rotate<T, F>(
@@ -72,10 +73,15 @@ pub async fn rotate<T, F>(
 ) -> Result<Refreshed<T>, DomainError>
 where
     T: Send + 'static,
-    F: Fn(&User, Orgs, &str) -> Result<T, DomainError> + Send + Sync + 'static,
+    F: Fn(&User, Orgs, &str, &str) -> Result<T, DomainError> + Send + Sync + 'static,
 {
     if let Some(mut c) = candidate(store, &p).await? {
-        let issued = issue(&c.user, std::mem::take(&mut c.orgs), &c.session_id)?;
+        let issued = issue(
+            &c.user,
+            std::mem::take(&mut c.orgs),
+            &c.session_id,
+            &c.session_amr,
+        )?;
         if claim(store, &p, &c).await? {
             return Ok(Refreshed::Issued(issued));
         }
@@ -93,6 +99,8 @@ where
 pub struct RefreshCandidate {
     pub session_id: String,
     pub session_expires_at: i64,
+    /// The session's `amr`, as stored.
+    pub session_amr: String,
     pub user: User,
     pub orgs: Orgs,
 }
@@ -101,7 +109,7 @@ pub struct RefreshCandidate {
 /// or one row with NULL membership columns. Shared with the inline SQLite
 /// path (`sqlite_direct`).
 pub(super) const REFRESH_CANDIDATE_SQL: &str = "SELECT s.id AS rotating_session_id, \
-     s.expires_at AS rotating_session_expires_at, \
+     s.expires_at AS rotating_session_expires_at, s.amr AS rotating_session_amr, \
      m.organization_id AS member_org, m.role AS member_role, \
      m.permissions AS member_permissions, u.* \
      FROM refresh_tokens r \
@@ -166,6 +174,7 @@ async fn pooled_candidate<C: ConnectionTrait>(
         session_expires_at: first
             .try_get("", "rotating_session_expires_at")
             .map_err(db_err)?,
+        session_amr: first.try_get("", "rotating_session_amr").map_err(db_err)?,
         orgs: memberships::org_claims(user.platform_admin, memberships),
         user,
     }))
@@ -202,7 +211,7 @@ async fn classify<T, F>(
     issue: &F,
 ) -> Result<Refreshed<T>, DomainError>
 where
-    F: Fn(&User, Orgs, &str) -> Result<T, DomainError>,
+    F: Fn(&User, Orgs, &str, &str) -> Result<T, DomainError>,
 {
     let tx = store.begin_write().await?;
     let Some(token) = refresh_token::Entity::find_by_id(p.hash.clone())
@@ -259,7 +268,7 @@ where
     };
     let orgs =
         memberships::token_orgs(&tx, &user.id, user.platform_admin, p.only_org.as_deref()).await?;
-    let issued = issue(&user, orgs, &sess.id)?;
+    let issued = issue(&user, orgs, &sess.id, &sess.amr)?;
     tx.commit().await?;
     Ok(Refreshed::Issued(issued))
 }

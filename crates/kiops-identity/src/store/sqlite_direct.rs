@@ -132,6 +132,7 @@ impl DirectReader {
                     first = Some((
                         row.get::<_, String>("rotating_session_id")?,
                         row.get::<_, i64>("rotating_session_expires_at")?,
+                        row.get::<_, String>("rotating_session_amr")?,
                         user::Model {
                             id: row.get("id")?,
                             email: row.get("email")?,
@@ -158,7 +159,7 @@ impl DirectReader {
                     ));
                 }
             }
-            let Some((session_id, session_expires_at, row)) = first else {
+            let Some((session_id, session_expires_at, session_amr, row)) = first else {
                 return Ok(None);
             };
             // An unreadable row goes to the pool path, which reports it.
@@ -166,6 +167,7 @@ impl DirectReader {
             Ok(Some(RefreshCandidate {
                 session_id,
                 session_expires_at,
+                session_amr,
                 orgs: org_claims(user.platform_admin, memberships),
                 user,
             }))

@@ -13,6 +13,7 @@ mod login;
 mod password_reset;
 mod refresh;
 mod revocations;
+mod second_factor;
 mod signup;
 mod verification;
 
@@ -21,6 +22,7 @@ pub use login::{login, logout};
 pub use password_reset::{request_password_reset, reset_password};
 pub use refresh::refresh;
 pub use revocations::{revocation_start, revocations_after};
+pub use second_factor::verify_second_factor;
 pub use signup::{sign_up, SignedUp};
 pub use verification::{resend_verification_email, verify_email};
 
@@ -54,9 +56,10 @@ async fn mint_in(
     user: &User,
     only_org: Option<&str>,
     session_id: &str,
+    amr: &str,
 ) -> Result<(String, i64), DomainError> {
     let orgs = memberships::token_orgs(tx, &user.id, user.platform_admin, only_org).await?;
-    mint(app, user, orgs, only_org, session_id)
+    mint(app, user, orgs, only_org, session_id, amr)
 }
 
 /// Mints from memberships already read. A scoped token for an organization
@@ -67,6 +70,7 @@ fn mint(
     orgs: Orgs,
     only_org: Option<&str>,
     session_id: &str,
+    amr: &str,
 ) -> Result<(String, i64), DomainError> {
     if let Some(org) = only_org {
         if !user.platform_admin && !orgs.contains_key(org) {
@@ -82,6 +86,8 @@ fn mint(
             orgs,
             session_id: Some(session_id.to_string()),
             email_verified: user.email_verified,
+            // The session's methods (R30), as stored.
+            amr: crate::domain::session::amr_claim(amr),
         },
         app.clock.now_secs(),
     )?;
