@@ -26,7 +26,7 @@ crate::both_backends!(
     twenty_parallel_accepts_make_one_membership_with_its_permissions,
 );
 
-async fn start(backend: Backend) -> (TestServer, SmtpSink) {
+pub(crate) async fn start(backend: Backend) -> (TestServer, SmtpSink) {
     let sink = SmtpSink::start().await;
     let s = TestServer::start_with(
         backend,
@@ -45,7 +45,10 @@ async fn start(backend: Backend) -> (TestServer, SmtpSink) {
 }
 
 /// (admin token, org id, manager id, manager token).
-async fn org_with_manager(s: &TestServer, code: &str) -> (String, String, String, String) {
+pub(crate) async fn org_with_manager(
+    s: &TestServer,
+    code: &str,
+) -> (String, String, String, String) {
     let admin = s.admin_token().await;
     let org = s.create_org(&admin, &code.to_uppercase(), code).await;
     let email = format!("mgr@{code}.test");
@@ -55,7 +58,7 @@ async fn org_with_manager(s: &TestServer, code: &str) -> (String, String, String
     (admin, org, mgr_id, mgr)
 }
 
-fn req(org: &str, email: &str) -> CreateInvitationRequest {
+pub(crate) fn req(org: &str, email: &str) -> CreateInvitationRequest {
     CreateInvitationRequest {
         organization_id: org.into(),
         email: email.into(),
@@ -64,7 +67,7 @@ fn req(org: &str, email: &str) -> CreateInvitationRequest {
     }
 }
 
-async fn invite(
+pub(crate) async fn invite(
     s: &TestServer,
     r: CreateInvitationRequest,
     token: &str,
@@ -76,7 +79,7 @@ async fn invite(
         .map(|r| r.into_inner().invitation.expect("invitation"))
 }
 
-async fn listed(s: &TestServer, org: &str, token: &str, id: &str) -> Invitation {
+pub(crate) async fn listed(s: &TestServer, org: &str, token: &str, id: &str) -> Invitation {
     s.invitations()
         .await
         .list_invitations(authed(
@@ -95,12 +98,12 @@ async fn listed(s: &TestServer, org: &str, token: &str, id: &str) -> Invitation 
         .expect("the invitation is listed")
 }
 
-fn delivery(i: &Invitation) -> InvitationDelivery {
+pub(crate) fn delivery(i: &Invitation) -> InvitationDelivery {
     i.delivery.clone().expect("delivery")
 }
 
 /// Waits until ListInvitations shows the invitation in `state`.
-async fn wait_state(
+pub(crate) async fn wait_state(
     s: &TestServer,
     org: &str,
     token: &str,
@@ -127,7 +130,7 @@ fn perms(p: &[Permission]) -> Vec<i32> {
     sorted(p.iter().map(|p| *p as i32).collect())
 }
 
-async fn accept_new(
+pub(crate) async fn accept_new(
     s: &TestServer,
     token: &str,
     name: Option<&str>,
@@ -160,7 +163,7 @@ async fn check(s: &TestServer, token: &str, org: &str, user: &str, p: Permission
         .allowed
 }
 
-async fn count(s: &TestServer, sql: &str) -> i64 {
+pub(crate) async fn count(s: &TestServer, sql: &str) -> i64 {
     sql_rows(s, sql).await[0]
         .try_get::<i64>("", "n")
         .expect("n")

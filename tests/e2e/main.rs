@@ -32,6 +32,7 @@ mod organizations;
 mod readme;
 mod redteam;
 mod redteam_browser;
+mod redteam_invites;
 mod redteam_service;
 mod redteam_sessions;
 mod redteam_ways_in;

@@ -53,6 +53,9 @@ pub struct SmtpSink {
 #[derive(Default)]
 struct Control {
     refused_rcpt: Mutex<Vec<String>>,
+    /// Recipients whose message is refused after DATA with an answer that
+    /// quotes the body's link, as some content filters do.
+    echoed_rcpt: Mutex<Vec<(String, &'static str)>>,
     /// While true, MAIL FROM is not answered.
     held: Mutex<bool>,
     waiting: AtomicUsize,
@@ -106,6 +109,16 @@ impl SmtpSink {
             .lock()
             .expect("refused")
             .push(to.to_ascii_lowercase());
+    }
+
+    /// Refuse messages to this address after DATA with `code` (e.g. "550",
+    /// "451") and an answer quoting the line of the body with the link.
+    pub fn refuse_data_quoting_link(&self, to: &str, code: &'static str) {
+        self.ctl
+            .echoed_rcpt
+            .lock()
+            .expect("echoed")
+            .push((to.to_ascii_lowercase(), code));
     }
 
     /// Stop answering MAIL FROM until `release`: a sender stays mid-delivery.
@@ -228,9 +241,29 @@ async fn session(
                 data.push_str(l.strip_prefix('.').unwrap_or(&l));
                 data.push('\n');
             }
+            let data = decode(&data);
+            let echoed = ctl
+                .echoed_rcpt
+                .lock()
+                .expect("echoed")
+                .iter()
+                .find(|(a, _)| to.iter().any(|t| t.eq_ignore_ascii_case(a)))
+                .map(|(_, code)| *code);
+            if let Some(code) = echoed {
+                let link = data
+                    .lines()
+                    .find(|l| l.contains("token="))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                write
+                    .write_all(format!("{code} 5.7.1 content refused: {link}\r\n").as_bytes())
+                    .await?;
+                continue;
+            }
             mails.lock().expect("mails").push(Mail {
                 to: to.clone(),
-                data: decode(&data),
+                data,
             });
             write.write_all(b"250 OK queued\r\n").await?;
         } else if upper == "QUIT" {
