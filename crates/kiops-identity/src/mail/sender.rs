@@ -98,8 +98,15 @@ impl From<String> for Failure {
 /// Longest error text kept for ListInvitations.
 const MAX_ERROR_CHARS: usize = 300;
 
-/// The error as stored and shown: printable ASCII on one line, bounded.
-fn printable(e: &str) -> String {
+/// The error as stored and shown: printable ASCII on one line, bounded,
+/// without the message's single-use token: an SMTP server may quote the
+/// message (a content filter's refusal), and the error is shown to
+/// ListInvitations and logged (R32).
+fn printable(e: &str, secret: Option<&str>) -> String {
+    let e = match secret {
+        Some(t) if !t.is_empty() => e.replace(t, "[token]"),
+        _ => e.to_string(),
+    };
     let one_line: String = e
         .chars()
         .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
@@ -118,6 +125,7 @@ async fn deliver(
     transport: &Transport,
     m: &OutboxEmail,
     text: &str,
+    secret: Option<&str>,
 ) -> Result<(), Failure> {
     match transport {
         Transport::Log => {
@@ -136,7 +144,7 @@ async fn deliver(
             let msg = build(settings, m, text)?;
             smtp.send(msg).await.map(|_| ()).map_err(|e| Failure {
                 permanent: e.is_permanent(),
-                error: printable(&e.to_string()),
+                error: printable(&e.to_string(), secret),
             })
         }
     }
@@ -162,11 +170,13 @@ pub async fn drain_once(s: &Sender) -> Result<(usize, bool), DomainError> {
         }
         // A sealed token is opened just before use (`seal`); one this
         // server's key cannot open is given up like a text that cannot render.
-        let text = match m
+        let opened = m
             .secret
             .as_deref()
             .map(|secret| s.settings.seal.open(secret, &m.to_address))
-            .transpose()
+            .transpose();
+        let secret = opened.as_ref().ok().cloned().flatten();
+        let text = match opened
             .and_then(|secret| crate::mail::messages::render(&m.body_text, secret.as_deref()))
         {
             Ok(t) => t,
@@ -177,7 +187,7 @@ pub async fn drain_once(s: &Sender) -> Result<(usize, bool), DomainError> {
                 continue;
             }
         };
-        match deliver(&s.settings, &s.transport, &m, &text).await {
+        match deliver(&s.settings, &s.transport, &m, &text, secret.as_deref()).await {
             Ok(()) => {
                 let legacy = outbox::mark_sent(conn, &m.id, s.clock.now_ms()).await?;
                 delivered += 1;
@@ -230,5 +240,21 @@ pub async fn run(s: Sender, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn the_error_text_never_keeps_the_token() {
+        let e = "550 5.7.1 refused: https://x.test/accept?token=ki_AbC-d_9\r\nbye";
+        let shown = printable(e, Some("ki_AbC-d_9"));
+        assert_eq!(
+            shown,
+            "550 5.7.1 refused: https://x.test/accept?token=[token] bye"
+        );
+        assert_eq!(printable("451 later", None), "451 later");
     }
 }
