@@ -35,6 +35,7 @@ mod redteam_browser;
 mod redteam_invites;
 mod redteam_service;
 mod redteam_sessions;
+mod redteam_totp;
 mod redteam_ways_in;
 mod revocation_dating;
 mod server;

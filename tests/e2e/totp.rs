@@ -28,12 +28,16 @@ crate::both_backends!(
 
 const THRESHOLD: usize = 5;
 
-fn assert_reason<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, why: &str) {
+pub(crate) fn assert_reason<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: Code,
+    why: &str,
+) {
     let e = r.expect_err(why);
     assert_eq!((e.code(), reason(&e)), (code, why.to_string()), "{e:?}");
 }
 
-fn amr(token: &str) -> Vec<String> {
+pub(crate) fn amr(token: &str) -> Vec<String> {
     token_claims(token)["amr"]
         .as_array()
         .map(|a| {
@@ -44,7 +48,7 @@ fn amr(token: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn sql_i64(s: &TestServer, sql: &str) -> i64 {
+pub(crate) async fn sql_i64(s: &TestServer, sql: &str) -> i64 {
     let db = Database::connect(&s.db.url).await.expect("db");
     let rows = db
         .query_all_raw(Statement::from_string(
@@ -59,7 +63,7 @@ async fn sql_i64(s: &TestServer, sql: &str) -> i64 {
 }
 
 /// Audit events of `action` for the account `user_id`.
-async fn events(s: &TestServer, action: &str, user_id: &str) -> i64 {
+pub(crate) async fn events(s: &TestServer, action: &str, user_id: &str) -> i64 {
     sql_i64(
         s,
         &format!(
@@ -71,7 +75,7 @@ async fn events(s: &TestServer, action: &str, user_id: &str) -> i64 {
 }
 
 /// (failed count, pending, locked) of an account.
-async fn counters(s: &TestServer, email: &str) -> (i64, i64, bool) {
+pub(crate) async fn counters(s: &TestServer, email: &str) -> (i64, i64, bool) {
     let db = Database::connect(&s.db.url).await.expect("db");
     let rows = db
         .query_all_raw(Statement::from_string(
@@ -96,7 +100,7 @@ async fn counters(s: &TestServer, email: &str) -> (i64, i64, bool) {
     out
 }
 
-async fn my_sessions(s: &TestServer, token: &str) -> Vec<Session> {
+pub(crate) async fn my_sessions(s: &TestServer, token: &str) -> Vec<Session> {
     s.users()
         .await
         .list_my_sessions(authed(ListMySessionsRequest {}, token))

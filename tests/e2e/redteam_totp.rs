@@ -1,0 +1,348 @@
+//! Red team, issue 24 TOTP second factor (R30): codes and challenges used
+//! where they do not belong, races between a verification and what
+//! revokes it, hostile inputs, and what an older session claims.
+
+use crate::support::totp::*;
+use crate::support::*;
+use crate::totp::{amr, assert_reason, counters, sql_i64};
+use kiops_proto::v1::*;
+use tonic::Code;
+
+crate::both_backends!(
+    a_code_used_on_one_challenge_is_refused_on_another_and_counted,
+    a_challenge_takes_only_its_own_accounts_code,
+    twenty_parallel_codes_and_recovery_codes_open_one_session,
+    a_recovery_code_on_two_challenges_in_parallel_works_once,
+    a_challenge_dies_with_disable_and_deactivation,
+    an_older_password_session_never_claims_otp,
+    hostile_codes_are_invalid_arguments,
+    a_wrong_password_answers_the_same_with_or_without_totp,
+);
+
+const EMAIL: &str = "red@totp.test";
+
+/// An account with TOTP enabled: (id, token, app, recovery codes).
+async fn enrolled(s: &TestServer, email: &str) -> (String, String, Authenticator, Vec<String>) {
+    let (id, token) = s.user(email).await;
+    let (app, codes) = enable_totp(s, &token).await;
+    (id, token, app, codes)
+}
+
+fn head(s: &str) -> String {
+    s.chars().take(20).collect()
+}
+
+async fn sessions_of(s: &TestServer, id: &str) -> i64 {
+    sql_i64(
+        s,
+        &format!(
+            "SELECT COUNT(*) AS n FROM sessions WHERE user_id = '{id}' AND revoked_at IS NULL"
+        ),
+    )
+    .await
+}
+
+async fn a_code_used_on_one_challenge_is_refused_on_another_and_counted(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, _, mut app, _) = enrolled(&s, EMAIL).await;
+    let (first, second) = (challenge(&s, EMAIL).await, challenge(&s, EMAIL).await);
+    let code = app.next_code(&s);
+    verify(&s, &first, &code, "").await.expect("first use");
+    assert_reason(
+        verify(&s, &second, &code, "").await,
+        Code::Unauthenticated,
+        "SECOND_FACTOR_INVALID",
+    );
+    // Counted as a wrong code, no slot left held.
+    assert_eq!(counters(&s, EMAIL).await, (1, 0, false));
+    // The second challenge was not used by the refusal: the next code opens it.
+    let next = app.next_code(&s);
+    let tokens = verify(&s, &second, &next, "").await.expect("next code");
+    assert_eq!(amr(&tokens.access_token), ["pwd", "otp"]);
+    // Both challenges are used now.
+    let later = app.next_code(&s);
+    for c in [&first, &second] {
+        assert_reason(
+            verify(&s, c, &later, "").await,
+            Code::Unauthenticated,
+            "SECOND_FACTOR_CHALLENGE_INVALID",
+        );
+    }
+}
+
+async fn a_challenge_takes_only_its_own_accounts_code(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, _, mut a, _) = enrolled(&s, "a@totp.test").await;
+    let (b_id, _, b, b_codes) = enrolled(&s, "b@totp.test").await;
+    let a_challenge = challenge(&s, "a@totp.test").await;
+    let b_code = a.wrong_code(1);
+    // Skip the rare collision of both apps' codes.
+    let b_now = b.code();
+    if b_now != a.code() {
+        assert_reason(
+            verify(&s, &a_challenge, &b_now, "").await,
+            Code::Unauthenticated,
+            "SECOND_FACTOR_INVALID",
+        );
+    } else {
+        assert_reason(
+            verify(&s, &a_challenge, &b_code, "").await,
+            Code::Unauthenticated,
+            "SECOND_FACTOR_INVALID",
+        );
+    }
+    assert_reason(
+        verify(&s, &a_challenge, "", &b_codes[0]).await,
+        Code::Unauthenticated,
+        "SECOND_FACTOR_INVALID",
+    );
+    // B's recovery code was not used up by the attempt on A's challenge...
+    let b_challenge = challenge(&s, "b@totp.test").await;
+    verify(&s, &b_challenge, "", &b_codes[0])
+        .await
+        .expect("b's recovery code on b's challenge");
+    // The enrollment session and this one.
+    assert_eq!(sessions_of(&s, &b_id).await, 2);
+    // ...and A's challenge still takes A's own code.
+    let next = a.next_code(&s);
+    verify(&s, &a_challenge, &next, "").await.expect("a's code");
+}
+
+async fn twenty_parallel_codes_and_recovery_codes_open_one_session(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (id, _, mut app, codes) = enrolled(&s, EMAIL).await;
+    let c = challenge(&s, EMAIL).await;
+    let code = app.next_code(&s);
+    let calls = (0..20).map(|i| {
+        let (s, c, code) = (&s, c.clone(), code.clone());
+        let rec = codes[i % 10].clone();
+        async move {
+            if i % 2 == 0 {
+                verify(s, &c, &code, "").await
+            } else {
+                verify(s, &c, "", &rec).await
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(
+            ["SECOND_FACTOR_INVALID", "SECOND_FACTOR_CHALLENGE_INVALID"]
+                .contains(&reason(e).as_str()),
+            "{e:?}"
+        );
+    }
+    // The enrollment session and the one opened.
+    assert_eq!(sessions_of(&s, &id).await, 2);
+    // Only the winner's proof was used: at most one recovery code, and no
+    // count or slot left behind (every proof was right).
+    let used = sql_i64(
+        &s,
+        &format!(
+            "SELECT COUNT(*) AS n FROM totp_recovery_codes WHERE user_id = '{id}' \
+             AND used_at IS NOT NULL"
+        ),
+    )
+    .await;
+    assert!(used <= 1, "{used} recovery codes used by one login");
+    let (_, pending, locked) = counters(&s, EMAIL).await;
+    assert_eq!((pending, locked), (0, false));
+}
+
+async fn a_recovery_code_on_two_challenges_in_parallel_works_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (id, _, _, codes) = enrolled(&s, EMAIL).await;
+    let (c1, c2) = (challenge(&s, EMAIL).await, challenge(&s, EMAIL).await);
+    let calls = (0..4).map(|i| {
+        let s = &s;
+        let c = if i % 2 == 0 { c1.clone() } else { c2.clone() };
+        let rec = codes[3].clone();
+        async move { verify(s, &c, "", &rec).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    // The enrollment session and the one opened.
+    assert_eq!(sessions_of(&s, &id).await, 2);
+    let c3 = challenge(&s, EMAIL).await;
+    assert_reason(
+        verify(&s, &c3, "", &codes[3]).await,
+        Code::Unauthenticated,
+        "SECOND_FACTOR_INVALID",
+    );
+}
+
+async fn a_challenge_dies_with_disable_and_deactivation(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let (id, token, mut app, _) = enrolled(&s, EMAIL).await;
+    // Disabled from a session: the pending challenge goes with the factor.
+    let pending = challenge(&s, EMAIL).await;
+    let code = app.next_code(&s);
+    s.users()
+        .await
+        .disable_totp(authed(
+            DisableTotpRequest {
+                code,
+                recovery_code: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .expect("disable");
+    let next = app.next_code(&s);
+    assert_reason(
+        verify(&s, &pending, &next, "").await,
+        Code::Unauthenticated,
+        "SECOND_FACTOR_CHALLENGE_INVALID",
+    );
+    // Enabled again (the app follows the clock this test moved); a
+    // challenge, then the account is deactivated.
+    let secret = s
+        .users()
+        .await
+        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .await
+        .expect("start again")
+        .into_inner()
+        .secret;
+    let offset = app.offset_ms;
+    let mut app = Authenticator::new(&secret);
+    app.offset_ms = offset;
+    s.users()
+        .await
+        .confirm_totp_enrollment(authed(
+            ConfirmTotpEnrollmentRequest { code: app.code() },
+            &token,
+        ))
+        .await
+        .expect("confirm again");
+    let pending = challenge(&s, EMAIL).await;
+    s.users()
+        .await
+        .deactivate_user(authed(
+            DeactivateUserRequest {
+                user_id: id.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("deactivate");
+    let next = app.next_code(&s);
+    let r = verify(&s, &pending, &next, "").await;
+    let e = r.expect_err("a deactivated account's challenge");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(sessions_of(&s, &id).await, 0);
+}
+
+async fn an_older_password_session_never_claims_otp(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, _) = s.user(EMAIL).await;
+    let older = s.login(EMAIL, PASSWORD).await.expect("password login");
+    let enrolling = s.login(EMAIL, PASSWORD).await.expect("password login");
+    enable_totp(&s, &enrolling.access_token).await;
+    // The enrolling session proved the code; the older one did not.
+    let refreshed = s
+        .auth()
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: older.refresh_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("the older session still refreshes")
+        .into_inner();
+    assert_eq!(amr(&refreshed.access_token), ["pwd"]);
+    let upgraded = s
+        .auth()
+        .await
+        .refresh(RefreshRequest {
+            refresh_token: enrolling.refresh_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert_eq!(amr(&upgraded.access_token), ["pwd", "otp"]);
+}
+
+async fn hostile_codes_are_invalid_arguments(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, token, app, _) = enrolled(&s, EMAIL).await;
+    let c = challenge(&s, EMAIL).await;
+    let right = app.code();
+    // Large, but within the server's message limit.
+    let huge = "7".repeat(200_000);
+    let bad_codes = [
+        format!(" {right}"),
+        format!("{right} "),
+        format!("{right}0"),
+        right[..5].to_string(),
+        "١٢٣٤٥٦".to_string(),
+        "１２３４５６".to_string(),
+        "12345\u{0}".to_string(),
+        "+12345".to_string(),
+        "-12345".to_string(),
+        huge.clone(),
+    ];
+    for bad in &bad_codes {
+        let e = verify(&s, &c, bad, "").await.expect_err("bad code");
+        assert_eq!(e.code(), Code::InvalidArgument, "{}: {e:?}", head(bad));
+        let e = s
+            .users()
+            .await
+            .regenerate_recovery_codes(authed(
+                RegenerateRecoveryCodesRequest { code: bad.clone() },
+                &token,
+            ))
+            .await
+            .expect_err("bad code");
+        assert_eq!(e.code(), Code::InvalidArgument, "{}: {e:?}", head(bad));
+    }
+    for bad in [
+        "ABCDE-FGHIJ-KLMNO-PQRS1",
+        "ÀBCDE-FGHIJ-KLMNO-PQRST",
+        huge.as_str(),
+    ] {
+        let e = verify(&s, &c, "", bad)
+            .await
+            .expect_err("bad recovery code");
+        assert_eq!(e.code(), Code::InvalidArgument, "{}: {e:?}", head(bad));
+    }
+    let e = verify(&s, &huge, &right, "")
+        .await
+        .expect_err("huge challenge");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Nothing was counted, and the right code still opens the challenge.
+    assert_eq!(counters(&s, EMAIL).await, (0, 0, false));
+    let mut app = app;
+    let next = app.next_code(&s);
+    verify(&s, &c, &next, "").await.expect("right code");
+}
+
+async fn a_wrong_password_answers_the_same_with_or_without_totp(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    enrolled(&s, EMAIL).await;
+    s.user("plain@totp.test").await;
+    let answer = |e: tonic::Status| (e.code(), reason(&e), e.message().to_string());
+    let with = answer(s.login(EMAIL, "wrong password 1").await.expect_err("wrong"));
+    let without = answer(
+        s.login("plain@totp.test", "wrong password 1")
+            .await
+            .expect_err("wrong"),
+    );
+    let unknown = answer(
+        s.login("nobody@totp.test", "wrong password 1")
+            .await
+            .expect_err("unknown"),
+    );
+    assert_eq!(with, without);
+    assert_eq!(with, unknown);
+    assert_eq!(with.0, Code::Unauthenticated);
+}
