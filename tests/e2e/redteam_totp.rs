@@ -2,6 +2,7 @@
 //! where they do not belong, races between a verification and what
 //! revokes it, hostile inputs, and what an older session claims.
 
+use crate::support::sessions::{hold_rows, release};
 use crate::support::totp::*;
 use crate::support::*;
 use crate::totp::{amr, assert_reason, counters, sql_i64};
@@ -17,6 +18,7 @@ crate::both_backends!(
     an_older_password_session_never_claims_otp,
     hostile_codes_are_invalid_arguments,
     a_wrong_password_answers_the_same_with_or_without_totp,
+    a_confirmation_enables_only_the_secret_its_code_proved,
 );
 
 const EMAIL: &str = "red@totp.test";
@@ -345,4 +347,90 @@ async fn a_wrong_password_answers_the_same_with_or_without_totp(backend: Backend
     assert_eq!(with, without);
     assert_eq!(with, unknown);
     assert_eq!(with.0, Code::Unauthenticated);
+}
+
+/// Waits until `n` statements of the test's PostgreSQL database wait for a
+/// lock; on SQLite (one writer, nothing to observe) a short pause to let
+/// the calls queue in order.
+async fn wait_lock_waiters(s: &TestServer, n: i64) {
+    if s.backend == Backend::Sqlite {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        return;
+    }
+    for _ in 0..400 {
+        let waiting = sql_i64(
+            s,
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database()",
+        )
+        .await;
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{n} statements never waited for the lock");
+}
+
+/// A StartTotpEnrollment committed while a ConfirmTotpEnrollment checked
+/// the previous secret's code: the confirmation must not enable the new
+/// secret, which its code never proved (and whose holder may be someone
+/// else than the one who scanned the first).
+async fn a_confirmation_enables_only_the_secret_its_code_proved(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (id, token) = s.user(EMAIL).await;
+    let start = || {
+        let s = &s;
+        let token = token.clone();
+        async move {
+            s.users()
+                .await
+                .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+                .await
+                .map(|r| r.into_inner().secret)
+        }
+    };
+    let mut first = Authenticator::new(&start().await.expect("start"));
+    let held = hold_rows(
+        &s,
+        "SELECT user_id FROM totp_credentials WHERE user_id = $1 FOR UPDATE",
+        &id,
+    )
+    .await;
+    // The restart queues first, then the confirmation reads the first
+    // secret and queues behind it.
+    let restart = start();
+    let confirm = async {
+        wait_lock_waiters(&s, 1).await;
+        s.users()
+            .await
+            .confirm_totp_enrollment(authed(
+                ConfirmTotpEnrollmentRequest { code: first.code() },
+                &token,
+            ))
+            .await
+    };
+    let unlock = async {
+        wait_lock_waiters(&s, 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        wait_lock_waiters(&s, 2).await;
+        release(held).await;
+    };
+    let (restarted, confirmed, ()) = tokio::join!(restart, confirm, unlock);
+    match confirmed {
+        Ok(_) => {
+            // Enabled: with the secret whose code confirmed it.
+            let c = challenge(&s, EMAIL).await;
+            let code = first.next_code(&s);
+            verify(&s, &c, &code, "")
+                .await
+                .expect("the confirmed secret's code is accepted");
+        }
+        Err(e) => {
+            assert!(restarted.is_ok(), "{e:?}");
+            // Not enabled: the password alone still logs in.
+            let r = s.login(EMAIL, PASSWORD).await.expect("login");
+            assert!(r.second_factor.is_none(), "{r:?}");
+        }
+    }
 }
