@@ -303,8 +303,27 @@ pub async fn confirm_enrollment(
     }
     let secret = open_secret(&app, &caller.user_id, &credential.sealed_secret)?;
     let step = otp::matching_step(&secret, &code, now).ok_or_else(code_invalid)?;
-    if !totp::confirm(&tx, &meta, caller.actor(), &caller.user_id, step, now).await? {
-        return Err(already_enabled());
+    if !totp::confirm(
+        &tx,
+        &meta,
+        caller.actor(),
+        &caller.user_id,
+        &credential.sealed_secret,
+        step,
+        now,
+    )
+    .await?
+    {
+        // Enabled by a racing confirmation, or restarted with a secret
+        // this code does not prove.
+        let enabled = totp::find(&tx, &caller.user_id)
+            .await?
+            .is_some_and(|c| c.confirmed);
+        return Err(if enabled {
+            already_enabled()
+        } else {
+            code_invalid()
+        });
     }
     let (codes, hashes) = new_recovery_codes();
     totp::replace_recovery_codes(&tx, &caller.user_id, &hashes, now).await?;

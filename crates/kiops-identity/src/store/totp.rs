@@ -129,20 +129,28 @@ pub async fn start<C: ConnectionTrait>(
 }
 
 /// Enables a pending credential with the step of its first code; false
-/// when it is no longer pending.
+/// when it is no longer pending or no longer `sealed_secret`, the secret
+/// the code was checked against (a racing StartTotpEnrollment replaced
+/// it: its new secret was never proven).
 pub async fn confirm<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,
     actor: Actor,
     user_id: &str,
+    sealed_secret: &str,
     step: i64,
     now: i64,
 ) -> Result<bool, DomainError> {
     let n = exec(
         conn,
         "UPDATE totp_credentials SET confirmed_at = $2, last_step = $3 \
-         WHERE user_id = $1 AND confirmed_at IS NULL",
-        vec![user_id.into(), now.into(), step.into()],
+         WHERE user_id = $1 AND confirmed_at IS NULL AND sealed_secret = $4",
+        vec![
+            user_id.into(),
+            now.into(),
+            step.into(),
+            sealed_secret.into(),
+        ],
     )
     .await?;
     if n != 1 {
