@@ -19,6 +19,7 @@ crate::both_backends!(
     hostile_codes_are_invalid_arguments,
     a_wrong_password_answers_the_same_with_or_without_totp,
     a_confirmation_enables_only_the_secret_its_code_proved,
+    no_secret_code_or_challenge_in_the_log_or_the_audit,
 );
 
 const EMAIL: &str = "red@totp.test";
@@ -432,5 +433,98 @@ async fn a_confirmation_enables_only_the_secret_its_code_proved(backend: Backend
             let r = s.login(EMAIL, PASSWORD).await.expect("login");
             assert!(r.second_factor.is_none(), "{r:?}");
         }
+    }
+}
+
+async fn no_secret_code_or_challenge_in_the_log_or_the_audit(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (id, token) = s.user(EMAIL).await;
+    let started = s
+        .users()
+        .await
+        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .await
+        .expect("start")
+        .into_inner();
+    let mut app = Authenticator::new(&started.secret);
+    let codes = s
+        .users()
+        .await
+        .confirm_totp_enrollment(authed(
+            ConfirmTotpEnrollmentRequest { code: app.code() },
+            &token,
+        ))
+        .await
+        .expect("confirm")
+        .into_inner()
+        .recovery_codes;
+    let used = challenge(&s, EMAIL).await;
+    verify(&s, &used, "", &codes[0])
+        .await
+        .expect("recovery code");
+    let wrong = challenge(&s, EMAIL).await;
+    let _ = verify(&s, &wrong, &app.wrong_code(3), "").await;
+    let _ = verify(&s, &wrong, "", &codes[0]).await;
+    let next = app.next_code(&s);
+    let regenerated = s
+        .users()
+        .await
+        .regenerate_recovery_codes(authed(
+            RegenerateRecoveryCodesRequest { code: next },
+            &token,
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner()
+        .recovery_codes;
+    s.users()
+        .await
+        .disable_totp(authed(
+            DisableTotpRequest {
+                code: String::new(),
+                recovery_code: regenerated[1].clone(),
+            },
+            &token,
+        ))
+        .await
+        .expect("disable with a recovery code");
+    let rows = crate::hardening_mail::sql_rows(
+        &s,
+        &format!(
+            "SELECT action, CAST(details AS TEXT) AS d FROM audit_events \
+             WHERE target_id = '{id}' OR actor_id = '{id}'"
+        ),
+    )
+    .await;
+    let audit: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let a: String = r.try_get("", "action").expect("action");
+            let d: String = r.try_get("", "d").expect("details");
+            format!("{a} {d}")
+        })
+        .collect();
+    let audit = audit.join("\n");
+    // The flow was audited (the search below looks at real events).
+    for action in [
+        "user.totp_enabled",
+        "user.recovery_code_used",
+        "auth.second_factor_failed",
+        "user.recovery_codes_regenerated",
+        "user.totp_disabled",
+    ] {
+        assert!(audit.contains(action), "{action} missing: {audit}");
+    }
+    let logs = s.logs();
+    assert!(!logs.is_empty());
+    let plain = |c: &str| c.replace('-', "");
+    let mut secrets = vec![started.secret.clone(), used.clone(), wrong.clone()];
+    for c in codes.iter().chain(regenerated.iter()) {
+        secrets.push(c.clone());
+        secrets.push(plain(c));
+    }
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "{secret} in the log");
+        assert!(!audit.contains(secret.as_str()), "{secret} in the audit");
     }
 }
