@@ -20,6 +20,7 @@ crate::both_backends!(
     a_wrong_password_answers_the_same_with_or_without_totp,
     a_confirmation_enables_only_the_secret_its_code_proved,
     no_secret_code_or_challenge_in_the_log_or_the_audit,
+    a_verification_racing_a_reset_ends_cleanly,
 );
 
 const EMAIL: &str = "red@totp.test";
@@ -527,4 +528,65 @@ async fn no_secret_code_or_challenge_in_the_log_or_the_audit(backend: Backend) {
         assert!(!logs.contains(secret.as_str()), "{secret} in the log");
         assert!(!audit.contains(secret.as_str()), "{secret} in the audit");
     }
+}
+
+/// A PlatformAdmin's ResetUserSecondFactor and the account's
+/// VerifySecondFactor cross: the reset has erased the credential and
+/// waits (here on the recovery codes) while the verification has used the
+/// challenge and waits on the credential. Neither may answer INTERNAL,
+/// no session may outlive the reset, and the verification's lockout slot
+/// must not stay held.
+async fn a_verification_racing_a_reset_ends_cleanly(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let (id, _, mut app, _) = enrolled(&s, EMAIL).await;
+    let c = challenge(&s, EMAIL).await;
+    let code = app.next_code(&s);
+    let held = hold_rows(
+        &s,
+        "SELECT code_hash FROM totp_recovery_codes WHERE user_id = $1 FOR UPDATE",
+        &id,
+    )
+    .await;
+    let reset = async {
+        s.users()
+            .await
+            .reset_user_second_factor(authed(
+                ResetUserSecondFactorRequest {
+                    user_id: id.clone(),
+                },
+                &admin,
+            ))
+            .await
+    };
+    let verified = async {
+        wait_lock_waiters(&s, 1).await;
+        verify(&s, &c, &code, "").await
+    };
+    let unlock = async {
+        wait_lock_waiters(&s, 1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        wait_lock_waiters(&s, 2).await;
+        release(held).await;
+    };
+    let (reset, verified, ()) = tokio::join!(reset, verified, unlock);
+    reset.expect("the reset");
+    // Refused, or told to retry (a deadlock PostgreSQL broke): never
+    // INTERNAL.
+    if let Err(e) = &verified {
+        assert!(
+            [Code::Unauthenticated, Code::Aborted].contains(&e.code()),
+            "{e:?}"
+        );
+    }
+    assert_eq!(
+        sessions_of(&s, &id).await,
+        0,
+        "a session outlived the reset"
+    );
+    let (_, pending, _) = counters(&s, EMAIL).await;
+    assert_eq!(pending, 0, "a slot stayed held");
+    // The factor is gone: the password alone logs in.
+    let r = s.login(EMAIL, PASSWORD).await.expect("login");
+    assert!(r.second_factor.is_none(), "{r:?}");
 }
