@@ -354,8 +354,27 @@ where
 {
     let now = app.clock.now_ms();
     let (user, accepted) = check(app, meta, &caller.user_id, &proof, now, code_invalid).await?;
-    let tx = app.store.begin_write().await?;
-    if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
+    let tx = match app.store.begin_write().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            release(app, &user.id).await?;
+            return Err(e);
+        }
+    };
+    // A database error gives the slot back like every other way out.
+    macro_rules! or_release {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    drop(tx);
+                    release(app, &user.id).await?;
+                    return Err(e);
+                }
+            }
+        };
+    }
+    if !or_release!(users::finish_login(&tx, &user.id, &user.password_hash, now).await) {
         drop(tx);
         fail(
             app,
@@ -369,7 +388,7 @@ where
         .await?;
         return Err(code_invalid());
     }
-    if !consume(&tx, meta, &user, &accepted, now).await? {
+    if !or_release!(consume(&tx, meta, &user, &accepted, now).await) {
         drop(tx);
         fail(
             app,
@@ -384,10 +403,13 @@ where
         return Err(code_invalid());
     }
     match act(&tx, &user, now).await {
-        Ok(v) => {
-            tx.commit().await?;
-            Ok(v)
-        }
+        Ok(v) => match tx.commit().await {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                release(app, &user.id).await?;
+                Err(e)
+            }
+        },
         Err(e) => {
             drop(tx);
             release(app, &user.id).await?;

@@ -292,6 +292,14 @@ pub async fn remove<C: ConnectionTrait>(
     action: &'static str,
     now: i64,
 ) -> Result<bool, DomainError> {
+    // Challenges first: VerifySecondFactor locks its challenge before the
+    // credential, so taking them in the same order cannot deadlock.
+    exec(
+        conn,
+        "DELETE FROM second_factor_challenges WHERE user_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
     let n = exec(
         conn,
         "DELETE FROM totp_credentials WHERE user_id = $1",
@@ -301,12 +309,6 @@ pub async fn remove<C: ConnectionTrait>(
     exec(
         conn,
         "DELETE FROM totp_recovery_codes WHERE user_id = $1",
-        vec![user_id.into()],
-    )
-    .await?;
-    exec(
-        conn,
-        "DELETE FROM second_factor_challenges WHERE user_id = $1",
         vec![user_id.into()],
     )
     .await?;

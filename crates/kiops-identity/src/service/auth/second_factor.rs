@@ -62,10 +62,30 @@ pub async fn verify_second_factor(
     };
     let org = challenge.organization_id.as_deref();
     let refresh = random_token(REFRESH_TOKEN_PREFIX);
-    let tx = app.store.begin_write().await?;
+    let tx = match app.store.begin_write().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            factor::release(&app, &user.id).await?;
+            return Err(e);
+        }
+    };
+    // A database error (e.g. a deadlock PostgreSQL broke) gives the slot
+    // back like every other way out.
+    macro_rules! or_release {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    drop(tx);
+                    factor::release(&app, &user.id).await?;
+                    return Err(e);
+                }
+            }
+        };
+    }
     // First statement, as in Login: a parallel wrong code that locked the
     // account first wins.
-    if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
+    if !or_release!(users::finish_login(&tx, &user.id, &user.password_hash, now).await) {
         drop(tx);
         factor::fail(
             &app,
@@ -82,13 +102,13 @@ pub async fn verify_second_factor(
     // A password changed since the Login, or a racing call that used the
     // challenge first: the challenge is gone, the code not counted.
     if challenge.password_digest != factor::password_digest(&user)
-        || !totp::use_challenge(&tx, &challenge_hash, now).await?
+        || !or_release!(totp::use_challenge(&tx, &challenge_hash, now).await)
     {
         drop(tx);
         factor::release(&app, &user.id).await?;
         return Err(challenge_invalid());
     }
-    if !factor::consume(&tx, &meta, &user, &accepted, now).await? {
+    if !or_release!(factor::consume(&tx, &meta, &user, &accepted, now).await) {
         drop(tx);
         factor::fail(
             &app,
@@ -136,7 +156,10 @@ pub async fn verify_second_factor(
     .await;
     match opened {
         Ok((access_token, expires_in)) => {
-            tx.commit().await?;
+            if let Err(e) = tx.commit().await {
+                factor::release(&app, &user.id).await?;
+                return Err(e);
+            }
             app.metrics.logins.with_label_values(&["success"]).inc();
             Ok(TokenPair {
                 access_token,
