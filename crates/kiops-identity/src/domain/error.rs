@@ -96,6 +96,9 @@ pub mod reason {
     /// A read across organizations by a service account that one
     /// organization owns.
     pub const PLATFORM_ACCOUNT_REQUIRED: &str = "PLATFORM_ACCOUNT_REQUIRED";
+    /// R31: a policy requires a second factor the calling session lacks
+    /// (metadata `organization_id` when an organization's policy does).
+    pub const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
 
     /// Every reason above, in order: the proto enum `ErrorReason` lists the
     /// same (as `ERROR_REASON_<reason>`; a unit test keeps the two equal).
@@ -148,6 +151,7 @@ pub mod reason {
         SERVICE_ACCOUNT_NAME_TAKEN,
         TOO_MANY_CREDENTIALS,
         PLATFORM_ACCOUNT_REQUIRED,
+        SECOND_FACTOR_REQUIRED,
     ];
 }
 
@@ -168,6 +172,10 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// R31: a second factor is required of the calling session (by the
+    /// organization's policy, or by the platform's when None).
+    #[error("{}", second_factor_message(.organization_id.as_deref()))]
+    SecondFactorRequired { organization_id: Option<String> },
     /// R25: a service account lacks the scope an RPC needs (None: no scope
     /// reaches it; only people may call it).
     #[error("{}", scope_message(*.scope))]
@@ -211,6 +219,13 @@ pub enum DomainError {
         index: usize,
         error: Box<DomainError>,
     },
+}
+
+fn second_factor_message(org: Option<&str>) -> String {
+    match org {
+        Some(_) => "this organization requires a second factor; enroll one and sign in with it".into(),
+        None => "PlatformAdmins must use a second factor; enroll one and sign in with it".into(),
+    }
 }
 
 fn scope_message(scope: Option<&str>) -> String {

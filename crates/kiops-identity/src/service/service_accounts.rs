@@ -120,7 +120,7 @@ pub async fn create(
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let role = match new.owner.org_id() {
-        Some(org) => memberships::role_of(&tx, org, &caller.user_id).await?,
+        Some(org) => memberships::caller_role(&tx, org, &caller).await?,
         None => None,
     };
     check_create(&caller, role, &new.owner)?;
@@ -140,7 +140,7 @@ pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<ServiceAccount,
     let conn = app.store.conn();
     managed(
         caller,
-        accounts::with_role(conn, &id, &caller.user_id, false).await?,
+        accounts::with_role(conn, &id, &caller, false).await?,
     )
 }
 
@@ -168,7 +168,7 @@ pub async fn list(
     v.into_result()?;
     match &org {
         Some(o) => {
-            let role = memberships::role_of(conn, o, &caller.user_id).await?;
+            let role = memberships::caller_role(conn, o, &caller).await?;
             check_manage(caller, role, &Owner::Organization(o.clone()))?;
         }
         // Nobody else reaches this: `context::start` refuses services.
@@ -244,7 +244,7 @@ pub async fn update(
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
+        accounts::with_role(&tx, &id, &caller, true).await?,
     )?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
@@ -281,7 +281,7 @@ pub async fn set_status(
     let tx = app.store.begin_write().await?;
     let before = managed(
         &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
+        accounts::with_role(&tx, &id, &caller, true).await?,
     )?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
@@ -301,7 +301,7 @@ pub async fn delete(
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
+        accounts::with_role(&tx, &id, &caller, true).await?,
     )?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
@@ -323,7 +323,7 @@ async fn add_credential(
     // The lock makes count-then-insert atomic per account.
     let account = managed(
         caller,
-        accounts::with_role(&tx, id, &caller.user_id, true).await?,
+        accounts::with_role(&tx, id, &caller, true).await?,
     )?;
     if credentials::count(&tx, &account.id).await? >= MAX_CREDENTIALS as u64 {
         return Err(DomainError::precondition(
@@ -416,7 +416,7 @@ pub async fn list_credentials(
     let conn = app.store.conn();
     let account = managed(
         caller,
-        accounts::with_role(conn, &id, &caller.user_id, false).await?,
+        accounts::with_role(conn, &id, &caller, false).await?,
     )?;
     credentials::list(conn, &account.id).await
 }
@@ -435,7 +435,7 @@ pub async fn remove_credential(
     let tx = app.store.begin_write().await?;
     let account = managed(
         &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
+        accounts::with_role(&tx, &id, &caller, true).await?,
     )?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
