@@ -38,6 +38,7 @@ mod server;
 mod service_accounts;
 mod service_scopes;
 mod service_tokens;
+mod second_factor_policy;
 mod sessions;
 mod stress;
 mod ways_in;

@@ -124,6 +124,10 @@ rpcs! {
     "UserService/RevokeOtherSessions" => RevokeOtherSessions(RevokeOtherSessionsRequest): users.revoke_other_sessions;
     "UserService/ListUserSessions" => ListUserSessions(ListUserSessionsRequest): users.list_user_sessions;
     "UserService/RevokeUserSessions" => RevokeUserSessions(RevokeUserSessionsRequest): users.revoke_user_sessions;
+    // R31 and the test email (issue 24).
+    "PlatformService/GetPlatformPolicy" => GetPlatformPolicy(GetPlatformPolicyRequest): platform.get_platform_policy;
+    "PlatformService/UpdatePlatformPolicy" => UpdatePlatformPolicy(UpdatePlatformPolicyRequest): platform.update_platform_policy;
+    "PlatformService/SendTestEmail" => SendTestEmail(SendTestEmailRequest): platform.send_test_email;
 }
 
 impl Rpc {

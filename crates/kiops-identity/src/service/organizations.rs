@@ -134,6 +134,10 @@ pub async fn update(
     let mut after = organizations::update(&tx, &meta, caller.actor(), before, changes, now).await?;
     if let Some(required) = policy {
         let was = after.second_factor_required;
+        // Dated under the organization's lock: the events of parallel
+        // changes are in the order they were made, and the revocation is
+        // after any token a login minted under the old policy.
+        let now = app.clock.now_ms();
         second_factor::set_org(&tx, &meta, caller.actor(), &id, was, required, now).await?;
         after.second_factor_required = required;
     }
