@@ -107,7 +107,11 @@ async fn check(
         .into_inner()
 }
 
-async fn refresh(s: &TestServer, refresh_token: &str, org: Option<&str>) -> Result<RefreshResponse, tonic::Status> {
+async fn refresh(
+    s: &TestServer,
+    refresh_token: &str,
+    org: Option<&str>,
+) -> Result<RefreshResponse, tonic::Status> {
     s.auth()
         .await
         .refresh(RefreshRequest {
@@ -170,13 +174,17 @@ async fn an_org_policy_takes_the_org_out_of_tokens_rpcs_and_checks(backend: Back
 
     // The organization's Manager turns it on (from a session without a
     // second factor: allowed, and it binds them too).
-    let org = set_org_policy(&s, &mgr_token, &strict, true).await.expect("turn on");
+    let org = set_org_policy(&s, &mgr_token, &strict, true)
+        .await
+        .expect("turn on");
     assert!(org.second_factor_required);
 
     // The token issued before: refused here at once, in that organization
     // only, naming it.
     assert_second_factor(get_org(&s, &una.access_token, &strict).await, Some(&strict));
-    get_org(&s, &una.access_token, &relaxed).await.expect("the other organization");
+    get_org(&s, &una.access_token, &relaxed)
+        .await
+        .expect("the other organization");
     assert_second_factor(
         s.members()
             .await
@@ -243,7 +251,9 @@ async fn an_org_policy_takes_the_org_out_of_tokens_rpcs_and_checks(backend: Back
         .into_inner()
         .results;
     assert_eq!(
-        bulk.iter().map(|r| (r.allowed, r.denial_reason)).collect::<Vec<_>>(),
+        bulk.iter()
+            .map(|r| (r.allowed, r.denial_reason))
+            .collect::<Vec<_>>(),
         vec![
             (false, ErrorReason::SecondFactorRequired as i32),
             (true, ErrorReason::Unspecified as i32)
@@ -252,7 +262,9 @@ async fn an_org_policy_takes_the_org_out_of_tokens_rpcs_and_checks(backend: Back
 
     // New tokens leave it out: on refresh, on login; a token scoped to it
     // is refused with the reason (and the refresh token stays usable).
-    let refreshed = refresh(&s, &una.refresh_token, None).await.expect("refresh");
+    let refreshed = refresh(&s, &una.refresh_token, None)
+        .await
+        .expect("refresh");
     let orgs = token_orgs(&refreshed.access_token);
     assert!(orgs.get(&strict).is_none(), "{orgs}");
     assert!(orgs.get(&relaxed).is_some(), "{orgs}");
@@ -302,12 +314,23 @@ async fn an_org_policy_takes_the_org_out_of_tokens_rpcs_and_checks(backend: Back
 
     // The gated Manager cannot turn it off; a PlatformAdmin can, and the
     // organization is back at once and in the next token.
-    assert_second_factor(set_org_policy(&s, &mgr_token, &strict, false).await, Some(&strict));
-    let off = set_org_policy(&s, &admin, &strict, false).await.expect("turn off");
+    assert_second_factor(
+        set_org_policy(&s, &mgr_token, &strict, false).await,
+        Some(&strict),
+    );
+    let off = set_org_policy(&s, &admin, &strict, false)
+        .await
+        .expect("turn off");
     assert!(!off.second_factor_required);
     get_org(&s, &una.access_token, &strict).await.expect("back");
-    assert!(check(&s, &una.access_token, &uid, &strict, Permission::Device).await.allowed);
-    let back = refresh(&s, &again.refresh_token, None).await.expect("refresh");
+    assert!(
+        check(&s, &una.access_token, &uid, &strict, Permission::Device)
+            .await
+            .allowed
+    );
+    let back = refresh(&s, &again.refresh_token, None)
+        .await
+        .expect("refresh");
     assert!(token_orgs(&back.access_token).get(&strict).is_some());
     // Two changes, two events; turning off revokes nothing.
     let n = sql_i64(
@@ -351,7 +374,12 @@ async fn only_the_orgs_managers_and_platform_admins_set_the_policy(backend: Back
         "NOT_FOUND",
     );
     // Nothing changed, nothing audited.
-    assert!(!get_org(&s, &admin, &x).await.expect("get").second_factor_required);
+    assert!(
+        !get_org(&s, &admin, &x)
+            .await
+            .expect("get")
+            .second_factor_required
+    );
     let n = sql_i64(
         &s,
         "SELECT COUNT(*) AS n FROM audit_events WHERE action = 'organization.second_factor_policy_changed'",
@@ -369,7 +397,9 @@ async fn only_the_orgs_managers_and_platform_admins_set_the_policy(backend: Back
     assert_eq!(n, 1, "a change that changes nothing is not audited");
     // A PlatformAdmin's authority is the platform's: the organization's
     // policy does not bind them.
-    get_org(&s, &admin, &x).await.expect("PlatformAdmin still acts");
+    get_org(&s, &admin, &x)
+        .await
+        .expect("PlatformAdmin still acts");
     // Service accounts never set it (SCOPE_REQUIRED is the matrix's).
     let members = s
         .members()
@@ -397,7 +427,10 @@ async fn parallel_toggles_leave_one_state_and_one_event_per_change(backend: Back
     for r in futures::future::join_all(calls).await {
         r.expect("toggle");
     }
-    let fin = get_org(&s, &admin, &org).await.expect("get").second_factor_required;
+    let fin = get_org(&s, &admin, &org)
+        .await
+        .expect("get")
+        .second_factor_required;
     // The events chain: each starts where the one before ended, from off
     // to the final state, so there is exactly one per change.
     let db = Database::connect(&s.db.url).await.expect("db");
@@ -418,8 +451,12 @@ async fn parallel_toggles_leave_one_state_and_one_event_per_change(backend: Back
         let details: String = r.try_get("", "details").expect("details");
         let v: serde_json::Value = serde_json::from_str(&details).expect("json");
         let (b, a) = (
-            v["before"]["second_factor_required"].as_bool().expect("before"),
-            v["after"]["second_factor_required"].as_bool().expect("after"),
+            v["before"]["second_factor_required"]
+                .as_bool()
+                .expect("before"),
+            v["after"]["second_factor_required"]
+                .as_bool()
+                .expect("after"),
         );
         assert_eq!(b, state, "events chain: {details}");
         assert_ne!(a, b, "an event is a change: {details}");
@@ -493,7 +530,12 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
             .await,
         "update_mask",
     );
-    let before = s.platform().await.get_platform_policy(platform(&admin)).await.expect("get");
+    let before = s
+        .platform()
+        .await
+        .get_platform_policy(platform(&admin))
+        .await
+        .expect("get");
     assert_eq!(before.into_inner().policy, Some(PlatformPolicy::default()));
 
     let mut stream = s
@@ -503,7 +545,10 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
         .await
         .expect("watch")
         .into_inner();
-    let bootstrap = token_claims(&admin)["sub"].as_str().expect("sub").to_string();
+    let bootstrap = token_claims(&admin)["sub"]
+        .as_str()
+        .expect("sub")
+        .to_string();
     let about_pa2 = check(&s, &mgr_token, &pa2, &org, Permission::Device).await;
     assert!(about_pa2.allowed, "a PlatformAdmin holds every category");
     let on = s
@@ -529,7 +574,10 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
     // At once, for both PlatformAdmins (the caller included): PlatformAdmin
     // RPCs refused with the reason, no organization of others visible.
     for t in [&admin, &pa2_token] {
-        assert_second_factor(s.platform().await.get_platform_policy(platform(t)).await, None);
+        assert_second_factor(
+            s.platform().await.get_platform_policy(platform(t)).await,
+            None,
+        );
         assert_second_factor(
             s.users()
                 .await
@@ -564,9 +612,17 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
     get_org(&s, &member_token, &org).await.expect("member");
     // New tokens: `pa` false.
     let login = s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect("login");
-    assert_eq!(token_claims(&login.access_token)["pa"], serde_json::json!(false));
-    let refreshed = refresh(&s, &login.refresh_token, None).await.expect("refresh");
-    assert_eq!(token_claims(&refreshed.access_token)["pa"], serde_json::json!(false));
+    assert_eq!(
+        token_claims(&login.access_token)["pa"],
+        serde_json::json!(false)
+    );
+    let refreshed = refresh(&s, &login.refresh_token, None)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        token_claims(&refreshed.access_token)["pa"],
+        serde_json::json!(false)
+    );
     // Offline verifiers: an event for each PlatformAdmin, none for others.
     let mut named = std::collections::BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -581,7 +637,10 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
             named.insert(e.user_id);
         }
     }
-    assert_eq!(named, [bootstrap.clone(), pa2.clone()].into_iter().collect());
+    assert_eq!(
+        named,
+        [bootstrap.clone(), pa2.clone()].into_iter().collect()
+    );
     let n = sql_i64(
         &s,
         "SELECT COUNT(*) AS n FROM revocation_events WHERE reason = 'second_factor_required'",
@@ -608,8 +667,13 @@ async fn the_platform_policy_unmakes_platform_admins_without_a_second_factor(bac
         .get_platform_policy(platform(&admin))
         .await
         .expect("PlatformAdmin again");
-    let back = refresh(&s, &refreshed.refresh_token, None).await.expect("refresh");
-    assert_eq!(token_claims(&back.access_token)["pa"], serde_json::json!(true));
+    let back = refresh(&s, &refreshed.refresh_token, None)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        token_claims(&back.access_token)["pa"],
+        serde_json::json!(true)
+    );
 }
 
 async fn a_test_email_reports_what_the_smtp_server_said(backend: Backend) {
@@ -632,13 +696,19 @@ async fn a_test_email_reports_what_the_smtp_server_said(backend: Backend) {
 
     for t in [&mgr_token, &member_token] {
         assert_status(
-            s.platform().await.send_test_email(send("ops@mail.test", t)).await,
+            s.platform()
+                .await
+                .send_test_email(send("ops@mail.test", t))
+                .await,
             Code::PermissionDenied,
             "PLATFORM_ADMIN_REQUIRED",
         );
     }
     assert_invalid(
-        s.platform().await.send_test_email(send("not an address", &admin)).await,
+        s.platform()
+            .await
+            .send_test_email(send("not an address", &admin))
+            .await,
         "to",
     );
     assert_eq!(sink.count_to("ops@mail.test"), 0);
@@ -713,7 +783,10 @@ async fn a_test_email_reports_what_the_smtp_server_said(backend: Backend) {
         .await
         .expect("second");
     assert_status(
-        s2.platform().await.send_test_email(send("ops@mail.test", &admin2)).await,
+        s2.platform()
+            .await
+            .send_test_email(send("ops@mail.test", &admin2))
+            .await,
         Code::ResourceExhausted,
         "RATE_LIMITED",
     );

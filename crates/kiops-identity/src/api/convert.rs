@@ -59,7 +59,9 @@ pub fn organization(o: &Organization) -> v1::Organization {
 }
 
 /// A CheckPermission answer (R31: why a policy said no).
-pub fn permission_answer(a: crate::domain::membership::PermissionAnswer) -> v1::CheckPermissionResponse {
+pub fn permission_answer(
+    a: crate::domain::membership::PermissionAnswer,
+) -> v1::CheckPermissionResponse {
     v1::CheckPermissionResponse {
         allowed: a.allowed,
         denial_reason: a

@@ -223,7 +223,9 @@ pub enum DomainError {
 
 fn second_factor_message(org: Option<&str>) -> String {
     match org {
-        Some(_) => "this organization requires a second factor; enroll one and sign in with it".into(),
+        Some(_) => {
+            "this organization requires a second factor; enroll one and sign in with it".into()
+        }
         None => "PlatformAdmins must use a second factor; enroll one and sign in with it".into(),
     }
 }

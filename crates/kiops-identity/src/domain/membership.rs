@@ -178,8 +178,8 @@ pub fn subject_answer(
             gate.platform_required,
             gate.second_factor,
         );
-        let counts =
-            platform_admin || second_factor::membership_counts(gate.org_required, gate.second_factor);
+        let counts = platform_admin
+            || second_factor::membership_counts(gate.org_required, gate.second_factor);
         SubjectState {
             platform_admin,
             role: s.role.filter(|_| counts),
@@ -281,17 +281,36 @@ mod tests {
             second_factor: false,
         };
         let a = subject_answer(Some(&member), Permission::Device, gate);
-        assert_eq!((a.allowed, a.denial_reason), (false, Some(reason::SECOND_FACTOR_REQUIRED)));
+        assert_eq!(
+            (a.allowed, a.denial_reason),
+            (false, Some(reason::SECOND_FACTOR_REQUIRED))
+        );
         let a = subject_answer(Some(&member), Permission::Audit, gate);
         assert_eq!((a.allowed, a.denial_reason), (false, None));
-        let with = SubjectGate { second_factor: true, ..gate };
+        let with = SubjectGate {
+            second_factor: true,
+            ..gate
+        };
         assert!(subject_answer(Some(&member), Permission::Device, with).allowed);
-        let pa = SubjectState { platform_admin: true, role: None, ..member.clone() };
+        let pa = SubjectState {
+            platform_admin: true,
+            role: None,
+            ..member.clone()
+        };
         assert!(subject_answer(Some(&pa), Permission::Device, gate).allowed);
-        let pa_gate = SubjectGate { platform_required: true, ..SubjectGate::default() };
+        let pa_gate = SubjectGate {
+            platform_required: true,
+            ..SubjectGate::default()
+        };
         let a = subject_answer(Some(&pa), Permission::Device, pa_gate);
-        assert_eq!((a.allowed, a.denial_reason), (false, Some(reason::SECOND_FACTOR_REQUIRED)));
-        let pa_member = SubjectState { platform_admin: true, ..member };
+        assert_eq!(
+            (a.allowed, a.denial_reason),
+            (false, Some(reason::SECOND_FACTOR_REQUIRED))
+        );
+        let pa_member = SubjectState {
+            platform_admin: true,
+            ..member
+        };
         assert!(subject_answer(Some(&pa_member), Permission::Device, pa_gate).allowed);
         assert!(!subject_answer(Some(&pa_member), Permission::Audit, pa_gate).allowed);
     }

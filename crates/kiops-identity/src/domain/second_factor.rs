@@ -99,19 +99,30 @@ mod tests {
     #[test]
     fn a_member_without_the_factor_is_refused_naming_the_org() {
         let mut c = Caller::for_test(false);
-        assert_eq!(caller_role(&c, "o", Some(Role::Member), false).ok(), Some(Some(Role::Member)));
+        assert_eq!(
+            caller_role(&c, "o", Some(Role::Member), false).ok(),
+            Some(Some(Role::Member))
+        );
         let e = caller_role(&c, "o", Some(Role::Manager), true).unwrap_err();
-        assert!(matches!(e, DomainError::SecondFactorRequired { organization_id: Some(ref o) } if o == "o"));
+        assert!(
+            matches!(e, DomainError::SecondFactorRequired { organization_id: Some(ref o) } if o == "o")
+        );
         assert_eq!(caller_role(&c, "o", None, true).ok(), Some(None));
         c.second_factor = true;
-        assert_eq!(caller_role(&c, "o", Some(Role::Member), true).ok(), Some(Some(Role::Member)));
+        assert_eq!(
+            caller_role(&c, "o", Some(Role::Member), true).ok(),
+            Some(Some(Role::Member))
+        );
         let pa = Caller::for_test(true);
         assert!(caller_role(&pa, "o", Some(Role::Member), true).is_ok());
     }
 
     #[test]
     fn a_reason_only_when_the_policy_changed_the_answer() {
-        assert_eq!(denial_reason(true, false), Some(reason::SECOND_FACTOR_REQUIRED));
+        assert_eq!(
+            denial_reason(true, false),
+            Some(reason::SECOND_FACTOR_REQUIRED)
+        );
         assert_eq!(denial_reason(false, false), None);
         assert_eq!(denial_reason(true, true), None);
     }

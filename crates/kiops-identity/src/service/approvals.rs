@@ -93,7 +93,7 @@ pub async fn list(
     let conn = app.store.conn();
     let organizations = match &org {
         Some(o) => {
-            let role = memberships::caller_role(conn, o, &caller).await?;
+            let role = memberships::caller_role(conn, o, caller).await?;
             access::require_manager(caller, role)?;
             Some(vec![o.clone()])
         }

@@ -100,7 +100,7 @@ pub async fn list(
     let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
-    let role = memberships::caller_role(conn, &org, &caller).await?;
+    let role = memberships::caller_role(conn, &org, caller).await?;
     access::require_manager(caller, role)?;
     let after = cursor.after_ms_and_id();
     let now = app.clock.now_ms();
@@ -312,7 +312,7 @@ async fn begin_for_manager(
     let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    let role = memberships::caller_role(&tx, &inv.organization_id, &caller).await?;
+    let role = memberships::caller_role(&tx, &inv.organization_id, caller).await?;
     if !caller.platform_admin && role.is_none() {
         return Err(DomainError::not_found("invitation"));
     }

@@ -18,8 +18,8 @@ use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
 use crate::domain::membership::{
-    caller_from_state, grant_is_a_change, subject_answer, subject_holds, CallerState,
-    PermissionAnswer, SubjectGate, Member, Membership,
+    caller_from_state, grant_is_a_change, subject_answer, subject_holds, CallerState, Member,
+    Membership, PermissionAnswer, SubjectGate,
 };
 use crate::domain::model::Permission;
 use crate::domain::model::Role;
@@ -65,7 +65,7 @@ pub(super) async fn lock_org(
 ) -> Result<(WriteTx, Option<Role>), DomainError> {
     let tx = app.store.begin_write().await?;
     let exists = organizations::lock(&tx, org).await?.is_some();
-    let caller_role = memberships::caller_role(&tx, org, &caller).await?;
+    let caller_role = memberships::caller_role(&tx, org, caller).await?;
     if !exists {
         return Err(DomainError::not_found("organization"));
     }
@@ -290,7 +290,7 @@ pub async fn list(
             true
         }
         None => {
-            let caller_role = memberships::caller_role(conn, &org, &caller).await?;
+            let caller_role = memberships::caller_role(conn, &org, caller).await?;
             access::require_manager(caller, caller_role)?;
             caller.platform_admin
         }
@@ -335,7 +335,7 @@ pub async fn get(
         // members.read, in the organizations its owner covers (R25).
         service_account::require_service_sees(service, &org)?;
     } else if user != caller.user_id {
-        let caller_role = memberships::caller_role(conn, &org, &caller).await?;
+        let caller_role = memberships::caller_role(conn, &org, caller).await?;
         access::require_manager(caller, caller_role)?;
     }
     let member = memberships::get_member(conn, &org, &user).await?;
@@ -446,7 +446,12 @@ pub async fn check_permission(
     Ok(subject_answer(
         facts.subject.as_ref(),
         perm,
-        subject_gate(&gate, &org, &user, (!about_other).then_some(caller.second_factor)),
+        subject_gate(
+            &gate,
+            &org,
+            &user,
+            (!about_other).then_some(caller.second_factor),
+        ),
     ))
 }
 
@@ -462,8 +467,7 @@ fn subject_gate(
     SubjectGate {
         org_required: gate.org_required(org),
         platform_required: gate.platform_required,
-        second_factor: own_session
-            .unwrap_or_else(|| gate.users_with_second_factor.contains(user)),
+        second_factor: own_session.unwrap_or_else(|| gate.users_with_second_factor.contains(user)),
     }
 }
 

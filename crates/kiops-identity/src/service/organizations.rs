@@ -52,7 +52,7 @@ pub async fn create(
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<Organization, DomainError> {
     let id = validate::id("organization_id", id)?;
     let conn = app.store.conn();
-    let role = memberships::caller_role(conn, &id, &caller).await?;
+    let role = memberships::caller_role(conn, &id, caller).await?;
     access::require_org_visible(caller, role)?;
     organizations::find(conn, &id)
         .await?
@@ -112,7 +112,9 @@ pub async fn update(
                 )))
             }
             "code" => changes.code = Some(v.take(validate::org_code("organization.code", &o.code))),
-            "second_factor_required" => changes.second_factor_required = Some(o.second_factor_required),
+            "second_factor_required" => {
+                changes.second_factor_required = Some(o.second_factor_required)
+            }
             _ => {}
         }
     }

@@ -34,7 +34,10 @@ pub async fn update_policy(
         &[POLICY_PATH],
     ));
     v.into_result()?;
-    let wanted = r.policy.unwrap_or_default().platform_admin_second_factor_required;
+    let wanted = r
+        .policy
+        .unwrap_or_default()
+        .platform_admin_second_factor_required;
     let tx = app.store.begin_write().await?;
     let admins = users::lock_active_platform_admins(&tx).await?;
     access::require_still_platform_admin(&caller, &admins)?;

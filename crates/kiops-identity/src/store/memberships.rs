@@ -11,11 +11,11 @@ use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::membership::{demotion_revokes, narrowing_revokes};
 use crate::domain::model::{effective_permissions, Role, StoredStatus};
-use crate::domain::{second_factor, Caller};
 use crate::domain::second_factor::{
     amr_has_second_factor, membership_counts, platform_admin_counts,
 };
 use crate::domain::DomainError;
+use crate::domain::{second_factor, Caller};
 use kiops_token::{OrgClaims, Permission};
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement};
 use sea_orm::{
@@ -77,7 +77,8 @@ pub fn token_facts(
     rows: impl IntoIterator<Item = (String, String, i32, bool)>,
 ) -> TokenOrgs {
     let second_factor = amr_has_second_factor(amr);
-    let platform_admin = platform_admin_counts(platform_admin_flag, platform_required, second_factor);
+    let platform_admin =
+        platform_admin_counts(platform_admin_flag, platform_required, second_factor);
     let mut gated = Vec::new();
     let mut counted = Vec::new();
     for (org, role, granted, required) in rows {
@@ -175,7 +176,9 @@ pub async fn caller_role<C: ConnectionTrait>(
     if role.is_none() || caller.second_factor || caller.platform_admin {
         return Ok(role);
     }
-    let required = !super::second_factor::orgs_requiring(conn, &[org]).await?.is_empty();
+    let required = !super::second_factor::orgs_requiring(conn, &[org])
+        .await?
+        .is_empty();
     second_factor::caller_role(caller, org, role, required)
 }
 

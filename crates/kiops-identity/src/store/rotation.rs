@@ -160,14 +160,16 @@ async fn pooled_candidate<C: ConnectionTrait>(
         if let Some(org) = org {
             let role: String = row.try_get("", "member_role").map_err(db_err)?;
             let perms: i32 = row.try_get("", "member_permissions").map_err(db_err)?;
-            let required: Option<bool> =
-                row.try_get("", "member_org_second_factor").map_err(db_err)?;
+            let required: Option<bool> = row
+                .try_get("", "member_org_second_factor")
+                .map_err(db_err)?;
             memberships.push((org, role, perms, required.unwrap_or(false)));
         }
     }
     let amr: String = first.try_get("", "rotating_session_amr").map_err(db_err)?;
-    let platform_required: Option<bool> =
-        first.try_get("", "platform_second_factor").map_err(db_err)?;
+    let platform_required: Option<bool> = first
+        .try_get("", "platform_second_factor")
+        .map_err(db_err)?;
     Ok(Some(RefreshCandidate {
         session_id: first.try_get("", "rotating_session_id").map_err(db_err)?,
         session_expires_at: first

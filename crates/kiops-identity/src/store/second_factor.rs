@@ -10,8 +10,7 @@ use crate::domain::second_factor::{amr_has_second_factor, REVOCATION_REASON};
 use crate::domain::DomainError;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter,
-    QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QuerySelect,
 };
 use serde_json::json;
 use std::collections::HashSet;
@@ -78,20 +77,18 @@ pub async fn set_platform<C: ConnectionTrait>(
             .await
             .map_err(db_err)?;
         for id in &admins {
-            revocations::record(conn, revocations::Scope::user(id), REVOCATION_REASON, now)
-                .await?;
+            revocations::record(conn, revocations::Scope::user(id), REVOCATION_REASON, now).await?;
         }
         revoked = admins.len() as u64;
     }
     audit::record(
         conn,
         meta,
-        AuditEntry::new(actor, "platform.policy_changed", "platform", "platform")
-            .details(json!({
-                "before": {"platform_admin_second_factor_required": before},
-                "after": {"platform_admin_second_factor_required": after},
-                "platform_admins_revoked": revoked,
-            })),
+        AuditEntry::new(actor, "platform.policy_changed", "platform", "platform").details(json!({
+            "before": {"platform_admin_second_factor_required": before},
+            "after": {"platform_admin_second_factor_required": after},
+            "platform_admins_revoked": revoked,
+        })),
         now,
     )
     .await
@@ -115,7 +112,10 @@ pub async fn set_org<C: ConnectionTrait>(
         return Ok(());
     }
     organization::Entity::update_many()
-        .col_expr(organization::Column::SecondFactorRequired, Expr::value(after))
+        .col_expr(
+            organization::Column::SecondFactorRequired,
+            Expr::value(after),
+        )
         .col_expr(organization::Column::UpdatedAt, Expr::value(now))
         .filter(organization::Column::Id.eq(org))
         .exec(conn)
