@@ -160,6 +160,7 @@ async fn bearer_tokens_of_every_bad_kind_are_refused(backend: Backend) {
                 orgs: Default::default(),
                 session_id: None,
                 email_verified: false,
+                amr: Vec::new(),
             })
             .expect("issue")
             .token

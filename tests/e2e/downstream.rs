@@ -210,6 +210,7 @@ async fn device_service_refuses_forged_and_stale_tokens(backend: Backend) {
                     orgs,
                     session_id: None,
                     email_verified: false,
+                    amr: Vec::new(),
                 },
                 at,
             )

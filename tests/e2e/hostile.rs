@@ -648,6 +648,42 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             Rpc::RevokeUserSessions(RevokeUserSessionsRequest { user_id: user }),
             t,
         ),
+        // TOTP second factor (R30): 73..=79.
+        73 => (
+            Rpc::VerifySecondFactor(VerifySecondFactorRequest {
+                challenge: a,
+                code: b,
+                recovery_code: d,
+            }),
+            None,
+        ),
+        74 => (Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {}), t),
+        75 => (
+            Rpc::ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest { code: a }),
+            t,
+        ),
+        76 => (
+            Rpc::DisableTotp(DisableTotpRequest {
+                code: a,
+                recovery_code: b,
+            }),
+            t,
+        ),
+        77 => (
+            Rpc::RegenerateRecoveryCodes(RegenerateRecoveryCodesRequest { code: a }),
+            t,
+        ),
+        78 => (
+            Rpc::ResetUserSecondFactor(ResetUserSecondFactorRequest { user_id: user }),
+            t,
+        ),
+        79 => (
+            Rpc::DisableTotp(DisableTotpRequest {
+                code: String::new(),
+                recovery_code: a,
+            }),
+            t,
+        ),
         // R31 and the test email (issue 24). The policy is never turned on
         // here: it would make every later case the PlatformAdmin sends a
         // SECOND_FACTOR_REQUIRED refusal; the mask is hostile.
@@ -669,7 +705,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
     }
 }
 
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 18] = [
     "users",
     "organizations",
     "memberships",
@@ -684,6 +720,9 @@ const TABLES: [&str; 15] = [
     "service_accounts",
     "service_account_credentials",
     "service_assertion_jtis",
+    "totp_credentials",
+    "totp_recovery_codes",
+    "second_factor_challenges",
     "platform_settings",
 ];
 

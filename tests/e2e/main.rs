@@ -41,4 +41,5 @@ mod service_scopes;
 mod service_tokens;
 mod sessions;
 mod stress;
+mod totp;
 mod ways_in;

@@ -135,6 +135,10 @@ struct World {
     fresh: BTreeMap<&'static str, String>,
     /// A live session of the row's target (RevokeSession).
     session: String,
+    /// A second-factor challenge of the row's target and a code for it
+    /// (VerifySecondFactor).
+    challenge: String,
+    code: String,
 }
 
 fn field_mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -185,6 +189,7 @@ impl Env {
                     orgs: Default::default(),
                     session_id: None,
                     email_verified: false,
+                    amr: Vec::new(),
                 },
                 now - 3600,
             )
@@ -472,6 +477,9 @@ impl Env {
             "UserService/ChangePassword"
                 | "UserService/DeleteMe"
                 | "UserService/RevokeOtherSessions"
+                | "UserService/ConfirmTotpEnrollment"
+                | "UserService/DisableTotp"
+                | "UserService/RegenerateRecoveryCodes"
         ) {
             w.fresh = self.fresh_callers(&org).await;
         }
@@ -661,9 +669,20 @@ impl Env {
             "UserService/RevokeSession",
             "AuthService/Logout",
             "AuthService/ResetPassword",
+            "AuthService/VerifySecondFactor",
+            "UserService/ResetUserSecondFactor",
         ];
         if account_rows.contains(&rpc) {
             let t = self.new_user("target", false).await;
+            if rpc.ends_with("SecondFactor") {
+                // A target with TOTP enabled (R30).
+                let (app, _) = crate::support::totp::enable_totp(&self.s, &t.token).await;
+                if rpc == "AuthService/VerifySecondFactor" {
+                    w.challenge = crate::support::totp::challenge(&self.s, &t.email).await;
+                    // The next step: the confirming code used this one.
+                    w.code = crate::support::totp::code_at_step(&app.secret, app.step() + 1);
+                }
+            }
             if rpc == "AuthService/Logout" {
                 w.refresh_token = self
                     .s
@@ -1108,6 +1127,36 @@ impl Env {
             }),
             "UserService/RevokeUserSessions" => {
                 Rpc::RevokeUserSessions(RevokeUserSessionsRequest {
+                    user_id: w.target.clone(),
+                })
+            }
+            // TOTP (R30): the caller's own factor, never anyone else's.
+            "AuthService/VerifySecondFactor" => {
+                Rpc::VerifySecondFactor(VerifySecondFactorRequest {
+                    challenge: w.challenge.clone(),
+                    code: w.code.clone(),
+                    recovery_code: String::new(),
+                })
+            }
+            "UserService/StartTotpEnrollment" => {
+                Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {})
+            }
+            "UserService/ConfirmTotpEnrollment" => {
+                Rpc::ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest {
+                    code: "123456".into(),
+                })
+            }
+            "UserService/DisableTotp" => Rpc::DisableTotp(DisableTotpRequest {
+                code: "123456".into(),
+                recovery_code: String::new(),
+            }),
+            "UserService/RegenerateRecoveryCodes" => {
+                Rpc::RegenerateRecoveryCodes(RegenerateRecoveryCodesRequest {
+                    code: "123456".into(),
+                })
+            }
+            "UserService/ResetUserSecondFactor" => {
+                Rpc::ResetUserSecondFactor(ResetUserSecondFactorRequest {
                     user_id: w.target.clone(),
                 })
             }

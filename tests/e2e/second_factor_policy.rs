@@ -6,11 +6,12 @@
 //! SECOND_FACTOR_REQUIRED; tokens already issued are revoked for offline
 //! verifiers. And PlatformService.SendTestEmail checks the SMTP settings.
 //!
-//! The satisfied side (a session upgraded with TOTP gets the organization
-//! back) needs the TOTP flow (branch r24-totp); see the lead's TODO list in
-//! the report of branch r24-policy.
+//! The satisfied side: a session upgraded by TOTP enrollment, or opened
+//! with a code (R30), meets both policies; the account's other sessions do
+//! not.
 
 use crate::support::smtp::SmtpSink;
+use crate::support::totp::{challenge, enable_totp, verify};
 use crate::support::*;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -23,6 +24,7 @@ crate::both_backends!(
     parallel_toggles_leave_one_state_and_one_event_per_change,
     the_platform_policy_unmakes_platform_admins_without_a_second_factor,
     a_test_email_reports_what_the_smtp_server_said,
+    a_session_with_a_second_factor_meets_the_policies,
 );
 
 const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
@@ -790,4 +792,146 @@ async fn a_test_email_reports_what_the_smtp_server_said(backend: Backend) {
         Code::ResourceExhausted,
         "RATE_LIMITED",
     );
+}
+
+async fn a_session_with_a_second_factor_meets_the_policies(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin_login = s.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect("login");
+    let admin = admin_login.access_token.clone();
+    let strict = s.create_org(&admin, "Strict", "strict").await;
+    let (uid, old_session) = s.user("una@strict.test").await;
+    s.add_member(&admin, &strict, &uid, Role::Member).await;
+    s.members()
+        .await
+        .set_permissions(authed(
+            SetPermissionsRequest {
+                organization_id: strict.clone(),
+                user_id: uid.clone(),
+                permissions: vec![Permission::Device as i32],
+            },
+            &admin,
+        ))
+        .await
+        .expect("grant");
+    set_org_policy(&s, &admin, &strict, true).await.expect("on");
+    let una = s.login("una@strict.test", PASSWORD).await.expect("login");
+    assert_second_factor(get_org(&s, &una.access_token, &strict).await, Some(&strict));
+    let by_admin = check(&s, &admin, &uid, &strict, Permission::Device).await;
+    assert!(!by_admin.allowed);
+
+    // Enrollment stays open to the gated session, and upgrades it: the
+    // same access token is in the organization on its next call.
+    let (mut una_app, _) = enable_totp(&s, &una.access_token).await;
+    get_org(&s, &una.access_token, &strict)
+        .await
+        .expect("in again");
+    let own = check(&s, &una.access_token, &uid, &strict, Permission::Device).await;
+    assert!(own.allowed, "{own:?}");
+    let refreshed = refresh(&s, &una.refresh_token, None)
+        .await
+        .expect("refresh");
+    assert!(token_orgs(&refreshed.access_token).get(&strict).is_some());
+    refresh(&s, &refreshed.refresh_token, Some(&strict))
+        .await
+        .expect("a token scoped to it");
+    // Others asking: the subject has a live session with a second factor.
+    let by_admin = check(&s, &admin, &uid, &strict, Permission::Device).await;
+    assert!(by_admin.allowed, "{by_admin:?}");
+    // The account's older password-only session is still not enough.
+    assert_second_factor(get_org(&s, &old_session, &strict).await, Some(&strict));
+    let own_old = check(&s, &old_session, &uid, &strict, Permission::Device).await;
+    assert_eq!(
+        (own_old.allowed, own_old.denial_reason),
+        (false, ErrorReason::SecondFactorRequired as i32)
+    );
+    // A new login with the code: the organization is in its first token.
+    let ch = challenge(&s, "una@strict.test").await;
+    let code = una_app.next_code(&s);
+    let v = verify(&s, &ch, &code, "").await.expect("verify");
+    assert!(token_orgs(&v.access_token).get(&strict).is_some());
+    get_org(&s, &v.access_token, &strict).await.expect("in");
+
+    // The platform policy: the admin's upgraded session stays a
+    // PlatformAdmin, a second PlatformAdmin without one does not.
+    let (pa2, _) = s.user("second-admin@strict.test").await;
+    s.users()
+        .await
+        .set_platform_admin(authed(
+            SetPlatformAdminRequest {
+                user_id: pa2,
+                platform_admin: true,
+            },
+            &admin,
+        ))
+        .await
+        .expect("second admin");
+    let pa2_token = s
+        .login("second-admin@strict.test", PASSWORD)
+        .await
+        .expect("login")
+        .access_token;
+    let (mut app, _) = enable_totp(&s, &admin).await;
+
+    s.platform()
+        .await
+        .update_platform_policy(authed(
+            UpdatePlatformPolicyRequest {
+                policy: Some(PlatformPolicy {
+                    platform_admin_second_factor_required: true,
+                }),
+                update_mask: None,
+            },
+            &admin,
+        ))
+        .await
+        .expect("on");
+    s.platform()
+        .await
+        .get_platform_policy(authed(GetPlatformPolicyRequest {}, &admin))
+        .await
+        .expect("still a PlatformAdmin");
+    assert_second_factor(
+        s.platform()
+            .await
+            .get_platform_policy(authed(GetPlatformPolicyRequest {}, &pa2_token))
+            .await,
+        None,
+    );
+    let admin_refreshed = refresh(&s, &admin_login.refresh_token, None)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        token_claims(&admin_refreshed.access_token)["pa"],
+        serde_json::json!(true)
+    );
+    // A fresh admin login goes through the challenge and comes back `pa`.
+    let ch = s
+        .login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("login")
+        .second_factor
+        .expect("a challenge")
+        .challenge;
+    let code = app.next_code(&s);
+    let v = verify(&s, &ch, &code, "").await.expect("verify");
+    assert_eq!(token_claims(&v.access_token)["pa"], serde_json::json!(true));
+    // Off again, by a PlatformAdmin with a second factor.
+    s.platform()
+        .await
+        .update_platform_policy(authed(
+            UpdatePlatformPolicyRequest {
+                policy: Some(PlatformPolicy {
+                    platform_admin_second_factor_required: false,
+                }),
+                update_mask: None,
+            },
+            &v.access_token,
+        ))
+        .await
+        .expect("off");
+    s.platform()
+        .await
+        .get_platform_policy(authed(GetPlatformPolicyRequest {}, &pa2_token))
+        .await
+        .expect("PlatformAdmin again");
 }

@@ -420,6 +420,7 @@ fn verify_bench() -> String {
         orgs,
         session_id: None,
         email_verified: true,
+        amr: Vec::new(),
     }) {
         Ok(t) => t.token,
         Err(e) => return format!("verify: {e}"),

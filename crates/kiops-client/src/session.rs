@@ -112,6 +112,13 @@ impl Session {
             })
             .await?
             .into_inner();
+        if r.second_factor.is_some() {
+            // No tokens without a code (R30); a password alone cannot
+            // keep such a session signed in.
+            return Err(Status::failed_precondition(
+                "the account has a second factor: the client signs in with a password only",
+            ));
+        }
         Tokens::new(r.access_token, r.refresh_token, r.expires_in)
     }
 

@@ -24,7 +24,10 @@ pub struct Metrics {
     pub grpc_shed: IntCounter,
     /// Password logins by result: success, failure (wrong password or unknown
     /// email), locked (the failure that locked), refused (locked or inactive
-    /// account: the password was not evaluated).
+    /// account: the password was not evaluated); with a second factor (R30):
+    /// second_factor (the right password, a challenge answered),
+    /// second_factor_failure (a wrong or replayed code); success counts the
+    /// verified ones.
     pub logins: IntCounterVec,
     /// Emails in the outbox not yet delivered.
     pub outbox_backlog: IntGauge,

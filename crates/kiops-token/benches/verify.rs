@@ -56,6 +56,7 @@ fn main() {
             orgs,
             session_id: Some("01a205b3-a970-7604-baa2-fc8f7d5be91d".into()),
             email_verified: true,
+            amr: Vec::new(),
         })
         .expect("issue")
         .token;

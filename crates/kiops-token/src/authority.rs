@@ -318,6 +318,7 @@ mod tests {
                     orgs,
                     session_id: sid.map(str::to_string),
                     email_verified: true,
+                    amr: Vec::new(),
                 },
                 at,
             )

@@ -85,6 +85,11 @@ pub struct Claims {
     /// account and for users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_org: Option<String>,
+    /// How the session was authenticated (RFC 8176 values): `["pwd"]`, or
+    /// `["pwd", "otp"]` after a second factor. Empty in tokens minted
+    /// before the claim existed and in service tokens, so they still verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
 }
 
 impl Claims {
@@ -163,6 +168,7 @@ mod tests {
             kind: TokenKind::User,
             scope: None,
             owner_org: None,
+            amr: Vec::new(),
         }
     }
 

@@ -271,6 +271,7 @@ mod tests {
                 orgs: Default::default(),
                 session_id: None,
                 email_verified: true,
+                amr: Vec::new(),
             })
             .unwrap()
             .token;

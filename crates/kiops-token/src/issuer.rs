@@ -22,6 +22,8 @@ pub struct IssueRequest {
     pub session_id: Option<String>,
     /// Becomes the `email_verified` claim.
     pub email_verified: bool,
+    /// Becomes the `amr` claim (omitted when empty).
+    pub amr: Vec<String>,
 }
 
 /// What the server knows about a service account when it mints its token.
@@ -136,6 +138,7 @@ impl Issuer {
             kind: TokenKind::User,
             scope: None,
             owner_org: None,
+            amr: req.amr,
         };
         self.sign(claims, now, jti)
     }
@@ -165,6 +168,7 @@ impl Issuer {
             kind: TokenKind::Service,
             scope: Some(req.scopes.join(" ")),
             owner_org: req.owner_org,
+            amr: Vec::new(),
         };
         self.sign(claims, now, jti)
     }
@@ -206,6 +210,7 @@ mod tests {
                 orgs: BTreeMap::new(),
                 session_id: Some("s1".into()),
                 email_verified: true,
+                amr: Vec::new(),
             })
             .expect("issue");
         let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);

@@ -16,7 +16,7 @@
 //! orgs.insert("org-1".to_string(), OrgClaims { role: Role::Member, perms: vec![Permission::Device] });
 //! let token = issuer.issue(IssueRequest {
 //!     subject: "user-1".into(), email: "kim@example.com".into(), name: "Kim".into(),
-//!     platform_admin: false, orgs, session_id: None, email_verified: true,
+//!     platform_admin: false, orgs, session_id: None, email_verified: true, amr: vec![],
 //! }).unwrap();
 //!
 //! let verifier = Verifier::new(key.public_jwk_set(), "https://id.kiops.example", "kiops").unwrap();

@@ -194,6 +194,7 @@ mod tests {
             orgs: BTreeMap::new(),
             session_id: None,
             email_verified: true,
+            amr: Vec::new(),
         }
     }
 

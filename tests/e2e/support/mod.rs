@@ -13,6 +13,7 @@ pub mod rpc;
 pub mod service;
 pub mod sessions;
 pub mod smtp;
+pub mod totp;
 
 pub use rpc::Rpc;
 

@@ -124,6 +124,13 @@ rpcs! {
     "UserService/RevokeOtherSessions" => RevokeOtherSessions(RevokeOtherSessionsRequest): users.revoke_other_sessions;
     "UserService/ListUserSessions" => ListUserSessions(ListUserSessionsRequest): users.list_user_sessions;
     "UserService/RevokeUserSessions" => RevokeUserSessions(RevokeUserSessionsRequest): users.revoke_user_sessions;
+    // TOTP second factor (R30)
+    "AuthService/VerifySecondFactor" => VerifySecondFactor(VerifySecondFactorRequest): auth.verify_second_factor;
+    "UserService/StartTotpEnrollment" => StartTotpEnrollment(StartTotpEnrollmentRequest): users.start_totp_enrollment;
+    "UserService/ConfirmTotpEnrollment" => ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest): users.confirm_totp_enrollment;
+    "UserService/DisableTotp" => DisableTotp(DisableTotpRequest): users.disable_totp;
+    "UserService/RegenerateRecoveryCodes" => RegenerateRecoveryCodes(RegenerateRecoveryCodesRequest): users.regenerate_recovery_codes;
+    "UserService/ResetUserSecondFactor" => ResetUserSecondFactor(ResetUserSecondFactorRequest): users.reset_user_second_factor;
     // R31 and the test email (issue 24).
     "PlatformService/GetPlatformPolicy" => GetPlatformPolicy(GetPlatformPolicyRequest): platform.get_platform_policy;
     "PlatformService/UpdatePlatformPolicy" => UpdatePlatformPolicy(UpdatePlatformPolicyRequest): platform.update_platform_policy;

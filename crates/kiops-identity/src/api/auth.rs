@@ -5,7 +5,7 @@ use super::context::{self, request_meta};
 use super::convert;
 use super::streams::{GuardedSender, StreamGuard, StreamKind, StreamRight};
 use crate::app::App;
-use crate::domain::session::{RevocationEvent, TokenPair};
+use crate::domain::session::{LoginOutcome, RevocationEvent, TokenPair};
 use crate::overload::CallPermit;
 use crate::service::{auth, to_completion};
 use kiops_proto::v1::auth_service_server::AuthService;
@@ -86,8 +86,37 @@ impl AuthService for AuthApi {
         let meta = request_meta(&request);
         // Not detached: an abandoned attempt keeps its slot (fail closed)
         // and its hash is not run.
-        let p = auth::login(self.app.clone(), meta, request.into_inner()).await?;
-        Ok(Response::new(LoginResponse {
+        let outcome = auth::login(self.app.clone(), meta, request.into_inner()).await?;
+        Ok(Response::new(match outcome {
+            LoginOutcome::Tokens(p) => LoginResponse {
+                access_token: p.access_token,
+                refresh_token: p.refresh_token,
+                expires_in: p.expires_in,
+                token_type: BEARER.into(),
+                second_factor: None,
+            },
+            LoginOutcome::SecondFactor {
+                challenge,
+                expires_at,
+            } => LoginResponse {
+                second_factor: Some(SecondFactorChallenge {
+                    challenge,
+                    expire_time: Some(convert::timestamp(expires_at)),
+                    methods: vec!["totp".into(), "recovery_code".into()],
+                }),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn verify_second_factor(
+        &self,
+        request: Request<VerifySecondFactorRequest>,
+    ) -> Result<Response<VerifySecondFactorResponse>, Status> {
+        let meta = request_meta(&request);
+        // Not detached, as Login: an abandoned attempt keeps its slot.
+        let p = auth::verify_second_factor(self.app.clone(), meta, request.into_inner()).await?;
+        Ok(Response::new(VerifySecondFactorResponse {
             access_token: p.access_token,
             refresh_token: p.refresh_token,
             expires_in: p.expires_in,

@@ -5,7 +5,7 @@ use super::convert;
 use crate::app::App;
 use crate::domain::service_account::Scope;
 use crate::domain::user::User;
-use crate::service::{sessions, to_completion, users};
+use crate::service::{sessions, to_completion, totp, users};
 use kiops_proto::v1::user_service_server::UserService;
 use kiops_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -228,6 +228,87 @@ impl UserService for UserApi {
         ))
         .await?;
         Ok(Response::new(RevokeUserSessionsResponse {
+            revoked_count: n as i32,
+        }))
+    }
+
+    // --- TOTP second factor (R30) ---
+
+    async fn start_totp_enrollment(
+        &self,
+        request: Request<StartTotpEnrollmentRequest>,
+    ) -> Result<Response<StartTotpEnrollmentResponse>, Status> {
+        let (meta, caller, _) = context::start(&self.app, request).await?;
+        let e = to_completion(totp::start_enrollment(self.app.clone(), meta, caller)).await?;
+        Ok(Response::new(StartTotpEnrollmentResponse {
+            secret: e.secret,
+            otpauth_uri: e.otpauth_uri,
+        }))
+    }
+
+    async fn confirm_totp_enrollment(
+        &self,
+        request: Request<ConfirmTotpEnrollmentRequest>,
+    ) -> Result<Response<ConfirmTotpEnrollmentResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        let codes = to_completion(totp::confirm_enrollment(
+            self.app.clone(),
+            meta,
+            caller,
+            r.code,
+        ))
+        .await?;
+        Ok(Response::new(ConfirmTotpEnrollmentResponse {
+            recovery_codes: codes,
+        }))
+    }
+
+    async fn disable_totp(
+        &self,
+        request: Request<DisableTotpRequest>,
+    ) -> Result<Response<DisableTotpResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        to_completion(totp::disable(
+            self.app.clone(),
+            meta,
+            caller,
+            r.code,
+            r.recovery_code,
+        ))
+        .await?;
+        Ok(Response::new(DisableTotpResponse {}))
+    }
+
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<RegenerateRecoveryCodesResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        let codes = to_completion(totp::regenerate_recovery_codes(
+            self.app.clone(),
+            meta,
+            caller,
+            r.code,
+        ))
+        .await?;
+        Ok(Response::new(RegenerateRecoveryCodesResponse {
+            recovery_codes: codes,
+        }))
+    }
+
+    async fn reset_user_second_factor(
+        &self,
+        request: Request<ResetUserSecondFactorRequest>,
+    ) -> Result<Response<ResetUserSecondFactorResponse>, Status> {
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        let n = to_completion(totp::reset_for_user(
+            self.app.clone(),
+            meta,
+            caller,
+            r.user_id,
+        ))
+        .await?;
+        Ok(Response::new(ResetUserSecondFactorResponse {
             revoked_count: n as i32,
         }))
     }

@@ -6,3 +6,4 @@ pub mod password;
 pub mod secrets;
 pub mod throttle;
 pub mod tokens;
+pub mod totp;

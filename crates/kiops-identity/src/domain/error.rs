@@ -96,6 +96,17 @@ pub mod reason {
     /// A read across organizations by a service account that one
     /// organization owns.
     pub const PLATFORM_ACCOUNT_REQUIRED: &str = "PLATFORM_ACCOUNT_REQUIRED";
+    // --- TOTP second factor (R30) ---
+    /// A wrong, replayed or used second-factor code (VerifySecondFactor),
+    /// or any code while the account is locked or deactivated.
+    pub const SECOND_FACTOR_INVALID: &str = "SECOND_FACTOR_INVALID";
+    /// An unknown, expired or used second-factor challenge.
+    pub const SECOND_FACTOR_CHALLENGE_INVALID: &str = "SECOND_FACTOR_CHALLENGE_INVALID";
+    pub const TOTP_ALREADY_ENABLED: &str = "TOTP_ALREADY_ENABLED";
+    pub const TOTP_NOT_ENABLED: &str = "TOTP_NOT_ENABLED";
+    /// A wrong or replayed code for the caller's own TOTP.
+    pub const TOTP_CODE_INVALID: &str = "TOTP_CODE_INVALID";
+    // --- end TOTP ---
     /// R31: a policy requires a second factor the calling session lacks
     /// (metadata `organization_id` when an organization's policy does).
     pub const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
@@ -151,6 +162,12 @@ pub mod reason {
         SERVICE_ACCOUNT_NAME_TAKEN,
         TOO_MANY_CREDENTIALS,
         PLATFORM_ACCOUNT_REQUIRED,
+        // TOTP (R30)
+        SECOND_FACTOR_INVALID,
+        SECOND_FACTOR_CHALLENGE_INVALID,
+        TOTP_ALREADY_ENABLED,
+        TOTP_NOT_ENABLED,
+        TOTP_CODE_INVALID,
         SECOND_FACTOR_REQUIRED,
     ];
 }

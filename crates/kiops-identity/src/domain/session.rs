@@ -39,6 +39,18 @@ pub struct TokenPair {
     pub expires_in: i64,
 }
 
+/// What a right password answers (R30): the tokens, or for an account
+/// with a second factor a challenge for VerifySecondFactor.
+#[derive(Debug, Clone)]
+pub enum LoginOutcome {
+    Tokens(TokenPair),
+    SecondFactor {
+        /// The opaque challenge, shown once (stored as a digest).
+        challenge: String,
+        expires_at: i64,
+    },
+}
+
 /// One committed revocation event (R16), in the order watchers see them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationEvent {
@@ -130,5 +142,29 @@ mod tests {
         assert_eq!(KeyStatus::Active.at(Some(1), 10), KeyStatus::Active);
         assert!(!KeyStatus::Retired.published(None, 0));
         assert_eq!(KeyStatus::parse("retiring").as_str(), "retiring");
+    }
+}
+
+/// Whether a session's `amr` (space-separated, as stored; or its claim's
+/// values joined) includes a second factor ("otp"). R30.
+pub fn has_second_factor(amr: &str) -> bool {
+    amr.split_whitespace().any(|m| m == "otp")
+}
+
+/// The `amr` claim of a session's tokens, from its stored value.
+pub fn amr_claim(amr: &str) -> Vec<String> {
+    amr.split_whitespace().map(str::to_string).collect()
+}
+
+#[cfg(test)]
+mod amr_tests {
+    use super::*;
+
+    #[test]
+    fn second_factor_is_otp_in_amr() {
+        assert!(has_second_factor("pwd otp"));
+        assert!(!has_second_factor("pwd"));
+        assert!(!has_second_factor("pwdotp"));
+        assert_eq!(amr_claim("pwd  otp"), vec!["pwd", "otp"]);
     }
 }

@@ -50,6 +50,14 @@ impl SecretSeal {
         Self { keys }
     }
 
+    /// The same keys and `extra` last: sealing uses the first key (the
+    /// server's own when it has one, else `extra`), opening tries all.
+    pub fn with_extra_key(&self, extra: [u8; 32]) -> Self {
+        let mut keys = self.keys.clone();
+        keys.push(extra);
+        Self { keys }
+    }
+
     /// The key, in this order: the outbox key file, else derived from the
     /// signing key file (and the previous ones, to open older messages),
     /// else none.

@@ -23,6 +23,7 @@ pub mod platform;
 pub mod service_accounts;
 pub mod sessions;
 pub mod templates;
+pub mod totp;
 pub mod users;
 
 use crate::app::App;

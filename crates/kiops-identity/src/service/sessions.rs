@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::session::{SessionInfo, MAX_LISTED_SESSIONS};
 use crate::domain::{validate, Caller, DomainError, FieldViolation};
-use crate::store::sessions;
+use crate::store::{sessions, WriteTx};
 
 /// ListMySessions: the caller's live sessions, newest first.
 pub async fn list_mine(app: &App, caller: &Caller) -> Result<Vec<SessionInfo>, DomainError> {
@@ -80,16 +80,29 @@ async fn end_all(
     user_id: &str,
     keep: Option<&str>,
 ) -> Result<u64, DomainError> {
-    let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
+    let ended = end_all_of(&tx, app, meta, caller, user_id, keep).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// `end_all` inside the caller's transaction.
+pub(super) async fn end_all_of(
+    tx: &WriteTx,
+    app: &App,
+    meta: &RequestMeta,
+    caller: &Caller,
+    user_id: &str,
+    keep: Option<&str>,
+) -> Result<u64, DomainError> {
+    let now = app.clock.now_ms();
     let mut ended = 0;
-    for id in sessions::live_ids(&tx, user_id, now).await? {
+    for id in sessions::live_ids(tx, user_id, now).await? {
         if Some(id.as_str()) != keep
-            && sessions::end(&tx, meta, caller.actor(), user_id, &id, &app.clock).await?
+            && sessions::end(tx, meta, caller.actor(), user_id, &id, &app.clock).await?
         {
             ended += 1;
         }
     }
-    tx.commit().await?;
     Ok(ended)
 }

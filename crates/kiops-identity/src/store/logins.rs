@@ -86,6 +86,57 @@ pub async fn fail<C: ConnectionTrait>(
     })
 }
 
+/// A failed second-factor code (R30): counted on the same counters as a
+/// wrong password (`users::fail_login`, `failure` as there) and audited as
+/// `auth.second_factor_failed` with `why` (e.g. "wrong", "replayed",
+/// "locked"), plus `user.locked` when it locked the account.
+#[allow(clippy::too_many_arguments)]
+pub async fn fail_second_factor<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    user: &User,
+    failure: users::Failure,
+    method: &str,
+    why: &str,
+    lockout: Lockout,
+    now: i64,
+) -> Result<bool, DomainError> {
+    let locked_now = users::fail_login(
+        conn,
+        &user.email,
+        failure,
+        lockout.threshold,
+        lockout.lock_ms,
+        now,
+    )
+    .await?;
+    audit::record(
+        conn,
+        meta,
+        AuditEntry::new(
+            actor_of(user),
+            "auth.second_factor_failed",
+            "user",
+            &user.id,
+        )
+        .details(json!({"method": method, "reason": why})),
+        now,
+    )
+    .await?;
+    if locked_now {
+        audit::record(
+            conn,
+            meta,
+            AuditEntry::new(actor_of(user), "user.locked", "user", &user.id).details(json!({
+                "after": {"locked_until": now + lockout.lock_ms}
+            })),
+            now,
+        )
+        .await?;
+    }
+    Ok(locked_now)
+}
+
 /// A right password refused for another reason (`why`): the attempt's slot
 /// back and `auth.login_refused`.
 pub async fn refuse<C: ConnectionTrait>(

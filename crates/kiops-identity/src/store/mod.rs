@@ -33,6 +33,7 @@ pub mod sessions;
 mod single_use;
 mod sqlite_direct;
 pub mod templates;
+pub mod totp;
 mod tx;
 pub mod users;
 

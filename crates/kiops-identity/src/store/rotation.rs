@@ -58,7 +58,8 @@ pub enum Refreshed<T> {
 pub use super::memberships::TokenOrgs;
 
 /// Rotates `p`. `issue` makes the answer from the session's user, the
-/// user's memberships (only `only_org`'s when set) and the session id; it
+/// user's memberships (only `only_org`'s when set), the session id and its
+/// `amr` (as stored); it
 /// runs before the rotation commits, and its error cancels the rotation (the
 /// token stays unused).
 pub async fn rotate<T, F>(
@@ -69,10 +70,15 @@ pub async fn rotate<T, F>(
 ) -> Result<Refreshed<T>, DomainError>
 where
     T: Send + 'static,
-    F: Fn(&User, TokenOrgs, &str) -> Result<T, DomainError> + Send + Sync + 'static,
+    F: Fn(&User, TokenOrgs, &str, &str) -> Result<T, DomainError> + Send + Sync + 'static,
 {
     if let Some(mut c) = candidate(store, &p).await? {
-        let issued = issue(&c.user, std::mem::take(&mut c.orgs), &c.session_id)?;
+        let issued = issue(
+            &c.user,
+            std::mem::take(&mut c.orgs),
+            &c.session_id,
+            &c.session_amr,
+        )?;
         if claim(store, &p, &c).await? {
             return Ok(Refreshed::Issued(issued));
         }
@@ -90,6 +96,8 @@ where
 pub struct RefreshCandidate {
     pub session_id: String,
     pub session_expires_at: i64,
+    /// The session's `amr`, as stored.
+    pub session_amr: String,
     pub user: User,
     pub orgs: TokenOrgs,
 }
@@ -98,11 +106,10 @@ pub struct RefreshCandidate {
 /// or one row with NULL membership columns. Shared with the inline SQLite
 /// path (`sqlite_direct`).
 pub(super) const REFRESH_CANDIDATE_SQL: &str = "SELECT s.id AS rotating_session_id, \
-     s.expires_at AS rotating_session_expires_at, \
+     s.expires_at AS rotating_session_expires_at, s.amr AS rotating_session_amr, \
      m.organization_id AS member_org, m.role AS member_role, \
      m.permissions AS member_permissions, \
      o.second_factor_required AS member_org_second_factor, \
-     s.amr AS rotating_session_amr, \
      (SELECT p.platform_admin_second_factor_required FROM platform_settings p \
        WHERE p.id = 1) AS platform_second_factor, u.* \
      FROM refresh_tokens r \
@@ -181,6 +188,7 @@ async fn pooled_candidate<C: ConnectionTrait>(
             &amr,
             memberships,
         ),
+        session_amr: amr,
         user,
     }))
 }
@@ -216,7 +224,7 @@ async fn classify<T, F>(
     issue: &F,
 ) -> Result<Refreshed<T>, DomainError>
 where
-    F: Fn(&User, TokenOrgs, &str) -> Result<T, DomainError>,
+    F: Fn(&User, TokenOrgs, &str, &str) -> Result<T, DomainError>,
 {
     let tx = store.begin_write().await?;
     let Some(token) = refresh_token::Entity::find_by_id(p.hash.clone())
@@ -279,7 +287,7 @@ where
         p.only_org.as_deref(),
     )
     .await?;
-    let issued = issue(&user, orgs, &sess.id)?;
+    let issued = issue(&user, orgs, &sess.id, &sess.amr)?;
     tx.commit().await?;
     Ok(Refreshed::Issued(issued))
 }

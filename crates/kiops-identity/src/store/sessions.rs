@@ -29,7 +29,9 @@ impl From<session::Model> for Session {
 }
 
 /// `amr` of a session opened with a password.
-const AMR_PASSWORD: &str = "pwd";
+pub const AMR_PASSWORD: &str = "pwd";
+/// `amr` of a session opened with a password and a TOTP code (R30).
+pub const AMR_PASSWORD_OTP: &str = "pwd otp";
 
 impl From<session::Model> for SessionInfo {
     fn from(s: session::Model) -> Self {
@@ -54,6 +56,8 @@ pub struct NewSession<'a> {
     pub refresh_ttl_ms: i64,
     /// The organization the login's token is scoped to, for the audit event.
     pub organization_id: Option<&'a str>,
+    /// How it was authenticated (`AMR_PASSWORD`, `AMR_PASSWORD_OTP`).
+    pub amr: &'a str,
 }
 
 /// A login's session and its first refresh token (`auth.login_succeeded`).
@@ -74,7 +78,7 @@ pub async fn create<C: ConnectionTrait>(
         revoke_reason: Set(None),
         user_agent: Set(meta.user_agent.clone()),
         peer_address: Set(meta.peer.clone()),
-        amr: Set(AMR_PASSWORD.to_string()),
+        amr: Set(s.amr.to_string()),
     }
     .insert(conn)
     .await
@@ -297,3 +301,33 @@ pub async fn end<C: ConnectionTrait>(
 
 /// Reason of the revocation events of sessions ended on request.
 const SESSION_REVOKED: &str = "session_revoked";
+
+/// The `amr` stored for `session_id` (space-separated), if it exists.
+pub async fn amr<C: ConnectionTrait>(
+    conn: &C,
+    session_id: &str,
+) -> Result<Option<String>, DomainError> {
+    Ok(session::Entity::find_by_id(session_id.to_string())
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .map(|s| s.amr))
+}
+
+/// Records that `session_id` of `user_id` proved a second factor
+/// (ConfirmTotpEnrollment): its `amr` becomes `AMR_PASSWORD_OTP`, and
+/// the tokens it mints from then on say so.
+pub async fn upgrade_amr<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    session_id: &str,
+) -> Result<(), DomainError> {
+    session::Entity::update_many()
+        .col_expr(session::Column::Amr, Expr::value(AMR_PASSWORD_OTP))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

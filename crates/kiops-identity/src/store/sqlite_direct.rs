@@ -127,12 +127,13 @@ impl DirectReader {
             let mut rows = stmt.query(rusqlite::params![presented_hash, now, only_org])?;
             let mut first = None;
             let mut memberships = Vec::new();
-            let mut amr = None;
+            let mut platform_required = None;
             while let Some(row) = rows.next()? {
                 if first.is_none() {
                     first = Some((
                         row.get::<_, String>("rotating_session_id")?,
                         row.get::<_, i64>("rotating_session_expires_at")?,
+                        row.get::<_, String>("rotating_session_amr")?,
                         user::Model {
                             id: row.get("id")?,
                             email: row.get("email")?,
@@ -151,11 +152,8 @@ impl DirectReader {
                         },
                     ));
                 }
-                if amr.is_none() {
-                    amr = Some((
-                        row.get::<_, String>("rotating_session_amr")?,
-                        row.get::<_, Option<bool>>("platform_second_factor")?,
-                    ));
+                if platform_required.is_none() {
+                    platform_required = Some(row.get::<_, Option<bool>>("platform_second_factor")?);
                 }
                 if let Some(org) = row.get::<_, Option<String>>("member_org")? {
                     memberships.push((
@@ -167,7 +165,7 @@ impl DirectReader {
                     ));
                 }
             }
-            let Some((session_id, session_expires_at, row)) = first else {
+            let Some((session_id, session_expires_at, session_amr, row)) = first else {
                 return Ok(None);
             };
             // An unreadable row goes to the pool path, which reports it.
@@ -176,14 +174,15 @@ impl DirectReader {
                 session_id,
                 session_expires_at,
                 orgs: {
-                    let (amr, platform_required) = amr.unwrap_or_default();
+                    let platform_required = platform_required.flatten();
                     token_facts(
                         user.platform_admin,
                         platform_required.unwrap_or(false),
-                        &amr,
+                        &session_amr,
                         memberships,
                     )
                 },
+                session_amr,
                 user,
             }))
         })

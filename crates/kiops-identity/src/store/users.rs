@@ -239,6 +239,72 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
         .transpose())
 }
 
+/// `reserve_login_attempt` for a second-factor code (R30): the same
+/// conditional UPDATE on the same counters, by account id, so wrong codes
+/// and wrong passwords share one lockout and one bound under parallel
+/// attempts. None for an inactive, locked, full or deleted account.
+pub async fn reserve_factor_attempt<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    threshold: i32,
+    now: i64,
+    stale_before: i64,
+) -> Result<Option<User>, DomainError> {
+    const SQL: &str = "UPDATE users SET \
+         login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
+           OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
+         last_login_attempt_at = $2 \
+         WHERE id = $1 AND status = $5 \
+         AND (locked_until IS NULL OR locked_until <= $2) \
+         AND (failed_login_count + login_attempts_pending < $3 \
+           OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
+         RETURNING *";
+    let stmt = statement(
+        conn,
+        SQL,
+        [
+            user_id.into(),
+            now.into(),
+            threshold.into(),
+            stale_before.into(),
+            StoredStatus::Active.as_str().into(),
+        ],
+    );
+    let row = conn.query_one_raw(stmt).await.map_err(db_err)?;
+    one(row
+        .map(|r| user::Model::from_query_result(&r, ""))
+        .transpose())
+}
+
+/// The right password of an account with a second factor (R30): gives the
+/// attempt's slot back WITHOUT clearing the failure count (only a right
+/// code does, in `finish_login`), so logging in again cannot reset the
+/// count of wrong codes. Conditional like `finish_login`.
+pub async fn pass_password<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    verified_hash: &str,
+    now: i64,
+) -> Result<bool, DomainError> {
+    const SQL: &str = "UPDATE users SET \
+         login_attempts_pending = CASE WHEN login_attempts_pending > 0 \
+           THEN login_attempts_pending - 1 ELSE 0 END \
+         WHERE id = $1 AND status = $3 AND (locked_until IS NULL OR locked_until <= $2) \
+         AND password_hash = $4";
+    let stmt = statement(
+        conn,
+        SQL,
+        [
+            user_id.into(),
+            now.into(),
+            StoredStatus::Active.as_str().into(),
+            verified_hash.into(),
+        ],
+    );
+    let res = conn.execute_raw(stmt).await.map_err(db_err)?;
+    Ok(res.rows_affected() == 1)
+}
+
 /// How a failed attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

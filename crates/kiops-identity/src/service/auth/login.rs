@@ -6,15 +6,25 @@ use crate::app::App;
 use crate::auth::secrets::{hash_token, random_token};
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
-use crate::domain::session::TokenPair;
+use crate::domain::session::{LoginOutcome, TokenPair};
 use crate::domain::{validate, Caller, DomainError};
 use crate::service::credentials;
 use crate::store::logins::{self, actor_of};
-use crate::store::sessions::{self, NewSession};
+use crate::store::sessions::{self, NewSession, AMR_PASSWORD};
 use crate::store::users::{self, User};
+use crate::store::{memberships, totp};
 use kiops_proto::v1::{LoginRequest, LogoutRequest};
 
-pub async fn login(app: App, meta: RequestMeta, r: LoginRequest) -> Result<TokenPair, DomainError> {
+/// Prefix of second-factor challenges (R30).
+pub const CHALLENGE_PREFIX: &str = "kc";
+/// How long a second-factor challenge works.
+pub const CHALLENGE_TTL_MS: i64 = 5 * 60_000;
+
+pub async fn login(
+    app: App,
+    meta: RequestMeta,
+    r: LoginRequest,
+) -> Result<LoginOutcome, DomainError> {
     let mut v = Violations::new();
     let email = validate::email("email", &r.email);
     v.check(email.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -40,9 +50,13 @@ pub async fn login(app: App, meta: RequestMeta, r: LoginRequest) -> Result<Token
     };
 
     match open_session(&app, &meta, &user, org.as_deref(), now).await {
-        Ok(Some(pair)) => {
-            app.metrics.logins.with_label_values(&["success"]).inc();
-            Ok(pair)
+        Ok(Some(outcome)) => {
+            let result = match outcome {
+                LoginOutcome::Tokens(_) => "success",
+                LoginOutcome::SecondFactor { .. } => "second_factor",
+            };
+            app.metrics.logins.with_label_values(&[result]).inc();
+            Ok(outcome)
         }
         Ok(None) => {
             credentials::record_failed_login(
@@ -79,16 +93,24 @@ pub async fn login(app: App, meta: RequestMeta, r: LoginRequest) -> Result<Token
 
 /// The session of a login whose password was right, in one transaction
 /// that starts with the conditional `finish_login`: None (nothing
-/// written) when the account was locked or deactivated meanwhile.
+/// written) when the account was locked or deactivated meanwhile. An
+/// account with TOTP gets a challenge instead (R30); only this path, which
+/// the right password alone reaches, reads whether it has one.
 async fn open_session(
     app: &App,
     meta: &RequestMeta,
     user: &User,
     org: Option<&str>,
     now: i64,
-) -> Result<Option<TokenPair>, DomainError> {
+) -> Result<Option<LoginOutcome>, DomainError> {
     let refresh = random_token(REFRESH_TOKEN_PREFIX);
     let tx = app.store.begin_write().await?;
+    if totp::find(&tx, &user.id)
+        .await?
+        .is_some_and(|c| c.confirmed)
+    {
+        return challenge(meta, tx, user, org, now).await;
+    }
     // First statement, so the row stays locked until the session commits:
     // a parallel wrong password that locked the account first wins.
     if !users::finish_login(&tx, &user.id, &user.password_hash, now).await? {
@@ -105,17 +127,61 @@ async fn open_session(
             session_ttl_ms: app.settings.session_ttl_ms,
             refresh_ttl_ms: app.settings.refresh_ttl_ms,
             organization_id: org,
+            amr: AMR_PASSWORD,
         },
     )
     .await?;
     // Mint before commit: a failure here (e.g. scoped to a foreign
     // organization) must not leave a session behind.
-    let (access_token, expires_in) = mint_in(app, &tx, user, org, &session.id).await?;
+    let (access_token, expires_in) =
+        mint_in(app, &tx, user, org, &session.id, AMR_PASSWORD).await?;
     tx.commit().await?;
-    Ok(Some(TokenPair {
+    Ok(Some(LoginOutcome::Tokens(TokenPair {
         access_token,
         refresh_token: refresh,
         expires_in,
+    })))
+}
+
+/// The right password of an account with TOTP: its slot back without
+/// clearing the failure count (`users::pass_password`), and a challenge.
+async fn challenge(
+    meta: &RequestMeta,
+    tx: crate::store::WriteTx,
+    user: &User,
+    org: Option<&str>,
+    now: i64,
+) -> Result<Option<LoginOutcome>, DomainError> {
+    if !users::pass_password(&tx, &user.id, &user.password_hash, now).await? {
+        return Ok(None);
+    }
+    if let Some(o) = org {
+        // As Login without a second factor answers it (R4).
+        let role = memberships::role_of(&tx, o, &user.id).await?;
+        if !user.platform_admin && role.is_none() {
+            return Err(DomainError::not_found("organization"));
+        }
+    }
+    let token = random_token(CHALLENGE_PREFIX);
+    let expires_at = now + CHALLENGE_TTL_MS;
+    totp::create_challenge(
+        &tx,
+        meta,
+        actor_of(user),
+        &hash_token(&token),
+        &totp::Challenge {
+            user_id: user.id.clone(),
+            password_digest: hash_token(&user.password_hash),
+            organization_id: org.map(str::to_string),
+        },
+        now,
+        expires_at,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(LoginOutcome::SecondFactor {
+        challenge: token,
+        expires_at,
     }))
 }
 

@@ -13,6 +13,7 @@ mod login;
 mod password_reset;
 mod refresh;
 mod revocations;
+mod second_factor;
 mod signup;
 mod verification;
 
@@ -21,13 +22,14 @@ pub use login::{login, logout};
 pub use password_reset::{request_password_reset, reset_password};
 pub use refresh::refresh;
 pub use revocations::{revocation_start, revocations_after};
+pub use second_factor::verify_second_factor;
 pub use signup::{sign_up, SignedUp};
 pub use verification::{resend_verification_email, verify_email};
 
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::model::StoredStatus;
-use crate::domain::second_factor;
+use crate::domain::second_factor as second_factor_rule;
 use crate::domain::{validate, DomainError};
 use crate::store::memberships::TokenOrgs;
 use crate::store::users::User;
@@ -55,10 +57,11 @@ async fn mint_in(
     user: &User,
     only_org: Option<&str>,
     session_id: &str,
+    amr: &str,
 ) -> Result<(String, i64), DomainError> {
     let orgs =
         memberships::token_orgs(tx, &user.id, user.platform_admin, session_id, only_org).await?;
-    mint(app, user, orgs, only_org, session_id)
+    mint(app, user, orgs, only_org, session_id, amr)
 }
 
 /// Mints from memberships already read. A scoped token for an organization
@@ -71,11 +74,12 @@ fn mint(
     t: TokenOrgs,
     only_org: Option<&str>,
     session_id: &str,
+    amr: &str,
 ) -> Result<(String, i64), DomainError> {
     if let Some(org) = only_org {
         if !t.platform_admin && !t.orgs.contains_key(org) {
             if t.gated.iter().any(|g| g == org) {
-                return Err(second_factor::org_refusal(org));
+                return Err(second_factor_rule::org_refusal(org));
             }
             return Err(DomainError::not_found("organization"));
         }
@@ -90,6 +94,8 @@ fn mint(
             orgs,
             session_id: Some(session_id.to_string()),
             email_verified: user.email_verified,
+            // The session's methods (R30), as stored.
+            amr: crate::domain::session::amr_claim(amr),
         },
         app.clock.now_secs(),
     )?;

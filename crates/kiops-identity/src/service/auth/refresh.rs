@@ -51,11 +51,11 @@ pub async fn refresh(
     let issuer = app.clone();
     // Minted before the token is used: an organization the user is not
     // in refuses the call without consuming the refresh token.
-    let issue = move |user: &crate::store::users::User, orgs, session_id: &str| {
+    let issue = move |user: &crate::store::users::User, orgs, session_id: &str, amr: &str| {
         if user.status == StoredStatus::Inactive {
             return Err(invalid());
         }
-        mint(&issuer, user, orgs, org.as_deref(), session_id)
+        mint(&issuer, user, orgs, org.as_deref(), session_id, amr)
     };
     match rotation::rotate(&app.store, meta, presented, issue).await? {
         Refreshed::Issued((access_token, expires_in)) => Ok(TokenPair {
