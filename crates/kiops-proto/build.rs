@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kiops/identity/v1/approval.proto",
         "kiops/identity/v1/service_account.proto",
         "kiops/identity/v1/audit.proto",
+        "kiops/identity/v1/platform.proto",
         // Not imported by our services, but compiled into the descriptor set so
         // that reflection clients (grpcurl) can decode error details.
         "google/rpc/status.proto",

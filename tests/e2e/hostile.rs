@@ -201,6 +201,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
                     code: b,
                     description: d,
                     create_time: None,
+                    second_factor_required: c.n[0] % 2 == 0,
                 }),
                 update_mask: mask(&e),
             }),
@@ -738,6 +739,20 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             }),
             None,
         ),
+        // R31 and the test email (issue 24). The policy is never turned on
+        // here: it would make every later case the PlatformAdmin sends a
+        // SECOND_FACTOR_REQUIRED refusal; the mask is hostile.
+        80 => (Rpc::GetPlatformPolicy(GetPlatformPolicyRequest {}), t),
+        81 => (
+            Rpc::UpdatePlatformPolicy(UpdatePlatformPolicyRequest {
+                policy: Some(PlatformPolicy {
+                    platform_admin_second_factor_required: false,
+                }),
+                update_mask: mask(&d),
+            }),
+            t,
+        ),
+        82 => (Rpc::SendTestEmail(SendTestEmailRequest { to: a }), t),
         _ => (
             Rpc::RequestPasswordReset(RequestPasswordResetRequest { email: a }),
             None,
@@ -745,7 +760,7 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
     }
 }
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "users",
     "organizations",
     "memberships",
@@ -763,6 +778,7 @@ const TABLES: [&str; 17] = [
     "totp_credentials",
     "totp_recovery_codes",
     "second_factor_challenges",
+    "platform_settings",
 ];
 
 async fn snapshot(db: &DatabaseConnection) -> BTreeMap<&'static str, i64> {

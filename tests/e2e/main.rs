@@ -38,6 +38,7 @@ mod redteam_sessions;
 mod redteam_totp;
 mod redteam_ways_in;
 mod revocation_dating;
+mod second_factor_policy;
 mod server;
 mod service_accounts;
 mod service_scopes;

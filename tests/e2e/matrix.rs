@@ -1183,6 +1183,22 @@ impl Env {
                     user_id: w.target.clone(),
                 })
             }
+            // Sets the policy to what it is (off): a cell never changes
+            // the platform for the cells after it.
+            "PlatformService/GetPlatformPolicy" => {
+                Rpc::GetPlatformPolicy(GetPlatformPolicyRequest {})
+            }
+            "PlatformService/UpdatePlatformPolicy" => {
+                Rpc::UpdatePlatformPolicy(UpdatePlatformPolicyRequest {
+                    policy: Some(PlatformPolicy {
+                        platform_admin_second_factor_required: false,
+                    }),
+                    update_mask: None,
+                })
+            }
+            "PlatformService/SendTestEmail" => Rpc::SendTestEmail(SendTestEmailRequest {
+                to: "test-email@matrix.test".into(),
+            }),
             other => panic!("the matrix has a row for {other} but no call for it"),
         }
     }

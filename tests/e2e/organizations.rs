@@ -110,6 +110,7 @@ async fn visibility_update_and_delete(backend: Backend) {
                     code: code.into(),
                     description: "new description".into(),
                     create_time: None,
+                    second_factor_required: false,
                 }),
                 update_mask: Some(prost_types::FieldMask {
                     paths: paths.iter().map(|p| p.to_string()).collect(),

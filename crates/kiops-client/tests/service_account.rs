@@ -58,7 +58,10 @@ impl MembershipService for Mock {
         if bearer.is_empty() || self.0.refused.lock().unwrap().contains(&bearer) {
             return Err(Status::unauthenticated("token was revoked"));
         }
-        Ok(Response::new(v1::CheckPermissionResponse { allowed: true }))
+        Ok(Response::new(v1::CheckPermissionResponse {
+            allowed: true,
+            ..Default::default()
+        }))
     }
 }
 

@@ -256,6 +256,7 @@ async fn health_service() -> (HealthReporter, HealthServer<impl Health>) {
         "kiops.identity.v1.ApprovalService",
         "kiops.identity.v1.AuditService",
         "kiops.identity.v1.ServiceAccountService",
+        "kiops.identity.v1.PlatformService",
         LIVENESS,
         "",
     ] {
@@ -431,6 +432,7 @@ fn grpc_server(
         .add_service(services.approvals)
         .add_service(services.audit)
         .add_service(services.service_accounts)
+        .add_service(services.platform)
         .serve_with_incoming_shutdown(nodelay(listener), wait_true(shutdown.clone())))
 }
 

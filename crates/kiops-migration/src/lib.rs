@@ -17,6 +17,7 @@ mod m20261126_000009_revocation_commit_order;
 mod m20261126_000010_service_accounts;
 mod m20261126_000011_session_clients;
 mod m20261126_000012_totp;
+mod m20261126_000013_second_factor_policy;
 mod m20261126_000014_invitation_ready;
 
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000010_service_accounts::Migration),
             Box::new(m20261126_000011_session_clients::Migration),
             Box::new(m20261126_000012_totp::Migration),
+            Box::new(m20261126_000013_second_factor_policy::Migration),
             Box::new(m20261126_000014_invitation_ready::Migration),
         ]
     }

@@ -23,6 +23,7 @@ use kiops_proto::v1::auth_service_client::AuthServiceClient;
 use kiops_proto::v1::invitation_service_client::InvitationServiceClient;
 use kiops_proto::v1::membership_service_client::MembershipServiceClient;
 use kiops_proto::v1::organization_service_client::OrganizationServiceClient;
+use kiops_proto::v1::platform_service_client::PlatformServiceClient;
 use kiops_proto::v1::service_account_service_client::ServiceAccountServiceClient;
 use kiops_proto::v1::user_service_client::UserServiceClient;
 use kiops_proto::v1::*;
@@ -320,6 +321,10 @@ impl TestServer {
         ServiceAccountServiceClient::new(self.channel().await)
     }
 
+    pub async fn platform(&self) -> PlatformServiceClient<Channel> {
+        PlatformServiceClient::new(self.channel().await)
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
         self.auth()
             .await
@@ -447,6 +452,7 @@ pub struct Clients {
     pub approvals: ApprovalServiceClient<Channel>,
     pub audit: AuditServiceClient<Channel>,
     pub service_accounts: ServiceAccountServiceClient<Channel>,
+    pub platform: PlatformServiceClient<Channel>,
 }
 
 impl Clients {
@@ -459,7 +465,8 @@ impl Clients {
             invitations: InvitationServiceClient::new(ch.clone()),
             approvals: ApprovalServiceClient::new(ch.clone()),
             audit: AuditServiceClient::new(ch.clone()),
-            service_accounts: ServiceAccountServiceClient::new(ch),
+            service_accounts: ServiceAccountServiceClient::new(ch.clone()),
+            platform: PlatformServiceClient::new(ch),
         }
     }
 }

@@ -131,6 +131,10 @@ rpcs! {
     "UserService/DisableTotp" => DisableTotp(DisableTotpRequest): users.disable_totp;
     "UserService/RegenerateRecoveryCodes" => RegenerateRecoveryCodes(RegenerateRecoveryCodesRequest): users.regenerate_recovery_codes;
     "UserService/ResetUserSecondFactor" => ResetUserSecondFactor(ResetUserSecondFactorRequest): users.reset_user_second_factor;
+    // R31 and the test email (issue 24).
+    "PlatformService/GetPlatformPolicy" => GetPlatformPolicy(GetPlatformPolicyRequest): platform.get_platform_policy;
+    "PlatformService/UpdatePlatformPolicy" => UpdatePlatformPolicy(UpdatePlatformPolicyRequest): platform.update_platform_policy;
+    "PlatformService/SendTestEmail" => SendTestEmail(SendTestEmailRequest): platform.send_test_email;
 }
 
 impl Rpc {

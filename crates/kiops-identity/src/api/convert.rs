@@ -54,6 +54,20 @@ pub fn organization(o: &Organization) -> v1::Organization {
         code: o.code.clone(),
         description: o.description.clone(),
         create_time: Some(timestamp(o.created_at_ms)),
+        second_factor_required: o.second_factor_required,
+    }
+}
+
+/// A CheckPermission answer (R31: why a policy said no).
+pub fn permission_answer(
+    a: crate::domain::membership::PermissionAnswer,
+) -> v1::CheckPermissionResponse {
+    v1::CheckPermissionResponse {
+        allowed: a.allowed,
+        denial_reason: a
+            .denial_reason
+            .and_then(|r| v1::ErrorReason::from_str_name(&format!("ERROR_REASON_{r}")))
+            .unwrap_or(v1::ErrorReason::Unspecified) as i32,
     }
 }
 

@@ -152,8 +152,8 @@ impl MembershipService for MembershipApi {
         request: Request<CheckPermissionRequest>,
     ) -> Result<Response<CheckPermissionResponse>, Status> {
         let asker = asker(&self.app, &request).await?;
-        let allowed = memberships::check_permission(&self.app, asker, request.into_inner()).await?;
-        Ok(Response::new(CheckPermissionResponse { allowed }))
+        let answer = memberships::check_permission(&self.app, asker, request.into_inner()).await?;
+        Ok(Response::new(convert::permission_answer(answer)))
     }
 
     async fn check_permissions(
@@ -166,7 +166,7 @@ impl MembershipService for MembershipApi {
         Ok(Response::new(CheckPermissionsResponse {
             results: answers
                 .into_iter()
-                .map(|allowed| CheckPermissionResponse { allowed })
+                .map(convert::permission_answer)
                 .collect(),
         }))
     }

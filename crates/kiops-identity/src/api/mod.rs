@@ -10,6 +10,7 @@ pub mod convert;
 pub mod invitations;
 pub mod memberships;
 pub mod organizations;
+pub mod platform;
 pub mod service_accounts;
 pub mod status;
 pub mod streams;
@@ -22,6 +23,7 @@ use kiops_proto::v1::auth_service_server::AuthServiceServer;
 use kiops_proto::v1::invitation_service_server::InvitationServiceServer;
 use kiops_proto::v1::membership_service_server::MembershipServiceServer;
 use kiops_proto::v1::organization_service_server::OrganizationServiceServer;
+use kiops_proto::v1::platform_service_server::PlatformServiceServer;
 use kiops_proto::v1::service_account_service_server::ServiceAccountServiceServer;
 use kiops_proto::v1::user_service_server::UserServiceServer;
 
@@ -29,7 +31,7 @@ use kiops_proto::v1::user_service_server::UserServiceServer;
 /// with RESOURCE_EXHAUSTED before any handler runs.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
-/// The eight `kiops.identity.v1` services, ready to add to a tonic router.
+/// The `kiops.identity.v1` services, ready to add to a tonic router.
 pub struct Services {
     pub auth: AuthServiceServer<auth::AuthApi>,
     pub users: UserServiceServer<users::UserApi>,
@@ -39,6 +41,7 @@ pub struct Services {
     pub approvals: ApprovalServiceServer<approvals::ApprovalApi>,
     pub audit: AuditServiceServer<audit::AuditApi>,
     pub service_accounts: ServiceAccountServiceServer<service_accounts::ServiceAccountApi>,
+    pub platform: PlatformServiceServer<platform::PlatformApi>,
 }
 
 impl Services {
@@ -64,6 +67,8 @@ impl Services {
                 service_accounts::ServiceAccountApi::new(app.clone()),
             )
             .max_decoding_message_size(max_request_bytes),
+            platform: PlatformServiceServer::new(platform::PlatformApi::new(app.clone()))
+                .max_decoding_message_size(max_request_bytes),
         }
     }
 }

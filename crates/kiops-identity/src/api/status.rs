@@ -69,6 +69,20 @@ impl From<DomainError> for Status {
                 message,
                 info(reason, HashMap::new()),
             ),
+            DomainError::SecondFactorRequired { organization_id } => {
+                let message = DomainError::SecondFactorRequired {
+                    organization_id: organization_id.clone(),
+                }
+                .to_string();
+                let meta = organization_id
+                    .map(|o| HashMap::from([("organization_id".to_string(), o)]))
+                    .unwrap_or_default();
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    message,
+                    info(reason::SECOND_FACTOR_REQUIRED, meta),
+                )
+            }
             DomainError::ScopeRequired { scope } => {
                 let meta = HashMap::from([("scope".to_string(), scope.unwrap_or("").to_string())]);
                 Status::with_error_details(

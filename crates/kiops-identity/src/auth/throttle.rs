@@ -97,6 +97,14 @@ impl Throttle {
         }
     }
 
+    /// Takes one attempt of `key`'s own bucket (the per-email limit), for
+    /// actions limited per account rather than per address.
+    pub fn check_key(&self, key: &str) -> Result<(), DomainError> {
+        self.per_email
+            .take(key, Instant::now())
+            .map_err(Self::refuse)
+    }
+
     /// Checks the peer (its IP address: `1.2.3.4:5678`, or a bare address
     /// from a trusted proxy's X-Forwarded-For) and, if given, the email.
     pub fn check(&self, peer: &str, email: Option<&str>) -> Result<(), DomainError> {

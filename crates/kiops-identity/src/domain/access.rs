@@ -3,6 +3,7 @@
 
 use super::error::{reason, DomainError};
 use super::model::{Caller, Role};
+use super::second_factor;
 
 type Result<T = ()> = std::result::Result<T, DomainError>;
 
@@ -10,6 +11,8 @@ type Result<T = ()> = std::result::Result<T, DomainError>;
 pub fn require_platform_admin(caller: &Caller) -> Result {
     if caller.platform_admin {
         Ok(())
+    } else if caller.platform_admin_gated {
+        Err(second_factor::platform_refusal())
     } else {
         Err(DomainError::denied(
             reason::PLATFORM_ADMIN_REQUIRED,
@@ -22,6 +25,8 @@ pub fn require_platform_admin(caller: &Caller) -> Result {
 pub fn require_org_visible(caller: &Caller, caller_role: Option<Role>) -> Result {
     if caller.platform_admin || caller_role.is_some() {
         Ok(())
+    } else if caller.platform_admin_gated {
+        Err(second_factor::platform_refusal())
     } else {
         Err(DomainError::not_found("organization"))
     }
@@ -33,6 +38,8 @@ pub fn require_manager(caller: &Caller, caller_role: Option<Role>) -> Result {
     require_org_visible(caller, caller_role)?;
     if caller.platform_admin || caller_role == Some(Role::Manager) {
         Ok(())
+    } else if caller.platform_admin_gated {
+        Err(second_factor::platform_refusal())
     } else {
         Err(DomainError::denied(
             reason::MANAGER_REQUIRED,
@@ -71,6 +78,9 @@ pub fn require_may_grant(caller: &Caller, role: Role) -> Result {
 
 /// R2 + R3 for SetPlatformAdmin.
 pub fn check_set_platform_admin(caller: &Caller, target_user_id: &str) -> Result {
+    if caller.platform_admin_gated {
+        return Err(second_factor::platform_refusal());
+    }
     if !caller.platform_admin {
         return Err(DomainError::denied(
             reason::PROMOTION_REQUIRES_PLATFORM_ADMIN,

@@ -107,6 +107,7 @@ pub fn reader_scope<'a>(
     }
     match organization {
         Some(org) => Ok(Some(org)),
+        None if caller.platform_admin_gated => Err(super::second_factor::platform_refusal()),
         None => Err(DomainError::denied(
             reason::PLATFORM_ADMIN_REQUIRED,
             "only a PlatformAdmin reads every organization's events; set organization_id",

@@ -107,6 +107,9 @@ pub mod reason {
     /// A wrong or replayed code for the caller's own TOTP.
     pub const TOTP_CODE_INVALID: &str = "TOTP_CODE_INVALID";
     // --- end TOTP ---
+    /// R31: a policy requires a second factor the calling session lacks
+    /// (metadata `organization_id` when an organization's policy does).
+    pub const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
 
     /// Every reason above, in order: the proto enum `ErrorReason` lists the
     /// same (as `ERROR_REASON_<reason>`; a unit test keeps the two equal).
@@ -165,6 +168,7 @@ pub mod reason {
         TOTP_ALREADY_ENABLED,
         TOTP_NOT_ENABLED,
         TOTP_CODE_INVALID,
+        SECOND_FACTOR_REQUIRED,
     ];
 }
 
@@ -185,6 +189,10 @@ pub enum DomainError {
         reason: &'static str,
         message: String,
     },
+    /// R31: a second factor is required of the calling session (by the
+    /// organization's policy, or by the platform's when None).
+    #[error("{}", second_factor_message(.organization_id.as_deref()))]
+    SecondFactorRequired { organization_id: Option<String> },
     /// R25: a service account lacks the scope an RPC needs (None: no scope
     /// reaches it; only people may call it).
     #[error("{}", scope_message(*.scope))]
@@ -228,6 +236,15 @@ pub enum DomainError {
         index: usize,
         error: Box<DomainError>,
     },
+}
+
+fn second_factor_message(org: Option<&str>) -> String {
+    match org {
+        Some(_) => {
+            "this organization requires a second factor; enroll one and sign in with it".into()
+        }
+        None => "PlatformAdmins must use a second factor; enroll one and sign in with it".into(),
+    }
 }
 
 fn scope_message(scope: Option<&str>) -> String {

@@ -3,7 +3,7 @@
 //! (R16), and who the caller of a token is from current state (R11, R21).
 
 use super::model::{effective_permissions, Role, SessionState, StoredStatus};
-use super::{Caller, DomainError};
+use super::{second_factor, Caller, DomainError};
 use crate::domain::error::reason;
 use kiops_token::Permission;
 
@@ -76,6 +76,10 @@ pub struct CallerState {
     pub status: StoredStatus,
     pub platform_admin: bool,
     pub session: SessionState,
+    /// R31: the session's `amr` holds a second factor.
+    pub second_factor: bool,
+    /// R31: the platform requires a second factor of PlatformAdmins.
+    pub platform_second_factor_required: bool,
 }
 
 /// R11, R21: the caller whose verified token names `user_id` and `session_id`, from
@@ -101,10 +105,17 @@ pub fn caller_from_state(
             "the session of this access token has ended; sign in again",
         ));
     }
+    let platform_admin = second_factor::platform_admin_counts(
+        state.platform_admin,
+        state.platform_second_factor_required,
+        state.second_factor,
+    );
     Ok(Caller {
         user_id,
         email: state.email,
-        platform_admin: state.platform_admin,
+        platform_admin,
+        platform_admin_gated: state.platform_admin && !platform_admin,
+        second_factor: state.second_factor,
         session_id,
         service: None,
     })
@@ -135,6 +146,52 @@ pub fn subject_holds(subject: Option<&SubjectState>, perm: Permission) -> bool {
         return false;
     }
     effective_permissions(s.platform_admin, s.role, s.permissions).contains(&perm)
+}
+
+/// A CheckPermission answer: `denial_reason` says why `allowed` is false
+/// when a policy, not the permission, decided (R31).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermissionAnswer {
+    pub allowed: bool,
+    pub denial_reason: Option<&'static str>,
+}
+
+/// R31's facts about one subject in one organization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubjectGate {
+    pub org_required: bool,
+    pub platform_required: bool,
+    pub second_factor: bool,
+}
+
+/// R16 + R31: whether the subject holds `perm` now, their PlatformAdmin
+/// flag and membership counting only as the policies let them.
+pub fn subject_answer(
+    subject: Option<&SubjectState>,
+    perm: Permission,
+    gate: SubjectGate,
+) -> PermissionAnswer {
+    let without_policy = subject_holds(subject, perm);
+    let gated = subject.map(|s| {
+        let platform_admin = second_factor::platform_admin_counts(
+            s.platform_admin,
+            gate.platform_required,
+            gate.second_factor,
+        );
+        let counts = platform_admin
+            || second_factor::membership_counts(gate.org_required, gate.second_factor);
+        SubjectState {
+            platform_admin,
+            role: s.role.filter(|_| counts),
+            permissions: if counts { s.permissions } else { 0 },
+            ..s.clone()
+        }
+    });
+    let allowed = subject_holds(gated.as_ref(), perm);
+    PermissionAnswer {
+        allowed,
+        denial_reason: second_factor::denial_reason(without_policy, allowed),
+    }
 }
 
 /// Everything CheckPermission reads, in one read: the caller's state and
@@ -188,6 +245,8 @@ mod tests {
                 revoked_at_ms: None,
                 expires_at_ms: Some(100),
             },
+            second_factor: false,
+            platform_second_factor_required: false,
         }
     }
 
@@ -206,6 +265,54 @@ mod tests {
         assert!(code(off).contains(reason::ACCOUNT_DISABLED));
         let ended = caller(Some(state(StoredStatus::Active, false))).expect_err("session ended");
         assert!(code(ended).contains(reason::SESSION_REVOKED));
+    }
+
+    #[test]
+    fn a_policy_takes_what_the_subject_would_hold_and_says_so() {
+        let member = SubjectState {
+            status: StoredStatus::Active,
+            platform_admin: false,
+            role: Some(Role::Member),
+            permissions: Permission::Device.bit(),
+        };
+        let gate = SubjectGate {
+            org_required: true,
+            platform_required: false,
+            second_factor: false,
+        };
+        let a = subject_answer(Some(&member), Permission::Device, gate);
+        assert_eq!(
+            (a.allowed, a.denial_reason),
+            (false, Some(reason::SECOND_FACTOR_REQUIRED))
+        );
+        let a = subject_answer(Some(&member), Permission::Audit, gate);
+        assert_eq!((a.allowed, a.denial_reason), (false, None));
+        let with = SubjectGate {
+            second_factor: true,
+            ..gate
+        };
+        assert!(subject_answer(Some(&member), Permission::Device, with).allowed);
+        let pa = SubjectState {
+            platform_admin: true,
+            role: None,
+            ..member.clone()
+        };
+        assert!(subject_answer(Some(&pa), Permission::Device, gate).allowed);
+        let pa_gate = SubjectGate {
+            platform_required: true,
+            ..SubjectGate::default()
+        };
+        let a = subject_answer(Some(&pa), Permission::Device, pa_gate);
+        assert_eq!(
+            (a.allowed, a.denial_reason),
+            (false, Some(reason::SECOND_FACTOR_REQUIRED))
+        );
+        let pa_member = SubjectState {
+            platform_admin: true,
+            ..member
+        };
+        assert!(subject_answer(Some(&pa_member), Permission::Device, pa_gate).allowed);
+        assert!(!subject_answer(Some(&pa_member), Permission::Audit, pa_gate).allowed);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod model;
 pub mod organization;
 pub mod page_token;
 pub mod password_policy;
+pub mod second_factor;
 pub mod service_account;
 pub mod session;
 pub mod user;

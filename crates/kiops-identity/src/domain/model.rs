@@ -15,6 +15,11 @@ pub struct Caller {
     pub email: String,
     /// Always false for a service account.
     pub platform_admin: bool,
+    /// R31: the flag is set but does not count now (the platform requires a
+    /// second factor this session lacks).
+    pub platform_admin_gated: bool,
+    /// R31: the token's session was opened or upgraded with a second factor.
+    pub second_factor: bool,
     /// Session of the access token, when the token names one; for a
     /// service account, the credential its token was exchanged for.
     pub session_id: Option<String>,
@@ -30,6 +35,8 @@ impl Caller {
             user_id: "me".into(),
             email: "me@x.io".into(),
             platform_admin,
+            platform_admin_gated: false,
+            second_factor: false,
             session_id: None,
             service: None,
         }

@@ -10,6 +10,8 @@ pub struct Organization {
     pub description: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// R31: members need a second factor to act in it.
+    pub second_factor_required: bool,
 }
 
 /// Fields to change; None leaves a field as it is.
@@ -18,6 +20,8 @@ pub struct OrganizationChanges {
     pub name: Option<String>,
     pub code: Option<String>,
     pub description: Option<String>,
+    /// R31; applied by `store::second_factor::set_org`.
+    pub second_factor_required: Option<bool>,
 }
 
 /// A new organization's fields, validated.

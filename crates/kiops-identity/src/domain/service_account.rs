@@ -265,6 +265,8 @@ pub fn service_caller_from_state(
         user_id: account_id,
         email: String::new(),
         platform_admin: false,
+        platform_admin_gated: false,
+        second_factor: false,
         session_id: credential_id,
         service: Some(ServiceCaller {
             name: state.name,

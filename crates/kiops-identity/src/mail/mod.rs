@@ -6,6 +6,7 @@
 pub mod messages;
 pub mod seal;
 pub mod sender;
+pub mod test_email;
 
 /// Where links in emails point, and who sends them.
 #[derive(Debug, Clone)]

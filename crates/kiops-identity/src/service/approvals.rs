@@ -93,7 +93,7 @@ pub async fn list(
     let conn = app.store.conn();
     let organizations = match &org {
         Some(o) => {
-            let role = memberships::role_of(conn, o, &caller.user_id).await?;
+            let role = memberships::caller_role(conn, o, caller).await?;
             access::require_manager(caller, role)?;
             Some(vec![o.clone()])
         }
@@ -164,7 +164,7 @@ async fn decide(
     let org = organizations::lock(&tx, &jr.organization_id)
         .await?
         .ok_or_else(|| DomainError::not_found("join request"))?;
-    let role = memberships::role_of(&tx, &org.id, &caller.user_id).await?;
+    let role = memberships::caller_role(&tx, &org.id, &caller).await?;
     if !caller.platform_admin && role.is_none() {
         return Err(DomainError::not_found("join request"));
     }

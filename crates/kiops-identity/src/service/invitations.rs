@@ -75,7 +75,7 @@ pub async fn create(
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let o = organizations::lock(&tx, &org).await?;
-    let caller_role = memberships::role_of(&tx, &org, &caller.user_id).await?;
+    let caller_role = memberships::caller_role(&tx, &org, &caller).await?;
     access::require_manager(&caller, caller_role)?;
     access::require_may_grant(&caller, role)?;
     let o = o.ok_or_else(|| DomainError::not_found("organization"))?;
@@ -139,7 +139,7 @@ pub async fn list(
     let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
-    let role = memberships::role_of(conn, &org, &caller.user_id).await?;
+    let role = memberships::caller_role(conn, &org, caller).await?;
     access::require_manager(caller, role)?;
     let after = cursor.after_ms_and_id();
     let now = app.clock.now_ms();
@@ -386,7 +386,7 @@ async fn begin_for_manager(
     let inv = invitations::find(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("invitation"))?;
-    let role = memberships::role_of(&tx, &inv.organization_id, &caller.user_id).await?;
+    let role = memberships::caller_role(&tx, &inv.organization_id, caller).await?;
     if !caller.platform_admin && role.is_none() {
         return Err(DomainError::not_found("invitation"));
     }

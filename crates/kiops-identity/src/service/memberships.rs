@@ -18,17 +18,19 @@ use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::error::Violations;
 use crate::domain::membership::{
-    caller_from_state, grant_is_a_change, subject_holds, Member, Membership,
+    caller_from_state, grant_is_a_change, subject_answer, subject_holds, CallerState, Member,
+    Membership, PermissionAnswer, SubjectGate,
 };
 use crate::domain::model::Permission;
 use crate::domain::model::Role;
 use crate::domain::organization::Organization;
 use crate::domain::page_token;
+use crate::domain::second_factor as second_factor_rule;
 use crate::domain::service_account;
 use crate::domain::{access, validate, Caller, DomainError};
 use crate::store::check_facts::CheckKey;
 use crate::store::memberships::{self, MemberOrder, MemberQuery};
-use crate::store::{organizations, users, WriteTx};
+use crate::store::{organizations, second_factor, users, WriteTx};
 use kiops_proto::v1::{
     AddMemberRequest, ApplyPermissionTemplateRequest, ChangeRoleRequest, CheckPermissionRequest,
     CheckPermissionsRequest, LeaveOrganizationRequest, ListMembersRequest,
@@ -63,7 +65,7 @@ pub(super) async fn lock_org(
 ) -> Result<(WriteTx, Option<Role>), DomainError> {
     let tx = app.store.begin_write().await?;
     let exists = organizations::lock(&tx, org).await?.is_some();
-    let caller_role = memberships::role_of(&tx, org, &caller.user_id).await?;
+    let caller_role = memberships::caller_role(&tx, org, caller).await?;
     if !exists {
         return Err(DomainError::not_found("organization"));
     }
@@ -288,7 +290,7 @@ pub async fn list(
             true
         }
         None => {
-            let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
+            let caller_role = memberships::caller_role(conn, &org, caller).await?;
             access::require_manager(caller, caller_role)?;
             caller.platform_admin
         }
@@ -333,7 +335,7 @@ pub async fn get(
         // members.read, in the organizations its owner covers (R25).
         service_account::require_service_sees(service, &org)?;
     } else if user != caller.user_id {
-        let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
+        let caller_role = memberships::caller_role(conn, &org, caller).await?;
         access::require_manager(caller, caller_role)?;
     }
     let member = memberships::get_member(conn, &org, &user).await?;
@@ -383,7 +385,7 @@ pub async fn check_permission(
     app: &App,
     asker: Asker,
     r: CheckPermissionRequest,
-) -> Result<bool, DomainError> {
+) -> Result<PermissionAnswer, DomainError> {
     let claims = match asker {
         Asker::Person(claims) => claims,
         Asker::Service(caller) => return check_permission_as_service(app, &caller, r).await,
@@ -398,22 +400,75 @@ pub async fn check_permission(
             caller_id: claims.sub.clone(),
             caller_session: claims.sid.clone().unwrap_or_default(),
             subject_id: user.clone(),
-            org,
+            org: org.clone(),
         })
         .await?;
     let (state, caller_role) = match &facts {
         Some(f) => (Some(f.caller.clone()), f.caller_role),
         None => (None, None),
     };
-    let caller = caller_from_state(claims.sub, claims.sid, state, app.clock.now_ms())?;
+    let now = app.clock.now_ms();
+    let mut caller = caller_from_state(claims.sub.clone(), claims.sid.clone(), state.clone(), now)?;
     v.into_result()?;
-    let (Some(perm), Some(facts)) = (perm, facts) else {
+    let (Some(perm), Some(facts), Some(state)) = (perm, facts, state) else {
         return Err(DomainError::internal("permission validated"));
     };
-    if user != caller.user_id && !caller.platform_admin {
+    let about_other = user != caller.user_id;
+    // R31: read only when a policy could change the answer or the caller's
+    // right to ask.
+    let holds = subject_holds(facts.subject.as_ref(), perm);
+    if !(holds || about_other && (state.platform_admin || caller_role.is_some())) {
+        if about_other {
+            access::check_may_query_permission(&caller, caller_role, &user)?;
+        }
+        return Ok(PermissionAnswer {
+            allowed: false,
+            denial_reason: None,
+        });
+    }
+    let sid = claims.sid.as_deref();
+    let gate = second_factor::gate_facts(app.store.conn(), &[&org], &[&user], sid, now).await?;
+    caller = caller_from_state(
+        claims.sub,
+        claims.sid,
+        Some(CallerState {
+            second_factor: gate.caller_session,
+            platform_second_factor_required: gate.platform_required,
+            ..state
+        }),
+        now,
+    )?;
+    if about_other && !caller.platform_admin {
+        let caller_role =
+            second_factor_rule::caller_role(&caller, &org, caller_role, gate.org_required(&org))?;
         access::check_may_query_permission(&caller, caller_role, &user)?;
     }
-    Ok(subject_holds(facts.subject.as_ref(), perm))
+    Ok(subject_answer(
+        facts.subject.as_ref(),
+        perm,
+        subject_gate(
+            &gate,
+            &org,
+            &user,
+            (!about_other).then_some(caller.second_factor),
+        ),
+    ))
+}
+
+/// R31's facts about `user` in `org`; `own_session` is the asking session's
+/// second factor when the subject is the asker (their token's session
+/// decides), else any live session of the subject holding one does.
+fn subject_gate(
+    gate: &second_factor::GateFacts,
+    org: &str,
+    user: &str,
+    own_session: Option<bool>,
+) -> SubjectGate {
+    SubjectGate {
+        org_required: gate.org_required(org),
+        platform_required: gate.platform_required,
+        second_factor: own_session.unwrap_or_else(|| gate.users_with_second_factor.contains(user)),
+    }
 }
 
 /// CheckPermission by a service account (R25): about anyone in the
@@ -422,7 +477,7 @@ async fn check_permission_as_service(
     app: &App,
     caller: &Caller,
     r: CheckPermissionRequest,
-) -> Result<bool, DomainError> {
+) -> Result<PermissionAnswer, DomainError> {
     let mut v = Violations::new();
     let org = v.take(validate::id("organization_id", &r.organization_id));
     let user = v.take(validate::id("user_id", &r.user_id));
@@ -431,9 +486,19 @@ async fn check_permission_as_service(
     let perm = perm.ok_or_else(|| DomainError::internal("permission validated"))?;
     service_account::check_permission_query(caller, None, &org, &user)?;
     let facts = app.store.check_many((None, &[(&user, &org)])).await?;
-    Ok(subject_holds(
-        facts.keys.first().and_then(Option::as_ref),
+    let subject = facts.keys.first().and_then(Option::as_ref);
+    if !subject_holds(subject, perm) {
+        return Ok(PermissionAnswer {
+            allowed: false,
+            denial_reason: None,
+        });
+    }
+    let now = app.clock.now_ms();
+    let gate = second_factor::gate_facts(app.store.conn(), &[&org], &[&user], None, now).await?;
+    Ok(subject_answer(
+        subject,
         perm,
+        subject_gate(&gate, &org, &user, None),
     ))
 }
 
@@ -521,7 +586,7 @@ pub async fn check_permissions(
     app: &App,
     asker: Asker,
     r: CheckPermissionsRequest,
-) -> Result<Vec<bool>, DomainError> {
+) -> Result<Vec<PermissionAnswer>, DomainError> {
     let items = check_items(&r.items);
     let person = match &asker {
         Asker::Person(claims) => Some((
@@ -536,16 +601,36 @@ pub async fn check_permissions(
         Err(_) => KeyPlan::default(),
     };
     let facts = app.store.check_many((person, &plan.keys)).await?;
+    let now = app.clock.now_ms();
     let caller = match &asker {
         Asker::Person(claims) => caller_from_state(
             claims.sub.clone(),
             claims.sid.clone(),
-            facts.caller,
-            app.clock.now_ms(),
+            facts.caller.clone(),
+            now,
         )?,
         Asker::Service(caller) => caller.clone(),
     };
     let items = items.as_ref().map_err(Clone::clone)?;
+    // R31, one more read for the whole call: the organizations and subjects
+    // asked about, and the asking session.
+    let orgs: Vec<&str> = plan.keys.iter().map(|k| k.1).collect();
+    let users: Vec<&str> = plan.keys.iter().map(|k| k.0).collect();
+    let sid = person.map(|p| p.1);
+    let gate = second_factor::gate_facts(app.store.conn(), &orgs, &users, sid, now).await?;
+    let caller = match (&asker, facts.caller) {
+        (Asker::Person(claims), Some(state)) => caller_from_state(
+            claims.sub.clone(),
+            claims.sid.clone(),
+            Some(CallerState {
+                second_factor: gate.caller_session,
+                platform_second_factor_required: gate.platform_required,
+                ..state
+            }),
+            now,
+        )?,
+        _ => caller,
+    };
     let fact = |k: usize| facts.keys.get(k).and_then(Option::as_ref);
     items
         .iter()
@@ -553,9 +638,26 @@ pub async fn check_permissions(
         .enumerate()
         .map(|(i, (item, &(role, subject)))| {
             let caller_role = role.and_then(fact).and_then(|s| s.role);
+            let caller_role = if caller.service.is_none() && item.user != caller.user_id {
+                second_factor_rule::caller_role(
+                    &caller,
+                    &item.org,
+                    caller_role,
+                    gate.org_required(&item.org),
+                )
+                .map_err(|e| e.at_item(i))?
+            } else {
+                caller_role
+            };
             service_account::check_permission_query(&caller, caller_role, &item.org, &item.user)
                 .map_err(|e| e.at_item(i))?;
-            Ok(subject_holds(fact(subject), item.perm))
+            let own = (caller.service.is_none() && item.user == caller.user_id)
+                .then_some(caller.second_factor);
+            Ok(subject_answer(
+                fact(subject),
+                item.perm,
+                subject_gate(&gate, &item.org, &item.user, own),
+            ))
         })
         .collect()
 }

@@ -19,6 +19,7 @@ pub mod invitations;
 pub mod memberships;
 pub mod organizations;
 pub mod parse;
+pub mod platform;
 pub mod service_accounts;
 pub mod sessions;
 pub mod templates;

@@ -7,7 +7,7 @@ use crate::domain::error::{reason, Violations};
 use crate::domain::organization::{NewOrganization, Organization, OrganizationChanges};
 use crate::domain::page_token;
 use crate::domain::{access, validate, Caller, DomainError};
-use crate::store::{memberships, organizations, service_accounts};
+use crate::store::{memberships, organizations, second_factor, service_accounts};
 use kiops_proto::v1::{
     CreateOrganizationRequest, ListOrganizationsRequest, UpdateOrganizationRequest,
 };
@@ -52,7 +52,7 @@ pub async fn create(
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<Organization, DomainError> {
     let id = validate::id("organization_id", id)?;
     let conn = app.store.conn();
-    let role = memberships::role_of(conn, &id, &caller.user_id).await?;
+    let role = memberships::caller_role(conn, &id, caller).await?;
     access::require_org_visible(caller, role)?;
     organizations::find(conn, &id)
         .await?
@@ -97,7 +97,7 @@ pub async fn update(
     let paths = v.take(parse::mask(
         "update_mask",
         r.update_mask.as_ref(),
-        &["name", "description", "code"],
+        &["name", "description", "code", "second_factor_required"],
         &["name", "description"],
     ));
     let mut changes = OrganizationChanges::default();
@@ -112,13 +112,16 @@ pub async fn update(
                 )))
             }
             "code" => changes.code = Some(v.take(validate::org_code("organization.code", &o.code))),
+            "second_factor_required" => {
+                changes.second_factor_required = Some(o.second_factor_required)
+            }
             _ => {}
         }
     }
     v.into_result()?;
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
-    let role = memberships::role_of(&tx, &id, &caller.user_id).await?;
+    let role = memberships::caller_role(&tx, &id, &caller).await?;
     access::require_manager(&caller, role)?;
     if changes.code.is_some() && !caller.platform_admin {
         return Err(DomainError::denied(
@@ -129,7 +132,17 @@ pub async fn update(
     let before = organizations::lock(&tx, &id)
         .await?
         .ok_or_else(|| DomainError::not_found("organization"))?;
-    let after = organizations::update(&tx, &meta, caller.actor(), before, changes, now).await?;
+    let policy = changes.second_factor_required.take();
+    let mut after = organizations::update(&tx, &meta, caller.actor(), before, changes, now).await?;
+    if let Some(required) = policy {
+        let was = after.second_factor_required;
+        // Dated under the organization's lock: the events of parallel
+        // changes are in the order they were made, and the revocation is
+        // after any token a login minted under the old policy.
+        let now = app.clock.now_ms();
+        second_factor::set_org(&tx, &meta, caller.actor(), &id, was, required, now).await?;
+        after.second_factor_required = required;
+    }
     tx.commit().await?;
     Ok(after)
 }

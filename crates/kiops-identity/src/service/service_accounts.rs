@@ -120,7 +120,7 @@ pub async fn create(
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     let role = match new.owner.org_id() {
-        Some(org) => memberships::role_of(&tx, org, &caller.user_id).await?,
+        Some(org) => memberships::caller_role(&tx, org, &caller).await?,
         None => None,
     };
     check_create(&caller, role, &new.owner)?;
@@ -138,10 +138,7 @@ pub async fn create(
 pub async fn get(app: &App, caller: &Caller, id: &str) -> Result<ServiceAccount, DomainError> {
     let id = validate::id("service_account_id", id)?;
     let conn = app.store.conn();
-    managed(
-        caller,
-        accounts::with_role(conn, &id, &caller.user_id, false).await?,
-    )
+    managed(caller, accounts::with_role(conn, &id, caller, false).await?)
 }
 
 pub async fn list(
@@ -168,7 +165,7 @@ pub async fn list(
     v.into_result()?;
     match &org {
         Some(o) => {
-            let role = memberships::role_of(conn, o, &caller.user_id).await?;
+            let role = memberships::caller_role(conn, o, caller).await?;
             check_manage(caller, role, &Owner::Organization(o.clone()))?;
         }
         // Nobody else reaches this: `context::start` refuses services.
@@ -242,10 +239,7 @@ pub async fn update(
     }
     v.into_result()?;
     let tx = app.store.begin_write().await?;
-    let before = managed(
-        &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
-    )?;
+    let before = managed(&caller, accounts::with_role(&tx, &id, &caller, true).await?)?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
     let now = app.clock.now_ms();
@@ -279,10 +273,7 @@ pub async fn set_status(
 ) -> Result<ServiceAccount, DomainError> {
     let id = validate::id("service_account_id", &id)?;
     let tx = app.store.begin_write().await?;
-    let before = managed(
-        &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
-    )?;
+    let before = managed(&caller, accounts::with_role(&tx, &id, &caller, true).await?)?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
     let now = app.clock.now_ms();
@@ -299,10 +290,7 @@ pub async fn delete(
 ) -> Result<(), DomainError> {
     let id = validate::id("service_account_id", &id)?;
     let tx = app.store.begin_write().await?;
-    let account = managed(
-        &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
-    )?;
+    let account = managed(&caller, accounts::with_role(&tx, &id, &caller, true).await?)?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
     let now = app.clock.now_ms();
@@ -321,10 +309,7 @@ async fn add_credential(
     let now = app.clock.now_ms();
     let tx = app.store.begin_write().await?;
     // The lock makes count-then-insert atomic per account.
-    let account = managed(
-        caller,
-        accounts::with_role(&tx, id, &caller.user_id, true).await?,
-    )?;
+    let account = managed(caller, accounts::with_role(&tx, id, caller, true).await?)?;
     if credentials::count(&tx, &account.id).await? >= MAX_CREDENTIALS as u64 {
         return Err(DomainError::precondition(
             reason::TOO_MANY_CREDENTIALS,
@@ -414,10 +399,7 @@ pub async fn list_credentials(
 ) -> Result<Vec<Credential>, DomainError> {
     let id = validate::id("service_account_id", id)?;
     let conn = app.store.conn();
-    let account = managed(
-        caller,
-        accounts::with_role(conn, &id, &caller.user_id, false).await?,
-    )?;
+    let account = managed(caller, accounts::with_role(conn, &id, caller, false).await?)?;
     credentials::list(conn, &account.id).await
 }
 
@@ -433,10 +415,7 @@ pub async fn remove_credential(
     let credential_id = v.take(validate::id("credential_id", &credential_id));
     v.into_result()?;
     let tx = app.store.begin_write().await?;
-    let account = managed(
-        &caller,
-        accounts::with_role(&tx, &id, &caller.user_id, true).await?,
-    )?;
+    let account = managed(&caller, accounts::with_role(&tx, &id, &caller, true).await?)?;
     // After the lock: a revocation is never dated before a token an
     // exchange holding the lock minted (offline verifiers compare times).
     let now = app.clock.now_ms();

@@ -57,7 +57,7 @@ pub async fn list(
     let cursor = Cursor::decode(app, &mut v, fp, &r.page_token);
     v.into_result()?;
     let conn = app.store.conn();
-    let caller_role = memberships::role_of(conn, &org, &caller.user_id).await?;
+    let caller_role = memberships::caller_role(conn, &org, caller).await?;
     access::require_manager(caller, caller_role)?;
     let (rows, total) = templates::list(conn, &org, cursor.after_str(), size + 1).await?;
     Ok(cursor.page(rows, size, total, |last| vec![json!(last.name)]))

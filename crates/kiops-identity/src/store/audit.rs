@@ -147,6 +147,29 @@ pub async fn list<C: ConnectionTrait>(
 /// An export of the trail by a service account (R25: a service's export is
 /// audited, actor_type "service"): which selection, in which format. One
 /// statement, written when the export starts.
+/// `mail.test_sent`: a PlatformAdmin's test email and its outcome.
+pub async fn record_test_email<C: ConnectionTrait>(
+    conn: &C,
+    meta: &RequestMeta,
+    actor: Actor,
+    to: &str,
+    delivered: bool,
+    smtp_code: Option<u16>,
+    now_ms: i64,
+) -> Result<(), DomainError> {
+    record(
+        conn,
+        meta,
+        AuditEntry::new(actor, "mail.test_sent", "email", to).details(serde_json::json!({
+            "to": to,
+            "delivered": delivered,
+            "smtp_code": smtp_code,
+        })),
+        now_ms,
+    )
+    .await
+}
+
 pub async fn record_export<C: ConnectionTrait>(
     conn: &C,
     meta: &RequestMeta,

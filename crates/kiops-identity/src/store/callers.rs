@@ -6,6 +6,7 @@
 use super::db_err;
 use crate::domain::membership::CallerState;
 use crate::domain::model::{SessionState, StoredStatus};
+use crate::domain::second_factor::amr_has_second_factor;
 use crate::domain::service_account::{AccountStatus, Owner, Scope, ServiceCallerState};
 use crate::domain::DomainError;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
@@ -14,7 +15,9 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 /// as before the session was checked. The session must belong to the user: a
 /// token cannot borrow another account's live session.
 const CALLER_SQL: &str = "SELECT u.email, u.status, u.platform_admin, \
-     s.id AS session_id, s.revoked_at, s.expires_at \
+     s.id AS session_id, s.revoked_at, s.expires_at, s.amr, \
+     (SELECT p.platform_admin_second_factor_required FROM platform_settings p \
+       WHERE p.id = 1) AS platform_second_factor \
      FROM users u LEFT JOIN sessions s ON s.id = $2 AND s.user_id = u.id \
      WHERE u.id = $1";
 
@@ -37,6 +40,9 @@ pub async fn caller_state<C: ConnectionTrait>(
     };
     let found: Option<String> = row.try_get("", "session_id").map_err(db_err)?;
     let status: String = row.try_get("", "status").map_err(db_err)?;
+    let amr: Option<String> = row.try_get("", "amr").map_err(db_err)?;
+    let platform_required: Option<bool> =
+        row.try_get("", "platform_second_factor").map_err(db_err)?;
     Ok(Some(CallerState {
         email: row.try_get("", "email").map_err(db_err)?,
         status: StoredStatus::parse(&status),
@@ -46,6 +52,8 @@ pub async fn caller_state<C: ConnectionTrait>(
             revoked_at_ms: row.try_get("", "revoked_at").map_err(db_err)?,
             expires_at_ms: row.try_get("", "expires_at").map_err(db_err)?,
         },
+        second_factor: amr.as_deref().is_some_and(amr_has_second_factor),
+        platform_second_factor_required: platform_required.unwrap_or(false),
     }))
 }
 

@@ -125,6 +125,10 @@ impl From<FactsRow> for CheckFacts {
                     revoked_at_ms: r.caller_session_revoked_at,
                     expires_at_ms: r.caller_session_expires_at,
                 },
+                // R31's facts are read after this read, when they can
+                // change the answer (`second_factor::gate_facts`).
+                second_factor: false,
+                platform_second_factor_required: false,
             },
             caller_role: r.caller_role.as_deref().map(parse_role),
             subject,
@@ -511,6 +515,8 @@ fn assemble_many(
                     revoked_at_ms: r.revoked_at,
                     expires_at_ms: r.expires_at,
                 },
+                second_factor: false,
+                platform_second_factor_required: false,
             });
             continue;
         }

@@ -11,7 +11,11 @@ use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
 use crate::domain::membership::{demotion_revokes, narrowing_revokes};
 use crate::domain::model::{effective_permissions, Role, StoredStatus};
+use crate::domain::second_factor::{
+    amr_has_second_factor, membership_counts, platform_admin_counts,
+};
 use crate::domain::DomainError;
+use crate::domain::{second_factor, Caller};
 use kiops_token::{OrgClaims, Permission};
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, LikeExpr, Order, Query, SelectStatement};
 use sea_orm::{
@@ -52,23 +56,73 @@ fn perm_names(bits: u8) -> Vec<&'static str> {
         .collect()
 }
 
-/// Role and effective permissions of `user_id` in each of their organizations
-/// (or only in `only_org`), as they go into an access token.
+/// What an access token says of a user's roles (R31 applied): the
+/// PlatformAdmin flag as it counts for the session, the organizations that
+/// count, and those left out because they require a second factor the
+/// session lacks.
+#[derive(Debug, Clone, Default)]
+pub struct TokenOrgs {
+    pub platform_admin: bool,
+    pub orgs: BTreeMap<String, OrgClaims>,
+    pub gated: Vec<String>,
+}
+
+/// `TokenOrgs` from stored facts: the account's flag, the platform policy,
+/// the session's `amr`, and the memberships (organization, role, granted
+/// bits, whether the organization requires a second factor).
+pub fn token_facts(
+    platform_admin_flag: bool,
+    platform_required: bool,
+    amr: &str,
+    rows: impl IntoIterator<Item = (String, String, i32, bool)>,
+) -> TokenOrgs {
+    let second_factor = amr_has_second_factor(amr);
+    let platform_admin =
+        platform_admin_counts(platform_admin_flag, platform_required, second_factor);
+    let mut gated = Vec::new();
+    let mut counted = Vec::new();
+    for (org, role, granted, required) in rows {
+        if platform_admin || membership_counts(required, second_factor) {
+            counted.push((org, role, granted));
+        } else {
+            gated.push(org);
+        }
+    }
+    TokenOrgs {
+        platform_admin,
+        orgs: org_claims(platform_admin, counted),
+        gated,
+    }
+}
+
+/// Role and effective permissions of `user_id` in each of their
+/// organizations (or only in `only_org`), as they go into an access token
+/// for `session_id` (R31: its second factor, the policies).
 pub async fn token_orgs<C: ConnectionTrait>(
     conn: &C,
     user_id: &str,
-    platform_admin: bool,
+    platform_admin_flag: bool,
+    session_id: &str,
     only_org: Option<&str>,
-) -> Result<BTreeMap<String, OrgClaims>, DomainError> {
+) -> Result<TokenOrgs, DomainError> {
     let mut q = membership::Entity::find().filter(membership::Column::UserId.eq(user_id));
     if let Some(org) = only_org {
         q = q.filter(membership::Column::OrganizationId.eq(org));
     }
     let rows = q.all(conn).await.map_err(db_err)?;
-    Ok(org_claims(
-        platform_admin,
-        rows.into_iter()
-            .map(|m| (m.organization_id, m.role, m.permissions)),
+    let ids: Vec<&str> = rows.iter().map(|m| m.organization_id.as_str()).collect();
+    let requiring = super::second_factor::orgs_requiring(conn, &ids).await?;
+    let platform_required =
+        platform_admin_flag && super::second_factor::platform_required(conn).await?;
+    let amr = super::second_factor::session_amr(conn, session_id).await?;
+    Ok(token_facts(
+        platform_admin_flag,
+        platform_required,
+        &amr,
+        rows.into_iter().map(|m| {
+            let required = requiring.contains(&m.organization_id);
+            (m.organization_id, m.role, m.permissions, required)
+        }),
     ))
 }
 
@@ -108,6 +162,24 @@ pub async fn role_of<C: ConnectionTrait>(
     user_id: &str,
 ) -> Result<Option<Role>, DomainError> {
     Ok(find(conn, org, user_id).await?.map(|m| m.role))
+}
+
+/// The caller's role in `org` as it may authorise: R31 refuses a member
+/// whose session lacks the second factor `org` requires
+/// (`domain::second_factor::caller_role`).
+pub async fn caller_role<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    caller: &Caller,
+) -> Result<Option<Role>, DomainError> {
+    let role = role_of(conn, org, &caller.user_id).await?;
+    if role.is_none() || caller.second_factor || caller.platform_admin {
+        return Ok(role);
+    }
+    let required = !super::second_factor::orgs_requiring(conn, &[org])
+        .await?
+        .is_empty();
+    second_factor::caller_role(caller, org, role, required)
 }
 
 /// Active Managers of `org` (a deactivated Manager does not count: they

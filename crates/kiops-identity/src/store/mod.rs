@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod password_resets;
 pub mod revocations;
 pub mod rotation;
+pub mod second_factor;
 pub mod service_accounts;
 pub mod service_credentials;
 pub mod service_tokens;

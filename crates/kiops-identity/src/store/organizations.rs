@@ -23,6 +23,7 @@ impl From<organization::Model> for Organization {
             description: m.description,
             created_at_ms: m.created_at,
             updated_at_ms: m.updated_at,
+            second_factor_required: m.second_factor_required,
         }
     }
 }
@@ -53,6 +54,7 @@ pub async fn create<C: ConnectionTrait>(
         description: Set(new.description),
         created_at: Set(now),
         updated_at: Set(now),
+        second_factor_required: Set(false),
     }
     .insert(conn)
     .await
@@ -160,6 +162,9 @@ pub async fn update<C: ConnectionTrait>(
     changes: OrganizationChanges,
     now: i64,
 ) -> Result<Organization, DomainError> {
+    if changes.name.is_none() && changes.code.is_none() && changes.description.is_none() {
+        return Ok(before);
+    }
     let mut am = organization::ActiveModel {
         id: Unchanged(before.id.clone()),
         ..Default::default()

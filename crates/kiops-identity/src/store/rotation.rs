@@ -25,14 +25,12 @@ use super::users::{self, User};
 use super::{audit, claim_batch, db_err, memberships, revocations, Store, WriteTx};
 use crate::domain::audit::{Actor, AuditEntry, RequestMeta};
 use crate::domain::DomainError;
-use kiops_token::OrgClaims;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, QueryFilter,
     Statement,
 };
 use serde_json::json;
-use std::collections::BTreeMap;
 use tracing::Instrument;
 
 /// A presented refresh token and the successor it is to be rotated to.
@@ -57,8 +55,7 @@ pub enum Refreshed<T> {
     Reused,
 }
 
-/// The memberships of a token's user as token claims.
-pub type Orgs = BTreeMap<String, OrgClaims>;
+pub use super::memberships::TokenOrgs;
 
 /// Rotates `p`. `issue` makes the answer from the session's user, the
 /// user's memberships (only `only_org`'s when set), the session id and its
@@ -73,7 +70,7 @@ pub async fn rotate<T, F>(
 ) -> Result<Refreshed<T>, DomainError>
 where
     T: Send + 'static,
-    F: Fn(&User, Orgs, &str, &str) -> Result<T, DomainError> + Send + Sync + 'static,
+    F: Fn(&User, TokenOrgs, &str, &str) -> Result<T, DomainError> + Send + Sync + 'static,
 {
     if let Some(mut c) = candidate(store, &p).await? {
         let issued = issue(
@@ -102,7 +99,7 @@ pub struct RefreshCandidate {
     /// The session's `amr`, as stored.
     pub session_amr: String,
     pub user: User,
-    pub orgs: Orgs,
+    pub orgs: TokenOrgs,
 }
 
 /// One row per membership (user columns repeated; people have a handful),
@@ -111,12 +108,16 @@ pub struct RefreshCandidate {
 pub(super) const REFRESH_CANDIDATE_SQL: &str = "SELECT s.id AS rotating_session_id, \
      s.expires_at AS rotating_session_expires_at, s.amr AS rotating_session_amr, \
      m.organization_id AS member_org, m.role AS member_role, \
-     m.permissions AS member_permissions, u.* \
+     m.permissions AS member_permissions, \
+     o.second_factor_required AS member_org_second_factor, \
+     (SELECT p.platform_admin_second_factor_required FROM platform_settings p \
+       WHERE p.id = 1) AS platform_second_factor, u.* \
      FROM refresh_tokens r \
      JOIN sessions s ON s.id = r.session_id \
      JOIN users u ON u.id = s.user_id \
      LEFT JOIN memberships m ON m.user_id = u.id \
        AND (CAST($3 AS TEXT) IS NULL OR m.organization_id = $3) \
+     LEFT JOIN organizations o ON o.id = m.organization_id \
      WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > $2 \
      AND s.revoked_at IS NULL AND s.expires_at > $2";
 
@@ -166,16 +167,28 @@ async fn pooled_candidate<C: ConnectionTrait>(
         if let Some(org) = org {
             let role: String = row.try_get("", "member_role").map_err(db_err)?;
             let perms: i32 = row.try_get("", "member_permissions").map_err(db_err)?;
-            memberships.push((org, role, perms));
+            let required: Option<bool> = row
+                .try_get("", "member_org_second_factor")
+                .map_err(db_err)?;
+            memberships.push((org, role, perms, required.unwrap_or(false)));
         }
     }
+    let amr: String = first.try_get("", "rotating_session_amr").map_err(db_err)?;
+    let platform_required: Option<bool> = first
+        .try_get("", "platform_second_factor")
+        .map_err(db_err)?;
     Ok(Some(RefreshCandidate {
         session_id: first.try_get("", "rotating_session_id").map_err(db_err)?,
         session_expires_at: first
             .try_get("", "rotating_session_expires_at")
             .map_err(db_err)?,
-        session_amr: first.try_get("", "rotating_session_amr").map_err(db_err)?,
-        orgs: memberships::org_claims(user.platform_admin, memberships),
+        orgs: memberships::token_facts(
+            user.platform_admin,
+            platform_required.unwrap_or(false),
+            &amr,
+            memberships,
+        ),
+        session_amr: amr,
         user,
     }))
 }
@@ -211,7 +224,7 @@ async fn classify<T, F>(
     issue: &F,
 ) -> Result<Refreshed<T>, DomainError>
 where
-    F: Fn(&User, Orgs, &str, &str) -> Result<T, DomainError>,
+    F: Fn(&User, TokenOrgs, &str, &str) -> Result<T, DomainError>,
 {
     let tx = store.begin_write().await?;
     let Some(token) = refresh_token::Entity::find_by_id(p.hash.clone())
@@ -266,8 +279,14 @@ where
     let Some(user) = users::find_by_id(&tx, &sess.user_id).await? else {
         return Ok(Refreshed::Invalid);
     };
-    let orgs =
-        memberships::token_orgs(&tx, &user.id, user.platform_admin, p.only_org.as_deref()).await?;
+    let orgs = memberships::token_orgs(
+        &tx,
+        &user.id,
+        user.platform_admin,
+        &sess.id,
+        p.only_org.as_deref(),
+    )
+    .await?;
     let issued = issue(&user, orgs, &sess.id, &sess.amr)?;
     tx.commit().await?;
     Ok(Refreshed::Issued(issued))

@@ -8,7 +8,7 @@ use super::entity::{membership, organization, service_account as sa};
 use super::revocations::{self, Scope as Revoked};
 use super::{db_err, like_contains, taken};
 use crate::domain::error::reason;
-use crate::domain::model::Role;
+use crate::domain::model::{Caller, Role};
 use crate::domain::service_account::{AccountStatus, Owner, Scope, ServiceAccount};
 use crate::domain::DomainError;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr, Query};
@@ -174,12 +174,12 @@ pub async fn lock<C: ConnectionTrait>(
 }
 
 /// The account (locked as `lock` does when `for_update`) and the role of
-/// `user_id` in its owner organization (none for a platform account): what
+/// `caller` in its owner organization (R31 applied, `memberships::caller_role`) (none for a platform account): what
 /// `domain::service_account::check_manage` decides on.
 pub async fn with_role<C: ConnectionTrait>(
     conn: &C,
     id: &str,
-    user_id: &str,
+    caller: &Caller,
     for_update: bool,
 ) -> Result<Option<(ServiceAccount, Option<Role>)>, DomainError> {
     let account = if for_update {
@@ -191,7 +191,7 @@ pub async fn with_role<C: ConnectionTrait>(
         return Ok(None);
     };
     let role = match account.owner.org_id() {
-        Some(org) => super::memberships::role_of(conn, org, user_id).await?,
+        Some(org) => super::memberships::caller_role(conn, org, caller).await?,
         None => None,
     };
     Ok(Some((account, role)))

@@ -20,7 +20,7 @@
 //! pages, once, the same cost any `std::fs` read on a runtime thread has.
 
 use super::entity::user;
-use super::memberships::org_claims;
+use super::memberships::token_facts;
 use super::rotation::{RefreshCandidate, REFRESH_CANDIDATE_SQL};
 use super::users::User;
 use rusqlite::{Connection, OpenFlags};
@@ -127,6 +127,7 @@ impl DirectReader {
             let mut rows = stmt.query(rusqlite::params![presented_hash, now, only_org])?;
             let mut first = None;
             let mut memberships = Vec::new();
+            let mut platform_required = None;
             while let Some(row) = rows.next()? {
                 if first.is_none() {
                     first = Some((
@@ -151,11 +152,16 @@ impl DirectReader {
                         },
                     ));
                 }
+                if platform_required.is_none() {
+                    platform_required = Some(row.get::<_, Option<bool>>("platform_second_factor")?);
+                }
                 if let Some(org) = row.get::<_, Option<String>>("member_org")? {
                     memberships.push((
                         org,
                         row.get("member_role")?,
                         row.get("member_permissions")?,
+                        row.get::<_, Option<bool>>("member_org_second_factor")?
+                            .unwrap_or(false),
                     ));
                 }
             }
@@ -167,8 +173,16 @@ impl DirectReader {
             Ok(Some(RefreshCandidate {
                 session_id,
                 session_expires_at,
+                orgs: {
+                    let platform_required = platform_required.flatten();
+                    token_facts(
+                        user.platform_admin,
+                        platform_required.unwrap_or(false),
+                        &session_amr,
+                        memberships,
+                    )
+                },
                 session_amr,
-                orgs: org_claims(user.platform_admin, memberships),
                 user,
             }))
         })

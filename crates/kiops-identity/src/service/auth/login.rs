@@ -157,8 +157,8 @@ async fn challenge(
     }
     if let Some(o) = org {
         // As Login without a second factor answers it (R4).
-        let orgs = memberships::token_orgs(&tx, &user.id, user.platform_admin, Some(o)).await?;
-        if !user.platform_admin && !orgs.contains_key(o) {
+        let role = memberships::role_of(&tx, o, &user.id).await?;
+        if !user.platform_admin && role.is_none() {
             return Err(DomainError::not_found("organization"));
         }
     }

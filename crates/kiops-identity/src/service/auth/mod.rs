@@ -29,8 +29,9 @@ pub use verification::{resend_verification_email, verify_email};
 use crate::app::App;
 use crate::domain::audit::RequestMeta;
 use crate::domain::model::StoredStatus;
+use crate::domain::second_factor as second_factor_rule;
 use crate::domain::{validate, DomainError};
-use crate::store::rotation::Orgs;
+use crate::store::memberships::TokenOrgs;
 use crate::store::users::User;
 use crate::store::{memberships, users, WriteTx};
 use kiops_token::{IssueRequest, JwkSet};
@@ -58,31 +59,38 @@ async fn mint_in(
     session_id: &str,
     amr: &str,
 ) -> Result<(String, i64), DomainError> {
-    let orgs = memberships::token_orgs(tx, &user.id, user.platform_admin, only_org).await?;
+    let orgs =
+        memberships::token_orgs(tx, &user.id, user.platform_admin, session_id, only_org).await?;
     mint(app, user, orgs, only_org, session_id, amr)
 }
 
 /// Mints from memberships already read. A scoped token for an organization
-/// the user is not in is NOT_FOUND (R4), unless they are PlatformAdmin.
+/// the user is not in is NOT_FOUND (R4), unless they are PlatformAdmin; for
+/// one that requires a second factor the session lacks,
+/// SECOND_FACTOR_REQUIRED (R31).
 fn mint(
     app: &App,
     user: &User,
-    orgs: Orgs,
+    t: TokenOrgs,
     only_org: Option<&str>,
     session_id: &str,
     amr: &str,
 ) -> Result<(String, i64), DomainError> {
     if let Some(org) = only_org {
-        if !user.platform_admin && !orgs.contains_key(org) {
+        if !t.platform_admin && !t.orgs.contains_key(org) {
+            if t.gated.iter().any(|g| g == org) {
+                return Err(second_factor_rule::org_refusal(org));
+            }
             return Err(DomainError::not_found("organization"));
         }
     }
+    let (platform_admin, orgs) = (t.platform_admin, t.orgs);
     let issued = app.tokens.mint(
         IssueRequest {
             subject: user.id.clone(),
             email: user.email.clone(),
             name: user.name.clone(),
-            platform_admin: user.platform_admin,
+            platform_admin,
             orgs,
             session_id: Some(session_id.to_string()),
             email_verified: user.email_verified,

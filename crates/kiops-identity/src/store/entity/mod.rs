@@ -9,6 +9,7 @@ pub mod membership;
 pub mod organization;
 pub mod password_reset_token;
 pub mod permission_template;
+pub mod platform_settings;
 pub mod refresh_token;
 pub mod revocation_event;
 pub mod service_account;

@@ -10,6 +10,7 @@ pub struct Model {
     pub description: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub second_factor_required: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
