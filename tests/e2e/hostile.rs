@@ -658,7 +658,12 @@ fn request<'a>(c: &Case, admin: &'a str) -> (Rpc, Option<&'a str>) {
             }),
             None,
         ),
-        74 => (Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {}), t),
+        74 => (
+            Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {
+                current_password: a,
+            }),
+            t,
+        ),
         75 => (
             Rpc::ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest { code: a }),
             t,
@@ -931,9 +936,10 @@ async fn random_hostile_requests_get_deliberate_answers(backend: Backend) {
                     // for an existing service account (R25): the real
                     // account's id is among the case's ids.
                     let events = audit_events_of(&db, &rid).await;
-                    // (Login, ChangePassword, DeleteMe all check a password.)
+                    // (Login, ChangePassword, DeleteMe and StartTotpEnrollment all
+                    // check a password.)
                     let lockout = match c.rpc {
-                        0 | 43 | 44 => events
+                        0 | 43 | 44 | 74 => events
                             .iter()
                             .all(|a| a == "auth.login_failed" || a == "user.locked"),
                         65 => events.iter().all(|a| a == "service_account.token_refused"),

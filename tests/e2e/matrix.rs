@@ -480,6 +480,7 @@ impl Env {
             "UserService/ChangePassword"
                 | "UserService/DeleteMe"
                 | "UserService/RevokeOtherSessions"
+                | "UserService/StartTotpEnrollment"
                 | "UserService/ConfirmTotpEnrollment"
                 | "UserService/DisableTotp"
                 | "UserService/RegenerateRecoveryCodes"
@@ -1162,7 +1163,9 @@ impl Env {
                 })
             }
             "UserService/StartTotpEnrollment" => {
-                Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {})
+                Rpc::StartTotpEnrollment(StartTotpEnrollmentRequest {
+                    current_password: PASSWORD.into(),
+                })
             }
             "UserService/ConfirmTotpEnrollment" => {
                 Rpc::ConfirmTotpEnrollment(ConfirmTotpEnrollmentRequest {

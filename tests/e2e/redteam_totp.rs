@@ -10,6 +10,7 @@ use kiops_proto::v1::*;
 use tonic::Code;
 
 crate::both_backends!(
+    a_stolen_session_cannot_enroll_without_the_password,
     a_code_used_on_one_challenge_is_refused_on_another_and_counted,
     a_challenge_takes_only_its_own_accounts_code,
     twenty_parallel_codes_and_recovery_codes_open_one_session,
@@ -211,7 +212,12 @@ async fn a_challenge_dies_with_disable_and_deactivation(backend: Backend) {
     let secret = s
         .users()
         .await
-        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: PASSWORD.into(),
+            },
+            &token,
+        ))
         .await
         .expect("start again")
         .into_inner()
@@ -387,7 +393,12 @@ async fn a_confirmation_enables_only_the_secret_its_code_proved(backend: Backend
         async move {
             s.users()
                 .await
-                .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+                .start_totp_enrollment(authed(
+                    StartTotpEnrollmentRequest {
+                        current_password: PASSWORD.into(),
+                    },
+                    &token,
+                ))
                 .await
                 .map(|r| r.into_inner().secret)
         }
@@ -443,7 +454,12 @@ async fn no_secret_code_or_challenge_in_the_log_or_the_audit(backend: Backend) {
     let started = s
         .users()
         .await
-        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: PASSWORD.into(),
+            },
+            &token,
+        ))
         .await
         .expect("start")
         .into_inner();
@@ -589,4 +605,60 @@ async fn a_verification_racing_a_reset_ends_cleanly(backend: Backend) {
     // The factor is gone: the password alone logs in.
     let r = s.login(EMAIL, PASSWORD).await.expect("login");
     assert!(r.second_factor.is_none(), "{r:?}");
+}
+
+/// R30: a stolen access token alone cannot enroll the thief's
+/// authenticator (which would lock the owner out of their own account):
+/// StartTotpEnrollment asks for the current password, and a wrong one is
+/// refused, hands out no secret, and counts toward the lockout.
+async fn a_stolen_session_cannot_enroll_without_the_password(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let (_, token) = s.user("stolen@rt.test").await;
+    let mut users = s.users().await;
+    for _ in 0..5 {
+        let e = users
+            .start_totp_enrollment(authed(
+                StartTotpEnrollmentRequest {
+                    current_password: "not the password".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("without the password");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert_eq!(reason(&e), "INVALID_CURRENT_PASSWORD", "{e:?}");
+    }
+    // Five wrong passwords lock the account: even the right one is refused.
+    let e = users
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: PASSWORD.into(),
+            },
+            &token,
+        ))
+        .await
+        .expect_err("locked");
+    assert_eq!(reason(&e), "INVALID_CURRENT_PASSWORD", "{e:?}");
+    let e = s
+        .login("stolen@rt.test", PASSWORD)
+        .await
+        .expect_err("locked");
+    assert_eq!(reason(&e), "INVALID_CREDENTIALS", "{e:?}");
+    // Nothing was enrolled: after the lock lapses, a login answers tokens,
+    // not a challenge.
+    s.advance_clock(std::time::Duration::from_secs(3600));
+    let r = s.login("stolen@rt.test", PASSWORD).await.expect("login");
+    assert!(r.second_factor.is_none() && !r.access_token.is_empty());
+    assert!(
+        users
+            .start_totp_enrollment(authed(
+                StartTotpEnrollmentRequest {
+                    current_password: "".into(),
+                },
+                &r.access_token,
+            ))
+            .await
+            .is_err_and(|e| e.code() == Code::InvalidArgument),
+        "an empty password is bad input"
+    );
 }

@@ -11,7 +11,7 @@
 //! not.
 
 use crate::support::smtp::SmtpSink;
-use crate::support::totp::{challenge, enable_totp, verify};
+use crate::support::totp::{challenge, enable_totp, enable_totp_with, verify};
 use crate::support::*;
 use kiops_proto::v1::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -870,7 +870,7 @@ async fn a_session_with_a_second_factor_meets_the_policies(backend: Backend) {
         .await
         .expect("login")
         .access_token;
-    let (mut app, _) = enable_totp(&s, &admin).await;
+    let (mut app, _) = enable_totp_with(&s, &admin, ADMIN_PASSWORD).await;
 
     s.platform()
         .await

@@ -118,7 +118,12 @@ async fn enroll_confirm_and_log_in_with_the_second_factor(backend: Backend) {
 
     let started = users
         .clone()
-        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: PASSWORD.into(),
+            },
+            &token,
+        ))
         .await
         .expect("start")
         .into_inner();
@@ -136,7 +141,12 @@ async fn enroll_confirm_and_log_in_with_the_second_factor(backend: Backend) {
     // Starting again replaces the pending secret.
     let again = users
         .clone()
-        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: PASSWORD.into(),
+            },
+            &token,
+        ))
         .await
         .expect("restart")
         .into_inner();
@@ -187,7 +197,12 @@ async fn enroll_confirm_and_log_in_with_the_second_factor(backend: Backend) {
     assert_reason(
         users
             .clone()
-            .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, &token))
+            .start_totp_enrollment(authed(
+                StartTotpEnrollmentRequest {
+                    current_password: PASSWORD.into(),
+                },
+                &token,
+            ))
             .await,
         Code::FailedPrecondition,
         "TOTP_ALREADY_ENABLED",

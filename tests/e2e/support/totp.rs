@@ -96,10 +96,24 @@ impl Authenticator {
 /// Starts and confirms TOTP for the account of `token`: the app and the
 /// recovery codes.
 pub async fn enable_totp(s: &TestServer, token: &str) -> (Authenticator, Vec<String>) {
+    enable_totp_with(s, token, PASSWORD).await
+}
+
+/// [`enable_totp`] for an account whose password is `password`.
+pub async fn enable_totp_with(
+    s: &TestServer,
+    token: &str,
+    password: &str,
+) -> (Authenticator, Vec<String>) {
     let started = s
         .users()
         .await
-        .start_totp_enrollment(authed(StartTotpEnrollmentRequest {}, token))
+        .start_totp_enrollment(authed(
+            StartTotpEnrollmentRequest {
+                current_password: password.into(),
+            },
+            token,
+        ))
         .await
         .expect("start enrollment")
         .into_inner();

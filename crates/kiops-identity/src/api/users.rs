@@ -238,8 +238,8 @@ impl UserService for UserApi {
         &self,
         request: Request<StartTotpEnrollmentRequest>,
     ) -> Result<Response<StartTotpEnrollmentResponse>, Status> {
-        let (meta, caller, _) = context::start(&self.app, request).await?;
-        let e = to_completion(totp::start_enrollment(self.app.clone(), meta, caller)).await?;
+        let (meta, caller, r) = context::start(&self.app, request).await?;
+        let e = to_completion(totp::start_enrollment(self.app.clone(), meta, caller, r)).await?;
         Ok(Response::new(StartTotpEnrollmentResponse {
             secret: e.secret,
             otpauth_uri: e.otpauth_uri,

@@ -22,6 +22,7 @@ use crate::mail::seal::SecretSeal;
 use crate::store::logins::{self, actor_of, Lockout};
 use crate::store::users::{self, User};
 use crate::store::{sessions, totp, WriteTx};
+use kiops_proto::v1::StartTotpEnrollmentRequest;
 
 /// How a second factor is proven.
 #[derive(Debug, Clone)]
@@ -258,7 +259,12 @@ pub async fn start_enrollment(
     app: App,
     meta: RequestMeta,
     caller: Caller,
+    r: StartTotpEnrollmentRequest,
 ) -> Result<Enrollment, DomainError> {
+    // Re-authentication: a stolen token alone must not enroll the thief's
+    // authenticator and lock the owner out.
+    let user = super::users::get_me(&app, &caller).await?;
+    super::users::verify_current_password(&app, &meta, &user, &r.current_password).await?;
     let secret = otp::new_secret();
     let sealed = seal_of(&app.mail.seal).seal(&secret, &otp::seal_context(&caller.user_id));
     let now = app.clock.now_ms();

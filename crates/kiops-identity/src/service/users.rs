@@ -141,7 +141,7 @@ pub async fn update_me(
 /// Checks the caller's current password on the hashing pool and returns the
 /// hash it matched. A wrong one counts toward lockout like a failed login,
 /// and a locked account is refused (R12).
-async fn verify_current_password(
+pub(super) async fn verify_current_password(
     app: &App,
     meta: &RequestMeta,
     user: &User,
