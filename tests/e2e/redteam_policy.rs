@@ -82,5 +82,7 @@ async fn a_gated_manager_reads_no_audit_events_of_the_org(backend: Backend) {
     };
     assert_status(export.await, Code::PermissionDenied, SECOND_FACTOR_REQUIRED);
     // The platform flag is not an organization's to gate.
-    list(admin.clone(), org.clone()).await.expect("PlatformAdmin");
+    list(admin.clone(), org.clone())
+        .await
+        .expect("PlatformAdmin");
 }
