@@ -7,7 +7,10 @@ use crate::support::*;
 use kiops_proto::v1::*;
 use tonic::Code;
 
-crate::both_backends!(a_gated_manager_reads_no_audit_events_of_the_org,);
+crate::both_backends!(
+    a_gated_manager_reads_no_audit_events_of_the_org,
+    a_gated_manager_lists_no_service_accounts_of_the_org,
+);
 
 const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
 
@@ -85,4 +88,72 @@ async fn a_gated_manager_reads_no_audit_events_of_the_org(backend: Backend) {
     list(admin.clone(), org.clone())
         .await
         .expect("PlatformAdmin");
+}
+
+/// ListServiceAccounts without `organization_id` listed the accounts of every
+/// organization the caller manages by the raw membership: a gated Manager
+/// saw those of the organization that refuses them.
+async fn a_gated_manager_lists_no_service_accounts_of_the_org(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let strict = s.create_org(&admin, "Strict", "strict").await;
+    let relaxed = s.create_org(&admin, "Relaxed", "relaxed").await;
+    let (mgr, mgr_token) = s.user("mgr@strict.test").await;
+    s.add_member(&admin, &strict, &mgr, Role::Manager).await;
+    s.add_member(&admin, &relaxed, &mgr, Role::Manager).await;
+    for (org, name) in [(&strict, "strict-bot"), (&relaxed, "relaxed-bot")] {
+        s.service_accounts()
+            .await
+            .create_service_account(authed(
+                CreateServiceAccountRequest {
+                    organization_id: org.to_string(),
+                    name: name.into(),
+                    description: String::new(),
+                    scopes: vec![],
+                    certificate_identity: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("create service account");
+    }
+    let names = |token: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .service_accounts()
+                .await
+                .list_service_accounts(authed(ListServiceAccountsRequest::default(), &token))
+                .await
+                .expect("list")
+                .into_inner();
+            let mut n: Vec<String> = r.service_accounts.into_iter().map(|a| a.name).collect();
+            n.sort();
+            (n, r.total_size)
+        }
+    };
+    assert_eq!(
+        names(mgr_token.clone()).await,
+        (vec!["relaxed-bot".to_string(), "strict-bot".to_string()], 2)
+    );
+    set_org_policy(&s, &admin, &strict, true).await;
+    assert_eq!(
+        names(mgr_token.clone()).await,
+        (vec!["relaxed-bot".to_string()], 1),
+        "the gated organization's accounts are not listed"
+    );
+    assert_status(
+        s.service_accounts()
+            .await
+            .list_service_accounts(authed(
+                ListServiceAccountsRequest {
+                    organization_id: strict.clone(),
+                    ..Default::default()
+                },
+                &mgr_token,
+            ))
+            .await,
+        Code::PermissionDenied,
+        SECOND_FACTOR_REQUIRED,
+    );
 }
