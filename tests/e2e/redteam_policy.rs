@@ -10,6 +10,7 @@ use tonic::Code;
 crate::both_backends!(
     a_gated_manager_reads_no_audit_events_of_the_org,
     a_gated_manager_lists_no_service_accounts_of_the_org,
+    a_gated_manager_lists_no_join_requests_of_the_org,
 );
 
 const SECOND_FACTOR_REQUIRED: &str = "SECOND_FACTOR_REQUIRED";
@@ -155,5 +156,59 @@ async fn a_gated_manager_lists_no_service_accounts_of_the_org(backend: Backend) 
             .await,
         Code::PermissionDenied,
         SECOND_FACTOR_REQUIRED,
+    );
+}
+
+/// ListJoinRequests without `organization_id` covered every organization
+/// the caller manages by the raw membership: a gated Manager read the
+/// requests (names, emails) of the organization that refuses them.
+async fn a_gated_manager_lists_no_join_requests_of_the_org(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let admin = s.admin_token().await;
+    let strict = s.create_org(&admin, "Strict", "strict").await;
+    let relaxed = s.create_org(&admin, "Relaxed", "relaxed").await;
+    let (mgr, mgr_token) = s.user("mgr@strict.test").await;
+    s.add_member(&admin, &strict, &mgr, Role::Manager).await;
+    s.add_member(&admin, &relaxed, &mgr, Role::Manager).await;
+    let (_, joiner) = s.user("joiner@example.test").await;
+    for org in [&strict, &relaxed] {
+        s.approvals()
+            .await
+            .request_to_join(authed(
+                RequestToJoinRequest {
+                    organization_id: org.to_string(),
+                },
+                &joiner,
+            ))
+            .await
+            .expect("request to join");
+    }
+    let orgs = |token: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .approvals()
+                .await
+                .list_join_requests(authed(ListJoinRequestsRequest::default(), &token))
+                .await
+                .expect("list")
+                .into_inner();
+            let mut o: Vec<String> = r
+                .join_requests
+                .into_iter()
+                .map(|j| j.organization_id)
+                .collect();
+            o.sort();
+            (o, r.total_size)
+        }
+    };
+    let mut both = vec![strict.clone(), relaxed.clone()];
+    both.sort();
+    assert_eq!(orgs(mgr_token.clone()).await, (both, 2));
+    set_org_policy(&s, &admin, &strict, true).await;
+    assert_eq!(
+        orgs(mgr_token.clone()).await,
+        (vec![relaxed.clone()], 1),
+        "the gated organization's requests are not listed"
     );
 }
