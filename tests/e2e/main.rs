@@ -33,6 +33,7 @@ mod readme;
 mod redteam;
 mod redteam_browser;
 mod redteam_invites;
+mod redteam_policy;
 mod redteam_service;
 mod redteam_sessions;
 mod redteam_totp;

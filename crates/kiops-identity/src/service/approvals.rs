@@ -14,7 +14,7 @@ use crate::domain::{access, validate, Caller, DomainError, FieldViolation};
 use crate::mail::messages;
 use crate::store::join_requests::{self, JoinRequestQuery};
 use crate::store::memberships;
-use crate::store::{organizations, outbox, users};
+use crate::store::{organizations, outbox, second_factor, users};
 use kiops_proto::v1::{self, ListJoinRequestsRequest};
 use serde_json::json;
 
@@ -98,7 +98,16 @@ pub async fn list(
             Some(vec![o.clone()])
         }
         None if caller.platform_admin => None,
-        None => Some(join_requests::managed_orgs(conn, &caller.user_id).await?),
+        None => {
+            let mut managed = join_requests::managed_orgs(conn, &caller.user_id).await?;
+            // R31: not those whose policy the session does not meet.
+            if !caller.second_factor {
+                let ids: Vec<&str> = managed.iter().map(String::as_str).collect();
+                let gated = second_factor::orgs_requiring(conn, &ids).await?;
+                managed.retain(|o| !gated.contains(o));
+            }
+            Some(managed)
+        }
     };
     let after = cursor.after_ms_and_id();
     let (rows, total) = join_requests::list(

@@ -69,7 +69,8 @@ pub async fn authorize(
         return Ok(());
     };
     let m = memberships::find(app.store.conn(), org, &caller.user_id).await?;
-    let role = m.as_ref().map(|m| m.role);
+    let role =
+        memberships::gated_role(app.store.conn(), org, caller, m.as_ref().map(|m| m.role)).await?;
     let bits = m.map(|m| m.permissions).unwrap_or(0);
     audit::require_audit_permission(caller, role, bits)
 }

@@ -156,7 +156,10 @@ pub async fn list(
         (Some(o), _) => (Visible::Organization(o), format!("org:{o}")),
         (None, true) => (Visible::All, "*".to_string()),
         (None, false) => (
-            Visible::ManagedBy(&caller.user_id),
+            Visible::ManagedBy {
+                user_id: &caller.user_id,
+                second_factor: caller.second_factor,
+            },
             format!("managed:{}", caller.user_id),
         ),
     };

@@ -173,6 +173,17 @@ pub async fn caller_role<C: ConnectionTrait>(
     caller: &Caller,
 ) -> Result<Option<Role>, DomainError> {
     let role = role_of(conn, org, &caller.user_id).await?;
+    gated_role(conn, org, caller, role).await
+}
+
+/// `role`, the caller's stored role in `org`, as it may authorise (R31), for
+/// a use case that read the membership itself.
+pub async fn gated_role<C: ConnectionTrait>(
+    conn: &C,
+    org: &str,
+    caller: &Caller,
+    role: Option<Role>,
+) -> Result<Option<Role>, DomainError> {
     if role.is_none() || caller.second_factor || caller.platform_admin {
         return Ok(role);
     }

@@ -52,8 +52,12 @@ pub enum Visible<'a> {
     All,
     /// One organization's.
     Organization(&'a str),
-    /// Those of the organizations this user is a Manager of.
-    ManagedBy(&'a str),
+    /// Those of the organizations this user is a Manager of; with
+    /// `second_factor` false, not those that require one (R31).
+    ManagedBy {
+        user_id: &'a str,
+        second_factor: bool,
+    },
 }
 
 impl TryFrom<sa::Model> for ServiceAccount {
@@ -209,7 +213,21 @@ pub async fn list<C: ConnectionTrait>(
     match visible {
         Visible::All => {}
         Visible::Organization(org) => cond = cond.add(sa::Column::OrganizationId.eq(org)),
-        Visible::ManagedBy(user_id) => {
+        Visible::ManagedBy {
+            user_id,
+            second_factor,
+        } => {
+            if !second_factor {
+                cond = cond.add(
+                    sa::Column::OrganizationId.not_in_subquery(
+                        Query::select()
+                            .column(organization::Column::Id)
+                            .from(organization::Entity)
+                            .and_where(organization::Column::SecondFactorRequired.eq(true))
+                            .to_owned(),
+                    ),
+                );
+            }
             cond = cond.add(
                 sa::Column::OrganizationId.in_subquery(
                     Query::select()
