@@ -213,30 +213,7 @@ pub async fn reserve_login_attempt<C: ConnectionTrait>(
     now: i64,
     stale_before: i64,
 ) -> Result<Option<User>, DomainError> {
-    const SQL: &str = "UPDATE users SET \
-         login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
-           OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
-         last_login_attempt_at = $2 \
-         WHERE email = $1 AND status = $5 \
-         AND (locked_until IS NULL OR locked_until <= $2) \
-         AND (failed_login_count + login_attempts_pending < $3 \
-           OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
-         RETURNING *";
-    let stmt = statement(
-        conn,
-        SQL,
-        [
-            email.into(),
-            now.into(),
-            threshold.into(),
-            stale_before.into(),
-            StoredStatus::Active.as_str().into(),
-        ],
-    );
-    let row = conn.query_one_raw(stmt).await.map_err(db_err)?;
-    one(row
-        .map(|r| user::Model::from_query_result(&r, ""))
-        .transpose())
+    reserve_attempt(conn, AttemptKey::Email(email), threshold, now, stale_before).await
 }
 
 /// `reserve_login_attempt` for a second-factor code (R30): the same
@@ -250,20 +227,49 @@ pub async fn reserve_factor_attempt<C: ConnectionTrait>(
     now: i64,
     stale_before: i64,
 ) -> Result<Option<User>, DomainError> {
-    const SQL: &str = "UPDATE users SET \
-         login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
-           OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
-         last_login_attempt_at = $2 \
-         WHERE id = $1 AND status = $5 \
-         AND (locked_until IS NULL OR locked_until <= $2) \
-         AND (failed_login_count + login_attempts_pending < $3 \
-           OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
-         RETURNING *";
+    reserve_attempt(conn, AttemptKey::Id(user_id), threshold, now, stale_before).await
+}
+
+/// Which account a reservation counts on.
+enum AttemptKey<'a> {
+    Email(&'a str),
+    Id(&'a str),
+}
+
+/// The one conditional UPDATE behind both reservations.
+async fn reserve_attempt<C: ConnectionTrait>(
+    conn: &C,
+    key: AttemptKey<'_>,
+    threshold: i32,
+    now: i64,
+    stale_before: i64,
+) -> Result<Option<User>, DomainError> {
+    macro_rules! reserve {
+        ($column:literal) => {
+            concat!(
+                "UPDATE users SET \
+                 login_attempts_pending = CASE WHEN last_login_attempt_at IS NULL \
+                   OR last_login_attempt_at <= $4 THEN 1 ELSE login_attempts_pending + 1 END, \
+                 last_login_attempt_at = $2 WHERE ",
+                $column,
+                " = $1 AND status = $5 \
+                 AND (locked_until IS NULL OR locked_until <= $2) \
+                 AND (failed_login_count + login_attempts_pending < $3 \
+                   OR last_login_attempt_at IS NULL OR last_login_attempt_at <= $4) \
+                 RETURNING *"
+            )
+        };
+    }
+    let sql = match key {
+        AttemptKey::Email(_) => reserve!("email"),
+        AttemptKey::Id(_) => reserve!("id"),
+    };
+    let (AttemptKey::Email(k) | AttemptKey::Id(k)) = key;
     let stmt = statement(
         conn,
-        SQL,
+        sql,
         [
-            user_id.into(),
+            k.into(),
             now.into(),
             threshold.into(),
             stale_before.into(),
